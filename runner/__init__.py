@@ -1,0 +1,1 @@
+"""agent-runner: a policy-gated coding agent for a Telegram bot's owner."""
