@@ -74,7 +74,7 @@ cp "$here/Dockerfile" "$here/model-forwarder.py" "$ctx/"
 # A hard link when on the same filesystem: the CLI is ~380 MB.
 ln "$cli" "$ctx/claude" 2>/dev/null || cp "$cli" "$ctx/claude"
 mkdir "$ctx/wheels"
-"$python" -m pip download --quiet --only-binary=:all: --dest "$ctx/wheels" pytest >/dev/null \
+"$python" -m pip download --quiet --only-binary=:all: --dest "$ctx/wheels" pytest >/dev/null 2>&1 \
     || die "could not download the pytest wheel for the image"
 
 say "building $image from $base (Claude Code CLI $cli_version)"
@@ -83,5 +83,6 @@ docker build --quiet \
     --build-arg AGENT_RUNNER_VERSION="$version" \
     --build-arg CLAUDE_CLI_VERSION="$cli_version" \
     --build-arg INPUTS_HASH="$inputs_hash" \
-    --tag "$image" "$ctx" >/dev/null || die "docker build failed"
+    --tag "$image" "$ctx" >"$ctx.log" 2>&1 || { tail -20 "$ctx.log" >&2; die "docker build failed (log: $ctx.log)"; }
+rm -f "$ctx.log"
 say "built $image ($inputs_hash)"
