@@ -1,0 +1,39 @@
+# The README's two commands: `make demo` (the whole cycle, offline) and `make test` (everything CI runs).
+# Both set up what they need on a fresh Debian machine: a venv, a Docker engine, the sandbox image.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test check venv engine image bench clean
+
+demo: venv engine image
+	$(BIN)/agent-runner demo
+
+test: venv engine image check
+	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+check: venv
+	$(BIN)/ruff check runner policy tests bench
+	$(BIN)/mypy
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Python 3.11+ is needed, found " + sys.version.split()[0]'
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@$(BIN)/python -c 'import runner, policy, claude_agent_sdk' && touch $@
+
+engine:
+	@scripts/docker-engine.sh
+
+image: venv engine
+	@sandbox-image/build.sh $(BIN)/python
+
+bench: venv engine image
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache

@@ -1,0 +1,133 @@
+"""Settings: read once from an environment mapping, validated, frozen."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from runner.errors import ConfigError
+
+DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
+DEFAULT_GITHUB_API_URL = "https://api.github.com"
+DEFAULT_SANDBOX_IMAGE = "agent-runner/sandbox:latest"
+DEFAULT_MAX_SANDBOXES = 2
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8080
+
+
+class Secret:
+    """A string that never shows itself in a repr, a log line or a traceback."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    home: Path
+    anthropic_base_url: str = DEFAULT_ANTHROPIC_BASE_URL
+    anthropic_api_key: Secret | None = None
+    api_token: Secret | None = None
+    alert_webhook_secret: Secret | None = None
+    loki_url: str | None = None
+    github_token: Secret | None = None
+    github_repository: str | None = None
+    github_api_url: str = DEFAULT_GITHUB_API_URL
+    telegram_bot_token: Secret | None = None
+    telegram_api_base: str | None = None
+    owner_telegram_id: int | None = None
+    sandbox_image: str = DEFAULT_SANDBOX_IMAGE
+    policy_path: Path | None = None
+    max_sandboxes: int = DEFAULT_MAX_SANDBOXES
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def scripted_model(self) -> bool:
+        """No key: the demo and `run` play a scripted model and say so."""
+        return self.anthropic_api_key is None
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        """Parse and validate; one ConfigError lists every bad key."""
+        problems: list[str] = []
+
+        def secret(key: str) -> Secret | None:
+            value = environ.get(key, "")
+            return Secret(value) if value else None
+
+        def integer(key: str, default: int | None, low: int = 0) -> int | None:
+            raw = environ.get(key, "")
+            if not raw:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                problems.append(f"{key} must be an integer, got {raw!r}")
+                return default
+            if value < low:
+                problems.append(f"{key} must be at least {low}, got {value}")
+            return value
+
+        def url(key: str, default: str | None) -> str | None:
+            value = environ.get(key, "") or default
+            if value is not None and not value.startswith(("http://", "https://")):
+                problems.append(f"{key} must be an http(s) URL, got {value!r}")
+            return value.rstrip("/") if value else value
+
+        home = Path(environ.get("AGENT_RUNNER_HOME") or Path(environ.get("HOME", "/root")) / ".agent-runner")
+        repository = environ.get("GITHUB_REPOSITORY") or None
+        if repository is not None and repository.count("/") != 1:
+            problems.append(f"GITHUB_REPOSITORY must be owner/name, got {repository!r}")
+        github_token = secret("GITHUB_TOKEN")
+        if github_token is not None and repository is None:
+            problems.append("GITHUB_TOKEN is set but GITHUB_REPOSITORY (owner/name) is not")
+        policy = environ.get("AGENT_RUNNER_POLICY")
+
+        settings = cls(
+            home=home.expanduser().resolve(),
+            anthropic_base_url=url("ANTHROPIC_BASE_URL", DEFAULT_ANTHROPIC_BASE_URL) or "",
+            anthropic_api_key=secret("ANTHROPIC_API_KEY"),
+            api_token=secret("AGENT_API_TOKEN"),
+            alert_webhook_secret=secret("ALERT_WEBHOOK_SECRET"),
+            loki_url=url("LOKI_URL", None),
+            github_token=github_token,
+            github_repository=repository,
+            github_api_url=url("GITHUB_API_URL", DEFAULT_GITHUB_API_URL) or "",
+            telegram_bot_token=secret("TELEGRAM_BOT_TOKEN"),
+            telegram_api_base=url("TELEGRAM_API_BASE", None),
+            owner_telegram_id=integer("OWNER_TELEGRAM_ID", None, low=1),
+            sandbox_image=environ.get("AGENT_RUNNER_SANDBOX_IMAGE") or DEFAULT_SANDBOX_IMAGE,
+            policy_path=Path(policy) if policy else None,
+            max_sandboxes=integer("AGENT_RUNNER_MAX_SANDBOXES", DEFAULT_MAX_SANDBOXES, low=1)
+            or DEFAULT_MAX_SANDBOXES,
+            host=environ.get("AGENT_RUNNER_HOST") or DEFAULT_HOST,
+            port=integer("AGENT_RUNNER_PORT", DEFAULT_PORT, low=1) or DEFAULT_PORT,
+        )
+        if problems:
+            raise ConfigError("bad configuration: " + "; ".join(problems))
+        return settings
+
+
+def settings_from_os() -> Settings:
+    """The one place that reads os.environ (used by the CLI entry point)."""
+    return Settings.from_env(os.environ)
