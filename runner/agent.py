@@ -1,0 +1,242 @@
+"""The agent driver: the Agent SDK runs here, the CLI runs in the sandbox, every tool call goes to the policy."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import shlex
+import stat
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from claude_agent_sdk import (
+    AssistantMessage,
+    ClaudeAgentOptions,
+    HookMatcher,
+    ResultMessage,
+    TextBlock,
+    ToolUseBlock,
+    query,
+)
+from claude_agent_sdk.types import HookContext, HookInput, HookJSONOutput
+
+import policy
+from runner.models import Denial
+from runner.sandbox.base import MODEL_FORWARD_PORT, Container, Sandbox
+
+# What crosses into the container: only these variables, by name. The SDK merges the supervisor's
+# whole environment into the CLI subprocess, and the real key must not follow it in.
+FORWARDED_ENV = (
+    "ANTHROPIC_BASE_URL",
+    "ANTHROPIC_API_KEY",
+    "CLAUDE_CODE_ENTRYPOINT",
+    "CLAUDE_AGENT_SDK_VERSION",
+    "CLAUDE_CODE_SDK_READS_SESSION_STATE",
+    "DISABLE_TELEMETRY",
+    "DISABLE_AUTOUPDATER",
+    "DISABLE_ERROR_REPORTING",
+    "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
+    "CLAUDE_CODE_MAX_OUTPUT_TOKENS",
+)
+
+Stop = Literal["completed", "turn_limit", "wall_time", "budget", "error"]
+Asker = Callable[[str, "policy.ToolCall", "policy.Decision"], Awaitable[bool]]
+Auditor = Callable[[str, dict[str, Any]], Awaitable[None]]
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentOutcome:
+    stopped: Stop
+    turns: int
+    summary: str
+    """The agent's last words: untrusted text, to be fenced wherever it is shown."""
+    denials: tuple[Denial, ...]
+    tool_calls: int
+    error: str = ""
+
+
+async def deny_asks(task_id: str, call: policy.ToolCall, decision: policy.Decision) -> bool:
+    """The asker when no owner can answer: an `ask` becomes a deny."""
+    return False
+
+
+def input_digest(tool_input: Any) -> str:
+    canonical = json.dumps(tool_input, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+class Gate:
+    """Decides every tool call on the trusted side: policy, then owner for `ask`, all audited."""
+
+    def __init__(
+        self,
+        task_id: str,
+        active: policy.Policy,
+        kind: str,
+        *,
+        audit: Auditor,
+        ask: Asker = deny_asks,
+        ask_timeout: float = 300.0,
+        progress: Progress | None = None,
+    ) -> None:
+        self.task_id = task_id
+        self.policy = active
+        self.kind = kind
+        self._audit = audit
+        self._ask = ask
+        self._ask_timeout = ask_timeout
+        self._progress = progress or (lambda _line: None)
+        self.denials: list[Denial] = []
+        self.calls = 0
+
+    async def decide(self, tool: str, tool_input: dict[str, Any]) -> tuple[bool, str]:
+        self.calls += 1
+        call = policy.ToolCall(tool=tool, input=tool_input, kind=self.kind)
+        decision = policy.evaluate(self.policy, call)
+        effect = decision.effect.value
+        allowed = effect == "allow"
+        reason = decision.reason
+        if effect == "ask":
+            try:
+                async with asyncio.timeout(self._ask_timeout):
+                    allowed = await self._ask(self.task_id, call, decision)
+                reason = f"owner {'allowed' if allowed else 'denied'}: {decision.reason}"
+            except TimeoutError:
+                allowed, reason = False, f"no answer from the owner within {self._ask_timeout:.0f}s: {decision.reason}"
+        await self._audit(
+            "tool_decision",
+            {
+                "tool": tool,
+                "input_digest": input_digest(tool_input),
+                "decision": "allow" if allowed else "deny",
+                "policy_effect": effect,
+                "rule": decision.rule_id,
+                "reason": reason,
+                "command": decision.command,
+                "policy_sha256": decision.policy_sha256,
+            },
+        )
+        if not allowed:
+            self.denials.append(Denial(tool=tool, rule=decision.rule_id, reason=reason))
+            self._progress(f"denied {tool}: {reason} [{decision.rule_id}]")
+        else:
+            self._progress(f"allowed {tool}{_brief(tool_input)}")
+        return allowed, reason
+
+    async def hook(self, hook_input: HookInput, tool_use_id: str | None, context: HookContext) -> HookJSONOutput:
+        if hook_input["hook_event_name"] != "PreToolUse":
+            return {}
+        allowed, reason = await self.decide(hook_input["tool_name"], hook_input["tool_input"])
+        return {
+            "hookSpecificOutput": {
+                "hookEventName": "PreToolUse",
+                "permissionDecision": "allow" if allowed else "deny",
+                "permissionDecisionReason": reason,
+            }
+        }
+
+
+def _brief(tool_input: dict[str, Any]) -> str:
+    for key in ("command", "file_path", "path", "pattern"):
+        if key in tool_input:
+            text = str(tool_input[key]).replace("\n", " ")
+            return f" {text[:80]}"
+    return ""
+
+
+def write_cli_wrapper(directory: Path, command: Sequence[str]) -> Path:
+    """A cli_path for the SDK that runs the CLI in the sandbox instead of on this host."""
+    directory.mkdir(parents=True, exist_ok=True)
+    wrapper = directory / "claude-in-sandbox"
+    wrapper.write_text("#!/bin/sh\n# Runs the Claude Code CLI inside the task's sandbox.\nexec " + shlex.join(command)
+                       + ' "$@"\n')
+    wrapper.chmod(stat.S_IRWXU)
+    return wrapper
+
+
+async def run_agent(
+    *,
+    sandbox: Sandbox,
+    container: Container,
+    gate: Gate,
+    prompt: str,
+    system_prompt: str,
+    model_token: str,
+    workdir: Path,
+    max_turns: int,
+    wall_time: float,
+    budget_spent: asyncio.Event | None = None,
+    model: str | None = None,
+) -> AgentOutcome:
+    """Drive one agent session to its end or to a limit. On a limit the container is killed."""
+    wrapper = write_cli_wrapper(workdir, sandbox.attach_command(container, ["claude"], FORWARDED_ENV))
+    tools = list(gate.policy.allowed_tools(gate.kind))
+    options = ClaudeAgentOptions(
+        cli_path=wrapper,
+        cwd=workdir,
+        tools=tools,
+        allowed_tools=[],
+        disallowed_tools=["Task", "Agent", "WebFetch", "WebSearch"],
+        setting_sources=[],
+        system_prompt=system_prompt,
+        max_turns=max_turns + 1,  # ours is the limit that counts; the CLI's is a backstop
+        model=model,
+        hooks={"PreToolUse": [HookMatcher(matcher=None, hooks=[gate.hook], on_failure="block")]},
+        env={
+            "ANTHROPIC_BASE_URL": f"http://127.0.0.1:{MODEL_FORWARD_PORT}",
+            "ANTHROPIC_API_KEY": model_token,
+            "DISABLE_TELEMETRY": "1",
+            "DISABLE_AUTOUPDATER": "1",
+            "DISABLE_ERROR_REPORTING": "1",
+            "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        },
+        stderr=lambda _line: None,
+    )
+    turns = 0
+    summary = ""
+    stopped: Stop = "completed"
+    error = ""
+
+    async def consume() -> None:
+        nonlocal turns, summary, stopped, error
+        async for message in query(prompt=prompt, options=options):
+            if isinstance(message, AssistantMessage):
+                turns += 1
+                texts = [b.text for b in message.content if isinstance(b, TextBlock) and b.text.strip()]
+                if texts:
+                    summary = "\n".join(texts)
+                if any(isinstance(b, ToolUseBlock) for b in message.content) and turns >= max_turns:
+                    stopped = "turn_limit"
+                    return
+            elif isinstance(message, ResultMessage) and message.is_error:
+                stopped, error = "error", str(message.result or message.subtype)
+
+    async def watch_budget() -> None:
+        if budget_spent is None:
+            await asyncio.Event().wait()
+        else:
+            await budget_spent.wait()
+
+    consumer = asyncio.create_task(consume())
+    budget = asyncio.create_task(watch_budget())
+    try:
+        done, _ = await asyncio.wait({consumer, budget}, timeout=wall_time, return_when=asyncio.FIRST_COMPLETED)
+        if consumer in done:
+            exc = consumer.exception()
+            if exc is not None:
+                stopped, error = "error", f"{type(exc).__name__}: {exc}"
+        else:
+            stopped = "budget" if budget in done else "wall_time"
+    finally:
+        budget.cancel()
+        if stopped in ("turn_limit", "wall_time", "budget"):
+            # Enforced from outside: the container goes, the CLI with it; the workspace stays.
+            await sandbox.stop(container)
+        if not consumer.done():
+            consumer.cancel()
+        await asyncio.gather(consumer, budget, return_exceptions=True)
+    return AgentOutcome(stopped, turns, summary, tuple(gate.denials), gate.calls, error)

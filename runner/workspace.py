@@ -1,0 +1,194 @@
+"""A task's two checkouts: the sandbox's workspace (untrusted) and the supervisor's clone (trusted).
+
+prepare(): mirror the repo, clone it for the supervisor at the base SHA, export the tree into the
+workspace minus read-protected files, and give the workspace a one-commit git repo of its own, so the
+sandbox never holds the history (where a removed secret would still live).
+
+extract(): read the workspace as data with the supervisor's own git (its GIT_DIR, a private index,
+hooks and fsmonitor off, no repo config from the sandbox), list every change with modes and symlink
+targets, check it against the policy, and commit it in the trusted clone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import policy
+from runner.gitops import run_git
+from runner.sandbox.base import SANDBOX_UID
+
+# Build droppings never belong in a change, whatever the repo's .gitignore says.
+ALWAYS_IGNORED = "__pycache__/\n*.pyc\n.pytest_cache/\n.mypy_cache/\n.ruff_cache/\n.hypothesis/\n.claude/\n"
+STATUS = {"A": "added", "M": "modified", "D": "deleted", "R": "renamed", "T": "modified", "C": "added"}
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    task_dir: Path
+    mirror: Path
+    trusted: Path
+    workspace: Path
+    base_branch: str
+    base_sha: str
+    removed: tuple[str, ...]
+    """Read-protected files taken out of the workspace; their absence is not a change."""
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    diff: str
+    files: tuple[policy.FileChange, ...]
+    verdict: policy.ChangesetVerdict
+    tree: str
+
+    @property
+    def empty(self) -> bool:
+        return not self.files
+
+    @property
+    def paths(self) -> tuple[str, ...]:
+        return tuple(f.path for f in self.files)
+
+
+def mirror_path(home: Path, repo: str) -> Path:
+    return home / "mirrors" / (hashlib.sha256(repo.encode()).hexdigest()[:16] + ".git")
+
+
+async def update_mirror(home: Path, repo: str) -> Path:
+    mirror = mirror_path(home, repo)
+    if (mirror / "HEAD").exists():
+        await run_git(["fetch", "--prune", "--quiet", "origin"], cwd=mirror, timeout=600)
+    else:
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        tmp = mirror.with_suffix(".partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        await run_git(["clone", "--mirror", "--quiet", repo, str(tmp)], timeout=600)
+        tmp.rename(mirror)  # atomic: a crash mid-clone leaves no half mirror behind
+    return mirror
+
+
+async def prepare(home: Path, task_id: str, repo: str, active: policy.Policy, *, base_ref: str | None = None
+                  ) -> Prepared:
+    mirror = await update_mirror(home, repo)
+    if base_ref is None:
+        head = await run_git(["symbolic-ref", "HEAD"], cwd=mirror)
+        base_ref = head.out.removeprefix("refs/heads/")
+    base_sha = (await run_git(["rev-parse", "--verify", f"{base_ref}^{{commit}}"], cwd=mirror)).out
+
+    task_dir = home / "tasks" / task_id
+    shutil.rmtree(task_dir, ignore_errors=True)
+    trusted, workspace = task_dir / "trusted", task_dir / "workspace"
+    workspace.mkdir(parents=True)
+    await run_git(["clone", "--quiet", "--no-checkout", str(mirror), str(trusted)])
+    await run_git(["checkout", "--quiet", "--detach", base_sha], cwd=trusted)
+
+    # Export the base tree with modes and symlinks as git records them, via a throwaway index.
+    export_env = {"GIT_INDEX_FILE": str(task_dir / "export.index")}
+    await run_git(["read-tree", base_sha], cwd=trusted, env=export_env)
+    await run_git(["checkout-index", "--all", f"--prefix={workspace}/"], cwd=trusted, env=export_env)
+    (task_dir / "export.index").unlink()
+
+    tracked = (await run_git(["ls-tree", "-r", "-z", "--name-only", base_sha], cwd=trusted)).stdout
+    removed = []
+    for path in tracked.decode("utf-8", "surrogateescape").split("\0"):
+        if path and policy.is_read_protected(active, path):
+            (workspace / path).unlink(missing_ok=True)
+            removed.append(path)
+
+    # The sandbox's own repo: one commit of what it was given, so `git diff` works in there.
+    await run_git(["init", "--quiet", "-b", base_ref or "main"], cwd=workspace)
+    await run_git(["add", "--all"], cwd=workspace)
+    await run_git(["commit", "--quiet", "--allow-empty", "-m", f"base {base_sha[:12]} (read-protected files removed)"],
+                  cwd=workspace)
+    (task_dir / "ignore").write_text(ALWAYS_IGNORED)
+    if os.geteuid() == 0:
+        for root, dirs, files in os.walk(workspace):
+            for name in (root, *(os.path.join(root, n) for n in dirs + files)):
+                os.lchown(name, SANDBOX_UID, SANDBOX_UID)
+    return Prepared(task_dir, mirror, trusted, workspace, base_ref or "main", base_sha, tuple(removed))
+
+
+async def extract(prepared: Prepared, active: policy.Policy, kind: str) -> Change:
+    """The workspace's change against the base, as the supervisor's own git sees it; nothing in it runs."""
+    env = {
+        "GIT_DIR": str(prepared.trusted / ".git"),
+        "GIT_WORK_TREE": str(prepared.workspace),
+        "GIT_INDEX_FILE": str(prepared.task_dir / "extract.index"),
+    }
+    cfg = ["-c", f"core.excludesFile={prepared.task_dir / 'ignore'}", "-c", "core.symlinks=true",
+           "-c", "core.fileMode=true", "-c", "core.quotePath=false"]
+    await run_git([*cfg, "read-tree", prepared.base_sha], env=env)
+    await run_git([*cfg, "add", "--all"], env=env)
+    planted = [p for p in prepared.removed if (prepared.workspace / p).is_symlink() or (prepared.workspace / p).exists()]
+    if prepared.removed:
+        await run_git([*cfg, "reset", "--quiet", prepared.base_sha, "--", *prepared.removed], env=env)
+    tree = (await run_git([*cfg, "write-tree"], env=env)).out
+
+    raw = (await run_git(["diff-tree", "-r", "-z", "-M", "--raw", prepared.base_sha, tree], env=env)).stdout
+    numstat = (await run_git(["diff-tree", "-r", "-z", "-M", "--numstat", prepared.base_sha, tree], env=env)).stdout
+    counts = _numstat(numstat)
+    files = []
+    for status, old_mode, new_mode, new_blob, path, old_path in _raw(raw):
+        mode = int(new_mode, 8) if status != "D" else int(old_mode, 8)
+        target = None
+        if new_mode == "120000":
+            target = (await run_git(["cat-file", "blob", new_blob], env=env)).out
+        added, removed_lines = counts.get(path, (0, 0))
+        files.append(policy.FileChange(path=path, status=STATUS.get(status, "modified"),  # type: ignore[arg-type]
+                                       old_path=old_path, mode=mode, symlink_target=target,
+                                       added_lines=added, removed_lines=removed_lines))
+    diff = (await run_git(["diff-tree", "-p", "--binary", "-M", "--no-color", prepared.base_sha, tree], env=env)
+            ).stdout.decode("utf-8", "replace")
+    verdict = policy.check_changeset(active, kind, files, len(diff.encode()))
+    if planted:
+        verdict = policy.ChangesetVerdict(False, (*verdict.reasons, *(
+            f"{p}: the sandbox wrote a read-protected file (it was removed before the start)" for p in planted)))
+    return Change(diff=diff, files=tuple(files), verdict=verdict, tree=tree)
+
+
+async def commit(prepared: Prepared, change: Change, message: str, branch: str) -> str:
+    """Commit the validated tree in the trusted clone and point `branch` at it."""
+    env = {"GIT_DIR": str(prepared.trusted / ".git")}
+    sha = (await run_git(["commit-tree", change.tree, "-p", prepared.base_sha, "-F", "-"], env=env,
+                         stdin=message.encode())).out
+    await run_git(["update-ref", f"refs/heads/{branch}", sha], env=env)
+    await run_git(["checkout", "--quiet", branch], cwd=prepared.trusted)
+    return sha
+
+
+def _raw(data: bytes) -> list[tuple[str, str, str, str, str, str | None]]:
+    """Parse `git diff-tree --raw -z`: (status, old mode, new mode, new blob, path, old path)."""
+    parts = data.decode("utf-8", "surrogateescape").split("\0")
+    out = []
+    i = 0
+    while i < len(parts) and parts[i].startswith(":"):
+        old_mode, new_mode, _old_blob, new_blob, status = parts[i][1:].split(" ")
+        letter = status[0]
+        if letter in "RC":
+            out.append((letter, old_mode, new_mode, new_blob, parts[i + 2], parts[i + 1]))
+            i += 3
+        else:
+            out.append((letter, old_mode, new_mode, new_blob, parts[i + 1], None))
+            i += 2
+    return out
+
+
+def _numstat(data: bytes) -> dict[str, tuple[int, int]]:
+    """Parse `git diff-tree --numstat -z` into path -> (added, removed); binary files count 0."""
+    parts = data.decode("utf-8", "surrogateescape").split("\0")
+    out: dict[str, tuple[int, int]] = {}
+    i = 0
+    while i < len(parts) and parts[i]:
+        fields = parts[i].split("\t")
+        added, removed = (int(x) if x.isdigit() else 0 for x in fields[:2])
+        if len(fields) >= 3 and fields[2]:
+            out[fields[2]] = (added, removed)
+            i += 1
+        else:  # a rename: the two paths follow as their own fields
+            out[parts[i + 2]] = (added, removed)
+            i += 3
+    return out
