@@ -140,6 +140,22 @@ class Gate:
         }
 
 
+SYSTEM_PROMPT = """You are a careful software engineer working on a Telegram bot's repository, checked out at
+/workspace (your working directory). You have no network. Every tool call you make is checked against the
+owner's policy by a supervisor outside your container; a denied call is final, so choose another way rather
+than retrying it. Keep changes minimal and focused on the task. Run the project's tests before you finish.
+Never touch secrets, deployment files, CI workflows or the agent's own configuration. When you are done,
+reply with a short summary of what you changed and why."""
+
+REVIEW_PROMPT = """You are reviewing a Telegram bot's repository at /workspace (read-only; you have no
+network). Read the code the owner points you to and reply with concrete findings: bugs, risks, and
+suggested changes, each with file and line. Do not modify any file."""
+
+
+def system_prompt(kind: str) -> str:
+    return REVIEW_PROMPT if kind == "review" else SYSTEM_PROMPT
+
+
 def _brief(tool_input: dict[str, Any]) -> str:
     for key in ("command", "file_path", "path", "pattern"):
         if key in tool_input:

@@ -123,7 +123,7 @@ async def extract(prepared: Prepared, active: policy.Policy, kind: str) -> Chang
            "-c", "core.fileMode=true", "-c", "core.quotePath=false"]
     await run_git([*cfg, "read-tree", prepared.base_sha], env=env)
     await run_git([*cfg, "add", "--all"], env=env)
-    planted = [p for p in prepared.removed if (prepared.workspace / p).is_symlink() or (prepared.workspace / p).exists()]
+    planted = [p for p in prepared.removed if os.path.lexists(prepared.workspace / p)]
     if prepared.removed:
         await run_git([*cfg, "reset", "--quiet", prepared.base_sha, "--", *prepared.removed], env=env)
     tree = (await run_git([*cfg, "write-tree"], env=env)).out

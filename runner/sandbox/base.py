@@ -12,6 +12,7 @@ MODEL_SOCKET_DIR = "/run/agent-runner"
 MODEL_FORWARD_PORT = 8082
 LABEL_TASK = "org.agent-runner.task"
 LABEL_ROLE = "org.agent-runner.role"
+LABEL_OWNER_LOCK = "org.agent-runner.owner-lock"
 SANDBOX_USER = "agent"
 SANDBOX_UID = 1000
 
@@ -37,6 +38,9 @@ class SandboxSpec:
     """Host directory holding the model proxy's socket, mounted read-only at /run/agent-runner."""
     limits: Limits = field(default_factory=Limits)
     env: Mapping[str, str] = field(default_factory=dict)
+    owner_lock: Path | None = None
+    """The flock its supervisor holds while the task runs (see runner.tasklock); a reaper that can take
+    it knows the container is an orphan."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +100,10 @@ class Sandbox(Protocol):
 
     async def stop(self, container: Container) -> None:
         """Kill and remove the container; idempotent."""
+        ...
+
+    async def running(self) -> dict[str, str]:
+        """Every labelled container: task id -> its owner-lock path ("" when none was given)."""
         ...
 
     async def reap(self, keep: set[str]) -> list[str]:

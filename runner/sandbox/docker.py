@@ -14,6 +14,7 @@ import docker.errors
 
 from runner.errors import SandboxError, SandboxStartError
 from runner.sandbox.base import (
+    LABEL_OWNER_LOCK,
     LABEL_ROLE,
     LABEL_TASK,
     MODEL_SOCKET_DIR,
@@ -92,7 +93,8 @@ class DockerSandbox:
                 command=FORWARDER_CMD,
                 detach=True,
                 name=f"agent-runner-{spec.task_id}",
-                labels={LABEL_TASK: spec.task_id, LABEL_ROLE: "sandbox"},
+                labels={LABEL_TASK: spec.task_id, LABEL_ROLE: "sandbox",
+                        LABEL_OWNER_LOCK: str(spec.owner_lock or "")},
                 user=f"{SANDBOX_UID}:{SANDBOX_UID}",
                 network_mode="none",
                 cap_drop=["ALL"],
@@ -177,17 +179,19 @@ class DockerSandbox:
                 return
             raise SandboxError(f"could not remove container {container_id[:12]}: {_short(exc)}") from exc
 
-    async def running(self) -> dict[str, str]:
-        """Labelled containers: task id -> container id."""
+    async def _labelled(self) -> list[Any]:
         client = await self._docker()
-        found = await self._call(client.containers.list, all=True, filters={"label": LABEL_TASK})
-        return {c.labels.get(LABEL_TASK, ""): c.id for c in found}
+        return await self._call(client.containers.list, all=True, filters={"label": LABEL_TASK})
+
+    async def running(self) -> dict[str, str]:
+        return {c.labels.get(LABEL_TASK, ""): c.labels.get(LABEL_OWNER_LOCK, "") for c in await self._labelled()}
 
     async def reap(self, keep: set[str]) -> list[str]:
         reaped = []
-        for task_id, container_id in (await self.running()).items():
+        for raw in await self._labelled():
+            task_id = raw.labels.get(LABEL_TASK, "")
             if task_id not in keep:
-                await self._remove(container_id)
+                await self._remove(raw.id)
                 reaped.append(task_id)
         return reaped
 

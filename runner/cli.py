@@ -1,0 +1,109 @@
+"""`agent-runner`: the command line. Parses arguments, builds backends from Settings, prints results."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+from runner.config import Settings, settings_from_os
+from runner.errors import ConfigError
+from runner.models import TASK_KINDS, RunResult
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNIMPLEMENTED = 0, 1, 2, 3
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        sys.exit(EXIT_USAGE)
+    try:
+        sys.exit(args.func(args))
+    except ConfigError as exc:
+        print(f"agent-runner: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from runner import forge_cli, policy_cli
+
+    parser = argparse.ArgumentParser(prog="agent-runner", description="A policy-gated coding agent for your bot.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run one task to its end without the server")
+    run.add_argument("--repo", required=True, help="git URL or path of the bot's repository")
+    run.add_argument("--prompt", required=True, help="what the agent should do")
+    run.add_argument("--kind", choices=TASK_KINDS, default="feature")
+    run.add_argument("--dry-run", action="store_true", help="stop at the diff; push nothing")
+    run.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
+    run.add_argument("--policy", type=Path, help="policy file (default: AGENT_RUNNER_POLICY, ./policy.yaml, built-in)")
+    run.add_argument("--scenario", type=Path,
+                     help="play this scripted model instead of a real one (what `demo` does without a key)")
+    run.set_defaults(func=cmd_run)
+
+    policy_cli.register(sub)
+    forge_cli.register(sub)
+
+    for name, what in (("serve", "start the supervisor service"), ("demo", "run the whole cycle offline")):
+        unimplemented = sub.add_parser(name, help=what)
+        unimplemented.set_defaults(func=_unimplemented(name))
+    return parser
+
+
+def _unimplemented(name: str):  # type: ignore[no-untyped-def]
+    def run(args: argparse.Namespace) -> int:
+        print(f"agent-runner {name}: not implemented yet", file=sys.stderr)
+        return EXIT_UNIMPLEMENTED
+
+    return run
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    settings = settings_from_os()
+    if settings.anthropic_api_key is None and args.scenario is None:
+        print("agent-runner run: no ANTHROPIC_API_KEY is set; set one, or pass --scenario FILE to play a "
+              "scripted model", file=sys.stderr)
+        return EXIT_USAGE
+    result = asyncio.run(_run(settings, args))
+    print(json.dumps(result.to_json()), flush=True)
+    return EXIT_OK if result.status.value in ("proposed", "diff_ready") else EXIT_FAILED
+
+
+def progress_printer(quiet: bool = False):  # type: ignore[no-untyped-def]
+    def say(line: str) -> None:
+        print(f"[agent-runner] {line}", file=sys.stderr, flush=True)
+
+    return say
+
+
+async def _run(settings: Settings, args: argparse.Namespace) -> RunResult:
+    from runner.runtime import open_runtime
+
+    repo = _repo_arg(args.repo)
+    async with open_runtime(settings, policy_path=args.policy, scenario=args.scenario, repo=repo,
+                            say=progress_printer()) as rt:
+        task = await rt.store.create_task(kind=args.kind, prompt=args.prompt, repo=repo, source="cli",
+                                          requested_by="cli", dry_run=args.dry_run)
+        return await rt.run(task)
+
+
+def _repo_arg(repo: str) -> str:
+    path = Path(repo).expanduser()
+    return str(path.resolve()) if path.exists() else repo
+
+
+@contextlib.asynccontextmanager
+async def _nothing() -> AsyncIterator[None]:
+    yield None
+
+
+if __name__ == "__main__":
+    main()

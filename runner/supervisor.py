@@ -1,0 +1,188 @@
+"""A task's way through: provision, agent, tests, extract and validate, then a diff or a pull request."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import policy
+from runner import tasklock, workspace
+from runner.agent import Asker, Gate, deny_asks, run_agent, system_prompt
+from runner.errors import RunnerError
+from runner.forge.base import Forge
+from runner.model_proxy import Budget, ModelProxy
+from runner.models import Denial, PrRef, RunResult, TaskState, TestRun, Usage
+from runner.prbody import PrRequest, branch_name, render_pr_body
+from runner.sandbox.base import Container, Sandbox, SandboxSpec
+from runner.store import Store, TaskRecord
+
+Progress = Callable[[str], None]
+TEST_TIMEOUT_SECONDS = 900.0
+OUTPUT_TAIL = 4000
+
+
+@dataclass(slots=True)
+class Deps:
+    """Ready-built backends a task needs; create_app and the CLI build them once."""
+
+    home: Path
+    store: Store
+    sandbox: Sandbox
+    proxy: ModelProxy
+    policy: policy.Policy
+    image: str
+    forge: Forge | None = None
+    ask: Asker = deny_asks
+    model: str | None = None
+
+
+def task_lock(home: Path, task_id: str) -> Path:
+    return home / "locks" / f"{task_id}.lock"
+
+
+async def run_task(deps: Deps, task: TaskRecord, *, progress: Progress | None = None) -> RunResult:
+    """Carry one task to a terminal state (or `proposed`), persisting each transition before acting.
+
+    The task's lock is held throughout, so a reaper can tell a running task from one whose
+    supervisor died (runner.tasklock).
+    """
+    with tasklock.hold(task_lock(deps.home, task.id)):
+        return await _run_task(deps, task, progress)
+
+
+async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> RunResult:
+    say = progress or (lambda _line: None)
+    store, active = deps.store, deps.policy
+    profile = active.profile(task.kind if not task.dry_run else "dry-run")
+    limits = profile.limits
+    container: Container | None = None
+    prepared: workspace.Prepared | None = None
+    gate = Gate(
+        task.id, active, task.kind,
+        audit=lambda event, detail: store.audit(task.id, "policy", event, detail),
+        ask=deps.ask, ask_timeout=float(active.ask_timeout_seconds), progress=say,
+    )
+
+    async def finish(state: TaskState, reason: str = "", **extra: object) -> RunResult:
+        result = RunResult(task_id=task.id, status=state, usage=_usage(deps.proxy, task.id),
+                           denials=tuple(gate.denials), reason=reason, **extra)  # type: ignore[arg-type]
+        await store.transition(task.id, state, reason=reason, result=result.to_json())
+        say(f"{state.value}{': ' + reason if reason else ''}")
+        return result
+
+    sock_dir = deps.home / "run" / task.id
+    try:
+        await store.transition(task.id, TaskState.PROVISIONING)
+        say("provisioning: mirror, clone, strip read-protected files")
+        prepared = await workspace.prepare(deps.home, task.id, task.repo, active)
+        await store.transition(task.id, TaskState.PROVISIONING, base_sha=prepared.base_sha)
+        image = await _dependency_image(deps, prepared)
+        token = deps.proxy.issue_token(task.id, Budget(max_tokens=limits.max_tokens, max_cost_usd=limits.max_cost_usd))
+        sock_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(sock_dir, 0o755)
+        async with deps.proxy.serve_unix(sock_dir / "model.sock"):
+            container = await deps.sandbox.start(SandboxSpec(task.id, image, prepared.workspace, sock_dir,
+                                                             owner_lock=task_lock(deps.home, task.id)))
+            await store.transition(task.id, TaskState.RUNNING)
+            say(f"running: agent in container {container.id[:12]} (no network, no secrets)")
+            outcome = await run_agent(
+                sandbox=deps.sandbox, container=container, gate=gate, prompt=task.prompt,
+                system_prompt=system_prompt(task.kind), model_token=token, workdir=prepared.task_dir,
+                max_turns=limits.max_turns, wall_time=float(limits.wall_time_seconds),
+                budget_spent=deps.proxy.exhausted(task.id), model=deps.model,
+            )
+        deps.proxy.revoke(task.id)
+        if outcome.stopped in ("turn_limit", "wall_time", "budget"):
+            change = await workspace.extract(prepared, active, task.kind)
+            return await finish(TaskState.TIMED_OUT, f"{outcome.stopped.replace('_', ' ')} reached; work so far kept",
+                                diff=change.diff, files_changed=change.paths)
+        if outcome.stopped == "error":
+            return await finish(TaskState.FAILED, f"the agent failed: {outcome.error}")
+
+        await store.transition(task.id, TaskState.TESTING)
+        say(f"testing: {active.test_command}")
+        tests = await _run_tests(deps.sandbox, container, active.test_command)
+        say(f"tests {'passed' if tests.passed else 'failed'} (exit {tests.exit_code})")
+        await deps.sandbox.stop(container)
+        container = None
+
+        change = await workspace.extract(prepared, active, task.kind)
+        if not change.verdict.ok:
+            return await finish(TaskState.FAILED, "change rejected: " + "; ".join(change.verdict.reasons),
+                                diff=change.diff, files_changed=change.paths, tests=tests)
+        if task.kind != "review" and change.empty:
+            return await finish(TaskState.FAILED, "the agent made no change", tests=tests)
+        if task.dry_run or task.kind == "review" or deps.forge is None:
+            return await finish(TaskState.DIFF_READY, outcome.summary[:2000] if task.kind == "review" else "",
+                                diff=change.diff, files_changed=change.paths, tests=tests)
+        if not tests.passed:
+            return await finish(TaskState.FAILED, "the supervisor's test run failed; nothing was pushed",
+                                diff=change.diff, files_changed=change.paths, tests=tests)
+
+        pr = await _propose(deps, task, prepared, change, tests, outcome.summary, gate.denials)
+        return await finish(TaskState.PROPOSED, diff=change.diff, files_changed=change.paths, tests=tests, pr=pr)
+    except (RunnerError, policy.PolicyError, OSError) as exc:
+        return await finish(TaskState.FAILED, f"{type(exc).__name__}: {exc}")
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await store.transition(task.id, TaskState.CANCELLED, reason="cancelled")
+        raise
+    finally:
+        deps.proxy.revoke(task.id)
+        if container is not None:
+            with contextlib.suppress(Exception):
+                await deps.sandbox.stop(container)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+async def _dependency_image(deps: Deps, prepared: workspace.Prepared) -> str:
+    """The sandbox image plus the repo's dependencies, built once per dependency-file hash."""
+    command = deps.policy.setup_command.strip()
+    files = [prepared.workspace / f for f in deps.policy.dependency_files if (prepared.workspace / f).is_file()]
+    if not command or not files:
+        return deps.image
+    digest = hashlib.sha256(f"{deps.image}\0{command}".encode())
+    for f in sorted(files):
+        digest.update(f.name.encode() + b"\0" + f.read_bytes())
+    return await deps.sandbox.build_dependencies(deps.image, prepared.workspace, command, digest.hexdigest()[:20])
+
+
+async def _run_tests(sandbox: Sandbox, container: Container, command: str) -> TestRun:
+    """The supervisor's own test run in the same container: the agent's word is not taken for it."""
+    result = await sandbox.exec(container, ["sh", "-c", command], timeout=TEST_TIMEOUT_SECONDS)
+    tail = result.output[-OUTPUT_TAIL:]
+    if result.timed_out:
+        tail += f"\n[agent-runner: the test command ran out of time after {TEST_TIMEOUT_SECONDS:.0f}s]"
+    return TestRun(command=command, exit_code=result.exit_code, passed=result.exit_code == 0 and not result.timed_out,
+                   output_tail=tail)
+
+
+async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, change: workspace.Change,
+                   tests: TestRun, summary: str, denials: list[Denial]) -> PrRef:
+    assert deps.forge is not None
+    taken = {pr.head_branch for pr in await deps.forge.list_open()}
+    branch = branch_name(task.kind, task.fingerprint or task.prompt, taken)
+    title = _title(task)
+    await workspace.commit(prepared, change, f"{title}\n\nagent-runner task {task.id}", branch)
+    await deps.forge.push_branch(prepared.trusted, branch)
+    usage = _usage(deps.proxy, task.id)
+    body = render_pr_body(PrRequest.from_task(task, summary=summary, files=change.files, tests=tests,
+                                              denials=denials, usage=usage))
+    pr = await deps.forge.open_pr(title, body, branch, prepared.base_branch)
+    return PrRef(number=pr.number, url=pr.url, branch=branch, head_sha=pr.head_sha)
+
+
+def _title(task: TaskRecord) -> str:
+    first = " ".join(task.prompt.split())[:72]
+    return f"agent: {first}" if task.kind != "fix" else f"fix: {first}"
+
+
+def _usage(proxy: ModelProxy, task_id: str) -> Usage:
+    u = proxy.usage(task_id)
+    return Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens, cost_usd=u.cost_usd, requests=u.requests)
