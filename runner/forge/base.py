@@ -1,0 +1,145 @@
+"""The Forge protocol and the values it returns: pull requests, merges, comments."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Literal, Protocol, Self
+
+from runner.errors import ForgeConflict
+
+PrState = Literal["open", "merged", "closed"]
+MergeMethod = Literal["squash", "merge", "rebase"]
+MERGE_METHODS: tuple[MergeMethod, ...] = ("squash", "merge", "rebase")
+
+# The supervisor pushes only branches under this prefix: never the base branch, never a human's branch.
+AGENT_BRANCH_PREFIX = "agent/"
+
+
+@dataclass(frozen=True, slots=True)
+class PullRequest:
+    number: int
+    url: str
+    title: str
+    body: str
+    head_branch: str
+    base_branch: str
+    head_sha: str
+    state: PrState
+    merge_sha: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MergeResult:
+    number: int
+    merged: bool
+    sha: str
+    method: MergeMethod
+    head_sha: str
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Comment:
+    id: int
+    number: int
+    body: str
+    author: str
+    created_at: str
+    url: str = ""
+
+
+class MergeConflict(ForgeConflict):
+    """The pull request no longer merges cleanly into its base; `files` names the conflicting paths."""
+
+    def __init__(self, message: str, files: Iterable[str] = ()) -> None:
+        self.files: tuple[str, ...] = tuple(files)
+        if self.files:
+            message = f"{message}; conflicting files: {', '.join(self.files)}"
+        super().__init__(message)
+
+
+class Forge(Protocol):
+    """Where the owner reviews the agent's work: branches, pull requests, comments, merges.
+
+    Only the supervisor talks to a forge, and it alone holds the forge's credentials. Every call that
+    changes state returns the forge's own view of the result. Errors are `ForgeError`s: `ForgeAuthError`,
+    `ForgeNotFound`, `ForgeConflict` (`MergeConflict` for content conflicts), `ForgeRateLimited`.
+
+        async with LocalGitForge("/srv/bot.git", db_path) as forge:
+            sha = await forge.push_branch(clone, "agent/feature-balance")
+            pr = await forge.open_pr("Add /balance", body, "agent/feature-balance", "main")
+            result = await forge.merge(pr.number, pr.head_sha)
+    """
+
+    async def push_branch(self, clone: Path, branch: str) -> str:
+        """Push HEAD of the supervisor's trusted `clone` to `branch`; return the pushed SHA.
+
+        Refuses (ForgeConflict) a branch outside `agent/`, the base (default) branch, and the branch of
+        any open pull request. Never force-pushes: a diverged existing branch is a ForgeConflict too.
+        """
+        ...
+
+    async def open_pr(self, title: str, body: str, head: str, base: str) -> PullRequest:
+        """Open a pull request from `head` into `base`; if one is already open for `head`, return it."""
+        ...
+
+    async def get_pr(self, number: int) -> PullRequest:
+        """The pull request `number` (any state); ForgeNotFound if there is none."""
+        ...
+
+    async def list_open(self) -> tuple[PullRequest, ...]:
+        """Every open pull request, lowest number first."""
+        ...
+
+    async def comment(self, number: int, body: str) -> Comment:
+        """Add a comment to pull request `number` and return it."""
+        ...
+
+    async def list_comments(self, number: int) -> tuple[Comment, ...]:
+        """The comments on pull request `number`, oldest first."""
+        ...
+
+    async def merge(self, number: int, expected_head_sha: str, method: MergeMethod = "squash") -> MergeResult:
+        """Merge pull request `number`, but only at `expected_head_sha`, the head the owner approved.
+
+        Raises ForgeConflict if the head moved, the pull request is not open, or it was merged meanwhile
+        (so two concurrent approvals merge once), and MergeConflict if the base moved so that it no longer
+        merges cleanly. Nothing is merged when it raises.
+        """
+        ...
+
+    async def close(self, number: int) -> PullRequest:
+        """Close pull request `number` without merging; return it as closed."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections; the forge is unusable afterwards."""
+        ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+
+def check_pushable(branch: str, *, base_branches: Iterable[str], open_pr_branches: Iterable[str]) -> None:
+    """Branch protection on our side: raise ForgeConflict unless `branch` is a fresh agent branch."""
+    if not branch.startswith(AGENT_BRANCH_PREFIX) or branch == AGENT_BRANCH_PREFIX:
+        raise ForgeConflict(
+            f"refusing to push {branch!r}: the supervisor pushes only {AGENT_BRANCH_PREFIX}* branches"
+        )
+    if branch in set(base_branches):
+        raise ForgeConflict(f"refusing to push {branch!r}: it is a base branch")
+    if branch in set(open_pr_branches):
+        raise ForgeConflict(f"refusing to push {branch!r}: it is the branch of an open pull request")
+    if any(
+        part in branch for part in ("..", "@{", "\\", " ", "~", "^", ":", "?", "*", "[")
+    ) or branch.endswith((".lock", "/", ".")):
+        raise ForgeConflict(f"refusing to push {branch!r}: not a valid branch name")

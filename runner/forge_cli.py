@@ -1,0 +1,151 @@
+"""The forge's commands: `prs`, `approve N [--sha SHA] [--json]`, `reject N`.
+
+Exit codes: 0 done, 1 the forge refused or failed (head moved, conflict, not found, auth), 2 bad configuration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import asdict
+from typing import Any, TextIO, TypeVar
+
+from runner.config import Settings
+from runner.errors import ConfigError, ForgeError, ForgeRateLimited
+from runner.forge import MERGE_METHODS, Forge, MergeMethod, MergeResult, create_forge
+
+T = TypeVar("T")
+
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_CONFIG = 2
+
+
+async def approve_pr(
+    forge: Forge, number: int, expected_head_sha: str | None = None, method: MergeMethod = "squash"
+) -> MergeResult:
+    """Merge pull request `number` only at the head the owner was shown.
+
+    `expected_head_sha` is the head the owner approved; without one, the head the forge recorded for the
+    pull request is used (the one its notification showed). Raises ForgeConflict when the head moved, the
+    base no longer merges cleanly, or the pull request is not open (a second approval of a merged one).
+    """
+    if expected_head_sha is None:
+        expected_head_sha = (await forge.get_pr(number)).head_sha
+    return await forge.merge(number, expected_head_sha, method)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add `prs`, `approve` and `reject` to the `agent-runner` command line."""
+    repo_help = "bare repository of the local forge (used when GITHUB_TOKEN/GITHUB_REPOSITORY are not set)"
+
+    prs = subparsers.add_parser("prs", help="list open pull requests")
+    prs.add_argument("--repo", metavar="PATH", help=repo_help)
+    prs.add_argument("--json", action="store_true", help="print one JSON array")
+    prs.set_defaults(func=cmd_prs)
+
+    approve = subparsers.add_parser("approve", help="merge a pull request at its reviewed head")
+    approve.add_argument("number", type=int)
+    approve.add_argument(
+        "--sha", help="the head SHA the pull request was shown at (default: its recorded head)"
+    )
+    approve.add_argument("--method", choices=MERGE_METHODS, default="squash")
+    approve.add_argument("--repo", metavar="PATH", help=repo_help)
+    approve.add_argument("--json", action="store_true", help="print one JSON object")
+    approve.set_defaults(func=cmd_approve)
+
+    reject = subparsers.add_parser("reject", help="close a pull request without merging")
+    reject.add_argument("number", type=int)
+    reject.add_argument("--repo", metavar="PATH", help=repo_help)
+    reject.add_argument("--json", action="store_true", help="print one JSON object")
+    reject.set_defaults(func=cmd_reject)
+
+
+def cmd_prs(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None
+) -> int:
+    async def work(forge: Forge) -> int:
+        prs = await forge.list_open()
+        if args.json:
+            _print(out, json.dumps([asdict(pr) for pr in prs]))
+        elif not prs:
+            _print(out, "no open pull requests")
+        for pr in prs if not args.json else ():
+            _print(out, f"#{pr.number}  {pr.head_sha[:12]}  {pr.head_branch} -> {pr.base_branch}  {pr.title}")
+        return EXIT_OK
+
+    return _run(args, environ, out, work)
+
+
+def cmd_approve(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None
+) -> int:
+    async def work(forge: Forge) -> int:
+        result = await approve_pr(forge, args.number, args.sha, args.method)
+        if args.json:
+            _print(out, json.dumps(asdict(result)))
+        else:
+            _print(
+                out,
+                f"merged #{result.number} at {result.head_sha[:12]} as {result.sha[:12]} ({result.method})",
+            )
+        return EXIT_OK
+
+    return _run(args, environ, out, work)
+
+
+def cmd_reject(
+    args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None
+) -> int:
+    async def work(forge: Forge) -> int:
+        pr = await forge.close(args.number)
+        if args.json:
+            _print(out, json.dumps(asdict(pr)))
+        else:
+            _print(out, f"closed #{pr.number} ({pr.head_branch}), nothing merged")
+        return EXIT_OK
+
+    return _run(args, environ, out, work)
+
+
+def _run(
+    args: argparse.Namespace,
+    environ: Mapping[str, str] | None,
+    out: TextIO | None,
+    work: Callable[[Forge], Awaitable[int]],
+) -> int:
+    # The one place these commands read the environment.
+    env = os.environ if environ is None else environ
+    try:
+        settings = Settings.from_env(env)
+        forge = create_forge(settings, repo=args.repo)
+    except (ConfigError, ForgeError) as exc:
+        return _fail(args, out, exc, EXIT_CONFIG)
+
+    async def main() -> int:
+        async with forge:
+            return await work(forge)
+
+    try:
+        return asyncio.run(main())
+    except ForgeError as exc:
+        return _fail(args, out, exc, EXIT_REFUSED)
+
+
+def _fail(args: argparse.Namespace, out: TextIO | None, exc: Exception, code: int) -> int:
+    if getattr(args, "json", False):
+        error: dict[str, Any] = {"error": type(exc).__name__, "message": str(exc)}
+        if isinstance(exc, ForgeRateLimited):
+            error["retry_after"] = exc.retry_after
+        _print(out, json.dumps(error))
+    else:
+        print(f"agent-runner: {exc}", file=sys.stderr)
+    return code
+
+
+def _print(out: TextIO | None, text: str) -> None:
+    print(text, file=out or sys.stdout)

@@ -1,0 +1,235 @@
+"""PURE: the pull request's body and branch name, rendered from frozen values; untrusted text is fenced."""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from collections.abc import Collection
+from dataclasses import dataclass, field
+
+from runner.models import Denial, TaskKind, TestRun, Usage
+
+MAX_BODY = 60_000  # GitHub refuses bodies over 65,536 characters
+MAX_SUMMARY = 6_000
+MAX_REQUEST = 2_000
+MAX_OUTPUT_TAIL = 3_000
+MAX_INLINE = 200
+MAX_FILES = 200
+MAX_DENIALS = 50
+MAX_SLUG = 40
+MAX_FINGERPRINT = 16
+BRANCH_PREFIX = "agent/"
+
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+_NOT_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+@dataclass(frozen=True, slots=True)
+class FileChange:
+    path: str
+    added: int
+    removed: int
+    binary: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class PrRequest:
+    """Everything the body shows. `summary`, paths and test output come from the sandbox: untrusted."""
+
+    kind: TaskKind
+    requested_by: str
+    request: str
+    summary: str
+    files: tuple[FileChange, ...] = ()
+    tests: TestRun | None = None
+    denials: tuple[Denial, ...] = ()
+    usage: Usage = field(default_factory=Usage)
+    fingerprint: str | None = None
+    task_id: str | None = None
+    number: int | None = None
+    head_sha: str | None = None
+
+
+def render_pr_body(request: PrRequest) -> str:
+    """The pull request's Markdown body: request, agent summary, files, tests, denials, usage, approval.
+
+    Text that the agent (or the code it wrote) controls is shown only inside code fences or code spans,
+    cleaned of control and bidi characters and cut to a bound, so it can neither format the page, mention
+    anyone, nor impersonate the supervisor's own sections.
+    """
+    parts = [
+        _request_section(request),
+        _summary_section(request.summary),
+        _files_section(request.files),
+        _tests_section(request.tests),
+        _denials_section(request.denials),
+        _usage_section(request.usage),
+        _approve_section(request.number, request.head_sha),
+    ]
+    body = "\n\n".join(parts) + "\n"
+    if len(body) > MAX_BODY:
+        body = body[: MAX_BODY - 40] + "\n\n_(body truncated)_\n"
+    return body
+
+
+def branch_name(kind: TaskKind, prompt_or_fingerprint: str, taken: Collection[str]) -> str:
+    """`agent/feature-<slug>`, `agent/review-<slug>` or `agent/fix-<fingerprint>`, never one in `taken`.
+
+    >>> branch_name("feature", "Add a /balance command!", {"agent/feature-add-a-balance-command"})
+    'agent/feature-add-a-balance-command-2'
+    """
+    if kind == "fix":
+        stem = _NOT_SLUG.sub("", prompt_or_fingerprint.lower())[:MAX_FINGERPRINT] or "unknown"
+    elif kind in ("feature", "review"):
+        stem = _slug(prompt_or_fingerprint)
+    else:
+        raise ValueError(f"unknown task kind {kind!r}")
+    base = f"{BRANCH_PREFIX}{kind}-{stem}"
+    candidate, n = base, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{base}-{n}"
+    return candidate
+
+
+# -- sections ----------------------------------------------------------------------------------------
+
+
+def _request_section(r: PrRequest) -> str:
+    lines = ["## What was asked", ""]
+    meta = [f"**Kind:** {r.kind}", f"**Requested by:** {_code(r.requested_by)}"]
+    if r.task_id:
+        meta.append(f"**Task:** {_code(r.task_id)}")
+    lines.append(" · ".join(meta))
+    if r.fingerprint:
+        lines += ["", f"Alert fingerprint: {_code(r.fingerprint)}"]
+    if r.request:
+        lines += ["", _fence(r.request, MAX_REQUEST)]
+    return "\n".join(lines)
+
+
+def _summary_section(summary: str) -> str:
+    text = summary.strip() or "(the agent gave no summary)"
+    return "\n".join(
+        [
+            "## The agent's summary",
+            "",
+            "_Written by the agent inside the sandbox; not verified._",
+            "",
+            _fence(text, MAX_SUMMARY),
+        ]
+    )
+
+
+def _files_section(files: tuple[FileChange, ...]) -> str:
+    added = sum(f.added for f in files)
+    removed = sum(f.removed for f in files)
+    lines = [f"## Files changed ({len(files)}, +{added} −{removed})", ""]
+    if not files:
+        lines.append("No files changed.")
+    for f in files[:MAX_FILES]:
+        counts = "binary" if f.binary else f"+{f.added} −{f.removed}"
+        lines.append(f"- {_code(f.path)} ({counts})")
+    if len(files) > MAX_FILES:
+        lines.append(f"- … and {len(files) - MAX_FILES} more")
+    return "\n".join(lines)
+
+
+def _tests_section(tests: TestRun | None) -> str:
+    lines = ["## Tests (run by the supervisor)", ""]
+    if tests is None:
+        lines.append("No test command was run.")
+        return "\n".join(lines)
+    verdict = "✅ passed" if tests.passed else "❌ failed"
+    lines.append(f"**{verdict}**: {_code(tests.command)} exited with {int(tests.exit_code)}")
+    if tests.output_tail.strip():
+        tail = _clean(tests.output_tail)[-MAX_OUTPUT_TAIL:]
+        lines += [
+            "",
+            "<details><summary>Output (last lines)</summary>",
+            "",
+            _fence(tail, MAX_OUTPUT_TAIL),
+            "",
+            "</details>",
+        ]
+    return "\n".join(lines)
+
+
+def _denials_section(denials: tuple[Denial, ...]) -> str:
+    lines = [f"## Policy denials ({len(denials)})", ""]
+    if not denials:
+        lines.append("None: every tool call the agent made was allowed.")
+    for d in denials[:MAX_DENIALS]:
+        lines.append(f"- {_code(d.tool)} denied by rule {_code(d.rule)}: {_code(d.reason)}")
+    if len(denials) > MAX_DENIALS:
+        lines.append(f"- … and {len(denials) - MAX_DENIALS} more")
+    return "\n".join(lines)
+
+
+def _usage_section(usage: Usage) -> str:
+    total = usage.input_tokens + usage.output_tokens
+    return "\n".join(
+        [
+            "## Usage",
+            "",
+            f"{total:,} tokens ({usage.input_tokens:,} in, {usage.output_tokens:,} out) · cost ${usage.cost_usd:.4f}",
+        ]
+    )
+
+
+def _approve_section(number: int | None, head_sha: str | None) -> str:
+    n = str(number) if number is not None else "N"
+    sha = f" --sha {head_sha}" if head_sha else ""
+    lines = ["## How to approve", ""]
+    if number is None:
+        lines.append("N is this pull request's number.")
+    if head_sha:
+        lines.append(
+            f"Approval merges exactly the reviewed head {_code(head_sha[:12])}; if it moves, approve again."
+        )
+    lines += [
+        "",
+        f"- Telegram: `/approve_pr {n}`",
+        f"- CLI: `agent-runner approve {n}{sha}`",
+        f"- To reject: `agent-runner reject {n}`",
+    ]
+    return "\n".join(lines)
+
+
+# -- escaping ----------------------------------------------------------------------------------------
+
+
+def _clean(text: str) -> str:
+    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+
+
+def _fence(text: str, limit: int) -> str:
+    """A fenced code block that `text` cannot close: the fence is longer than any backtick run inside."""
+    text = _clean(text)
+    if len(text) > limit:
+        text = text[:limit] + "\n… (truncated)"
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return f"{fence}text\n{text}\n{fence}"
+
+
+def _code(text: str) -> str:
+    """An inline code span on one line that `text` cannot close."""
+    text = " ".join(_clean(text).split())
+    if len(text) > MAX_INLINE:
+        text = text[:MAX_INLINE] + "…"
+    if not text:
+        return "` `"
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    ticks = "`" * (longest + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{ticks}{pad}{text}{pad}{ticks}"
+
+
+def _slug(text: str) -> str:
+    ascii_text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode().lower()
+    slug = _NOT_SLUG.sub("-", ascii_text).strip("-")
+    if len(slug) > MAX_SLUG:
+        cut = slug[:MAX_SLUG]
+        slug = cut.rsplit("-", 1)[0] if "-" in cut else cut
+    return slug or "change"

@@ -1,0 +1,1 @@
+"""Stand-ins that speak real protocols (GitHub REST and git smart HTTP, ...), started by the tests themselves."""
