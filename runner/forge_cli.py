@@ -50,9 +50,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
     approve = subparsers.add_parser("approve", help="merge a pull request at its reviewed head")
     approve.add_argument("number", type=int)
-    approve.add_argument(
-        "--sha", help="the head SHA the pull request was shown at (default: its recorded head)"
-    )
+    approve.add_argument("--sha", help="the head SHA the pull request was shown at (default: its recorded head)")
     approve.add_argument("--method", choices=MERGE_METHODS, default="squash")
     approve.add_argument("--repo", metavar="PATH", help=repo_help)
     approve.add_argument("--json", action="store_true", help="print one JSON object")
@@ -65,9 +63,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     reject.set_defaults(func=cmd_reject)
 
 
-def cmd_prs(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None
-) -> int:
+def cmd_prs(args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
     async def work(forge: Forge) -> int:
         prs = await forge.list_open()
         if args.json:
@@ -81,9 +77,7 @@ def cmd_prs(
     return _run(args, environ, out, work)
 
 
-def cmd_approve(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None
-) -> int:
+def cmd_approve(args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
     async def work(forge: Forge) -> int:
         result = await approve_pr(forge, args.number, args.sha, args.method)
         if args.json:
@@ -98,9 +92,7 @@ def cmd_approve(
     return _run(args, environ, out, work)
 
 
-def cmd_reject(
-    args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None
-) -> int:
+def cmd_reject(args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
     async def work(forge: Forge) -> int:
         pr = await forge.close(args.number)
         if args.json:

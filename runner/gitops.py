@@ -183,9 +183,7 @@ async def run_git(
     logger.debug("git %s -> %d", shown, returncode)
     if check and returncode != 0:
         detail = stderr.strip() or "(no output)"
-        raise GitError(
-            f"git {shown} failed with exit {returncode}: {detail}", returncode=returncode, stderr=stderr
-        )
+        raise GitError(f"git {shown} failed with exit {returncode}: {detail}", returncode=returncode, stderr=stderr)
     return GitResult(args=tuple(args), returncode=returncode, stdout=stdout, stderr=stderr)
 
 

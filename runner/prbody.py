@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import unicodedata
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from runner.models import Denial, TaskKind, TestRun, Usage
+from runner.models import TASK_KINDS, Denial, TaskKind, TestRun, Usage
 
 MAX_BODY = 60_000  # GitHub refuses bodies over 65,536 characters
 MAX_SUMMARY = 6_000
@@ -22,6 +23,7 @@ BRANCH_PREFIX = "agent/"
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
+_FINGERPRINT = re.compile(r"[A-Za-z0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,6 +32,30 @@ class FileChange:
     added: int
     removed: int
     binary: bool = False
+
+
+class _Task(Protocol):
+    @property
+    def id(self) -> str: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def prompt(self) -> str: ...
+    @property
+    def requested_by(self) -> str: ...
+    @property
+    def fingerprint(self) -> str | None: ...
+
+
+class _Changed(Protocol):
+    """What the change extractor reports per file (e.g. policy.FileChange)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def added_lines(self) -> int: ...
+    @property
+    def removed_lines(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +74,41 @@ class PrRequest:
     task_id: str | None = None
     number: int | None = None
     head_sha: str | None = None
+
+    @classmethod
+    def from_task(
+        cls,
+        task: _Task,
+        *,
+        summary: str,
+        files: Iterable[_Changed | FileChange] = (),
+        tests: TestRun | None = None,
+        denials: Iterable[Denial] = (),
+        usage: Usage | None = None,
+        number: int | None = None,
+        head_sha: str | None = None,
+    ) -> PrRequest:
+        """Build the request from a task record and what the run produced."""
+        if task.kind not in TASK_KINDS:
+            raise ValueError(f"unknown task kind {task.kind!r}")
+        changes = tuple(
+            f if isinstance(f, FileChange) else FileChange(f.path, f.added_lines, f.removed_lines) for f in files
+        )
+        fix = task.kind == "fix" and task.fingerprint is not None
+        return cls(
+            kind=task.kind,
+            requested_by=task.requested_by,
+            request=task.prompt,
+            summary=summary,
+            files=changes,
+            tests=tests,
+            denials=tuple(denials),
+            usage=usage or Usage(),
+            fingerprint=task.fingerprint if fix else None,
+            task_id=str(task.id),
+            number=number,
+            head_sha=head_sha,
+        )
 
 
 def render_pr_body(request: PrRequest) -> str:
@@ -72,18 +133,23 @@ def render_pr_body(request: PrRequest) -> str:
     return body
 
 
-def branch_name(kind: TaskKind, prompt_or_fingerprint: str, taken: Collection[str]) -> str:
+def branch_name(kind: str, prompt_or_fingerprint: str, taken: Collection[str]) -> str:
     """`agent/feature-<slug>`, `agent/review-<slug>` or `agent/fix-<fingerprint>`, never one in `taken`.
 
-    >>> branch_name("feature", "Add a /balance command!", {"agent/feature-add-a-balance-command"})
-    'agent/feature-add-a-balance-command-2'
+    A fix started by an owner's words rather than an alert's fingerprint gets a slug of the words.
+
+        >>> branch_name("feature", "Add a /balance command!", {"agent/feature-add-a-balance-command"})
+        'agent/feature-add-a-balance-command-2'
+        >>> branch_name("fix", "9F3A0C2B1D4E5F60aa", set())
+        'agent/fix-9f3a0c2b1d4e5f60'
     """
-    if kind == "fix":
-        stem = _NOT_SLUG.sub("", prompt_or_fingerprint.lower())[:MAX_FINGERPRINT] or "unknown"
-    elif kind in ("feature", "review"):
-        stem = _slug(prompt_or_fingerprint)
-    else:
+    if kind not in TASK_KINDS:
         raise ValueError(f"unknown task kind {kind!r}")
+    text = prompt_or_fingerprint.strip()
+    if kind == "fix" and _FINGERPRINT.fullmatch(text):
+        stem = _NOT_SLUG.sub("", text.lower())[:MAX_FINGERPRINT] or "unknown"
+    else:
+        stem = _slug(text)
     base = f"{BRANCH_PREFIX}{kind}-{stem}"
     candidate, n = base, 1
     while candidate in taken:
@@ -184,9 +250,7 @@ def _approve_section(number: int | None, head_sha: str | None) -> str:
     if number is None:
         lines.append("N is this pull request's number.")
     if head_sha:
-        lines.append(
-            f"Approval merges exactly the reviewed head {_code(head_sha[:12])}; if it moves, approve again."
-        )
+        lines.append(f"Approval merges exactly the reviewed head {_code(head_sha[:12])}; if it moves, approve again.")
     lines += [
         "",
         f"- Telegram: `/approve_pr {n}`",

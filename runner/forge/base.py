@@ -132,14 +132,12 @@ class Forge(Protocol):
 def check_pushable(branch: str, *, base_branches: Iterable[str], open_pr_branches: Iterable[str]) -> None:
     """Branch protection on our side: raise ForgeConflict unless `branch` is a fresh agent branch."""
     if not branch.startswith(AGENT_BRANCH_PREFIX) or branch == AGENT_BRANCH_PREFIX:
-        raise ForgeConflict(
-            f"refusing to push {branch!r}: the supervisor pushes only {AGENT_BRANCH_PREFIX}* branches"
-        )
+        raise ForgeConflict(f"refusing to push {branch!r}: the supervisor pushes only {AGENT_BRANCH_PREFIX}* branches")
     if branch in set(base_branches):
         raise ForgeConflict(f"refusing to push {branch!r}: it is a base branch")
     if branch in set(open_pr_branches):
         raise ForgeConflict(f"refusing to push {branch!r}: it is the branch of an open pull request")
-    if any(
-        part in branch for part in ("..", "@{", "\\", " ", "~", "^", ":", "?", "*", "[")
-    ) or branch.endswith((".lock", "/", ".")):
+    if any(part in branch for part in ("..", "@{", "\\", " ", "~", "^", ":", "?", "*", "[")) or branch.endswith(
+        (".lock", "/", ".")
+    ):
         raise ForgeConflict(f"refusing to push {branch!r}: not a valid branch name")

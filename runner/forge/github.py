@@ -132,9 +132,7 @@ class GitHubForge:
         return tuple(sorted(prs, key=lambda pr: pr.number))
 
     async def comment(self, number: int, body: str) -> Comment:
-        response = await self._request(
-            "POST", self._repo(f"/issues/{int(number)}/comments"), json={"body": body}
-        )
+        response = await self._request("POST", self._repo(f"/issues/{int(number)}/comments"), json={"body": body})
         return _comment(number, _json(response))
 
     async def list_comments(self, number: int) -> tuple[Comment, ...]:
@@ -160,9 +158,7 @@ class GitHubForge:
             )
         if data.get("mergeable") is False:
             state = data.get("mergeable_state", "dirty")
-            raise MergeConflict(
-                f"pull request #{number} does not merge cleanly into {pr.base_branch} ({state})"
-            )
+            raise MergeConflict(f"pull request #{number} does not merge cleanly into {pr.base_branch} ({state})")
         # `sha` makes GitHub itself refuse (409) if the head moves between our check and the merge.
         payload = {
             "sha": expected_head_sha,
@@ -360,9 +356,7 @@ def _status_error(method: str, path: str, response: httpx.Response) -> ForgeErro
             hints.append(f"accepted OAuth scopes: {accepted}")
         if has is not None:
             hints.append(f"the token has scopes: {has or '(none)'}")
-        return ForgeAuthError(
-            f"{what}; " + ("; ".join(hints) or "the token lacks a needed permission or scope")
-        )
+        return ForgeAuthError(f"{what}; " + ("; ".join(hints) or "the token lacks a needed permission or scope"))
     if status == 404:
         return ForgeNotFound(f"{what}; no such repository or pull request, or the token cannot see it")
     if status == 405 and "not mergeable" in what.lower():
@@ -376,16 +370,11 @@ def _push_error(branch: str, repository: str, exc: GitError) -> ForgeError:
     text = str(exc)
     lowered = text.lower()
     what = f"git push of {branch} to {repository} failed: {exc.stderr.strip()[-500:] or text}"
-    if any(
-        s in lowered for s in ("authentication failed", "could not read username", "error: 401", "error: 403")
-    ):
+    if any(s in lowered for s in ("authentication failed", "could not read username", "error: 401", "error: 403")):
         return ForgeAuthError(f"{what}; the token needs contents=write (OAuth scope: repo)")
     if "not found" in lowered or "error: 404" in lowered:
         return ForgeNotFound(what)
-    if any(
-        s in lowered
-        for s in ("[rejected]", "non-fast-forward", "fetch first", "protected branch", "declined")
-    ):
+    if any(s in lowered for s in ("[rejected]", "non-fast-forward", "fetch first", "protected branch", "declined")):
         return ForgeConflict(what)
     return ForgeError(what)
 
@@ -409,9 +398,7 @@ def _pull_request(data: Any) -> PullRequest:
             merge_sha=str(data["merge_commit_sha"]) if merged and data.get("merge_commit_sha") else None,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise ForgeError(
-            f"GitHub sent a pull request in an unexpected shape ({type(exc).__name__}: {exc})"
-        ) from None
+        raise ForgeError(f"GitHub sent a pull request in an unexpected shape ({type(exc).__name__}: {exc})") from None
 
 
 def _comment(number: int, data: Any) -> Comment:

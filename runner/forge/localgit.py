@@ -213,8 +213,7 @@ class LocalGitForge:
 
         rows = await self._tx(select)
         return tuple(
-            Comment(r["id"], number, r["body"], r["author"], _iso(r["created_at"]), self._url(number))
-            for r in rows
+            Comment(r["id"], number, r["body"], r["author"], _iso(r["created_at"]), self._url(number)) for r in rows
         )
 
     async def close(self, number: int) -> PullRequest:
@@ -275,9 +274,7 @@ class LocalGitForge:
                 )
             except ForgeError:
                 if not await self._contains(pr.base_branch, new):
-                    raise ForgeConflict(
-                        f"{pr.base_branch} moved while #{number} was merging; nothing merged"
-                    ) from None
+                    raise ForgeConflict(f"{pr.base_branch} moved while #{number} was merging; nothing merged") from None
             landed = True
             await self._tx(lambda db: self._finish(db, number, new))
         except BaseException:
@@ -285,9 +282,7 @@ class LocalGitForge:
                 await asyncio.shield(self._release(number, claim, pr.base_branch))
             raise
         logger.info("merged pull request #%d (%s) into %s as %s", number, method, pr.base_branch, new[:12])
-        return MergeResult(
-            number, True, new, method, expected_head_sha, f"merged #{number} into {pr.base_branch}"
-        )
+        return MergeResult(number, True, new, method, expected_head_sha, f"merged #{number} into {pr.base_branch}")
 
     # -- merge steps -----------------------------------------------------------------------------------
 
@@ -297,16 +292,12 @@ class LocalGitForge:
             def take(db: sqlite3.Connection) -> tuple[sqlite3.Row | None, sqlite3.Row]:
                 row = self._row(db, number)
                 if row["state"] == "merged":
-                    raise ForgeConflict(
-                        f"pull request #{number} is already merged as {row['merge_sha'][:12]}"
-                    )
+                    raise ForgeConflict(f"pull request #{number} is already merged as {row['merge_sha'][:12]}")
                 if row["state"] == "closed":
                     raise ForgeConflict(f"pull request #{number} is closed; nothing merged")
                 if row["claim"] is not None:
                     if row["claimed_at"] > time.time() - self._claim_ttl:
-                        raise ForgeConflict(
-                            f"pull request #{number} is already being merged by another approval"
-                        )
+                        raise ForgeConflict(f"pull request #{number} is already being merged by another approval")
                     if row["pending_sha"] is not None:
                         return None, row  # a merge that died mid-way: see whether it landed
                 db.execute(
@@ -330,9 +321,7 @@ class LocalGitForge:
         pending = row["pending_sha"]
         if pending is not None and await self._contains(base_branch, pending):
             await self._tx(lambda db: self._finish(db, number, pending))
-            logger.warning(
-                "pull request #%d had been merged as %s by an interrupted approval", number, pending[:12]
-            )
+            logger.warning("pull request #%d had been merged as %s by an interrupted approval", number, pending[:12])
             return
         await self._tx(
             lambda db: db.execute(
@@ -358,9 +347,7 @@ class LocalGitForge:
         )
 
     async def _merge_tree(self, number: int, base: str, base_sha: str, head: str) -> str:
-        result = await self._git(
-            ["merge-tree", "--write-tree", "--name-only", "-z", base_sha, head], check=False
-        )
+        result = await self._git(["merge-tree", "--write-tree", "--name-only", "-z", base_sha, head], check=False)
         fields = result.stdout.decode("utf-8", "surrogateescape").split("\0")
         if result.returncode == 0:
             return fields[0].strip()
@@ -381,9 +368,7 @@ class LocalGitForge:
             return (await self._git(["commit-tree", tree, "-p", base], stdin=message.encode())).out
         if method == "merge":
             message = f"Merge pull request #{pr.number} from {pr.head_branch}\n\n{pr.title}\n"
-            return (
-                await self._git(["commit-tree", tree, "-p", base, "-p", head], stdin=message.encode())
-            ).out
+            return (await self._git(["commit-tree", tree, "-p", base, "-p", head], stdin=message.encode())).out
         return await self._rebase(pr, base, head)
 
     async def _rebase(self, pr: PullRequest, base: str, head: str) -> str:
@@ -397,9 +382,7 @@ class LocalGitForge:
             env = {"GIT_INDEX_FILE": str(Path(tmp) / "index")}
             for commit in commits:
                 await self._git(["read-tree", tip], env=env)
-                patch = (
-                    await self._git(["diff-tree", "-p", "--binary", "--full-index", f"{commit}^", commit])
-                ).stdout
+                patch = (await self._git(["diff-tree", "-p", "--binary", "--full-index", f"{commit}^", commit])).stdout
                 if patch.strip():
                     applied = await self._git(["apply", "--cached", "-"], env=env, stdin=patch, check=False)
                     if applied.returncode != 0:
@@ -410,18 +393,12 @@ class LocalGitForge:
                                 if line.startswith("error: patch failed:") and line.count(":") >= 2
                             }
                         )
-                        raise MergeConflict(
-                            f"pull request #{pr.number}: {commit[:12]} does not rebase cleanly", files
-                        )
+                        raise MergeConflict(f"pull request #{pr.number}: {commit[:12]} does not rebase cleanly", files)
                 tree = (await self._git(["write-tree"], env=env)).out
-                info = (
-                    await self._git(["log", "-1", "--date=raw", "--format=%an%x00%ae%x00%ad%x00%B", commit])
-                ).stdout
+                info = (await self._git(["log", "-1", "--date=raw", "--format=%an%x00%ae%x00%ad%x00%B", commit])).stdout
                 name, email, date, message = info.decode("utf-8", "replace").split("\0", 3)
                 author = {"GIT_AUTHOR_NAME": name, "GIT_AUTHOR_EMAIL": email, "GIT_AUTHOR_DATE": date}
-                tip = (
-                    await self._git(["commit-tree", tree, "-p", tip], env=author, stdin=message.encode())
-                ).out
+                tip = (await self._git(["commit-tree", tree, "-p", tip], env=author, stdin=message.encode())).out
         return tip
 
     # -- git and SQLite plumbing -----------------------------------------------------------------------
@@ -469,9 +446,7 @@ class LocalGitForge:
         return (await self._git(["symbolic-ref", "--short", "HEAD"])).out
 
     async def _branch_sha(self, branch: str) -> str | None:
-        result = await self._git(
-            ["rev-parse", "--verify", "-q", f"refs/heads/{branch}^{{commit}}"], check=False
-        )
+        result = await self._git(["rev-parse", "--verify", "-q", f"refs/heads/{branch}^{{commit}}"], check=False)
         return result.out if result.returncode == 0 and result.out else None
 
     async def _is_ancestor(self, maybe_ancestor: str, of: str) -> bool:

@@ -205,13 +205,9 @@ class FakeGitHub:
         head, base = data["head"], data["base"]
         head_sha = self.head_of(head)
         if head_sha is None:
-            return _error(
-                422, "Validation Failed", [{"resource": "PullRequest", "field": "head", "code": "invalid"}]
-            )
+            return _error(422, "Validation Failed", [{"resource": "PullRequest", "field": "head", "code": "invalid"}])
         if base != self.default_branch and self.head_of(base) is None:
-            return _error(
-                422, "Validation Failed", [{"resource": "PullRequest", "field": "base", "code": "invalid"}]
-            )
+            return _error(422, "Validation Failed", [{"resource": "PullRequest", "field": "base", "code": "invalid"}])
         for pr in self.pulls.values():
             if pr["state"] == "open" and pr["head"]["ref"] == head:
                 message = f"A pull request already exists for {self.owner}:{head}."
@@ -368,9 +364,7 @@ class _Gate:
 
                     await asyncio.sleep(script.delay)
                     break
-                await JSONResponse(script.body, status_code=script.status, headers=script.headers)(
-                    scope, receive, send
-                )
+                await JSONResponse(script.body, status_code=script.status, headers=script.headers)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -456,9 +450,7 @@ class GitHttpServer:
             env["HTTP_CONTENT_ENCODING"] = encoding
         if protocol := handler.headers.get("Git-Protocol"):
             env["GIT_PROTOCOL"] = protocol
-        out = subprocess.run(
-            ["git", "http-backend"], input=body, env=env, capture_output=True, check=False
-        ).stdout
+        out = subprocess.run(["git", "http-backend"], input=body, env=env, capture_output=True, check=False).stdout
         head, sep, payload = out.partition(b"\r\n\r\n")
         if not sep:
             head, _, payload = out.partition(b"\n\n")
