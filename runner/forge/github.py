@@ -25,7 +25,7 @@ from runner.forge.base import (
     PullRequest,
     check_pushable,
 )
-from runner.gitops import GitError, GitTimeout, head_sha, run_git
+from runner.gitops import GitTimeout, head_sha, redact, run_git, secret_forms
 
 logger = logging.getLogger(__name__)
 
@@ -200,17 +200,19 @@ class GitHubForge:
             "GIT_CONFIG_VALUE_0": f"Authorization: Basic {credential}",
         }
         try:
-            await run_git(
+            result = await run_git(
                 ["push", "--porcelain", "--no-verify", self.git_url, f"{sha}:refs/heads/{branch}"],
                 cwd=clone,
                 env=env,
                 secrets=[self._token],
                 timeout=self._push_timeout,
+                check=False,
             )
         except GitTimeout as exc:
             raise ForgeError(f"git push of {branch} to {self.repository} timed out") from exc
-        except GitError as exc:
-            raise _push_error(branch, self.repository, exc) from None
+        if result.returncode != 0:
+            output = redact(f"{result.out}\n{result.stderr}", secret_forms(self._token))
+            raise _push_error(branch, self.repository, output)
         logger.info("pushed %s to %s at %s", sha[:12], branch, self.repository)
         return sha
 
@@ -366,10 +368,9 @@ def _status_error(method: str, path: str, response: httpx.Response) -> ForgeErro
     return ForgeError(what)
 
 
-def _push_error(branch: str, repository: str, exc: GitError) -> ForgeError:
-    text = str(exc)
-    lowered = text.lower()
-    what = f"git push of {branch} to {repository} failed: {exc.stderr.strip()[-500:] or text}"
+def _push_error(branch: str, repository: str, output: str) -> ForgeError:
+    lowered = output.lower()
+    what = f"git push of {branch} to {repository} failed: {output.strip()[-500:]}"
     if any(s in lowered for s in ("authentication failed", "could not read username", "error: 401", "error: 403")):
         return ForgeAuthError(f"{what}; the token needs contents=write (OAuth scope: repo)")
     if "not found" in lowered or "error: 404" in lowered:

@@ -127,17 +127,17 @@ class LocalGitForge:
             open_pr_branches=[pr.head_branch for pr in open_prs],
         )
         sha = await head_sha(clone, timeout=self._git_timeout)
-        try:
-            await run_git(
-                ["push", "--porcelain", "--no-verify", str(self.repo), f"{sha}:refs/heads/{branch}"],
-                cwd=clone,
-                timeout=self._git_timeout,
-            )
-        except GitError as exc:
-            text = f"{exc} {exc.stderr}".lower()
-            if any(s in text for s in ("[rejected]", "non-fast-forward", "fetch first")):
-                raise ForgeConflict(f"push of {branch} rejected: the branch exists and has diverged") from exc
-            raise ForgeError(f"push of {branch} to {self.repo} failed: {exc}") from exc
+        result = await run_git(
+            ["push", "--porcelain", "--no-verify", str(self.repo), f"{sha}:refs/heads/{branch}"],
+            cwd=clone,
+            timeout=self._git_timeout,
+            check=False,
+        )
+        if result.returncode != 0:
+            output = f"{result.out}\n{result.stderr}".strip()
+            if any(s in output.lower() for s in ("[rejected]", "non-fast-forward", "fetch first")):
+                raise ForgeConflict(f"push of {branch} rejected, the branch exists and has diverged: {output[-500:]}")
+            raise ForgeError(f"push of {branch} to {self.repo} failed: {output[-500:]}")
         logger.info("pushed %s to %s in %s", sha[:12], branch, self.repo)
         return sha
 
