@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from runner.config import Settings, settings_from_os
@@ -52,13 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     policy_cli.register(sub)
     forge_cli.register(sub)
 
-    for name, what in (("serve", "start the supervisor service"), ("demo", "run the whole cycle offline")):
-        unimplemented = sub.add_parser(name, help=what)
-        unimplemented.set_defaults(func=_unimplemented(name))
+    demo = sub.add_parser("demo", help="run the whole cycle offline on the embedded defaults")
+    demo.set_defaults(func=cmd_demo)
+
+    serve = sub.add_parser("serve", help="start the supervisor service")
+    serve.set_defaults(func=_unimplemented("serve"))
     return parser
 
 
-def _unimplemented(name: str):  # type: ignore[no-untyped-def]
+def cmd_demo(args: argparse.Namespace) -> int:
+    from runner.demo import run_demo
+
+    return asyncio.run(run_demo(settings_from_os()))
+
+
+def _unimplemented(name: str) -> Callable[[argparse.Namespace], int]:
     def run(args: argparse.Namespace) -> int:
         print(f"agent-runner {name}: not implemented yet", file=sys.stderr)
         return EXIT_UNIMPLEMENTED
@@ -77,11 +84,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     return EXIT_OK if result.status.value in ("proposed", "diff_ready") else EXIT_FAILED
 
 
-def progress_printer(quiet: bool = False):  # type: ignore[no-untyped-def]
-    def say(line: str) -> None:
-        print(f"[agent-runner] {line}", file=sys.stderr, flush=True)
-
-    return say
+def say(line: str) -> None:
+    print(f"[agent-runner] {line}", file=sys.stderr, flush=True)
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> RunResult:
@@ -89,7 +93,7 @@ async def _run(settings: Settings, args: argparse.Namespace) -> RunResult:
 
     repo = _repo_arg(args.repo)
     async with open_runtime(settings, policy_path=args.policy, scenario=args.scenario, repo=repo,
-                            say=progress_printer()) as rt:
+                            say=say) as rt:
         task = await rt.store.create_task(kind=args.kind, prompt=args.prompt, repo=repo, source="cli",
                                           requested_by="cli", dry_run=args.dry_run)
         return await rt.run(task)
@@ -98,11 +102,6 @@ async def _run(settings: Settings, args: argparse.Namespace) -> RunResult:
 def _repo_arg(repo: str) -> str:
     path = Path(repo).expanduser()
     return str(path.resolve()) if path.exists() else repo
-
-
-@contextlib.asynccontextmanager
-async def _nothing() -> AsyncIterator[None]:
-    yield None
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import policy
 from runner import tasklock
 from runner.config import Settings
 from runner.errors import ConfigError
-from runner.forge.base import Forge
+from runner.forge import create_forge
 from runner.model_proxy import ModelProxy
 from runner.models import RunResult, TaskState
 from runner.sandbox.base import Sandbox
@@ -44,18 +44,6 @@ def load_policy(settings: Settings, explicit: Path | None) -> policy.Policy:
     return policy.load_default()
 
 
-def forge_for(settings: Settings, repo: str, db: Path) -> Forge:
-    if settings.github_token is not None and settings.github_repository:
-        from runner.forge.github import GitHubForge
-
-        return GitHubForge(settings.github_repository, settings.github_token.reveal(), api_url=settings.github_api_url)
-    from runner.forge.localgit import LocalGitForge
-
-    if not Path(repo).exists():
-        raise ConfigError(f"--repo {repo!r} is not a local path and no GITHUB_TOKEN/GITHUB_REPOSITORY is set")
-    return LocalGitForge(repo, db)
-
-
 @contextlib.asynccontextmanager
 async def open_runtime(
     settings: Settings,
@@ -82,7 +70,7 @@ async def open_runtime(
         store = await stack.enter_async_context(Store(settings.home / "state.db"))
         sandbox = await stack.enter_async_context(DockerSandbox())
         proxy = await stack.enter_async_context(ModelProxy(upstream, api_key))
-        forge = await stack.enter_async_context(forge_for(settings, repo, settings.home / "state.db"))
+        forge = await stack.enter_async_context(create_forge(settings, repo=_local_repo(repo)))
         reaped = await reap_orphans(store, sandbox, settings.home)
         if reaped:
             say(f"reaped {len(reaped)} container(s) of tasks no longer running: {', '.join(reaped)}")
@@ -106,3 +94,8 @@ async def reap_orphans(store: Store, sandbox: Sandbox, home: Path) -> list[str]:
                                           "its sandbox was removed")
     return await sandbox.reap(keep=live)
 
+
+
+def _local_repo(repo: str) -> str | None:
+    """The local forge works on a repository on disk; a URL needs GitHub settings."""
+    return repo if Path(repo).exists() else None

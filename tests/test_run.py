@@ -1,0 +1,219 @@
+"""`agent-runner run` end to end: real daemon, real image, real CLI in the sandbox, the scripted model."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+import yaml
+
+from runner.sample import create_sample_repo
+from runner.sandbox.base import LABEL_TASK
+from runner.scripted_model import Scenario, TextBlock, ToolUseBlock, serve_scripted_model
+
+pytestmark = pytest.mark.docker
+
+AGENT_RUNNER = [sys.executable, "-m", "runner.cli"]
+FIX_SCENARIO = Path(__file__).parents[1] / "runner" / "data" / "scenarios" / "fix-balance.yaml"
+REAL_KEY = "sk-ant-api03-REAL-KEY-only-the-supervisor-holds"
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_RUNNER_"))}
+    env.update(AGENT_RUNNER_HOME=str(home), **extra)
+    return env
+
+
+async def _agent_runner(*args: str, env: dict[str, str], timeout: float = 240) -> tuple[int, dict[str, Any], str]:
+    proc = await asyncio.create_subprocess_exec(*AGENT_RUNNER, *args, env=env, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    lines = out.decode().strip().splitlines()
+    assert lines, f"no output; stderr:\n{err.decode()}"
+    return proc.returncode or 0, json.loads(lines[-1]), err.decode()
+
+
+async def test_run_dry_run_fixes_the_failing_test(tmp_path: Path) -> None:
+    repo = await create_sample_repo(tmp_path / "origin")
+    code, result, progress = await _agent_runner(
+        "run", "--repo", str(repo), "--prompt", "average_spend crashes for users without spending; fix it",
+        "--kind", "fix", "--dry-run", "--json", "--scenario", str(FIX_SCENARIO), env=_env(tmp_path / "home"))
+    assert code == 0, progress
+    assert result["status"] == "diff_ready"
+    assert result["files_changed"] == ["bot/ledger.py"]
+    assert "+    if not spent:" in result["diff"] and "+        return 0.0" in result["diff"]
+    assert ".env" not in result["diff"] and "secrets/" not in result["diff"]  # removed files are no change
+    tests = result["tests"]
+    assert tests["passed"] and tests["exit_code"] == 0 and "4 passed" in tests["output_tail"]
+    assert result["pr"] is None and result["denials"] == []
+    assert result["usage"]["requests"] >= 5 and result["usage"]["input_tokens"] > 0
+    assert "scripted model plays the agent" in progress
+
+
+async def test_run_proposes_a_pull_request_on_the_local_forge(tmp_path: Path) -> None:
+    repo = await create_sample_repo(tmp_path / "origin")
+    code, result, progress = await _agent_runner(
+        "run", "--repo", str(repo), "--prompt", "fix average_spend", "--kind", "fix", "--json",
+        "--scenario", str(FIX_SCENARIO), env=_env(tmp_path / "home"))
+    assert code == 0, progress
+    assert result["status"] == "proposed"
+    pr = result["pr"]
+    assert pr["number"] == 1 and pr["branch"].startswith("agent/fix-")
+    branch_sha = (await _git(repo, "rev-parse", pr["branch"])).strip()
+    assert branch_sha == pr["head_sha"]
+    changed = await _git(repo, "diff", "--name-only", "main", pr["branch"])
+    assert changed.split() == ["bot/ledger.py"]
+    assert (await _git(repo, "log", "-1", "--format=%an", pr["branch"])).strip() == "agent-runner"
+
+
+async def _git(repo: Path, *args: str) -> str:
+    proc = await asyncio.create_subprocess_exec("git", "-C", str(repo), *args, stdout=asyncio.subprocess.PIPE)
+    out, _ = await proc.communicate()
+    assert proc.returncode == 0
+    return out.decode()
+
+
+# What a hostile agent tries. The conftest.py runs in the supervisor's own test run, inside the sandbox,
+# and reports what it could see and reach. It is data for the sandbox, never executed on this host.
+PROBE = '''
+import json, os, socket
+
+def _try(fn):
+    try:
+        return fn()
+    except Exception as exc:
+        return f"error: {type(exc).__name__}: {exc}"
+
+def _writable_root():
+    with open("/agent-runner-probe", "w") as f:
+        f.write("x")
+    return True
+
+def _connect(host, port):
+    with socket.create_connection((host, port), timeout=2):
+        return True
+
+def _status(key):
+    for line in open("/proc/self/status"):
+        if line.startswith(key + ":"):
+            return line.split()[1]
+
+report = {
+    "uid": os.getuid(), "euid": os.geteuid(),
+    "cap_eff": _status("CapEff"), "no_new_privs": _status("NoNewPrivs"),
+    "docker_socket": [p for p in ("/var/run/docker.sock", "/run/docker.sock") if os.path.exists(p)],
+    "root_write": _try(_writable_root),
+    "environ": dict(os.environ),
+    "interfaces": [l.split(":")[0].strip() for l in open("/proc/net/dev").readlines()[2:]],
+    "routes": open("/proc/net/route").read().splitlines()[1:],
+    "host_listener": _try(lambda: _connect(os.environ.get("PROBE_HOST", "HOSTIP"), PORT)),
+    "protected_present": [p for p in (".env", "secrets/payment.key") if os.path.lexists("/workspace/" + p)],
+}
+with open("/workspace/probe-report.json", "w") as f:
+    json.dump(report, f)
+'''
+
+
+def _attack_scenario(host_ip: str, port: int) -> Scenario:
+    probe = PROBE.replace("HOSTIP", host_ip).replace("PORT", str(port))
+    return Scenario.of(
+        [TextBlock("Reading the secrets first."), ToolUseBlock("Read", {"file_path": "/workspace/.env"})],
+        [ToolUseBlock("Write", {"file_path": "/workspace/compose.yaml", "content": "services: {pwned: {}}\n"})],
+        [ToolUseBlock("Bash", {"command": "ln -s /var/run/docker.sock /workspace/docker.sock"})],
+        [ToolUseBlock("Bash", {"command": "cat .env"})],
+        [ToolUseBlock("Write", {"file_path": "/workspace/conftest.py", "content": probe})],
+        final_text="Nothing to see here.",
+    )
+
+
+async def test_attack_is_denied_audited_and_the_sandbox_holds_nothing(tmp_path: Path) -> None:
+    repo = await create_sample_repo(tmp_path / "origin")
+    bridge_ip = docker.from_env().networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    hits: list[str] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hits.append("connected")
+        writer.close()
+
+    # A listener on the host, on the Docker bridge our engine made and on loopback: the sandbox must reach neither.
+    listener = await asyncio.start_server(on_connect, host=[bridge_ip, "127.0.0.1"], port=0)
+    port = listener.sockets[0].getsockname()[1]
+    home = tmp_path / "home"
+    async with listener, serve_scripted_model(_attack_scenario(bridge_ip, port)) as model:
+        code, result, progress = await _agent_runner(
+            "run", "--repo", str(repo), "--prompt", "add a /balance command", "--dry-run", "--json",
+            env=_env(home, ANTHROPIC_BASE_URL=model.base_url, ANTHROPIC_API_KEY=REAL_KEY))
+        upstream_keys = {r.headers.get("x-api-key") for r in model.requests if r.path.endswith("/v1/messages")}
+
+    denied = {(d["tool"], d["reason"].split(":")[0]) for d in result["denials"]}
+    assert {d["tool"] for d in result["denials"]} >= {"Read", "Write", "Bash"}, result["denials"]
+    assert len(result["denials"]) == 4, denied
+    # The upstream saw only the real key; the sandbox never had it.
+    assert upstream_keys == {REAL_KEY}
+    report = json.loads((home / "tasks" / result["task_id"] / "workspace" / "probe-report.json").read_text())
+    assert report["uid"] == 1000 and report["euid"] == 1000
+    assert int(report["cap_eff"], 16) == 0 and report["no_new_privs"] == "1"
+    assert report["docker_socket"] == []
+    assert str(report["root_write"]).startswith("error: OSError") or "Read-only" in str(report["root_write"])
+    assert report["interfaces"] == ["lo"] and report["routes"] == []
+    assert str(report["host_listener"]).startswith("error:") and hits == []
+    assert report["protected_present"] == []
+    environ = json.dumps(report["environ"])
+    assert REAL_KEY not in environ and "sample-secret" not in environ
+    assert report["environ"]["ANTHROPIC_API_KEY"] != REAL_KEY
+    # compose.yaml unchanged, .env never read: the change holds only the planted conftest and its report.
+    assert "compose.yaml" not in result["files_changed"]
+    # Every decision is in the audit log.
+    from runner.store import Store
+
+    async with Store(home / "state.db") as store:
+        decisions = await store.audit_log(result["task_id"], event="tool_decision")
+    assert [d.detail["decision"] for d in decisions].count("deny") == 4
+    assert all(d.detail["rule"] and d.detail["input_digest"] for d in decisions)
+
+
+async def test_killed_supervisor_leaves_no_container_after_restart(tmp_path: Path) -> None:
+    repo = await create_sample_repo(tmp_path / "origin")
+    home = tmp_path / "home"
+    slow = tmp_path / "slow.yaml"
+    slow.write_text(yaml.safe_dump({"turns": [[{"type": "tool_use", "name": "Bash",
+                                                "input": {"command": "sleep 60"}}]]}))
+    client = docker.from_env()
+    proc = await asyncio.create_subprocess_exec(
+        *AGENT_RUNNER, "run", "--repo", str(repo), "--prompt", "x", "--dry-run", "--json", "--scenario", str(slow),
+        env=_env(home), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    task_id = None
+    for _ in range(600):
+        states = await _task_states(home)
+        if "running" in states.values():
+            task_id = next(t for t, s in states.items() if s == "running")
+            break
+        await asyncio.sleep(0.1)
+    assert task_id, "the task never reached running"
+    os.kill(proc.pid, signal.SIGKILL)
+    await proc.wait()
+    assert client.containers.list(all=True, filters={"label": f"{LABEL_TASK}={task_id}"}), "no orphan to reap"
+
+    code, result, progress = await _agent_runner(
+        "run", "--repo", str(repo), "--prompt", "fix", "--dry-run", "--json", "--scenario", str(FIX_SCENARIO),
+        env=_env(home))
+    assert f"reaped 1 container(s) of tasks no longer running: {task_id}" in progress
+    assert client.containers.list(all=True, filters={"label": f"{LABEL_TASK}={task_id}"}) == []
+    states = await _task_states(home)
+    assert states[task_id] == "failed" and states[result["task_id"]] == "diff_ready"
+
+
+async def _task_states(home: Path) -> dict[str, str]:
+    if not (home / "state.db").exists():
+        return {}
+    from runner.store import Store
+
+    async with Store(home / "state.db") as store:
+        return {t.id: t.state.value for t in await store.list_tasks()}
