@@ -35,7 +35,6 @@ SAFE_CONFIG: tuple[tuple[str, str], ...] = (
     ("core.hooksPath", "/dev/null"),
     ("core.fsmonitor", "false"),
     ("core.sshCommand", "ssh"),
-    ("core.gitProxy", ""),
     ("core.askPass", ""),
     ("core.pager", "cat"),
     ("core.editor", "false"),
@@ -45,7 +44,7 @@ SAFE_CONFIG: tuple[tuple[str, str], ...] = (
     ("protocol.https.allow", "always"),
     ("protocol.http.allow", "always"),
     ("protocol.file.allow", "always"),
-    ("diff.external", ""),
+    ("protocol.git.allow", "never"),
     ("gc.auto", "0"),
     ("maintenance.auto", "false"),
     ("commit.gpgSign", "false"),
@@ -53,6 +52,10 @@ SAFE_CONFIG: tuple[tuple[str, str], ...] = (
     ("advice.detachedHead", "false"),
     ("init.defaultBranch", "main"),
 )
+
+# diff.external and textconv drivers cannot be unset with -c (an empty value means "run ''"), so the
+# porcelain commands that would run them get --no-ext-diff --no-textconv; plumbing never runs them.
+_DIFFING = frozenset({"diff", "log", "show"})
 
 # Only these are taken from the supervisor's own environment; every GIT_* variable is dropped.
 _INHERITED = ("PATH", "LANG", "LC_ALL", "TMPDIR", "SYSTEMROOT")
@@ -128,11 +131,17 @@ def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
 
 
 def git_argv(args: Sequence[str]) -> list[str]:
-    """`git -c k=v ... <args>` with the safe overrides in front."""
+    """`git -c k=v ... <args>` with the safe overrides in front (and external diff off for porcelain diffs)."""
     argv = ["git"]
     for key, value in SAFE_CONFIG:
         argv += ["-c", f"{key}={value}"]
-    return argv + list(args)
+    rest = list(args)
+    i = 0
+    while i < len(rest) and rest[i].startswith("-"):
+        i += 2 if rest[i] in ("-c", "-C") else 1
+    if i < len(rest) and rest[i] in _DIFFING:
+        rest[i + 1 : i + 1] = ["--no-ext-diff", "--no-textconv"]
+    return argv + rest
 
 
 async def run_git(
