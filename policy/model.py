@@ -1,0 +1,220 @@
+"""Frozen values of the policy core: the loaded Policy, a ToolCall and the Decision made on it."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from policy.paths import PathRules
+
+KNOWN_TOOLS = (
+    "Read",
+    "Write",
+    "Edit",
+    "MultiEdit",
+    "NotebookEdit",
+    "Glob",
+    "Grep",
+    "LS",
+    "Bash",
+    "TodoWrite",
+)
+
+
+class Effect(enum.Enum):
+    """What happens to a call: run it, refuse it, or ask the owner first.
+
+    Ordered by strictness: combining effects keeps the strictest (``Effect.strictest``).
+    """
+
+    ALLOW = "allow"
+    ASK = "ask"
+    DENY = "deny"
+
+    @property
+    def rank(self) -> int:
+        return _RANK[self]
+
+    @staticmethod
+    def strictest(a: Effect, b: Effect) -> Effect:
+        """Return the stricter of two effects: deny > ask > allow."""
+        return a if a.rank >= b.rank else b
+
+
+_RANK = {Effect.ALLOW: 0, Effect.ASK: 1, Effect.DENY: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One tool call the agent wants to make, in Claude Code's shape.
+
+    >>> ToolCall("Bash", {"command": "git status"}, kind="fix")
+    """
+
+    tool: str
+    input: Mapping[str, Any]
+    kind: str = "feature"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The verdict on one ToolCall.
+
+    `rule_id` names the policy entry or built-in check that decided (e.g. ``paths.write_protected``,
+    ``bash.not-allowed``); `command` is the offending simple command for Bash calls; `policy_version` and
+    `policy_sha256` say which policy decided, for the audit log.
+    """
+
+    effect: Effect
+    rule_id: str
+    reason: str
+    command: str | None
+    policy_version: str
+    policy_sha256: str
+
+    def to_json(self) -> dict[str, Any]:
+        """The CLI's JSON shape: ``{"decision", "rule", "reason", "command", "policy_version", "policy_sha256"}``."""
+        return {
+            "decision": self.effect.value,
+            "rule": self.rule_id,
+            "reason": self.reason,
+            "command": self.command,
+            "policy_version": self.policy_version,
+            "policy_sha256": self.policy_sha256,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Step:
+    """How one part of a call was decided: a simple command of a Bash string, or the tool call itself."""
+
+    command: str
+    argv: tuple[str, ...]
+    effect: Effect
+    rule_id: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """The final Decision and every Step that led to it, in source order (for ``policy explain``)."""
+
+    decision: Decision
+    steps: tuple[Step, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Budgets of one task kind; enforced by the supervisor from outside the sandbox."""
+
+    max_turns: int
+    max_tokens: int
+    max_cost_usd: float
+    wall_time_seconds: int
+    max_changed_files: int
+    max_diff_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimits:
+    """How often tasks may start: owner commands and alert-triggered auto-fixes per hour, and a cooldown."""
+
+    commands_per_hour: int = 10
+    autofixes_per_hour: int = 5
+    cooldown_after_failure_seconds: int = 900
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """What one task kind (``feature``, ``fix``, ``review``, ``dry-run``) may do."""
+
+    kind: str
+    tools: tuple[str, ...]
+    read_only: bool
+    limits: Limits
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """An owner rule, tried in order before the built-in defaults; the first that matches decides its part.
+
+    A rule matches a part of a call when every condition it sets holds: `tools` (tool names), `kinds`
+    (task kinds), `commands` (argv prefixes of a bash simple command, e.g. ``("git", "push")``) and
+    `paths` (gitignore patterns matched against a path the part reads or writes, with `access`).
+    Rules cannot loosen the structural checks of bash parsing nor the protected paths.
+    """
+
+    id: str
+    effect: Effect
+    reason: str
+    tools: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = ()
+    commands: tuple[tuple[str, ...], ...] = ()
+    paths: tuple[str, ...] = ()
+    access: Literal["read", "write", "any"] = "any"
+
+
+@dataclass(frozen=True, slots=True)
+class BashRules:
+    """What the Bash tool may run."""
+
+    allow: frozenset[str]
+    ask: frozenset[str]
+    git_subcommands: frozenset[str]
+    python_modules: frozenset[str]
+    interpreters: Effect
+    protected_variables: tuple[str, ...]
+    max_command_length: int
+    max_commands: int
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    """A policy test: a call and the decision it must get (``rule`` optional)."""
+
+    name: str
+    call: ToolCall
+    expect: Effect
+    rule: str | None
+    line: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    """A loaded, validated policy. Build it with ``policy.load`` or ``policy.load_file``; never by hand.
+
+    >>> p = load_file("policy.yaml"); p.profile("review").read_only
+    True
+    """
+
+    schema: int
+    version: str
+    sha256: str
+    source: str
+    workspace: str
+    profiles: Mapping[str, Profile]
+    paths: PathRules
+    bash: BashRules
+    rules: tuple[Rule, ...]
+    rate_limits: RateLimits
+    test_command: str
+    setup_command: str
+    dependency_files: tuple[str, ...]
+    autofix_mode: Literal["pr", "dry-run"]
+    ask_timeout_seconds: int
+    examples: tuple[Example, ...] = field(default=(), compare=False)
+
+    def profile(self, kind: str) -> Profile:
+        """The profile of a task kind; KeyError if the policy has none (the engine denies such calls)."""
+        return self.profiles[kind]
+
+    def allowed_tools(self, kind: str) -> tuple[str, ...]:
+        """Tool names the profile of `kind` allows (empty for an unknown kind)."""
+        prof = self.profiles.get(kind)
+        return prof.tools if prof is not None else ()
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        return tuple(self.profiles)
