@@ -10,13 +10,15 @@ from typing import Protocol
 
 from runner.models import TASK_KINDS, Denial, TaskKind, TestRun, Usage
 
-MAX_BODY = 60_000  # GitHub refuses bodies over 65,536 characters
+# GitHub refuses bodies over 65,536 characters. The per-section bounds below add up to less than MAX_BODY
+# (request 2k, summary 6k, files ~22k, output 3k, denials ~20k), so nothing is ever cut mid-fence.
+MAX_BODY = 60_000
 MAX_SUMMARY = 6_000
 MAX_REQUEST = 2_000
 MAX_OUTPUT_TAIL = 3_000
 MAX_INLINE = 200
-MAX_FILES = 200
-MAX_DENIALS = 50
+MAX_FILES = 100
+MAX_DENIALS = 30
 MAX_SLUG = 40
 MAX_FINGERPRINT = 16
 BRANCH_PREFIX = "agent/"
@@ -118,6 +120,7 @@ def render_pr_body(request: PrRequest) -> str:
     cleaned of control and bidi characters and cut to a bound, so it can neither format the page, mention
     anyone, nor impersonate the supervisor's own sections.
     """
+    approve = _approve_section(request.number, request.head_sha)
     parts = [
         _request_section(request),
         _summary_section(request.summary),
@@ -125,12 +128,12 @@ def render_pr_body(request: PrRequest) -> str:
         _tests_section(request.tests),
         _denials_section(request.denials),
         _usage_section(request.usage),
-        _approve_section(request.number, request.head_sha),
     ]
-    body = "\n\n".join(parts) + "\n"
-    if len(body) > MAX_BODY:
-        body = body[: MAX_BODY - 40] + "\n\n_(body truncated)_\n"
-    return body
+    body = "\n\n".join(parts)
+    room = MAX_BODY - len(approve) - 40
+    if len(body) > room:  # unreachable with the bounds above; kept so the limit holds if they change
+        body = body[:room] + "\n\n_(body truncated)_"
+    return f"{body}\n\n{approve}\n"
 
 
 def branch_name(kind: str, prompt_or_fingerprint: str, taken: Collection[str]) -> str:

