@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -71,8 +71,9 @@ class ParsedTraceback:
     """The exception that propagated, with its chain (root cause first) and group members.
 
     `exc_type` is "" when the exception line was lost (`truncated`). `repo_frame` is the innermost
-    frame of the repository in the most telling exception: the final one, or what it was raised
-    `from`, or the first group member that has one; `repo_path` is its repo-relative path.
+    frame of the repository in the most telling exception: the one the final exception was raised
+    `from` (followed back), else the final one, else earlier context; for a group, its own frames,
+    else a member's. `repo_path` is that frame's repo-relative path.
     """
 
     exc_type: str
@@ -635,16 +636,17 @@ def _assemble(
     candidates += [(c.exc_type, c.frames) for c in reversed(chain[: i + 1])]
     repo_frame: Frame | None = None
     repo_path: str | None = None
-    for member in final.members:
-        if member.repo_frame is not None:
-            repo_frame, repo_path = member.repo_frame, member.repo_path
-            break
     for _, frames in candidates:
-        if repo_frame is not None:
-            break
         found = _repo_frames(frames, roots)
         if found:
             repo_frame, repo_path = found[-1]
+            break
+    # A group raised by our code points at that code (the `async with TaskGroup()`); otherwise at a
+    # member, chosen by fingerprint because members arrive in whatever order the tasks failed.
+    for member in sorted(final.members, key=lambda m: m.fingerprint):
+        if repo_frame is not None:
+            break
+        repo_frame, repo_path = member.repo_frame, member.repo_path
 
     parts = ["tb1", final.exc_type]
     if chain:
@@ -670,7 +672,7 @@ def _assemble(
     if chain and chain[0].exc_type and chain[0].exc_type != final.exc_type:
         summary += f" (root cause: {chain[0].exc_type})"
     if final.members:
-        names = list(dict.fromkeys(m.exc_type for m in final.members if m.exc_type))
+        names = sorted({m.exc_type for m in final.members if m.exc_type})
         summary += f" [{', '.join(names[:5])}]"
     if truncated:
         summary += " (truncated)"
@@ -696,13 +698,18 @@ def _rebuild(tb: ParsedTraceback, roots: tuple[str, ...]) -> ParsedTraceback:
 
 
 # Order matters: the specific shapes go before the numbers they contain.
-_NORMALISERS: tuple[tuple[re.Pattern[str], str], ...] = (
+def _hex_id(m: re.Match[str]) -> str:
+    # Long digit-only runs are numbers (user ids): one token for both, whatever their length.
+    return "<hex>" if re.search(r"[a-fA-F]", m.group()) else m.group()
+
+
+_NORMALISERS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     (re.compile(r"\b[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}\b"), "<uuid>"),
     (re.compile(r"\b0x[0-9a-fA-F]+\b"), "<addr>"),
     (re.compile(r"(?:/var)?/tmp/[^\s'\",)\]]*"), "<tmp>"),
     (re.compile(r"'[^'\n]{0,400}'"), "<str>"),
     (re.compile(r'"[^"\n]{0,400}"'), "<str>"),
-    (re.compile(r"\b[0-9a-fA-F]{12,}\b"), "<hex>"),
+    (re.compile(r"\b[0-9a-fA-F]{12,}\b"), _hex_id),
     (re.compile(r"(?<![A-Za-z])-?\d+(?:\.\d+)?"), "<num>"),
     (re.compile(r"\s+"), " "),
 )
