@@ -1,0 +1,63 @@
+"""Deployers: what happens after the owner approves and the forge merges (nothing, a command, or Docker)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from runner.deploy.base import (
+    Deployer,
+    DeployError,
+    DeployEvent,
+    DeployResult,
+    DeploySource,
+    EventSink,
+    Outcome,
+    deploy_with_rollback,
+)
+
+__all__ = [
+    "DEPLOYER_KINDS",
+    "DeployError",
+    "DeployEvent",
+    "DeployResult",
+    "DeploySource",
+    "Deployer",
+    "DeployerKind",
+    "EventSink",
+    "Outcome",
+    "create_deployer",
+    "deploy_with_rollback",
+]
+
+DeployerKind = Literal["none", "command", "docker"]
+DEPLOYER_KINDS: tuple[DeployerKind, ...] = ("none", "command", "docker")
+
+
+def create_deployer(kind: str, **options: Any) -> Deployer:
+    """The deployer of `kind`, built from `options` (the implementation's keyword arguments).
+
+    Backends are imported lazily, so `none` and `command` never import the docker SDK.
+
+        create_deployer("command", deploy_command="systemctl restart bot", health_url="http://127.0.0.1:8000/health")
+        create_deployer("docker", service="bot", build_base_image="python:3.12-slim", port=8000)
+    """
+    from runner.errors import ConfigError
+
+    try:
+        if kind == "none":
+            if options:
+                raise ConfigError(f"the none deployer takes no options, got {sorted(options)}")
+            from runner.deploy.none import NoneDeployer
+
+            return NoneDeployer()
+        if kind == "command":
+            from runner.deploy.command import CommandDeployer
+
+            return CommandDeployer(**options)
+        if kind == "docker":
+            from runner.deploy.docker import DockerDeployer
+
+            return DockerDeployer(**options)
+    except TypeError as exc:  # a missing or unknown option
+        raise ConfigError(f"bad options for the {kind} deployer: {exc}") from exc
+    raise ConfigError(f"unknown deployer {kind!r}; one of {', '.join(DEPLOYER_KINDS)}")

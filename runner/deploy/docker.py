@@ -1,0 +1,349 @@
+"""DockerDeployer: build the merged commit into an image, replace the bot's container, wait healthy, roll back."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import docker
+import docker.errors
+import httpx
+
+from runner.deploy.base import (
+    DEFAULT_DEPLOY_TIMEOUT,
+    DEFAULT_HEALTH_INTERVAL,
+    DEFAULT_HEALTH_TIMEOUT,
+    DeployError,
+    DeployResult,
+    DeploySource,
+    tail,
+)
+from runner.deploy.health import Verdict, health_client, probe_http, wait_healthy
+from runner.gitops import GitError, run_git
+
+T = TypeVar("T")
+
+LABEL_ROLE = "org.agent-runner.role"
+LABEL_SERVICE = "org.agent-runner.service"
+LABEL_SHA = "org.agent-runner.sha"
+ROLE_DEPLOYED = "deployed"
+IMAGE_REPO_PREFIX = "agent-runner/deployed-"
+BUILD_ARG_BASE = "BASE_IMAGE"
+ENV_SHA = "AGENT_RUNNER_DEPLOY_SHA"
+DEFAULT_CONTAINER_PORT = 8000
+STOP_TIMEOUT = 10
+LOG_LINES = 200
+# Docker's own HEALTHCHECK cadence: fast enough that a deploy is judged in seconds.
+HEALTHCHECK_INTERVAL_NS = 500_000_000
+HEALTHCHECK_TIMEOUT_NS = 2_000_000_000
+HEALTHCHECK_RETRIES = 3
+
+# Lower-case because the service name becomes part of an image repository name.
+_SERVICE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
+
+
+def image_tag(service: str, sha: str) -> str:
+    """The image a commit of `service` is built into: `agent-runner/deployed-<service>:<sha12>`."""
+    return f"{IMAGE_REPO_PREFIX}{service}:{sha[:12]}"
+
+
+@dataclass(frozen=True, slots=True)
+class _Image:
+    tag: str
+    seconds: float
+    built: bool
+
+
+class _BuildFailed(Exception):
+    def __init__(self, detail: str, log: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.log = log
+
+
+class DockerDeployer:
+    """Runs the bot as the container `service`, built from the repository's own Dockerfile at each SHA.
+
+    deploy: clone the repository with trusted git, check out the SHA, build `image_tag(service, sha)` with
+    `--build-arg BASE_IMAGE=<build_base_image>` and no pull, stop and remove the running `service` container,
+    start the new one (labelled `org.agent-runner.role=deployed`), and wait for it to be healthy: running,
+    its Docker health status `healthy` if it has a HEALTHCHECK, and an HTTP 2xx from
+    `http://127.0.0.1:<port><health_path>` when `port` is published. Without a port, a HEALTHCHECK probing
+    `health_path` with the image's python3 is added (or `healthcheck`, a CMD argv, when given).
+    Images are kept, so a rollback to a SHA deployed before starts its image again without building.
+    """
+
+    def __init__(
+        self,
+        service: str,
+        *,
+        build_base_image: str,
+        port: int | None = None,
+        container_port: int = DEFAULT_CONTAINER_PORT,
+        health_path: str = "/health",
+        health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
+        health_interval: float = DEFAULT_HEALTH_INTERVAL,
+        healthcheck: Sequence[str] | None = None,
+        network: str | None = None,
+        build_network: str | None = None,
+        environment: Mapping[str, str] | None = None,
+        version_env: str | None = None,
+        build_timeout: float = DEFAULT_DEPLOY_TIMEOUT,
+        work_dir: Path | None = None,
+        client: Any | None = None,
+    ) -> None:
+        if not _SERVICE.match(service):
+            raise DeployError(f"bad service name {service!r}: lower-case letters, digits, '_', '.', '-'")
+        if not health_path.startswith("/"):
+            raise DeployError(f"health_path must start with '/': {health_path!r}")
+        self.service = service
+        self.build_base_image = build_base_image
+        self.port = port
+        self.container_port = container_port
+        self.health_path = health_path
+        self.health_timeout = health_timeout
+        self.health_interval = health_interval
+        self.healthcheck = tuple(healthcheck) if healthcheck is not None else None
+        self.network = network
+        self.build_network = build_network
+        self.environment = dict(environment or {})
+        self.version_env = version_env
+        self.build_timeout = build_timeout
+        self.work_dir = work_dir
+        self._client = client
+        self._owns_client = client is None
+        self._http: httpx.AsyncClient | None = None
+        # One release at a time: two deploys racing would fight over the container name and port.
+        self._lock = asyncio.Lock()
+
+    async def __aenter__(self) -> DockerDeployer:
+        await self._docker()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+            self._http = None
+        if self._client is not None and self._owns_client:
+            await asyncio.to_thread(self._client.close)
+            self._client = None
+
+    async def deploy(self, checkout: DeploySource) -> DeployResult:
+        return await self._release(checkout, "deploy")
+
+    async def rollback(self, previous: DeploySource) -> DeployResult:
+        return await self._release(previous, "rollback")
+
+    async def _release(self, source: DeploySource, action: str) -> DeployResult:
+        if not _SHA.match(source.sha):
+            raise DeployError(f"{action} needs a full commit SHA, got {source.sha!r}")
+        async with self._lock:
+            started = time.monotonic()
+            try:
+                image = await self._image(source)
+            except _BuildFailed as exc:
+                # The running container was not touched: the old version still serves.
+                return DeployResult(
+                    ok=False,
+                    version=source.sha,
+                    healthy=False,
+                    detail=f"{action}: {exc.detail}; the running container was left as it was",
+                    duration_seconds=time.monotonic() - started,
+                    logs_tail=tail(exc.log),
+                )
+            replace_started = time.monotonic()
+            container = await self._replace(image.tag, source.sha)
+            replace_seconds = time.monotonic() - replace_started
+            health = await wait_healthy(
+                lambda: self._check(container), timeout=self.health_timeout, interval=self.health_interval
+            )
+            logs = await self._logs(container)
+            how = f"built in {image.seconds:.2f}s" if image.built else f"image reused ({image.seconds:.2f}s)"
+            verdict = "healthy" if health.healthy else "unhealthy"
+            return DeployResult(
+                ok=True,
+                version=source.sha,
+                healthy=health.healthy,
+                detail=(
+                    f"{action} {source.sha[:12]} as {self.service}: {how}, container replaced in "
+                    f"{replace_seconds:.2f}s, {verdict} after {health.seconds:.2f}s: {health.detail}"
+                ),
+                duration_seconds=time.monotonic() - started,
+                logs_tail=tail(logs),
+            )
+
+    async def _image(self, source: DeploySource) -> _Image:
+        client = await self._docker()
+        tag = image_tag(self.service, source.sha)
+        started = time.monotonic()
+        try:
+            existing = await asyncio.to_thread(client.images.get, tag)
+        except docker.errors.ImageNotFound:
+            existing = None
+        except docker.errors.DockerException as exc:
+            raise DeployError(f"Docker engine error: {_short(exc)}") from exc
+        # The tag holds 12 hex digits; the label holds the full SHA, so a prefix collision is rebuilt.
+        if existing is not None and (existing.labels or {}).get(LABEL_SHA) == source.sha:
+            return _Image(tag, time.monotonic() - started, built=False)
+        root = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="deploy-", dir=self.work_dir))
+        try:
+            context = await self._checkout(source, root)
+            await self._build(client, context, tag, source.sha)
+        finally:
+            await asyncio.to_thread(shutil.rmtree, root, True)
+        return _Image(tag, time.monotonic() - started, built=True)
+
+    async def _checkout(self, source: DeploySource, root: Path) -> Path:
+        src = root / "src"
+        try:
+            await run_git(["clone", "--quiet", "--no-checkout", "--", source.repo, str(src)])
+            await run_git(["rev-parse", "--verify", "--quiet", f"{source.sha}^{{commit}}"], cwd=src)
+            await run_git(["checkout", "--quiet", "--detach", source.sha], cwd=src)
+        except GitError as exc:
+            raise DeployError(f"could not check out {source.sha[:12]} from {source.repo}: {exc}") from exc
+        # The build context is the tree, not its history.
+        await asyncio.to_thread(shutil.rmtree, src / ".git")
+        return src
+
+    async def _build(self, client: Any, context: Path, tag: str, sha: str) -> None:
+        if not (context / "Dockerfile").is_file():
+            raise _BuildFailed(f"the repository has no Dockerfile at {sha[:12]}", "")
+        try:
+            async with asyncio.timeout(self.build_timeout):
+                await asyncio.to_thread(
+                    client.images.build,
+                    path=str(context),
+                    tag=tag,
+                    buildargs={BUILD_ARG_BASE: self.build_base_image},
+                    labels={LABEL_ROLE: ROLE_DEPLOYED, LABEL_SERVICE: self.service, LABEL_SHA: sha},
+                    pull=False,
+                    rm=True,
+                    forcerm=True,
+                    network_mode=self.build_network,
+                )
+        except TimeoutError:
+            raise _BuildFailed(f"image build timed out after {self.build_timeout:g}s", "") from None
+        except docker.errors.BuildError as exc:
+            log = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in exc.build_log)
+            raise _BuildFailed(f"image build failed: {_short(exc)}", log) from exc
+        except docker.errors.DockerException as exc:
+            raise DeployError(f"Docker engine error while building {tag}: {_short(exc)}") from exc
+
+    async def _replace(self, tag: str, sha: str) -> Any:
+        client = await self._docker()
+        old = await self._current()
+        if old is not None:
+            await self._call(old.stop, timeout=STOP_TIMEOUT)
+            await self._call(old.remove, force=True)
+        environment = {**self.environment, ENV_SHA: sha}
+        if self.version_env:
+            environment[self.version_env] = sha
+        ports = {f"{self.container_port}/tcp": ("127.0.0.1", self.port)} if self.port is not None else None
+        return await self._call(
+            client.containers.run,
+            tag,
+            name=self.service,
+            detach=True,
+            labels={LABEL_ROLE: ROLE_DEPLOYED, LABEL_SERVICE: self.service, LABEL_SHA: sha},
+            environment=environment,
+            ports=ports,
+            network=self.network,
+            restart_policy={"Name": "unless-stopped"},
+            healthcheck=self._healthcheck(),
+            init=True,
+        )
+
+    async def _current(self) -> Any | None:
+        client = await self._docker()
+        try:
+            old = await asyncio.to_thread(client.containers.get, self.service)
+        except docker.errors.NotFound:
+            return None
+        except docker.errors.DockerException as exc:
+            raise DeployError(f"Docker engine error: {_short(exc)}") from exc
+        if (old.labels or {}).get(LABEL_ROLE) != ROLE_DEPLOYED or old.labels.get(LABEL_SERVICE) != self.service:
+            # Never stop a container we did not start: the name may belong to something else.
+            raise DeployError(f"a container named {self.service!r} exists that agent-runner did not deploy")
+        return old
+
+    def _healthcheck(self) -> dict[str, Any] | None:
+        if self.healthcheck is not None:
+            test = ["CMD", *self.healthcheck]
+        elif self.port is None:
+            url = f"http://127.0.0.1:{self.container_port}{self.health_path}"
+            probe = f"import urllib.request as u; u.urlopen({url!r}, timeout=2)"
+            test = ["CMD", "python3", "-c", probe]
+        else:
+            return None  # the HTTP probe from here decides; an image's own HEALTHCHECK still counts
+        return {
+            "test": test,
+            "interval": HEALTHCHECK_INTERVAL_NS,
+            "timeout": HEALTHCHECK_TIMEOUT_NS,
+            "retries": HEALTHCHECK_RETRIES,
+            "start_period": 0,
+        }
+
+    async def _check(self, container: Any) -> tuple[Verdict, str]:
+        await self._call(container.reload)
+        state: Mapping[str, Any] = container.attrs.get("State") or {}
+        restarts = int(container.attrs.get("RestartCount") or 0)
+        status = str(state.get("Status", "unknown"))
+        if status in ("exited", "dead") or restarts > 0:
+            return "unhealthy", f"container {status}, exit code {state.get('ExitCode')}, restarts {restarts}"
+        if status != "running":
+            return "waiting", f"container {status}"
+        docker_health = state.get("Health")
+        if docker_health:
+            health_status = str(docker_health.get("Status"))
+            last = (docker_health.get("Log") or [{}])[-1]
+            said = f"Docker health {health_status} ({str(last.get('Output', '')).strip()[-200:]})"
+            if health_status == "unhealthy":
+                return "unhealthy", said
+            if health_status != "healthy":
+                return "waiting", said
+            if self.port is None:
+                return "healthy", said
+        if self.port is None:
+            return "healthy", "container running (no health check configured)"
+        if self._http is None:
+            self._http = health_client()
+        return await probe_http(self._http, f"http://127.0.0.1:{self.port}{self.health_path}")
+
+    async def _logs(self, container: Any) -> str:
+        try:
+            raw: bytes = await asyncio.to_thread(container.logs, tail=LOG_LINES)
+        except docker.errors.DockerException:
+            return ""
+        return raw.decode("utf-8", "replace")
+
+    async def _docker(self) -> Any:
+        if self._client is None:
+            try:
+                client = await asyncio.to_thread(docker.from_env, timeout=max(60, int(self.build_timeout)))
+                await asyncio.to_thread(client.ping)
+            except docker.errors.DockerException as exc:
+                raise DeployError(f"no Docker engine answers ({_short(exc)})") from exc
+            self._client = client
+        return self._client
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        try:
+            return await asyncio.to_thread(fn, *args, **kwargs)
+        except docker.errors.DockerException as exc:
+            raise DeployError(f"Docker engine error: {_short(exc)}") from exc
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:300] if text else type(exc).__name__
