@@ -1,0 +1,225 @@
+"""`agent-runner policy` subcommands: check, test, validate, explain.
+
+Exit codes: check and explain exit 0 on allow, 1 on deny or ask, 2 on a usage error (bad JSON, unreadable or
+invalid policy); test and validate exit 0 when the policy is valid and all its examples pass, else 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO, Any
+
+import policy
+from policy import Decision, Effect, Policy, PolicyLoadError, ToolCall
+
+POLICY_ENV = "AGENT_RUNNER_POLICY"
+DEFAULT_POLICY_FILE = "policy.yaml"
+EXIT_ALLOW, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `policy` command and its subcommands; each sets ``func`` returning the exit code."""
+    parser = subparsers.add_parser("policy", help="check, test, validate and explain the tool-call policy")
+    sub = parser.add_subparsers(dest="policy_command", required=True, metavar="{check,test,validate,explain}")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument(
+            "--policy", metavar="FILE", help=f"policy file (default: ${POLICY_ENV}, ./policy.yaml, built-in)"
+        )
+
+    check = sub.add_parser("check", help="decide one tool call (or a JSON-lines batch) and print the decision")
+    common(check)
+    check.add_argument("--kind", default="feature", help="task kind (feature, fix, review, dry-run)")
+    check.add_argument("--tool", help="tool name, e.g. Bash, Read, Write")
+    check.add_argument("--input", dest="tool_input", metavar="JSON", help="the tool's input as a JSON object")
+    check.add_argument("--batch", metavar="FILE", help='JSON lines {"tool", "input", "kind"?}; "-" for stdin')
+    check.set_defaults(func=cmd_check)
+
+    test = sub.add_parser("test", help="run the policy's own examples (its tests: section)")
+    common(test)
+    test.set_defaults(func=cmd_test)
+
+    validate = sub.add_parser("validate", help="check a policy file's schema and examples, with line numbers")
+    validate.add_argument("file", nargs="?", help="policy file (default: as for --policy)")
+    validate.add_argument("--policy", dest="policy", help=argparse.SUPPRESS)
+    validate.set_defaults(func=cmd_validate)
+
+    explain = sub.add_parser("explain", help="show the parsed commands of a call and the rule that decided each")
+    common(explain)
+    explain.add_argument("--kind", default="feature")
+    explain.add_argument("--tool", required=True)
+    explain.add_argument("--input", dest="tool_input", metavar="JSON", required=True)
+    explain.add_argument("--json", action="store_true", help="print JSON instead of text")
+    explain.set_defaults(func=cmd_explain)
+
+
+# --- policy resolution ---------------------------------------------------------------------------------------------
+
+
+def resolve_policy_path(explicit: str | None, environ: Mapping[str, str], cwd: Path) -> str | None:
+    """The policy file to use: --policy, else $AGENT_RUNNER_POLICY, else ./policy.yaml, else None (built-in)."""
+    if explicit:
+        return explicit
+    if environ.get(POLICY_ENV):
+        return environ[POLICY_ENV]
+    local = cwd / DEFAULT_POLICY_FILE
+    return str(local) if local.is_file() else None
+
+
+def _load(explicit: str | None, err: IO[str]) -> Policy | None:
+    path = resolve_policy_path(explicit, os.environ, Path.cwd())
+    try:
+        return policy.load_file(path) if path is not None else policy.load_default()
+    except PolicyLoadError as exc:
+        for line, _key, message in exc.problems:
+            where = f"{exc.source}:{line}" if line is not None else exc.source
+            print(f"{where}: {message}", file=err)
+        return None
+
+
+def _decision_json(d: Decision) -> str:
+    return json.dumps(d.to_json(), ensure_ascii=False)
+
+
+def _deny_line(p: Policy, reason: str) -> str:
+    d = Decision(Effect.DENY, "input.malformed", reason, None, p.version, p.sha256)
+    return _decision_json(d)
+
+
+def _call_from_args(args: argparse.Namespace, err: IO[str]) -> ToolCall | None:
+    if not args.tool or args.tool_input is None:
+        print("policy check: --tool and --input are required (or --batch FILE)", file=err)
+        return None
+    try:
+        data = json.loads(args.tool_input)
+    except json.JSONDecodeError as exc:
+        print(f"policy check: --input is not valid JSON: {exc}", file=err)
+        return None
+    if not isinstance(data, dict):
+        print("policy check: --input must be a JSON object", file=err)
+        return None
+    return ToolCall(args.tool, data, args.kind)
+
+
+def _call_from_line(line: str, kind: str) -> ToolCall | str:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        return f"the line is not valid JSON: {exc}"
+    if not isinstance(obj, dict):
+        return "the line is not a JSON object"
+    tool, data, line_kind = obj.get("tool"), obj.get("input"), obj.get("kind", kind)
+    if not isinstance(tool, str) or not isinstance(data, dict) or not isinstance(line_kind, str):
+        return 'the line needs "tool" (string), "input" (object) and optionally "kind" (string)'
+    return ToolCall(tool, data, line_kind)
+
+
+# --- commands ---------------------------------------------------------------------------------------------------
+
+
+def cmd_check(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    """Print one decision as JSON (or one per batch line); exit 0 if everything is allowed, 1 if not."""
+    out, err = out or sys.stdout, err or sys.stderr
+    if args.batch is not None and (args.tool or args.tool_input is not None):
+        print("policy check: use either --batch or --tool/--input", file=err)
+        return EXIT_USAGE
+    p = _load(args.policy, err)
+    if p is None:
+        return EXIT_USAGE
+    if args.batch is None:
+        call = _call_from_args(args, err)
+        if call is None:
+            return EXIT_USAGE
+        d = policy.evaluate(p, call)
+        print(_decision_json(d), file=out)
+        return EXIT_ALLOW if d.effect is Effect.ALLOW else EXIT_REFUSED
+    try:
+        if args.batch == "-":
+            text = sys.stdin.read()
+        else:
+            text = Path(args.batch).read_text(encoding="utf-8", errors="surrogateescape")
+    except OSError as exc:
+        print(f"policy check: cannot read {args.batch}: {exc}", file=err)
+        return EXIT_USAGE
+    all_allowed = True
+    for line in text.splitlines():
+        parsed = _call_from_line(line, args.kind)
+        if isinstance(parsed, str):
+            print(_deny_line(p, parsed), file=out)
+            all_allowed = False
+            continue
+        d = policy.evaluate(p, parsed)
+        all_allowed = all_allowed and d.effect is Effect.ALLOW
+        print(_decision_json(d), file=out)
+    return EXIT_ALLOW if all_allowed else EXIT_REFUSED
+
+
+def cmd_test(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    """Run the policy's examples; print each failure and a summary."""
+    out, err = out or sys.stdout, err or sys.stderr
+    p = _load(args.policy, err)
+    if p is None:
+        return EXIT_REFUSED
+    results = policy.run_examples(p)
+    failed = [r for r in results if not r.ok]
+    for r in failed:
+        print(f"FAIL {p.source}: {r.describe()}", file=out)
+    print(f"{len(results) - len(failed)} passed, {len(failed)} failed ({p.source}, version {p.version})", file=out)
+    return EXIT_ALLOW if not failed else EXIT_REFUSED
+
+
+def cmd_validate(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    """Load the file (schema errors with line numbers) and run its examples; 0 when it may become active."""
+    out, err = out or sys.stdout, err or sys.stderr
+    p = _load(args.file or args.policy, err)
+    if p is None:
+        return EXIT_REFUSED
+    failed = [r for r in policy.run_examples(p) if not r.ok]
+    for r in failed:
+        print(f"{p.source}:{r.example.line}: example fails: {r.describe()}", file=err)
+    if failed:
+        return EXIT_REFUSED
+    print(f"{p.source}: valid (version {p.version}, sha256 {p.sha256[:12]}, {len(p.examples)} examples pass)", file=out)
+    return EXIT_ALLOW
+
+
+def cmd_explain(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
+    """Print each simple command (or the call) with its effect and rule, then the decision."""
+    out, err = out or sys.stdout, err or sys.stderr
+    p = _load(args.policy, err)
+    if p is None:
+        return EXIT_USAGE
+    call = _call_from_args(args, err)
+    if call is None:
+        return EXIT_USAGE
+    ex = policy.explain(p, call)
+    if args.json:
+        payload: dict[str, Any] = ex.decision.to_json()
+        payload["steps"] = [
+            {
+                "command": s.command,
+                "argv": list(s.argv),
+                "decision": s.effect.value,
+                "rule": s.rule_id,
+                "reason": s.reason,
+            }
+            for s in ex.steps
+        ]
+        print(json.dumps(payload, ensure_ascii=False), file=out)
+    else:
+        for s in ex.steps:
+            print(f"{s.effect.value:5}  {s.rule_id:28}  {s.command!r}", file=out)
+            if s.argv:
+                print(f"       argv: {list(s.argv)!r}", file=out)
+            print(f"       {s.reason}", file=out)
+        d = ex.decision
+        print(
+            f"=> {d.effect.value} ({d.rule_id}): {d.reason}  [policy {d.policy_version} {d.policy_sha256[:12]}]",
+            file=out,
+        )
+    return EXIT_ALLOW if ex.decision.effect is Effect.ALLOW else EXIT_REFUSED
