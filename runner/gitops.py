@@ -16,6 +16,7 @@ import asyncio
 import base64
 import logging
 import os
+import signal
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -173,19 +174,20 @@ async def run_git(
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
+        # Its own process group, so a timeout also kills the helpers git started (remote-https,
+        # pack-objects, an alias's shell), which would otherwise hold its pipes open.
+        start_new_session=True,
     )
     try:
         async with asyncio.timeout(timeout):
             stdout, raw_err = await proc.communicate(stdin)
     except TimeoutError:
-        proc.kill()
-        await proc.wait()
+        await _kill(proc)
         raise GitTimeout(f"git {shown} timed out after {timeout:g}s") from None
     except BaseException:
         # Cancelled: never leave a git behind holding a ref lock.
         if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+            await _kill(proc)
         raise
     stderr = redact(raw_err.decode("utf-8", "replace"), hidden)
     returncode = proc.returncode if proc.returncode is not None else -1
@@ -194,6 +196,14 @@ async def run_git(
         detail = stderr.strip() or "(no output)"
         raise GitError(f"git {shown} failed with exit {returncode}: {detail}", returncode=returncode, stderr=stderr)
     return GitResult(args=tuple(args), returncode=returncode, stdout=stdout, stderr=stderr)
+
+
+async def _kill(proc: asyncio.subprocess.Process) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    await proc.wait()
 
 
 async def head_sha(clone: Path, *, timeout: float = DEFAULT_GIT_TIMEOUT) -> str:

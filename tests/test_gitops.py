@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -110,10 +111,12 @@ async def test_run_git_check_false_returns_the_failure(tmp_path: Path) -> None:
     assert result.returncode == 1 and result.out == ""
 
 
-async def test_run_git_timeout_kills_git(tmp_path: Path) -> None:
+async def test_run_git_timeout_kills_git_and_its_children(tmp_path: Path) -> None:
+    start = time.monotonic()
     with pytest.raises(GitTimeout, match="timed out after 0.2s") as info:
         await run_git(["-c", "alias.slow=!sleep 5", "slow"], cwd=tmp_path, timeout=0.2)
     assert isinstance(info.value, TimeoutError)
+    assert time.monotonic() - start < 2  # the alias's `sleep` held git's pipes until its group was killed
 
 
 async def test_run_git_feeds_stdin(tmp_path: Path) -> None:
