@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import signal
+import tempfile
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -30,7 +31,6 @@ ENV_REPO = "AGENT_RUNNER_DEPLOY_REPO"
 ENV_ACTION = "AGENT_RUNNER_DEPLOY_ACTION"
 # The command is the operator's, but it gets none of the supervisor's secrets (model key, forge token):
 # only these are inherited, plus what the operator configures in `env`.
-OUTPUT_GRACE = 1.0
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")
 
 
@@ -136,56 +136,41 @@ class CommandDeployer:
         return "waiting", f"health command exited {run.returncode}: {run.output.strip()[-200:]}"
 
     async def _shell(self, command: str, env: Mapping[str, str], timeout: float) -> _Run:
-        try:
-            proc = await asyncio.create_subprocess_shell(
-                command,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.STDOUT,
-                env=dict(env),
-                cwd=self._cwd,
-                start_new_session=True,
-            )
-        except OSError as exc:
-            raise DeployError(f"could not start the deploy command: {exc}") from exc
-        buffer = bytearray()
-        reader = asyncio.create_task(_drain(proc, buffer))
-        returncode: int | None
-        try:
-            async with asyncio.timeout(timeout):
-                returncode = await proc.wait()
-        except TimeoutError:
-            _kill_group(proc)
-            await proc.wait()
-            returncode = None
-        except BaseException:
-            _kill_group(proc)
-            await proc.wait()
-            await _cancel(reader)
-            raise
-        # Something the command started in the background may hold our pipe open forever (a server it
-        # launched without redirecting); read what is there briefly, then stop listening.
-        try:
-            async with asyncio.timeout(OUTPUT_GRACE):
-                await asyncio.shield(reader)
-        except TimeoutError:
-            await _cancel(reader)
-        return _Run(returncode, buffer.decode("utf-8", "replace"))
+        # Output goes to a file, not a pipe: a server the command starts in the background without
+        # redirecting would hold a pipe open, and asyncio waits for every pipe before it reports the exit.
+        with tempfile.TemporaryFile() as output:
+            try:
+                proc = await asyncio.create_subprocess_shell(
+                    command,
+                    stdin=asyncio.subprocess.DEVNULL,
+                    stdout=output,
+                    stderr=asyncio.subprocess.STDOUT,
+                    env=dict(env),
+                    cwd=self._cwd,
+                    start_new_session=True,
+                )
+            except OSError as exc:
+                raise DeployError(f"could not start the deploy command: {exc}") from exc
+            returncode: int | None
+            try:
+                async with asyncio.timeout(timeout):
+                    returncode = await proc.wait()
+            except TimeoutError:
+                _kill_group(proc)
+                await proc.wait()
+                returncode = None
+            except BaseException:
+                _kill_group(proc)
+                await proc.wait()
+                raise
+            return _Run(returncode, _read_tail(output))
 
 
-async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-
-
-async def _drain(proc: asyncio.subprocess.Process, buffer: bytearray) -> None:
-    assert proc.stdout is not None
-    while chunk := await proc.stdout.read(65536):
-        buffer += chunk
-        # Keep memory bounded for a chatty command: only the tail is ever reported.
-        if len(buffer) > 4 * LOGS_TAIL_CHARS:
-            del buffer[: len(buffer) - 4 * LOGS_TAIL_CHARS]
+def _read_tail(file: IO[bytes]) -> str:
+    size = file.seek(0, os.SEEK_END)
+    # Bytes, not characters, but generous enough that the character tail is always inside.
+    file.seek(max(0, size - 4 * LOGS_TAIL_CHARS))
+    return file.read().decode("utf-8", "replace")
 
 
 def _kill_group(proc: asyncio.subprocess.Process) -> None:
