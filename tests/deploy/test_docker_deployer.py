@@ -1,0 +1,205 @@
+"""DockerDeployer against the real engine: the sample bot built, run, health-checked and rolled back."""
+
+from __future__ import annotations
+
+import json
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from runner.deploy import DeployError, DeployEvent, DeploySource, create_deployer, deploy_with_rollback
+from runner.deploy.docker import IMAGE_REPO_PREFIX, LABEL_ROLE, LABEL_SERVICE, LABEL_SHA, DockerDeployer
+from runner.gitops import head_sha, run_git
+from runner.sample import create_sample_repo
+
+pytestmark = pytest.mark.docker
+
+BASE_IMAGE = "agent-runner/base:bookworm"
+HEALTH_OK = 'self._reply(200, {"status": "ok", "version": VERSION})'
+
+
+@dataclass(frozen=True)
+class SampleRepo:
+    bare: Path
+    v1: str  # the sample bot as shipped
+    v2: str  # a healthy change
+    broken: str  # /health answers 500
+    crashing: str  # the app dies at start
+
+
+async def _commit(work: Path, path: str, old: str, new: str, message: str) -> str:
+    file = work / path
+    text = file.read_text()
+    assert old in text, f"{old!r} not in {path}"
+    file.write_text(text.replace(old, new))
+    await run_git(["commit", "--quiet", "-am", message], cwd=work)
+    return await head_sha(work)
+
+
+@pytest.fixture
+async def sample(tmp_path: Path) -> SampleRepo:
+    bare = await create_sample_repo(tmp_path)
+    work = tmp_path / "work"
+    await run_git(["clone", "--quiet", str(bare), str(work)])
+    v1 = await head_sha(work)
+    v2 = await _commit(work, "README.md", "", "\nA healthy change.\n", "docs: a healthy change")
+    await run_git(["push", "--quiet", "origin", "HEAD:main"], cwd=work)
+    broken = await _commit(work, "bot/app.py", HEALTH_OK, HEALTH_OK.replace("200", "500"), "health says 500")
+    await run_git(["reset", "--quiet", "--hard", v2], cwd=work)
+    crashing = await _commit(work, "bot/app.py", "def main() -> None:\n",
+                             "def main() -> None:\n    raise SystemExit('boom at start')\n", "crash at start")
+    # Unmerged commits are still objects in the bare repo, as a PR's head is on the forge.
+    await run_git(["push", "--quiet", "origin", f"{broken}:refs/heads/broken", f"{crashing}:refs/heads/crashing"],
+                  cwd=work)
+    return SampleRepo(bare, v1, v2, broken, crashing)
+
+
+@pytest.fixture
+def service(docker_client: Any) -> Iterator[str]:
+    name = f"ar-test-{uuid.uuid4().hex[:10]}"
+    yield name
+    for container in docker_client.containers.list(all=True, filters={"label": f"{LABEL_SERVICE}={name}"}):
+        container.remove(force=True)
+    for image in docker_client.images.list(name=f"{IMAGE_REPO_PREFIX}{name}"):
+        docker_client.images.remove(image.id, force=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+async def http_deployer(service: str, docker_client: Any, tmp_path: Path) -> AsyncIterator[DockerDeployer]:
+    deployer = DockerDeployer(
+        service,
+        build_base_image=BASE_IMAGE,
+        port=_free_port(),
+        health_timeout=6.0,
+        health_interval=0.2,
+        build_network="none",
+        version_env="BOT_VERSION",
+        work_dir=tmp_path,
+        client=docker_client,
+    )
+    async with deployer:
+        yield deployer
+
+
+async def _version(port: int | None) -> str:
+    async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+        response = await client.get(f"http://127.0.0.1:{port}/health")
+    assert response.status_code == 200, response.text
+    version: str = response.json()["version"]
+    return version
+
+
+async def test_docker_deployer_deploys_healthy_change_and_rolls_back_broken_one(
+    http_deployer: DockerDeployer, sample: SampleRepo, docker_client: Any
+) -> None:
+    repo = str(sample.bare)
+    first = await http_deployer.deploy(DeploySource(repo, sample.v1))
+    assert first.succeeded, first
+    assert await _version(http_deployer.port) == sample.v1
+
+    events: list[DeployEvent] = []
+    healthy = await deploy_with_rollback(
+        http_deployer, DeploySource(repo, sample.v2, previous_sha=sample.v1), on_event=events.append
+    )
+    assert healthy.status == "deployed", healthy
+    assert healthy.rolled_back is None
+    assert await _version(http_deployer.port) == sample.v2
+    assert [e.kind for e in events] == ["deploying", "deployed"]
+
+    events.clear()
+    outcome = await deploy_with_rollback(
+        http_deployer, DeploySource(repo, sample.broken, previous_sha=sample.v2), on_event=events.append
+    )
+    assert outcome.status == "rolled_back", outcome
+    assert outcome.deployed.ok and not outcome.deployed.healthy
+    assert "-> 500" in outcome.deployed.detail
+    assert outcome.rolled_back is not None and outcome.rolled_back.succeeded
+    assert "image reused" in outcome.rolled_back.detail  # no rebuild on rollback
+    assert await _version(http_deployer.port) == sample.v2
+    assert [e.kind for e in events] == ["deploying", "unhealthy", "rolling_back", "rolled_back"]
+
+    running = docker_client.containers.get(http_deployer.service)
+    assert running.labels[LABEL_ROLE] == "deployed"
+    assert running.labels[LABEL_SHA] == sample.v2
+    print(
+        f"\ntimings: first deploy (build) {first.duration_seconds:.2f}s; healthy change "
+        f"{healthy.deployed.duration_seconds:.2f}s; broken change {outcome.deployed.duration_seconds:.2f}s "
+        f"(health timeout {http_deployer.health_timeout:g}s); rollback {outcome.rolled_back.duration_seconds:.2f}s"
+    )
+    for result in (first, healthy.deployed, outcome.deployed, outcome.rolled_back):
+        print(f"  {result.detail[:200]}")
+
+
+async def test_docker_deployer_rolls_back_crash_at_start_by_docker_health(
+    service: str, sample: SampleRepo, docker_client: Any, tmp_path: Path
+) -> None:
+    # No published port, no network: health is the container's own HEALTHCHECK, judged by the engine.
+    deployer = create_deployer(
+        "docker",
+        service=service,
+        build_base_image=BASE_IMAGE,
+        network="none",
+        build_network="none",
+        health_timeout=20.0,
+        version_env="BOT_VERSION",
+        work_dir=tmp_path,
+        client=docker_client,
+    )
+    repo = str(sample.bare)
+    async with deployer:
+        first = await deployer.deploy(DeploySource(repo, sample.v2))
+        assert first.succeeded, first
+        assert "Docker health healthy" in first.detail
+        outcome = await deploy_with_rollback(deployer, DeploySource(repo, sample.crashing, previous_sha=sample.v2))
+    assert outcome.status == "rolled_back", outcome
+    assert not outcome.deployed.healthy
+    assert "boom at start" in outcome.deployed.logs_tail
+    # A crash is seen at once (the container exits), not after the health timeout.
+    assert outcome.deployed.duration_seconds < 15.0
+    running = docker_client.containers.get(service)
+    assert running.labels[LABEL_SHA] == sample.v2
+    probe = "import urllib.request as u; print(u.urlopen('http://127.0.0.1:8000/health').read().decode())"
+    code, out = running.exec_run(["python3", "-c", probe])
+    assert code == 0
+    assert json.loads(out)["version"] == sample.v2
+    print(f"\ncrash: deploy {outcome.deployed.duration_seconds:.2f}s, rollback "
+          f"{outcome.rolled_back.duration_seconds if outcome.rolled_back else 0:.2f}s")
+
+
+async def test_docker_deployer_unknown_sha_raises_and_leaves_service_alone(
+    http_deployer: DockerDeployer, sample: SampleRepo, docker_client: Any
+) -> None:
+    assert (await http_deployer.deploy(DeploySource(str(sample.bare), sample.v1))).succeeded
+    with pytest.raises(DeployError, match="could not check out"):
+        await http_deployer.deploy(DeploySource(str(sample.bare), "f" * 40))
+    with pytest.raises(DeployError, match="full commit SHA"):
+        await http_deployer.deploy(DeploySource(str(sample.bare), "--upload-pack=evil"))
+    assert await _version(http_deployer.port) == sample.v1
+
+
+async def test_docker_deployer_refuses_to_replace_a_container_it_did_not_start(
+    http_deployer: DockerDeployer, sample: SampleRepo, docker_client: Any
+) -> None:
+    stranger = docker_client.containers.create(
+        BASE_IMAGE, ["sleep", "60"], name=http_deployer.service, labels={LABEL_SERVICE: http_deployer.service}
+    )
+    try:
+        with pytest.raises(DeployError, match="did not deploy"):
+            await http_deployer.deploy(DeploySource(str(sample.bare), sample.v1))
+        stranger.reload()
+        assert stranger.status == "created"
+    finally:
+        stranger.remove(force=True)
