@@ -203,7 +203,7 @@ class _Ctx:
         """The verdict on one path access; `literal` for tool inputs, which are never globbed."""
         ws = self.policy.workspace
         verdicts: list[Verdict] = []
-        for cwd in cwds or (ws,):
+        for cwd in reversed(cwds or (ws,)):  # the latest cd first: its verdict is the likeliest to be the real one
             if literal or (word.value is not None and not word.glob):
                 verdicts.append(self._check_location(mode, word.text, normalize(word.text, ws, cwd)))
             else:
