@@ -13,7 +13,8 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from types import TracebackType
+from typing import Literal, Protocol, Self
 
 from runner.errors import RunnerError
 
@@ -127,6 +128,15 @@ class Deployer(Protocol):
     async def aclose(self) -> None:
         """Release the deployer's own resources; the deployed service keeps running."""
         ...
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
 
 
 async def _emit(on_event: EventSink | None, event: DeployEvent) -> None:
