@@ -203,3 +203,21 @@ async def test_docker_deployer_refuses_to_replace_a_container_it_did_not_start(
         assert stranger.status == "created"
     finally:
         stranger.remove(force=True)
+
+
+async def test_docker_deployer_build_failure_keeps_old_container(
+    http_deployer: DockerDeployer, sample: SampleRepo, tmp_path: Path
+) -> None:
+    work = tmp_path / "work"
+    await run_git(["checkout", "--quiet", sample.v1], cwd=work)
+    unbuildable = await _commit(work, "Dockerfile", "WORKDIR /app\n", "WORKDIR /app\nRUN exit 7\n", "unbuildable")
+    await run_git(["push", "--quiet", "origin", f"{unbuildable}:refs/heads/unbuildable"], cwd=work)
+    assert (await http_deployer.deploy(DeploySource(str(sample.bare), sample.v1))).succeeded
+    outcome = await deploy_with_rollback(
+        http_deployer, DeploySource(str(sample.bare), unbuildable, previous_sha=sample.v1)
+    )
+    assert not outcome.deployed.ok
+    assert "image build failed" in outcome.deployed.detail
+    assert "left as it was" in outcome.deployed.detail
+    assert outcome.status == "rolled_back"
+    assert await _version(http_deployer.port) == sample.v1
