@@ -333,7 +333,7 @@ class _Router:
     def _structured(self, index: int, raw: str, cut: bool) -> bool:
         """JSON and logfmt lines carry a whole traceback in one field; parse it on its own."""
         brace = raw.find("{")
-        if brace != -1 and '"' not in raw[:brace] and raw[:brace].strip() == raw[:brace].strip(" "):
+        if brace != -1 and '"' not in raw[:brace]:
             found = _from_json_line(raw[brace:], cut)
             if isinstance(found, tuple):
                 self._add_text(index, *found)
@@ -342,8 +342,8 @@ class _Router:
                 # Docker's json-file driver: one JSON object per line of output.
                 self.line(index, raw[:brace] + found, cut)
                 return True
-            if found:
-                return True  # some other JSON record: never a line of a plain traceback
+            if found and not raw[:1].isspace():
+                return True  # another JSON record; an indented one may be a source line, so route it
         if "Traceback" in raw or 'File \\"' in raw:
             text = _from_logfmt(raw)
             if text is not None:
