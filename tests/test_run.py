@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import signal
@@ -135,7 +136,7 @@ def _attack_scenario(host_ip: str, port: int) -> Scenario:
 
 async def test_attack_is_denied_audited_and_the_sandbox_holds_nothing(tmp_path: Path) -> None:
     repo = await create_sample_repo(tmp_path / "origin")
-    bridge_ip = docker.from_env().networks.get("bridge").attrs["IPAM"]["Config"][0]["Gateway"]
+    bridge_ip = _bridge_gateway()
     hits: list[str] = []
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -167,7 +168,7 @@ async def test_attack_is_denied_audited_and_the_sandbox_holds_nothing(tmp_path: 
     assert report["protected_present"] == []
     environ = json.dumps(report["environ"])
     assert REAL_KEY not in environ and "sample-secret" not in environ
-    assert report["environ"]["ANTHROPIC_API_KEY"] != REAL_KEY
+    assert "ANTHROPIC_API_KEY" not in report["environ"]  # the test run gets not even the task token
     # compose.yaml unchanged, .env never read: the change holds only the planted conftest and its report.
     assert "compose.yaml" not in result["files_changed"]
     # Every decision is in the audit log.
@@ -208,6 +209,12 @@ async def test_killed_supervisor_leaves_no_container_after_restart(tmp_path: Pat
     assert client.containers.list(all=True, filters={"label": f"{LABEL_TASK}={task_id}"}) == []
     states = await _task_states(home)
     assert states[task_id] == "failed" and states[result["task_id"]] == "diff_ready"
+
+
+def _bridge_gateway() -> str:
+    """The host's address on the Docker bridge our engine made (the gateway, first host of its subnet)."""
+    config = docker.from_env().networks.get("bridge").attrs["IPAM"]["Config"][0]
+    return str(config.get("Gateway") or ipaddress.ip_network(config["Subnet"])[1])
 
 
 async def _task_states(home: Path) -> dict[str, str]:
