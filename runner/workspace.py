@@ -163,7 +163,7 @@ async def commit(prepared: Prepared, change: Change, message: str, branch: str) 
 def _raw(data: bytes) -> list[tuple[str, str, str, str, str, str | None]]:
     """Parse `git diff-tree --raw -z`: (status, old mode, new mode, new blob, path, old path)."""
     parts = data.decode("utf-8", "surrogateescape").split("\0")
-    out = []
+    out: list[tuple[str, str, str, str, str, str | None]] = []
     i = 0
     while i < len(parts) and parts[i].startswith(":"):
         old_mode, new_mode, _old_blob, new_blob, status = parts[i][1:].split(" ")
