@@ -333,6 +333,11 @@ def load(text: str, *, source: str = "<string>") -> Policy:
     if not test_command.strip():
         doc.error("test_command", "test_command is required (e.g. python -m pytest -q)")
 
+    setup_command = doc.get(data, "", "setup_command", str, "")
+    dependency_files = doc.strings(data, "", "dependency_files")
+    ask_timeout = doc.get(data, "", "ask_timeout_seconds", int, 600)
+    if ask_timeout <= 0:
+        doc.error("ask_timeout_seconds", "ask_timeout_seconds must be positive")
     rules = _rules(doc, data)
     examples = _examples(doc, data, set(profiles))
     if doc.errors:
@@ -350,10 +355,10 @@ def load(text: str, *, source: str = "<string>") -> Policy:
         rules=rules,
         rate_limits=rate,
         test_command=test_command,
-        setup_command=doc.get(data, "", "setup_command", str, ""),
-        dependency_files=doc.strings(data, "", "dependency_files"),
+        setup_command=setup_command,
+        dependency_files=dependency_files,
         autofix_mode=cast(Any, autofix_mode),
-        ask_timeout_seconds=doc.get(data, "", "ask_timeout_seconds", int, 600),
+        ask_timeout_seconds=ask_timeout,
         examples=examples,
     )
 

@@ -8,6 +8,7 @@ argument is protected when *some* file it could expand to is protected.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
@@ -285,11 +286,20 @@ def intersects(a: Nfa, b: Nfa) -> bool:
 class PatternSet:
     """A list of gitignore patterns, matched against literal paths (pathspec) and against globs (automata)."""
 
-    __slots__ = ("patterns", "_specs")
+    __slots__ = ("patterns", "_regex")
 
     def __init__(self, patterns: Sequence[str]):
         self.patterns = tuple(patterns)
-        self._specs = tuple((p, pathspec.GitIgnoreSpec.from_lines([p])) for p in self.patterns)
+        # pathspec compiles each gitignore line to a regex; one alternation of them all matches a path in one
+        # pass, and the group that matched names the first matching pattern
+        alternatives = []
+        for i, pat in enumerate(self.patterns):
+            (compiled,) = pathspec.GitIgnoreSpec.from_lines([pat]).patterns
+            regex = getattr(compiled, "regex", None)
+            if regex is None:  # a blank or comment line matches nothing
+                continue
+            alternatives.append(f"(?P<p{i}>{regex.pattern.replace('(?P<ps_d>', '(?:')})")
+        self._regex = re.compile("|".join(alternatives)) if alternatives else None
 
     def __repr__(self) -> str:
         return f"PatternSet({list(self.patterns)!r})"
@@ -302,11 +312,12 @@ class PatternSet:
 
     def match(self, rel: str) -> str | None:
         """The first pattern matching the literal path `rel` or the directory `rel/`, else None."""
-        candidates = (rel, rel + "/") if rel else ("/",)
-        for pat, spec in self._specs:
-            for candidate in candidates:
-                if spec.match_file(candidate):
-                    return pat
+        if self._regex is None:
+            return None
+        for candidate in (rel, rel + "/") if rel else ("/",):
+            m = self._regex.match(candidate)
+            if m is not None and m.lastgroup is not None:
+                return self.patterns[int(m.lastgroup[1:])]
         return None
 
     def match_glob(self, nfa: Nfa) -> str | None:
