@@ -72,7 +72,7 @@ class GitHubForge:
         self.repository = repository
         self.owner = repository.split("/", 1)[0]
         self.api_url = api_url.rstrip("/")
-        self.git_url = git_url or f"https://github.com/{repository}.git"
+        self.git_url = git_url or _git_url(self.api_url, repository)
         for url in (self.api_url, self.git_url):
             _require_safe_url(url)
         self._token = token
@@ -283,6 +283,15 @@ class GitHubForge:
                 return response
             raise _status_error(method, path, response)
         raise AssertionError("unreachable")
+
+
+def _git_url(api_url: str, repository: str) -> str:
+    """Where git pushes go: github.com for the public API, the same host for GitHub Enterprise (/api/v3)."""
+    parts = urlsplit(api_url)
+    if parts.hostname == "api.github.com":
+        return f"https://github.com/{repository}.git"
+    root = parts.path.removesuffix("/").removesuffix("/api/v3")
+    return f"{parts.scheme}://{parts.netloc}{root}/{repository}.git"
 
 
 def _require_safe_url(url: str) -> None:

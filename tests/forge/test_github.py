@@ -433,3 +433,10 @@ async def test_github_push_refuses_a_clone_that_rewrites_urls(github: GitHubForg
 async def test_github_repr_shows_no_token() -> None:
     async with GitHubForge("octo/bot", TOKEN) as forge:
         assert TOKEN not in repr(forge) and TOKEN not in str(forge)
+
+
+async def test_github_git_url_follows_the_api_url() -> None:
+    async with GitHubForge("octo/bot", TOKEN) as public:
+        assert public.git_url == "https://github.com/octo/bot.git"
+    async with GitHubForge("octo/bot", TOKEN, api_url="https://ghe.example.com/api/v3/") as enterprise:
+        assert enterprise.git_url == "https://ghe.example.com/octo/bot.git"
