@@ -327,10 +327,12 @@ class ModelProxy:
         token = _presented_token(request)
         state = self._by_token.get(_digest(token)) if token else None
         if state is None or state.revoked:
+            logger.info("model request refused: unknown or revoked token, path=%s", request.url.path)
             return _error(401, "authentication_error", "invalid x-api-key", retry=False)
         if not request.url.path.startswith("/v1/"):
             return _error(404, "not_found_error", f"Not found: {request.url.path}")
         if self._check_budget(state):
+            logger.info("model request refused: task=%s budget spent", state.task_id)
             # 429 keeps the CLI's message about limits; x-should-retry stops its SDK from retrying.
             return _error(429, "rate_limit_error", "this task's model budget is spent", retry=False)
         body = await request.body()
