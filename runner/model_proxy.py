@@ -416,6 +416,7 @@ class ModelProxy:
             # Charged even when the client went away mid-stream: the upstream billed it anyway.
             if upstream.is_success:
                 self._charge(state, message)
+            await upstream.aclose()
 
     def _charge_json(self, state: _TaskState, content: bytes) -> None:
         try:

@@ -326,48 +326,45 @@ async def test_proxy_never_logs_key_or_token(caplog: pytest.LogCaptureFixture) -
     assert REAL_KEY not in repr(proxy) and token not in repr(proxy)
 
 
-async def test_proxy_streams_chunks_as_they_arrive_over_unix_socket(tmp_path: Path) -> None:
-    release = asyncio.Event()
+def sse(data: dict[str, Any]) -> bytes:
+    return f"event: {data['type']}\ndata: {json.dumps(data)}\n\n".encode()
 
-    async def upstream_events() -> AsyncIterator[bytes]:
-        yield (
-            b"event: message_start\ndata: "
-            + json.dumps(
-                {"type": "message_start", "message": {"model": "claude-haiku", "usage": {"input_tokens": 7}}}
-            ).encode()
-            + b"\n\n"
-        )
+
+@contextlib.asynccontextmanager
+async def gated_upstream(tmp_path: Path, release: asyncio.Event) -> AsyncIterator[httpx.AsyncBaseTransport]:
+    """An upstream on a real socket (httpx's ASGITransport would buffer the answer) that stalls mid-stream."""
+
+    async def events() -> AsyncIterator[bytes]:
+        yield sse({"type": "message_start", "message": {"model": "claude-haiku", "usage": {"input_tokens": 7}}})
         await release.wait()
-        yield (
-            b"event: message_delta\ndata: "
-            + json.dumps(
-                {"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}}
-            ).encode()
-            + b"\n\n"
-        )
-        yield b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
+        yield sse({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 3}})
+        yield sse({"type": "message_stop"})
 
     async def messages(request: Request) -> StreamingResponse:
-        return StreamingResponse(upstream_events(), media_type="text/event-stream")
+        return StreamingResponse(events(), media_type="text/event-stream")
 
-    # A real server upstream: httpx's ASGITransport would buffer the whole answer.
     upstream_socket = tmp_path / "upstream.sock"
-    upstream = uvicorn.Server(
-        uvicorn.Config(
-            Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])]),
-            uds=str(upstream_socket),
-            log_level="warning",
-            lifespan="off",
-            ws="none",
-        )
+    app = Starlette(routes=[Route("/v1/messages", messages, methods=["POST"])])
+    server = uvicorn.Server(
+        uvicorn.Config(app, uds=str(upstream_socket), log_level="warning", lifespan="off", ws="none")
     )
-    upstream_task = asyncio.create_task(upstream.serve())
-    while not upstream.started:
+    task = asyncio.create_task(server.serve())
+    while not server.started:
         await asyncio.sleep(0.01)
-    socket_path = tmp_path / "sock" / "model.sock"
-    proxy = ModelProxy("http://upstream", REAL_KEY, transport=httpx.AsyncHTTPTransport(uds=str(upstream_socket)))
-    token = proxy.issue_token("t1")
     try:
+        yield httpx.AsyncHTTPTransport(uds=str(upstream_socket))
+    finally:
+        release.set()
+        server.should_exit = True
+        await task
+
+
+async def test_proxy_streams_chunks_as_they_arrive_over_unix_socket(tmp_path: Path) -> None:
+    release = asyncio.Event()
+    socket_path = tmp_path / "sock" / "model.sock"
+    async with gated_upstream(tmp_path, release) as upstream:
+        proxy = ModelProxy("http://upstream", REAL_KEY, transport=upstream)
+        token = proxy.issue_token("t1")
         async with asyncio.timeout(10), proxy, proxy.serve_unix(socket_path):
             assert stat.S_IMODE(socket_path.stat().st_mode) == 0o666
             transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
@@ -382,15 +379,30 @@ async def test_proxy_streams_chunks_as_they_arrive_over_unix_socket(tmp_path: Pa
                 assert b"message_start" in first and not release.is_set()
                 release.set()
                 rest = b"".join([chunk async for chunk in chunks])
-    finally:
-        release.set()
-        upstream.should_exit = True
-        await upstream_task
     assert b"message_stop" in rest
     usage = proxy.usage("t1")
     assert (usage.input_tokens, usage.output_tokens) == (7, 3)
     assert usage.cost_usd == pytest.approx((7 * 1.0 + 3 * 5.0) / 1e6)
     assert not socket_path.exists()
+
+
+async def test_proxy_charges_a_stream_the_client_abandoned(tmp_path: Path) -> None:
+    release = asyncio.Event()
+    socket_path = tmp_path / "model.sock"
+    async with gated_upstream(tmp_path, release) as upstream:
+        proxy = ModelProxy("http://upstream", REAL_KEY, transport=upstream)
+        token = proxy.issue_token("t1")
+        async with asyncio.timeout(10), proxy, proxy.serve_unix(socket_path):
+            transport = httpx.AsyncHTTPTransport(uds=str(socket_path))
+            async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+                async with client.stream(
+                    "POST", "/v1/messages", json=messages_body(stream=True), headers={"x-api-key": token}
+                ) as response:
+                    await anext(response.aiter_bytes())
+                release.set()
+                while proxy.usage("t1").input_tokens == 0:
+                    await asyncio.sleep(0.01)
+    assert proxy.usage("t1").input_tokens == 7
 
 
 @pytest.mark.slow
