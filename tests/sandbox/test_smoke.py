@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from claude_agent_sdk import ClaudeAgentOptions, HookMatcher, ResultMessage, query
 
+from runner import tasklock
 from runner.agent import FORWARDED_ENV, write_cli_wrapper
 from runner.sandbox.base import MODEL_FORWARD_PORT, SandboxSpec
 from runner.sandbox.docker import DockerSandbox
@@ -52,26 +53,29 @@ async def test_cli_in_container_is_gated_by_hook_in_this_process(tmp_path: Path,
         }}
 
     task_id = f"smoke-{uuid.uuid4().hex[:8]}"
+    lock = tmp_path / "owner.lock"  # held, so no other supervisor's reaper takes this container for an orphan
     async with serve_scripted_model(_scenario(), uds=sockets / "model.sock") as model, DockerSandbox() as sandbox:
         os.chmod(sockets / "model.sock", 0o666)
-        container = await sandbox.start(SandboxSpec(task_id, sandbox_image, workspace, sockets))
-        try:
-            wrapper = write_cli_wrapper(tmp_path / "bin", sandbox.attach_command(container, ["claude"], FORWARDED_ENV))
-            options = ClaudeAgentOptions(
-                cli_path=wrapper,
-                cwd=tmp_path,
-                tools=["Write", "Bash", "Read"],
-                setting_sources=[],
-                hooks={"PreToolUse": [HookMatcher(matcher=None, hooks=[gate], on_failure="block")]},
-                env={"ANTHROPIC_BASE_URL": f"http://127.0.0.1:{MODEL_FORWARD_PORT}",
-                     "ANTHROPIC_API_KEY": "smoke-token", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-                     "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1"},
-            )
-            results = [m async for m in query(prompt="Make hello.txt", options=options)
-                       if isinstance(m, ResultMessage)]
-            probe = await sandbox.exec(container, ["sh", "-c", "ls /workspace; cat /workspace/hello.txt"], timeout=30)
-        finally:
-            await sandbox.stop(container)
+        with tasklock.hold(lock):
+            container = await sandbox.start(SandboxSpec(task_id, sandbox_image, workspace, sockets, owner_lock=lock))
+            try:
+                command = sandbox.attach_command(container, ["claude"], FORWARDED_ENV)
+                options = ClaudeAgentOptions(
+                    cli_path=write_cli_wrapper(tmp_path / "bin", command),
+                    cwd=tmp_path,
+                    tools=["Write", "Bash", "Read"],
+                    setting_sources=[],
+                    hooks={"PreToolUse": [HookMatcher(matcher=None, hooks=[gate], on_failure="block")]},
+                    env={"ANTHROPIC_BASE_URL": f"http://127.0.0.1:{MODEL_FORWARD_PORT}",
+                         "ANTHROPIC_API_KEY": "smoke-token", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+                         "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1"},
+                )
+                results = [m async for m in query(prompt="Make hello.txt", options=options)
+                           if isinstance(m, ResultMessage)]
+                probe = await sandbox.exec(container, ["sh", "-c", "ls /workspace; cat /workspace/hello.txt"],
+                                           timeout=30)
+            finally:
+                await sandbox.stop(container)
 
     assert results and not results[-1].is_error
     assert [tool for tool, _ in seen] == ["Write", "Bash", "Bash"]
