@@ -82,7 +82,7 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         say("provisioning: mirror, clone, strip read-protected files")
         prepared = await workspace.prepare(deps.home, task.id, task.repo, active)
         await store.transition(task.id, TaskState.PROVISIONING, base_sha=prepared.base_sha)
-        image = await _dependency_image(deps, prepared)
+        image = await _dependency_image(deps, prepared, say)
         token = deps.proxy.issue_token(task.id, Budget(max_tokens=limits.max_tokens, max_cost_usd=limits.max_cost_usd))
         sock_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(sock_dir, 0o755)
@@ -141,16 +141,23 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
-async def _dependency_image(deps: Deps, prepared: workspace.Prepared) -> str:
-    """The sandbox image plus the repo's dependencies, built once per dependency-file hash."""
+async def _dependency_image(deps: Deps, prepared: workspace.Prepared, say: Progress) -> str:
+    """The sandbox image plus the repo's dependencies, built once per dependency-file hash.
+
+    The only step with network, in its own container; the agent then starts from its image with none.
+    """
     command = deps.policy.setup_command.strip()
-    files = [prepared.workspace / f for f in deps.policy.dependency_files if (prepared.workspace / f).is_file()]
+    files = sorted({f for pattern in deps.policy.dependency_files for f in prepared.workspace.glob(pattern)
+                    if f.is_file()})
     if not command or not files:
         return deps.image
     digest = hashlib.sha256(f"{deps.image}\0{command}".encode())
-    for f in sorted(files):
-        digest.update(f.name.encode() + b"\0" + f.read_bytes())
-    return await deps.sandbox.build_dependencies(deps.image, prepared.workspace, command, digest.hexdigest()[:20])
+    for f in files:
+        digest.update(f.relative_to(prepared.workspace).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    tag, built = await deps.sandbox.build_dependencies(deps.image, prepared.workspace, command,
+                                                       digest.hexdigest()[:20])
+    say(f"dependencies: {'built' if built else 'cached'} {tag} (`{command}`)")
+    return tag
 
 
 async def _run_tests(sandbox: Sandbox, container: Container, command: str) -> TestRun:

@@ -224,3 +224,28 @@ async def _task_states(home: Path) -> dict[str, str]:
 
     async with Store(home / "state.db") as store:
         return {t.id: t.state.value for t in await store.list_tasks()}
+
+
+async def test_dependency_setup_runs_once_in_its_own_step_and_is_cached(tmp_path: Path) -> None:
+    import policy
+
+    repo = await create_sample_repo(tmp_path / "origin")
+    text = policy.default_text()
+    marker = "python3 -c \"open('/opt/venv/deps-marker', 'w').write('installed-by-setup')\""
+    text = text.replace("setup_command: pip install -r requirements.txt", f"setup_command: {marker}")
+    text = text.replace("test_command: python -m pytest -q",
+                        "test_command: cat /opt/venv/deps-marker && python -m pytest -q")
+    assert marker in text
+    custom = tmp_path / "policy.yaml"
+    custom.write_text(text)
+    args = ("run", "--repo", str(repo), "--prompt", "fix it", "--dry-run", "--json", "--policy", str(custom),
+            "--scenario", str(FIX_SCENARIO))
+    home = tmp_path / "home"
+    code, first, progress1 = await _agent_runner(*args, env=_env(home))
+    assert code == 0, progress1
+    assert "installed-by-setup" in first["tests"]["output_tail"] and first["tests"]["passed"]
+    assert "dependencies: built agent-runner/deps:" in progress1
+    code, second, progress2 = await _agent_runner(*args, env=_env(home))
+    assert code == 0 and "dependencies: cached agent-runner/deps:" in progress2
+    tag = progress1.split("dependencies: built ")[1].split()[0]
+    docker.from_env().images.remove(tag, force=True)

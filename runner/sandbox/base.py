@@ -110,8 +110,11 @@ class Sandbox(Protocol):
         """Remove every labelled container whose task id is not in keep; return the task ids reaped."""
         ...
 
-    async def build_dependencies(self, base_image: str, workspace: Path, command: str, key: str) -> str:
-        """Run the dependency set-up command once, with network, and cache the result as an image tag."""
+    async def build_dependencies(self, base_image: str, workspace: Path, command: str, key: str) -> tuple[str, bool]:
+        """Run the dependency set-up command once, with network, and cache the result as an image tag.
+
+        Returns the tag and whether it was built now (False: an image for `key` already existed).
+        """
         ...
 
     async def aclose(self) -> None: ...

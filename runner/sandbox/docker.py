@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -195,12 +196,15 @@ class DockerSandbox:
                 reaped.append(task_id)
         return reaped
 
-    async def build_dependencies(self, base_image: str, workspace: Path, command: str, key: str) -> str:
+    async def build_dependencies(self, base_image: str, workspace: Path, command: str, key: str) -> tuple[str, bool]:
         client = await self._docker()
+        # Keyed by the base image's id too: a rebuilt sandbox image must not reuse dependencies built on the old one.
+        base_id = (await self._call(client.images.get, base_image)).id
+        key = hashlib.sha256(f"{key}\0{base_id}".encode()).hexdigest()[:20]
         tag = f"{DEPS_IMAGE_REPO}:{key}"
         try:
             await asyncio.to_thread(client.images.get, tag)
-            return tag
+            return tag, False
         except docker.errors.ImageNotFound:
             pass
         # The one phase with network: the repo's own dependency files, mounted read-only, and
@@ -233,7 +237,7 @@ class DockerSandbox:
             )
         finally:
             await self._remove(raw.id)
-        return tag
+        return tag, True
 
 
 def _json_list(items: Sequence[str]) -> str:
