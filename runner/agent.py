@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import shlex
@@ -92,11 +93,18 @@ class Gate:
         self._progress = progress or (lambda _line: None)
         self.denials: list[Denial] = []
         self.calls = 0
+        self._closed: str | None = None
+
+    def close(self, reason: str) -> None:
+        """From now on every call is denied: a limit was reached while the CLI may still be asking."""
+        self._closed = reason
 
     async def decide(self, tool: str, tool_input: dict[str, Any]) -> tuple[bool, str]:
         self.calls += 1
         call = policy.ToolCall(tool=tool, input=tool_input, kind=self.kind)
         decision = policy.evaluate(self.policy, call)
+        if self._closed is not None:
+            decision = dataclasses.replace(decision, effect=policy.Effect.DENY, rule_id="limits", reason=self._closed)
         effect = decision.effect.value
         allowed = effect == "allow"
         reason = decision.reason
@@ -217,15 +225,24 @@ async def run_agent(
     stopped: Stop = "completed"
     error = ""
 
+    seen: set[str] = set()
+
     async def consume() -> None:
         nonlocal turns, summary, stopped, error
         async for message in query(prompt=prompt, options=options):
             if isinstance(message, AssistantMessage):
-                turns += 1
+                # The CLI may stream one turn as several messages (a block each); a turn is a model message id.
+                turn_id = message.message_id or message.uuid or str(len(seen))
+                if turn_id not in seen:
+                    seen.add(turn_id)
+                    turns += 1
+                    summary = ""
                 texts = [b.text for b in message.content if isinstance(b, TextBlock) and b.text.strip()]
                 if texts:
-                    summary = "\n".join(texts)
+                    summary = "\n".join(filter(None, [summary, *texts]))
                 if any(isinstance(b, ToolUseBlock) for b in message.content) and turns >= max_turns:
+                    # No turn is left to see the tools' results: they do not run.
+                    gate.close(f"the turn limit ({max_turns}) is reached")
                     stopped = "turn_limit"
                     return
             elif isinstance(message, ResultMessage) and message.is_error:
@@ -247,6 +264,7 @@ async def run_agent(
                 stopped, error = "error", f"{type(exc).__name__}: {exc}"
         else:
             stopped = "budget" if budget in done else "wall_time"
+            gate.close(f"the task's {'token/cost budget' if stopped == 'budget' else 'wall time'} is spent")
     finally:
         budget.cancel()
         if stopped in ("turn_limit", "wall_time", "budget"):

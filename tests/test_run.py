@@ -185,7 +185,7 @@ async def test_killed_supervisor_leaves_no_container_after_restart(tmp_path: Pat
     home = tmp_path / "home"
     slow = tmp_path / "slow.yaml"
     slow.write_text(yaml.safe_dump({"turns": [[{"type": "tool_use", "name": "Bash",
-                                                "input": {"command": "sleep 60"}}]]}))
+                                                "input": {"command": "tail -f README.md"}}]]}))
     client = docker.from_env()
     proc = await asyncio.create_subprocess_exec(
         *AGENT_RUNNER, "run", "--repo", str(repo), "--prompt", "x", "--dry-run", "--json", "--scenario", str(slow),
@@ -249,3 +249,65 @@ async def test_dependency_setup_runs_once_in_its_own_step_and_is_cached(tmp_path
     assert code == 0 and "dependencies: cached agent-runner/deps:" in progress2
     tag = progress1.split("dependencies: built ")[1].split()[0]
     docker.from_env().images.remove(tag, force=True)
+
+
+def _policy_with(tmp_path: Path, **limits: int) -> Path:
+    """The default policy with some global limits changed (every profile inherits them unless it overrides)."""
+    import policy
+
+    text = policy.default_text()
+    for key, value in limits.items():
+        line = next(line for line in text.splitlines() if line.startswith(f"  {key}:"))
+        text = text.replace(line, f"  {key}: {value}", 1)
+    path = tmp_path / "limits-policy.yaml"
+    path.write_text(text)
+    return path
+
+
+async def _limited_run(tmp_path: Path, scenario: Scenario, **limits: int) -> tuple[dict[str, Any], str]:
+    repo = await create_sample_repo(tmp_path / "origin")
+    script = tmp_path / "scenario.yaml"
+    script.write_text(yaml.safe_dump(_scenario_dict(scenario)))
+    code, result, progress = await _agent_runner(
+        "run", "--repo", str(repo), "--prompt", "work", "--dry-run", "--json", "--scenario", str(script),
+        "--policy", str(_policy_with(tmp_path, **limits)), env=_env(tmp_path / "home"))
+    assert code == 1, progress
+    containers = docker.from_env().containers.list(all=True, filters={"label": f"{LABEL_TASK}={result['task_id']}"})
+    assert containers == [], "the container outlived its limit"
+    return result, progress
+
+
+def _scenario_dict(scenario: Scenario) -> dict[str, Any]:
+    def block(b: TextBlock | ToolUseBlock) -> dict[str, Any]:
+        if isinstance(b, TextBlock):
+            return {"type": "text", "text": b.text}
+        return {"type": "tool_use", "name": b.name, "input": dict(b.input)}
+
+    return {"turns": [[block(b) for b in turn] for turn in scenario.turns], "final_text": scenario.final_text}
+
+
+def _write(name: str) -> list[ToolUseBlock]:
+    return [ToolUseBlock("Write", {"file_path": f"/workspace/{name}", "content": f"{name}\n"})]
+
+
+async def test_turn_limit_stops_the_agent_from_outside_and_keeps_its_work(tmp_path: Path) -> None:
+    scenario = Scenario.of(_write("one.txt"), _write("two.txt"), _write("three.txt"), _write("four.txt"))
+    result, progress = await _limited_run(tmp_path, scenario, max_turns=2)
+    assert result["status"] == "timed_out" and "turn limit" in result["reason"]
+    assert result["files_changed"] == ["one.txt"]  # the work so far is kept
+    assert "+one.txt" in result["diff"]
+
+
+async def test_wall_time_limit_kills_a_hanging_agent(tmp_path: Path) -> None:
+    # (Not `sleep`: the CLI itself refuses long sleeps before any hook sees them.)
+    scenario = Scenario.of([ToolUseBlock("Bash", {"command": "tail -f README.md"})], _write("late.txt"))
+    result, progress = await _limited_run(tmp_path, scenario, wall_time_seconds=8)
+    assert result["status"] == "timed_out" and "wall time" in result["reason"]
+    assert "late.txt" not in result["files_changed"]
+
+
+async def test_token_budget_cuts_the_task_off_at_the_proxy(tmp_path: Path) -> None:
+    scenario = Scenario.of(_write("one.txt"), _write("two.txt"), _write("three.txt"))
+    result, progress = await _limited_run(tmp_path, scenario, max_tokens=1000)
+    assert result["status"] == "timed_out" and "budget" in result["reason"]
+    assert result["usage"]["input_tokens"] > 1000 and "three.txt" not in result["files_changed"]
