@@ -1,0 +1,13 @@
+"""Run every benchmark; each prints ratios against a baseline measured in the same run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+if __name__ == "__main__":
+    codes = [subprocess.call([sys.executable, str(HERE / name)]) for name in ("bench_policy.py", "bench_sandbox.py")]
+    sys.exit(max(codes))
