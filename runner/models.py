@@ -53,6 +53,8 @@ TERMINAL_STATES = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class TestRun:
+    __test__ = False  # not a pytest test class, whatever its name says
+
     command: str
     exit_code: int
     passed: bool

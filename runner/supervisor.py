@@ -10,6 +10,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import policy
 from runner import tasklock, workspace
@@ -62,7 +63,7 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
     profile = active.profile(task.kind if not task.dry_run else "dry-run")
     limits = profile.limits
     container: Container | None = None
-    prepared: workspace.Prepared | None = None
+    populating: asyncio.Future[None] | None = None
     gate = Gate(
         task.id, active, task.kind,
         audit=lambda event, detail: store.audit(task.id, "policy", event, detail),
@@ -82,17 +83,25 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         say("provisioning: mirror, clone, strip read-protected files")
         prepared = await workspace.prepare(deps.home, task.id, task.repo, active)
         await store.transition(task.id, TaskState.PROVISIONING, base_sha=prepared.base_sha)
-        image = await _dependency_image(deps, prepared, say)
+        # Checking out the workspace and starting the container overlap: neither needs the other.
+        populating = asyncio.ensure_future(workspace.populate(prepared))
+        image = await _dependency_image(deps, prepared, populating, say)
         token = deps.proxy.issue_token(task.id, Budget(max_tokens=limits.max_tokens, max_cost_usd=limits.max_cost_usd))
         sock_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(sock_dir, 0o755)
         async with deps.proxy.serve_unix(sock_dir / "model.sock"):
-            container = await deps.sandbox.start(SandboxSpec(task.id, image, prepared.workspace, sock_dir,
-                                                             owner_lock=task_lock(deps.home, task.id)))
+            spec = SandboxSpec(task.id, image, prepared.workspace, sock_dir, owner_lock=task_lock(deps.home, task.id))
+            started, populated = await asyncio.gather(deps.sandbox.start(spec), populating, return_exceptions=True)
+            if isinstance(started, Container):
+                container = started  # known before any error below, so `finally` removes it
+            for failure in (started, populated):
+                if isinstance(failure, BaseException):
+                    raise failure
+            running = cast(Container, started)
             await store.transition(task.id, TaskState.RUNNING)
-            say(f"running: agent in container {container.id[:12]} (no network, no secrets)")
+            say(f"running: agent in container {running.id[:12]} (no network, no secrets)")
             outcome = await run_agent(
-                sandbox=deps.sandbox, container=container, gate=gate, prompt=task.prompt,
+                sandbox=deps.sandbox, container=running, gate=gate, prompt=task.prompt,
                 system_prompt=system_prompt(task.kind), model_token=token, workdir=prepared.task_dir,
                 max_turns=limits.max_turns, wall_time=float(limits.wall_time_seconds),
                 budget_spent=deps.proxy.exhausted(task.id), model=deps.model,
@@ -107,9 +116,9 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
 
         await store.transition(task.id, TaskState.TESTING)
         say(f"testing: {active.test_command}")
-        tests = await _run_tests(deps.sandbox, container, active.test_command)
+        tests = await _run_tests(deps.sandbox, running, active.test_command)
         say(f"tests {'passed' if tests.passed else 'failed'} (exit {tests.exit_code})")
-        await deps.sandbox.stop(container)
+        await deps.sandbox.stop(running)
         container = None
 
         change = await workspace.extract(prepared, active, task.kind)
@@ -135,28 +144,36 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         raise
     finally:
         deps.proxy.revoke(task.id)
+        if populating is not None and not populating.done():
+            populating.cancel()
+            await asyncio.gather(populating, return_exceptions=True)
         if container is not None:
             with contextlib.suppress(Exception):
                 await deps.sandbox.stop(container)
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
-async def _dependency_image(deps: Deps, prepared: workspace.Prepared, say: Progress) -> str:
+async def _dependency_image(deps: Deps, prepared: workspace.Prepared, populating: asyncio.Future[None],
+                            say: Progress) -> str:
     """The sandbox image plus the repo's dependencies, built once per dependency-file hash.
 
     The only step with network, in its own container; the agent then starts from its image with none.
     """
     command = deps.policy.setup_command.strip()
-    files = sorted({f for pattern in deps.policy.dependency_files for f in prepared.workspace.glob(pattern)
-                    if f.is_file()})
+    files = await workspace.dependency_files(prepared, deps.policy.dependency_files)
     if not command or not files:
         return deps.image
     digest = hashlib.sha256(f"{deps.image}\0{command}".encode())
-    for f in files:
-        digest.update(f.relative_to(prepared.workspace).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
-    tag, built = await deps.sandbox.build_dependencies(deps.image, prepared.workspace, command,
-                                                       digest.hexdigest()[:20])
-    say(f"dependencies: {'built' if built else 'cached'} {tag} (`{command}`)")
+    for path, content in files.items():
+        digest.update(path.encode() + b"\0" + content + b"\0")
+    key = digest.hexdigest()[:20]
+    tag = await deps.sandbox.cached_dependencies(deps.image, key)
+    if tag is not None:
+        say(f"dependencies: cached {tag} (`{command}`)")
+        return tag
+    await populating  # the build reads the dependency files from the workspace
+    tag = await deps.sandbox.build_dependencies(deps.image, prepared.workspace, command, key)
+    say(f"dependencies: built {tag} (`{command}`)")
     return tag
 
 

@@ -1,8 +1,8 @@
 """A task's two checkouts: the sandbox's workspace (untrusted) and the supervisor's clone (trusted).
 
-prepare(): mirror the repo, clone it for the supervisor at the base SHA, export the tree into the
-workspace minus read-protected files, and give the workspace a one-commit git repo of its own, so the
-sandbox never holds the history (where a removed secret would still live).
+prepare(): mirror the repo, clone it for the supervisor, and make a parentless commit of the base tree
+minus read-protected files. populate(): give the workspace a fresh repo holding only that commit, checked
+out, so the sandbox never holds the history (where a removed secret would still live).
 
 extract(): read the workspace as data with the supervisor's own git (its GIT_DIR, a private index,
 hooks and fsmonitor off, no repo config from the sandbox), list every change with modes and symlink
@@ -11,9 +11,12 @@ targets, check it against the policy, and commit it in the trusted clone.
 
 from __future__ import annotations
 
+import asyncio
+import fnmatch
 import hashlib
 import os
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from runner.sandbox.base import SANDBOX_UID
 
 # Build droppings never belong in a change, whatever the repo's .gitignore says.
 ALWAYS_IGNORED = "__pycache__/\n*.pyc\n.pytest_cache/\n.mypy_cache/\n.ruff_cache/\n.hypothesis/\n.claude/\n"
+SANDBOX_REF = "refs/agent-runner/sandbox-base"
 STATUS = {"A": "added", "M": "modified", "D": "deleted", "R": "renamed", "T": "modified", "C": "added"}
 
 
@@ -36,6 +40,8 @@ class Prepared:
     base_sha: str
     removed: tuple[str, ...]
     """Read-protected files taken out of the workspace; their absence is not a change."""
+    given: str
+    """The parentless commit of the stripped tree that the sandbox's repo holds."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +79,7 @@ async def update_mirror(home: Path, repo: str) -> Path:
 
 async def prepare(home: Path, task_id: str, repo: str, active: policy.Policy, *, base_ref: str | None = None
                   ) -> Prepared:
+    """Mirror the repo, clone it for the supervisor, and make the stripped commit the sandbox is given."""
     mirror = await update_mirror(home, repo)
     if base_ref is None:
         head = await run_git(["symbolic-ref", "HEAD"], cwd=mirror)
@@ -83,33 +90,54 @@ async def prepare(home: Path, task_id: str, repo: str, active: policy.Policy, *,
     shutil.rmtree(task_dir, ignore_errors=True)
     trusted, workspace = task_dir / "trusted", task_dir / "workspace"
     workspace.mkdir(parents=True)
-    await run_git(["clone", "--quiet", "--no-checkout", str(mirror), str(trusted)])
-    await run_git(["checkout", "--quiet", "--detach", base_sha], cwd=trusted)
+    # The supervisor's clone needs no working tree: the change is read from the workspace and committed
+    # with plumbing, so nothing is written twice. --shared borrows the mirror's objects (never gc'd:
+    # gc.auto=0 for every trusted git) instead of copying them.
+    await run_git(["clone", "--quiet", "--no-checkout", "--shared", str(mirror), str(trusted)])
 
-    # Export the base tree with modes and symlinks as git records them, via a throwaway index.
-    export_env = {"GIT_INDEX_FILE": str(task_dir / "export.index")}
-    await run_git(["read-tree", base_sha], cwd=trusted, env=export_env)
-    await run_git(["checkout-index", "--all", f"--prefix={workspace}/"], cwd=trusted, env=export_env)
-    (task_dir / "export.index").unlink()
-
+    # What the sandbox is given: the base tree minus read-protected files, as a commit without parents
+    # (the history, where a removed secret would still live, never enters the sandbox).
+    index_env = {"GIT_INDEX_FILE": str(task_dir / "sandbox.index")}
     tracked = (await run_git(["ls-tree", "-r", "-z", "--name-only", base_sha], cwd=trusted)).stdout
-    removed = []
-    for path in tracked.decode("utf-8", "surrogateescape").split("\0"):
-        if path and policy.is_read_protected(active, path):
-            (workspace / path).unlink(missing_ok=True)
-            removed.append(path)
-
-    # The sandbox's own repo: one commit of what it was given, so `git diff` works in there.
-    await run_git(["init", "--quiet", "-b", base_ref or "main"], cwd=workspace)
-    await run_git(["add", "--all"], cwd=workspace)
-    await run_git(["commit", "--quiet", "--allow-empty", "-m", f"base {base_sha[:12]} (read-protected files removed)"],
-                  cwd=workspace)
+    removed = [path for path in tracked.decode("utf-8", "surrogateescape").split("\0")
+               if path and policy.is_read_protected(active, path)]
+    await run_git(["read-tree", base_sha], cwd=trusted, env=index_env)
+    if removed:
+        await run_git(["update-index", "--force-remove", "-z", "--stdin"], cwd=trusted, env=index_env,
+                      stdin="\0".join(removed).encode() + b"\0")
+    tree = (await run_git(["write-tree"], cwd=trusted, env=index_env)).out
+    given = (await run_git(["commit-tree", tree, "-m", f"base {base_sha[:12]} (read-protected files removed)"],
+                           cwd=trusted)).out
+    await run_git(["update-ref", SANDBOX_REF, given], cwd=trusted)
+    (task_dir / "sandbox.index").unlink()
     (task_dir / "ignore").write_text(ALWAYS_IGNORED)
+    return Prepared(task_dir, mirror, trusted, workspace, base_ref, base_sha, tuple(removed), given)
+
+
+async def populate(prepared: Prepared) -> None:
+    """Fill the workspace: a fresh repo holding only the commit the sandbox is given, checked out."""
+    workspace = prepared.workspace
+    await run_git(["init", "--quiet", "-b", prepared.base_branch], cwd=workspace)
+    await run_git(["fetch", "--quiet", "--no-tags", str(prepared.trusted), SANDBOX_REF], cwd=workspace)
+    await run_git(["-c", "checkout.workers=0", "checkout", "--quiet", "-B", prepared.base_branch, "FETCH_HEAD"],
+                  cwd=workspace)
     if os.geteuid() == 0:
-        for root, dirs, files in os.walk(workspace):
-            for name in (root, *(os.path.join(root, n) for n in dirs + files)):
-                os.lchown(name, SANDBOX_UID, SANDBOX_UID)
-    return Prepared(task_dir, mirror, trusted, workspace, base_ref or "main", base_sha, tuple(removed))
+        await asyncio.to_thread(_chown_tree, workspace, SANDBOX_UID)
+
+
+async def dependency_files(prepared: Prepared, patterns: Sequence[str]) -> dict[str, bytes]:
+    """The given tree's files matching the policy's dependency patterns, read from the trusted clone."""
+    listing = (await run_git(["ls-tree", "-r", "-z", "--name-only", prepared.given], cwd=prepared.trusted)).stdout
+    paths = sorted(p for p in listing.decode("utf-8", "surrogateescape").split("\0")
+                   if p and any(fnmatch.fnmatch(p, pattern) for pattern in patterns))
+    return {p: (await run_git(["cat-file", "blob", f"{prepared.given}:{p}"], cwd=prepared.trusted)).stdout
+            for p in paths}
+
+
+def _chown_tree(root: Path, uid: int) -> None:
+    for parent, dirs, files in os.walk(root):
+        for name in (parent, *(os.path.join(parent, n) for n in dirs + files)):
+            os.lchown(name, uid, uid)
 
 
 async def extract(prepared: Prepared, active: policy.Policy, kind: str) -> Change:
@@ -156,7 +184,7 @@ async def commit(prepared: Prepared, change: Change, message: str, branch: str) 
     sha = (await run_git(["commit-tree", change.tree, "-p", prepared.base_sha, "-F", "-"], env=env,
                          stdin=message.encode())).out
     await run_git(["update-ref", f"refs/heads/{branch}", sha], env=env)
-    await run_git(["checkout", "--quiet", branch], cwd=prepared.trusted)
+    await run_git(["symbolic-ref", "HEAD", f"refs/heads/{branch}"], cwd=prepared.trusted)
     return sha
 
 

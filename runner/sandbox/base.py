@@ -110,11 +110,12 @@ class Sandbox(Protocol):
         """Remove every labelled container whose task id is not in keep; return the task ids reaped."""
         ...
 
-    async def build_dependencies(self, base_image: str, workspace: Path, command: str, key: str) -> tuple[str, bool]:
-        """Run the dependency set-up command once, with network, and cache the result as an image tag.
+    async def cached_dependencies(self, base_image: str, key: str) -> str | None:
+        """The tag of the dependency image built before for `key` on `base_image`, if there is one."""
+        ...
 
-        Returns the tag and whether it was built now (False: an image for `key` already existed).
-        """
+    async def build_dependencies(self, base_image: str, workspace: Path, command: str, key: str) -> str:
+        """Run the dependency set-up command once, with network, and keep the result as an image; its tag."""
         ...
 
     async def aclose(self) -> None: ...

@@ -196,17 +196,26 @@ class DockerSandbox:
                 reaped.append(task_id)
         return reaped
 
-    async def build_dependencies(self, base_image: str, workspace: Path, command: str, key: str) -> tuple[str, bool]:
+    async def _dependency_tag(self, base_image: str, key: str) -> str:
         client = await self._docker()
         # Keyed by the base image's id too: a rebuilt sandbox image must not reuse dependencies built on the old one.
         base_id = (await self._call(client.images.get, base_image)).id
-        key = hashlib.sha256(f"{key}\0{base_id}".encode()).hexdigest()[:20]
-        tag = f"{DEPS_IMAGE_REPO}:{key}"
+        digest = hashlib.sha256(key.encode() + b"\0" + base_id.encode()).hexdigest()[:20]
+        return f"{DEPS_IMAGE_REPO}:{digest}"
+
+    async def cached_dependencies(self, base_image: str, key: str) -> str | None:
+        client = await self._docker()
+        tag = await self._dependency_tag(base_image, key)
         try:
             await asyncio.to_thread(client.images.get, tag)
-            return tag, False
         except docker.errors.ImageNotFound:
-            pass
+            return None
+        return tag
+
+    async def build_dependencies(self, base_image: str, workspace: Path, command: str, key: str) -> str:
+        client = await self._docker()
+        tag = await self._dependency_tag(base_image, key)
+        repository, _, tag_key = tag.partition(":")
         # The one phase with network: the repo's own dependency files, mounted read-only, and
         # no secret and no socket. Root only because /opt/venv belongs to root in the image.
         raw = await self._call(
@@ -214,7 +223,8 @@ class DockerSandbox:
             base_image,
             command=["sh", "-c", command],
             detach=True,
-            labels={LABEL_TASK: f"deps-{key}", LABEL_ROLE: "dependencies"},
+            # No task label: the reaper must not take a build another supervisor is running for its orphan.
+            labels={LABEL_ROLE: "dependencies"},
             user="0:0",
             cap_drop=["ALL"],
             cap_add=["CHOWN", "DAC_OVERRIDE", "FOWNER"],
@@ -231,13 +241,13 @@ class DockerSandbox:
                 raise SandboxError(f"dependency set-up `{command}` failed (exit {status.get('StatusCode')}):\n{logs}")
             await self._call(
                 raw.commit,
-                repository=DEPS_IMAGE_REPO,
-                tag=key,
+                repository=repository,
+                tag=tag_key,
                 changes=[f"USER {SANDBOX_USER}", f"WORKDIR {WORKSPACE}", f"CMD {_json_list(FORWARDER_CMD)}"],
             )
         finally:
             await self._remove(raw.id)
-        return tag, True
+        return tag
 
 
 def _json_list(items: Sequence[str]) -> str:
