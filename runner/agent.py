@@ -108,7 +108,9 @@ class Gate:
         effect = decision.effect.value
         allowed = effect == "allow"
         reason = decision.reason
-        if effect == "ask":
+        if effect == "ask" and self._ask is deny_asks:
+            reason = f"the policy asks the owner, and no owner channel is configured: {decision.reason}"
+        elif effect == "ask":
             try:
                 async with asyncio.timeout(self._ask_timeout):
                     allowed = await self._ask(self.task_id, call, decision)
