@@ -15,6 +15,8 @@ DEFAULT_SANDBOX_IMAGE = "agent-runner/sandbox:latest"
 DEFAULT_MAX_SANDBOXES = 2
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
+DEFAULT_DEPLOYER = "none"
+DEPLOYERS = ("none", "command", "docker")
 
 
 class Secret:
@@ -59,6 +61,13 @@ class Settings:
     max_sandboxes: int = DEFAULT_MAX_SANDBOXES
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    repo: str | None = None
+    """The repository `serve` works on (AGENT_RUNNER_REPO): a bare repository's path, or a git URL."""
+    deployer: str = DEFAULT_DEPLOYER
+    deploy_command: str | None = None
+    health_url: str | None = None
+    deploy_service: str | None = None
+    deploy_base_image: str | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -102,6 +111,15 @@ class Settings:
         if github_token is not None and repository is None:
             problems.append("GITHUB_TOKEN is set but GITHUB_REPOSITORY (owner/name) is not")
         policy = environ.get("AGENT_RUNNER_POLICY")
+        deployer = environ.get("AGENT_RUNNER_DEPLOYER") or DEFAULT_DEPLOYER
+        deploy_command = environ.get("AGENT_RUNNER_DEPLOY_COMMAND") or None
+        deploy_service = environ.get("AGENT_RUNNER_DEPLOY_SERVICE") or None
+        if deployer not in DEPLOYERS:
+            problems.append(f"AGENT_RUNNER_DEPLOYER must be one of {', '.join(DEPLOYERS)}, got {deployer!r}")
+        elif deployer == "command" and deploy_command is None:
+            problems.append("AGENT_RUNNER_DEPLOYER=command needs AGENT_RUNNER_DEPLOY_COMMAND")
+        elif deployer == "docker" and deploy_service is None:
+            problems.append("AGENT_RUNNER_DEPLOYER=docker needs AGENT_RUNNER_DEPLOY_SERVICE")
 
         settings = cls(
             home=home.expanduser().resolve(),
@@ -122,6 +140,12 @@ class Settings:
             or DEFAULT_MAX_SANDBOXES,
             host=environ.get("AGENT_RUNNER_HOST") or DEFAULT_HOST,
             port=integer("AGENT_RUNNER_PORT", DEFAULT_PORT, low=1) or DEFAULT_PORT,
+            repo=environ.get("AGENT_RUNNER_REPO") or None,
+            deployer=deployer,
+            deploy_command=deploy_command,
+            health_url=url("AGENT_RUNNER_HEALTH_URL", None),
+            deploy_service=deploy_service,
+            deploy_base_image=environ.get("AGENT_RUNNER_DEPLOY_BASE_IMAGE") or None,
         )
         if problems:
             raise ConfigError("bad configuration: " + "; ".join(problems))

@@ -1,0 +1,237 @@
+"""Scheduler: admits tasks under per-source hourly limits, runs at most N at once, and keeps their progress.
+
+Admission is one critical section (limit check, de-duplication, the task row), so a burst of requests can
+neither overshoot a limit nor start two tasks for one alert. The limits are counted from the tasks the store
+holds, seeded at start-up, so a restart does not reset them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections import OrderedDict, deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from policy.model import RateLimits
+from runner.errors import TaskError
+from runner.models import TERMINAL_STATES, TaskId, TaskState
+from runner.store import Store, TaskRecord
+
+log = logging.getLogger("agent_runner.scheduler")
+
+Progress = Callable[[str], None]
+TaskRunner = Callable[[TaskRecord, Progress], Awaitable[object]]
+Bucket = Literal["commands", "autofixes"]
+
+WINDOW_SECONDS = 3600.0
+ALERT_SOURCES = frozenset({"alertmanager"})
+MAX_KEPT_LOGS = 500  # progress logs of this many tasks are kept in memory for /tasks/{id}/events
+OPEN_STATES = tuple(s for s in TaskState if s not in TERMINAL_STATES)
+
+
+def bucket_of(source: str) -> Bucket:
+    """Alerts draw on the auto-fix allowance; everything else is the owner's."""
+    return "autofixes" if source in ALERT_SOURCES else "commands"
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A request turned away by a rate limit: try again in `retry_after` seconds."""
+
+    bucket: Bucket
+    limit: int
+    retry_after: int
+
+
+@dataclass(frozen=True, slots=True)
+class Duplicate:
+    """An open task already handles this fingerprint."""
+
+    task: TaskRecord
+
+
+class RateLimiter:
+    """Sliding one-hour windows of task creation times, one per bucket."""
+
+    def __init__(self, limits: RateLimits, *, clock: Callable[[], float] = time.time,
+                 window: float = WINDOW_SECONDS) -> None:
+        self._limits: dict[Bucket, int] = {"commands": limits.commands_per_hour,
+                                           "autofixes": limits.autofixes_per_hour}
+        self._clock = clock
+        self._window = window
+        self._seen: dict[Bucket, deque[float]] = {"commands": deque(), "autofixes": deque()}
+
+    def seed(self, tasks: Iterable[TaskRecord]) -> None:
+        for task in sorted(tasks, key=lambda t: t.created_at):
+            self._seen[bucket_of(task.source)].append(task.created_at)
+
+    def check(self, bucket: Bucket) -> Refused | None:
+        now = self._clock()
+        seen = self._seen[bucket]
+        while seen and seen[0] <= now - self._window:
+            seen.popleft()
+        limit = self._limits[bucket]
+        if len(seen) < limit:
+            return None
+        # The slot frees when the oldest creation that counts leaves the window.
+        oldest = seen[len(seen) - limit] if limit > 0 else now
+        return Refused(bucket, limit, max(1, math.ceil(oldest + self._window - now)))
+
+    def record(self, bucket: Bucket, at: float) -> None:
+        self._seen[bucket].append(at)
+
+
+@dataclass(slots=True)
+class _Log:
+    lines: list[dict[str, Any]] = field(default_factory=list)
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Scheduler:
+    """Runs admitted tasks through `run` with at most `max_running` at once; queued ones survive restarts."""
+
+    def __init__(self, store: Store, run: TaskRunner, *, max_running: int, limits: RateLimits,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self._run = run
+        self._slots = asyncio.Semaphore(max_running)
+        self._limiter = RateLimiter(limits, clock=clock)
+        self._admit = asyncio.Lock()
+        self._tasks: dict[TaskId, asyncio.Task[None]] = {}
+        self._started: set[TaskId] = set()
+        self._cancelling: set[TaskId] = set()
+        self._logs: OrderedDict[TaskId, _Log] = OrderedDict()
+        self.max_running = max_running
+
+    async def start(self) -> list[TaskId]:
+        """Seed the limits from the store and resume the tasks a previous process queued but never started."""
+        recent = await self.store.list_tasks(limit=100_000)
+        cutoff = time.time() - WINDOW_SECONDS
+        self._limiter.seed(t for t in recent if t.created_at > cutoff)
+        queued = sorted((t for t in recent if t.state is TaskState.QUEUED), key=lambda t: t.created_at)
+        for task in queued:
+            self._launch(task)
+        return [t.id for t in queued]
+
+    async def aclose(self) -> None:
+        """Stop every run. Tasks still waiting for a slot stay queued, so the next start resumes them."""
+        pending = list(self._tasks.values())
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    @property
+    def running(self) -> int:
+        return len(self._started)
+
+    @property
+    def waiting(self) -> int:
+        return len(self._tasks) - len(self._started)
+
+    def active(self, task_id: str) -> bool:
+        """True while this process has the task queued or running."""
+        return task_id in self._tasks
+
+    async def submit(
+        self,
+        *,
+        kind: str,
+        prompt: str,
+        repo: str,
+        source: str,
+        requested_by: str,
+        dry_run: bool,
+        fingerprint: str | None = None,
+    ) -> TaskRecord | Refused | Duplicate:
+        """Admit a task and queue it, or say why not. Never waits for a slot."""
+        bucket = bucket_of(source)
+        async with self._admit:
+            if fingerprint is not None:
+                for task in await self.store.list_tasks(states=OPEN_STATES, limit=100_000):
+                    if task.fingerprint == fingerprint:
+                        return Duplicate(task)
+            refused = self._limiter.check(bucket)
+            if refused is not None:
+                return refused
+            task = await self.store.create_task(kind=kind, prompt=prompt, repo=repo, source=source,
+                                                requested_by=requested_by, dry_run=dry_run, fingerprint=fingerprint)
+            self._limiter.record(bucket, task.created_at)
+        self._launch(task)
+        return task
+
+    async def cancel(self, task_id: str, *, actor: str = "owner") -> TaskRecord:
+        """Cancel a queued or running task. Raises TaskError for an unknown or finished one."""
+        task = await self.store.get_task(task_id)
+        running = self._tasks.get(task.id)
+        if running is None:
+            if task.state is TaskState.QUEUED:  # queued by a process that is gone, not yet resumed
+                return await self.store.transition(task.id, TaskState.CANCELLED, reason="cancelled by the owner",
+                                                   actor=actor)
+            raise TaskError(f"task {task_id} is {task.state.value}; only queued or running tasks can be cancelled")
+        self._cancelling.add(task.id)
+        await self.store.audit(task.id, actor, "cancel_requested", {"state": task.state.value})
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        return await self.store.get_task(task.id)
+
+    # progress ---------------------------------------------------------------------------------------------
+
+    def publish(self, task_id: TaskId, event: str, data: Mapping[str, Any]) -> None:
+        entry = self._logs.get(task_id)
+        if entry is None:
+            entry = self._logs[task_id] = _Log()
+            while len(self._logs) > MAX_KEPT_LOGS:
+                self._logs.popitem(last=False)
+        entry.lines.append({"event": event, "data": dict(data)})
+        entry.changed.set()
+        entry.changed = asyncio.Event()
+
+    def events_since(self, task_id: str, start: int) -> tuple[list[dict[str, Any]], asyncio.Event]:
+        """Events from index `start` on, and an asyncio.Event set when more arrive."""
+        entry = self._logs.get(TaskId(task_id))
+        if entry is None:
+            entry = self._logs[TaskId(task_id)] = _Log()
+        return entry.lines[start:], entry.changed
+
+    # running ----------------------------------------------------------------------------------------------
+
+    def _launch(self, task: TaskRecord) -> None:
+        self._tasks[task.id] = asyncio.create_task(self._drive(task), name=f"task-{task.id}")
+
+    async def _drive(self, task: TaskRecord) -> None:
+        def progress(line: str) -> None:
+            self.publish(task.id, "progress", {"line": line})
+
+        try:
+            async with self._slots:
+                current = await self.store.get_task(task.id)
+                if current.state is not TaskState.QUEUED:  # cancelled while it waited
+                    return
+                self._started.add(task.id)
+                await self._run(current, progress)
+        except asyncio.CancelledError:
+            # Our own cancel: by the owner, or at shutdown. Only the owner's makes a queued task cancelled;
+            # at shutdown it stays queued for the next start (a running one was marked by the supervisor).
+            if task.id in self._cancelling:
+                with contextlib.suppress(Exception):
+                    current = await self.store.get_task(task.id)
+                    if current.state is TaskState.QUEUED:
+                        await self.store.transition(task.id, TaskState.CANCELLED, reason="cancelled by the owner",
+                                                    actor="owner")
+        except Exception as exc:  # a bug below must not leave the task open forever
+            log.exception("task %s crashed", task.id)
+            with contextlib.suppress(Exception):
+                current = await self.store.get_task(task.id)
+                if not current.state.terminal:
+                    await self.store.transition(task.id, TaskState.FAILED,
+                                                reason=f"internal error: {type(exc).__name__}: {exc}")
+        finally:
+            self._started.discard(task.id)
+            self._cancelling.discard(task.id)
+            self._tasks.pop(task.id, None)
+            self.publish(task.id, "done", {})

@@ -1,0 +1,187 @@
+"""Scheduler: slots, hourly limits counted from the store, de-duplication, cancel, resume after a restart."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from policy.model import RateLimits
+from runner.models import TaskState
+from runner.scheduler import Duplicate, RateLimiter, Refused, Scheduler
+from runner.store import Store, TaskRecord
+
+Progress = Callable[[str], None]
+HIGH = RateLimits(commands_per_hour=1000, autofixes_per_hour=1000)
+
+
+class Runs:
+    """A task runner the test steers: each run waits for its release, then finishes as diff_ready."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.started: list[str] = []
+        self.running = 0
+        self.peak = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self, task: TaskRecord, progress: Progress) -> object:
+        self.started.append(task.id)
+        self.running += 1
+        self.peak = max(self.peak, self.running)
+        try:
+            await self.store.transition(task.id, TaskState.RUNNING)
+            progress("working")
+            await self.release.wait()
+            return await self.store.transition(task.id, TaskState.DIFF_READY)
+        finally:
+            self.running -= 1
+
+
+async def _submit(scheduler: Scheduler, *, source: str = "api",
+                  fingerprint: str | None = None) -> TaskRecord | Refused | Duplicate:
+    return await scheduler.submit(kind="feature", prompt="p", repo="/r", source=source, requested_by="owner",
+                                  dry_run=True, fingerprint=fingerprint)
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not await check():
+            await asyncio.sleep(0.01)
+
+
+def test_rate_limiter_refuses_with_the_time_until_the_oldest_leaves_the_window() -> None:
+    now = [1000.0]
+    limiter = RateLimiter(RateLimits(commands_per_hour=2, autofixes_per_hour=1), clock=lambda: now[0])
+    limiter.record("commands", 1000.0)
+    limiter.record("commands", 1100.0)
+    refused = limiter.check("commands")
+    assert refused == Refused("commands", 2, 3600)
+    assert limiter.check("autofixes") is None  # buckets are separate
+    now[0] = 4601.0
+    assert limiter.check("commands") is None
+
+
+def test_rate_limiter_zero_limit_always_refuses() -> None:
+    limiter = RateLimiter(RateLimits(commands_per_hour=0, autofixes_per_hour=0))
+    refused = limiter.check("autofixes")
+    assert refused is not None and refused.retry_after >= 1
+
+
+async def test_scheduler_runs_at_most_max_running_at_once(tmp_path: Path) -> None:
+    async with Store(tmp_path / "state.db") as store:
+        runs = Runs(store)
+        scheduler = Scheduler(store, runs, max_running=2, limits=HIGH)
+        tasks = [await _submit(scheduler) for _ in range(5)]
+        await _until(lambda: _true(len(runs.started) == 2))
+        await asyncio.sleep(0.05)
+        assert runs.running == 2 and scheduler.running == 2 and scheduler.waiting == 3
+        runs.release.set()
+        await _until(lambda: _true(not any(scheduler.active(t.id) for t in tasks if isinstance(t, TaskRecord))))
+        assert runs.peak == 2 and len(runs.started) == 5
+        assert {t.state for t in await store.list_tasks()} == {TaskState.DIFF_READY}
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_scheduler_limits_count_from_the_store_across_restarts(tmp_path: Path) -> None:
+    limits = RateLimits(commands_per_hour=2, autofixes_per_hour=1)
+    async with Store(tmp_path / "state.db") as store:
+        runs = Runs(store)
+        runs.release.set()
+        first = Scheduler(store, runs, max_running=2, limits=limits)
+        assert isinstance(await _submit(first), TaskRecord)
+        assert isinstance(await _submit(first), TaskRecord)
+        refused = await _submit(first)
+        assert isinstance(refused, Refused) and refused.bucket == "commands" and 3500 < refused.retry_after <= 3600
+        assert isinstance(await _submit(first, source="alertmanager"), TaskRecord)
+        await first.aclose()
+
+        second = Scheduler(store, runs, max_running=2, limits=limits)
+        await second.start()
+        assert isinstance(await _submit(second), Refused)
+        assert isinstance(await _submit(second, source="alertmanager"), Refused)
+        await second.aclose()
+        assert len(await store.list_tasks()) == 3
+
+
+async def test_scheduler_burst_never_overshoots_the_limit(tmp_path: Path) -> None:
+    async with Store(tmp_path / "state.db") as store:
+        runs = Runs(store)
+        runs.release.set()
+        scheduler = Scheduler(store, runs, max_running=2, limits=RateLimits(commands_per_hour=7))
+        answers = await asyncio.gather(*(_submit(scheduler) for _ in range(40)))
+        assert sum(isinstance(a, TaskRecord) for a in answers) == 7
+        assert sum(isinstance(a, Refused) for a in answers) == 33
+        await scheduler.aclose()
+
+
+async def test_scheduler_dedupes_open_tasks_by_fingerprint(tmp_path: Path) -> None:
+    async with Store(tmp_path / "state.db") as store:
+        runs = Runs(store)
+        scheduler = Scheduler(store, runs, max_running=1, limits=HIGH)
+        first, again = await asyncio.gather(_submit(scheduler, source="alertmanager", fingerprint="alert:1"),
+                                            _submit(scheduler, source="alertmanager", fingerprint="alert:1"))
+        kinds = sorted(type(a).__name__ for a in (first, again))
+        assert kinds == ["Duplicate", "TaskRecord"]
+        other = await _submit(scheduler, source="alertmanager", fingerprint="alert:2")
+        assert isinstance(other, TaskRecord)
+        runs.release.set()
+        await _until(lambda: _true(scheduler.running == 0 and scheduler.waiting == 0))
+        # Closed tasks no longer block: the alert firing again later starts a new fix.
+        assert isinstance(await _submit(scheduler, source="alertmanager", fingerprint="alert:1"), TaskRecord)
+        await scheduler.aclose()
+
+
+async def test_scheduler_cancels_queued_and_running_tasks(tmp_path: Path) -> None:
+    async with Store(tmp_path / "state.db") as store:
+        runs = Runs(store)
+        scheduler = Scheduler(store, runs, max_running=1, limits=HIGH)
+        running = await _submit(scheduler)
+        queued = await _submit(scheduler)
+        assert isinstance(running, TaskRecord) and isinstance(queued, TaskRecord)
+        await _until(lambda: _true(runs.running == 1))
+        assert (await scheduler.cancel(queued.id)).state is TaskState.CANCELLED
+        await scheduler.cancel(running.id)
+        assert not scheduler.active(running.id)
+        assert runs.started == [running.id]  # the queued one never ran
+        entries = await store.audit_log(running.id, event="cancel_requested")
+        assert len(entries) == 1 and entries[0].actor == "owner"
+
+
+async def test_scheduler_resumes_queued_tasks_after_restart_and_leaves_them_queued_at_shutdown(
+        tmp_path: Path) -> None:
+    async with Store(tmp_path / "state.db") as store:
+        runs = Runs(store)
+        before = Scheduler(store, runs, max_running=1, limits=HIGH)
+        tasks = [await _submit(before) for _ in range(3)]
+        await _until(lambda: _true(runs.running == 1))
+        await before.aclose()  # shutdown: the waiting two were never started
+        states = {t.id: (await store.get_task(t.id)).state for t in tasks if isinstance(t, TaskRecord)}
+        assert sorted(s.value for s in states.values()) == ["queued", "queued", "running"]
+
+        after_runs = Runs(store)
+        after_runs.release.set()
+        after = Scheduler(store, after_runs, max_running=1, limits=HIGH)
+        resumed = await after.start()
+        assert sorted(resumed) == sorted(i for i, s in states.items() if s is TaskState.QUEUED)
+        await _until(lambda: _true(len(after_runs.started) == 2 and after.waiting == 0 and after.running == 0))
+        for task_id in resumed:
+            assert (await store.get_task(task_id)).state is TaskState.DIFF_READY
+
+
+async def test_scheduler_marks_a_crashed_run_failed(tmp_path: Path) -> None:
+    async def crash(task: TaskRecord, progress: Progress) -> object:
+        raise RuntimeError("boom")
+
+    async with Store(tmp_path / "state.db") as store:
+        scheduler = Scheduler(store, crash, max_running=1, limits=HIGH)
+        task = await _submit(scheduler)
+        assert isinstance(task, TaskRecord)
+        await _until(lambda: _true(not scheduler.active(task.id)))
+        record = await store.get_task(task.id)
+        assert record.state is TaskState.FAILED and "RuntimeError: boom" in record.reason
+        lines, _ = scheduler.events_since(task.id, 0)
+        assert lines[-1]["event"] == "done"
