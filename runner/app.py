@@ -1,0 +1,120 @@
+"""The supervisor service: create_app builds the Starlette app whose lifespan opens the backends once."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+
+from starlette.applications import Starlette
+
+from runner.config import Settings, settings_from_os
+from runner.deploy import Deployer, create_deployer
+from runner.errors import ConfigError
+from runner.forge.base import Forge
+from runner.runtime import Runtime, open_runtime
+from runner.scheduler import Progress, Scheduler
+from runner.store import Store, TaskRecord
+from runner.supervisor import run_task
+
+log = logging.getLogger("agent_runner")
+
+RuntimeFactory = Callable[[], AbstractAsyncContextManager[Runtime]]
+
+
+@dataclass(slots=True)
+class Service:
+    """What the routes reach through `request.app.state.service` while the app runs."""
+
+    settings: Settings
+    runtime: Runtime
+    scheduler: Scheduler
+    deployer: Deployer
+    release_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+    @property
+    def forge(self) -> Forge | None:
+        return self.runtime.deps.forge
+
+
+def build_deployer(settings: Settings) -> Deployer:
+    """The deployer AGENT_RUNNER_DEPLOYER names (`none` by default)."""
+    if settings.deployer == "command":
+        return create_deployer("command", deploy_command=settings.deploy_command or "",
+                               health_url=settings.health_url)
+    if settings.deployer == "docker":
+        if settings.deploy_base_image is None:
+            raise ConfigError("AGENT_RUNNER_DEPLOYER=docker needs AGENT_RUNNER_DEPLOY_BASE_IMAGE")
+        return create_deployer("docker", service=settings.deploy_service or "",
+                               build_base_image=settings.deploy_base_image)
+    return create_deployer("none")
+
+
+def create_app(
+    settings: Settings,
+    *,
+    runtime: RuntimeFactory | None = None,
+    deployer: Deployer | None = None,
+    say: Progress | None = None,
+) -> Starlette:
+    """The service. `runtime` opens the backends (default: `open_runtime` on AGENT_RUNNER_REPO, which also
+    reaps orphan containers and fails tasks caught mid-flight); `deployer` defaults to the configured one.
+    """
+    from runner.routes import routes
+
+    note = say or log.info
+    if runtime is None:
+        if settings.repo is None:
+            raise ConfigError("serve needs AGENT_RUNNER_REPO: the repository commands work on")
+        repo = settings.repo
+
+        def runtime() -> AbstractAsyncContextManager[Runtime]:
+            return open_runtime(settings, repo=repo, say=note)
+
+    open_backends = runtime
+    chosen = deployer if deployer is not None else build_deployer(settings)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            rt = await stack.enter_async_context(open_backends())
+            active = await stack.enter_async_context(chosen)
+
+            async def run(task: TaskRecord, progress: Progress) -> object:
+                def both(line: str) -> None:
+                    note(f"{task.id}: {line}")
+                    progress(line)
+
+                return await run_task(rt.deps, task, progress=both)
+
+            scheduler = Scheduler(rt.store, run, max_running=settings.max_sandboxes,
+                                  limits=rt.deps.policy.rate_limits)
+            stack.push_async_callback(scheduler.aclose)
+            resumed = await scheduler.start()
+            if resumed:
+                note(f"resumed {len(resumed)} queued task(s): {', '.join(resumed)}")
+            app.state.service = Service(settings, rt, scheduler, active)
+            yield
+
+    return Starlette(routes=routes(), lifespan=lifespan)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`agent-runner serve`: the long-running supervisor on AGENT_RUNNER_HOST:AGENT_RUNNER_PORT."""
+    import uvicorn
+
+    settings = settings_from_os()
+    if settings.api_token is None:
+        raise ConfigError("serve needs AGENT_API_TOKEN: the owner's bearer token for the API")
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[agent-runner] %(message)s")
+    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    return 0

@@ -1,0 +1,416 @@
+"""HTTP endpoints: authenticate, parse, hand to the scheduler or the release, answer in JSON (or SSE)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from runner.app import Service
+from runner.config import Secret
+from runner.errors import ForgeConflict, ForgeError, ForgeNotFound, TaskError
+from runner.models import TASK_KINDS, TaskState
+from runner.prompts import fence_untrusted
+from runner.release import approve_and_deploy
+from runner.scheduler import Duplicate, Refused
+from runner.store import TaskRecord
+from runner.webhooks import MAX_BODY_BYTES, AlertNotification, WebhookError, parse_auto_fix
+
+MAX_PROMPT_CHARS = 20_000
+SSE_POLL_SECONDS = 0.5
+STREAM_ENDS = frozenset({TaskState.PROPOSED}) | {s for s in TaskState if s.terminal}
+
+
+def routes() -> list[Route]:
+    return [
+        Route("/health", health),
+        Route("/metrics", metrics),
+        Route("/agent/command", command, methods=["POST"]),
+        Route("/agent/auto-fix", auto_fix, methods=["POST"]),
+        Route("/agent/approve-pr", approve_pr, methods=["POST"]),
+        Route("/agent/reject-pr", reject_pr, methods=["POST"]),
+        Route("/tasks", list_tasks),
+        Route("/tasks/{task_id}", get_task),
+        Route("/tasks/{task_id}/events", task_events),
+        Route("/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+    ]
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def _service(request: Request) -> Service:
+    service: Service = request.app.state.service
+    return service
+
+
+def _error(status: int, message: str, **extra: Any) -> JSONResponse:
+    return JSONResponse({"error": message, **extra}, status_code=status)
+
+
+async def _authorized(request: Request, secret: Secret | None, actor: str) -> Response | None:
+    """None when the bearer matches `secret` (constant time); else the audited 401."""
+    header = request.headers.get("authorization", "")
+    scheme, _, presented = header.partition(" ")
+    ok = (secret is not None and scheme.lower() == "bearer"
+          and hmac.compare_digest(presented.strip().encode(), secret.reveal().encode()))
+    if ok:
+        return None
+    reason = "no credential configured" if secret is None else ("no bearer token" if not presented else "bad token")
+    await _refuse(request, actor, reason)
+    return _error(401, "unauthorized", reason=reason)
+
+
+async def _refuse(request: Request, actor: str, reason: str, **detail: Any) -> None:
+    client = request.client.host if request.client else ""
+    await _service(request).store.audit(None, actor, "refused",
+                                        {"path": request.url.path, "client": client, "reason": reason, **detail})
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        raise BadRequest("body too large", 413)
+    try:
+        data = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BadRequest(f"body is not JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+    return data
+
+
+def _field(data: Mapping[str, Any], key: str, kind: type, default: Any = ..., *, required: bool = False) -> Any:
+    if key not in data or data[key] is None:
+        if required or default is ...:
+            raise BadRequest(f"{key}: required")
+        return default
+    value = data[key]
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BadRequest(f"{key}: expected {kind.__name__}")
+    return value
+
+
+def _rate_limited(refused: Refused) -> JSONResponse:
+    return JSONResponse({"error": "rate_limited", "limit": f"{refused.limit} {refused.bucket} per hour",
+                         "retry_after": refused.retry_after},
+                        status_code=429, headers={"Retry-After": str(refused.retry_after)})
+
+
+# -------------------------------------------------------------------------------------------------- tasks
+
+
+async def command(request: Request) -> Response:
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
+        return denied
+    try:
+        data = await _json_body(request)
+        prompt = _field(data, "prompt", str, required=True).strip()
+        if not prompt or len(prompt) > MAX_PROMPT_CHARS:
+            raise BadRequest(f"prompt: between 1 and {MAX_PROMPT_CHARS} characters")
+        kind = _field(data, "kind", str, "feature")
+        if kind not in TASK_KINDS:
+            raise BadRequest(f"kind: one of {', '.join(TASK_KINDS)}")
+        dry_run = _field(data, "dry_run", bool, False)
+        repo = _repo(service, _field(data, "repo", str, None), dry_run)
+    except BadRequest as exc:
+        return _error(exc.status, str(exc))
+    admitted = await service.scheduler.submit(kind=kind, prompt=prompt, repo=repo, source="api",
+                                              requested_by="owner", dry_run=dry_run)
+    if isinstance(admitted, Refused):
+        await _refuse(request, "api", "rate_limited", retry_after=admitted.retry_after)
+        return _rate_limited(admitted)
+    assert not isinstance(admitted, Duplicate)  # commands carry no fingerprint
+    return JSONResponse(_accepted(admitted), status_code=202)
+
+
+def _repo(service: Service, given: str | None, dry_run: bool) -> str:
+    configured = service.settings.repo
+    if given is None or given == configured:
+        if configured is None:
+            raise BadRequest("repo: required (no AGENT_RUNNER_REPO is configured)")
+        return configured
+    # A pull request can only go to the configured forge; a dry run returns a diff and may look anywhere.
+    if not dry_run:
+        raise BadRequest("repo: only a dry run may name another repository than AGENT_RUNNER_REPO")
+    path = Path(given).expanduser()
+    return str(path.resolve()) if path.exists() else given
+
+
+def _accepted(task: TaskRecord) -> dict[str, Any]:
+    return {"task_id": task.id, "state": task.state.value,
+            "links": {"self": f"/tasks/{task.id}", "events": f"/tasks/{task.id}/events"}}
+
+
+async def list_tasks(request: Request) -> Response:
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
+        return denied
+    try:
+        states = [TaskState(s) for s in request.query_params.getlist("state")]
+        limit = min(max(int(request.query_params.get("limit", "100")), 1), 1000)
+    except ValueError as exc:
+        return _error(400, f"bad query: {exc}")
+    tasks = await service.store.list_tasks(states=states or None, limit=limit)
+    return JSONResponse({"tasks": [_summary(t) for t in tasks]})
+
+
+def _summary(task: TaskRecord) -> dict[str, Any]:
+    return {"id": task.id, "kind": task.kind, "state": task.state.value, "source": task.source,
+            "dry_run": task.dry_run, "repo": task.repo, "created_at": task.created_at,
+            "updated_at": task.updated_at, "reason": task.reason, "fingerprint": task.fingerprint}
+
+
+async def get_task(request: Request) -> Response:
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
+        return denied
+    try:
+        task = await service.store.get_task(request.path_params["task_id"])
+    except TaskError:
+        return _error(404, "no such task")
+    history = [{"state": e.detail.get("state"), "at": e.at, "reason": e.detail.get("reason", "")}
+               for e in await service.store.audit_log(task.id, event="state")]
+    return JSONResponse({
+        **_summary(task),
+        "prompt": task.prompt,
+        "requested_by": task.requested_by,
+        "base_sha": task.base_sha,
+        "active": service.scheduler.active(task.id),
+        "timings": {"created_at": task.created_at, "updated_at": task.updated_at,
+                    "elapsed_seconds": round(task.updated_at - task.created_at, 3), "states": [
+                        {"state": "queued", "at": task.created_at, "reason": ""}, *history]},
+        "result": task.result,
+    })
+
+
+async def task_events(request: Request) -> Response:
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
+        return denied
+    task_id = request.path_params["task_id"]
+    try:
+        await service.store.get_task(task_id)
+    except TaskError:
+        return _error(404, "no such task")
+    return StreamingResponse(_stream(service, task_id), media_type="text/event-stream",
+                             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+
+async def _stream(service: Service, task_id: str) -> AsyncIterator[str]:
+    """Progress lines as they come, a `state` event on each change, `end` once the task's run is over."""
+    seen, last = 0, None
+    while True:
+        events, more = service.scheduler.events_since(task_id, seen)
+        seen += len(events)
+        for event in events:
+            if event["event"] != "done":
+                yield _sse(event["event"], event["data"])
+        task = await service.store.get_task(task_id)
+        if task.state is not last:
+            last = task.state
+            yield _sse("state", {"state": task.state.value, "reason": task.reason})
+        if task.state in STREAM_ENDS and not service.scheduler.active(task_id):
+            late, _ = service.scheduler.events_since(task_id, seen)
+            for event in late:
+                if event["event"] != "done":
+                    yield _sse(event["event"], event["data"])
+            yield _sse("end", {"state": task.state.value})
+            return
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(SSE_POLL_SECONDS):
+                await more.wait()
+
+
+def _sse(event: str, data: Mapping[str, Any]) -> str:
+    return f"event: {event}\ndata: {json.dumps(data)}\n\n"
+
+
+async def cancel_task(request: Request) -> Response:
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
+        return denied
+    task_id = request.path_params["task_id"]
+    try:
+        await service.store.get_task(task_id)
+    except TaskError:
+        return _error(404, "no such task")
+    try:
+        task = await service.scheduler.cancel(task_id)
+    except TaskError as exc:
+        return _error(409, str(exc))
+    return JSONResponse({"task_id": task.id, "state": task.state.value})
+
+
+# ------------------------------------------------------------------------------------------- pull requests
+
+
+async def approve_pr(request: Request) -> Response:
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
+        return denied
+    try:
+        data = await _json_body(request)
+        number = _field(data, "number", int, required=True)
+        head_sha = _field(data, "head_sha", str, required=True)
+    except BadRequest as exc:
+        return _error(exc.status, str(exc))
+    forge, repo = service.forge, service.settings.repo
+    if forge is None or repo is None:
+        return _error(409, "no forge is configured")
+    task = await _task_of_pr(service, number)
+    await service.store.audit(task.id if task else None, "owner", "approve", {"number": number, "head_sha": head_sha})
+    async with service.release_lock:  # one merge and deploy at a time
+        if task is not None:
+            await service.store.transition(task.id, TaskState.APPROVED, actor="owner")
+            await service.store.transition(task.id, TaskState.MERGING)
+        try:
+            release = await approve_and_deploy(forge, service.deployer, repo, number, head_sha)
+        except (ForgeError, TaskError) as exc:
+            if task is not None:
+                await service.store.transition(task.id, TaskState.PROPOSED, reason=f"not merged: {exc}")
+            status = 404 if isinstance(exc, ForgeNotFound) else 409 if isinstance(exc, ForgeConflict) else 502
+            return _error(status, str(exc))
+        if task is not None:
+            state = {"deployed": TaskState.DEPLOYED, "rolled_back": TaskState.ROLLED_BACK}.get(release.status,
+                                                                                                 TaskState.FAILED)
+            await service.store.transition(task.id, state, reason=f"merged as {release.merge.sha[:12]}; "
+                                                                  f"deploy {release.status}")
+    return JSONResponse({"number": number, "task_id": task.id if task else None, "merge_sha": release.merge.sha,
+                         "status": release.status, "revert_sha": release.revert_sha})
+
+
+async def reject_pr(request: Request) -> Response:
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
+        return denied
+    try:
+        number = _field(await _json_body(request), "number", int, required=True)
+    except BadRequest as exc:
+        return _error(exc.status, str(exc))
+    if service.forge is None:
+        return _error(409, "no forge is configured")
+    task = await _task_of_pr(service, number)
+    await service.store.audit(task.id if task else None, "owner", "reject", {"number": number})
+    try:
+        pr = await service.forge.close(number)
+    except ForgeNotFound as exc:
+        return _error(404, str(exc))
+    except ForgeError as exc:
+        return _error(409, str(exc))
+    if task is not None:
+        await service.store.transition(task.id, TaskState.REJECTED, reason=f"PR #{number} rejected", actor="owner")
+    return JSONResponse({"number": number, "state": pr.state, "task_id": task.id if task else None})
+
+
+async def _task_of_pr(service: Service, number: int) -> TaskRecord | None:
+    for task in await service.store.list_tasks(states=[TaskState.PROPOSED], limit=10_000):
+        pr = (task.result or {}).get("pr")
+        if isinstance(pr, dict) and pr.get("number") == number:
+            return task
+    return None
+
+
+# ------------------------------------------------------------------------------------------------ alerts
+
+
+async def auto_fix(request: Request) -> Response:
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.alert_webhook_secret, "alertmanager")) is not None:
+        return denied
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        return _error(413, "body too large")
+    try:
+        parsed = parse_auto_fix(raw)
+    except WebhookError as exc:
+        return _error(400, str(exc))
+    if not isinstance(parsed, AlertNotification):
+        return _error(501, "direct traceback reports are not handled yet; send an Alertmanager webhook")
+    repo = service.settings.repo
+    if repo is None:
+        return _error(409, "no AGENT_RUNNER_REPO is configured")
+    outcomes: list[dict[str, Any]] = []
+    refused: list[Refused] = []
+    for alert in parsed.firing:
+        fingerprint = alert_fingerprint(alert.labels)
+        admitted = await service.scheduler.submit(
+            kind="fix", prompt=alert_prompt(alert.labels, alert.annotations), repo=repo, source="alertmanager",
+            requested_by=f"alertmanager:{parsed.receiver}", dry_run=False, fingerprint=fingerprint)
+        if isinstance(admitted, Refused):
+            refused.append(admitted)
+            await _refuse(request, "alertmanager", "rate_limited", retry_after=admitted.retry_after,
+                          fingerprint=fingerprint)
+            outcomes.append({"fingerprint": fingerprint, "status": "rate_limited",
+                             "retry_after": admitted.retry_after})
+        elif isinstance(admitted, Duplicate):
+            outcomes.append({"fingerprint": fingerprint, "status": "duplicate", "task_id": admitted.task.id})
+        else:
+            outcomes.append({"fingerprint": fingerprint, "status": "accepted", "task_id": admitted.id})
+    if refused and len(refused) == len(outcomes):  # nothing taken: let Alertmanager retry later
+        return _rate_limited(min(refused, key=lambda r: r.retry_after))
+    return JSONResponse({"alerts": outcomes}, status_code=202 if outcomes else 200)
+
+
+def alert_fingerprint(labels: Mapping[str, str]) -> str:
+    """The alert's identity: its label set, order-free (what Alertmanager's own fingerprint hashes)."""
+    canonical = json.dumps(sorted(labels.items()), separators=(",", ":"))
+    return "alert:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def alert_prompt(labels: Mapping[str, str], annotations: Mapping[str, str]) -> str:
+    # Labels and annotations come from the alert source, which is authenticated but low-power: data, not orders.
+    name = labels.get("alertname", "an alert")
+    data = json.dumps({"labels": dict(labels), "annotations": dict(annotations)}, indent=2, sort_keys=True)
+    return (f"Production alert {name!r} is firing. Find the cause in the code and fix it, with a regression "
+            f"test that fails before the fix and passes after. The alert, as data:\n"
+            f"{fence_untrusted(data, label='alert')}")
+
+
+# ----------------------------------------------------------------------------------------- health, metrics
+
+
+async def health(request: Request) -> Response:
+    scheduler = _service(request).scheduler
+    return JSONResponse({"status": "ok", "running": scheduler.running, "waiting": scheduler.waiting,
+                         "max_sandboxes": scheduler.max_running})
+
+
+async def metrics(request: Request) -> Response:
+    service = _service(request)
+    tasks = await service.store.list_tasks(limit=1_000_000)
+    by_state = Counter(t.state.value for t in tasks)
+    decisions = Counter((str(e.detail.get("policy_effect")), str(e.detail.get("decision")))
+                        for e in await service.store.audit_log(event="tool_decision"))
+    refusals = Counter(str(e.detail.get("reason")) for e in await service.store.audit_log(event="refused"))
+    lines = ["# HELP agent_runner_tasks Tasks by state.", "# TYPE agent_runner_tasks gauge"]
+    lines += [f'agent_runner_tasks{{state="{s.value}"}} {by_state.get(s.value, 0)}' for s in TaskState]
+    lines += ["# HELP agent_runner_policy_decisions_total Tool calls decided, by policy effect and final decision.",
+              "# TYPE agent_runner_policy_decisions_total counter"]
+    lines += [f'agent_runner_policy_decisions_total{{effect="{_label(effect)}",decision="{_label(decision)}"}} {n}'
+              for (effect, decision), n in sorted(decisions.items())]
+    lines += ["# HELP agent_runner_refusals_total Requests refused (auth, rate limit).",
+              "# TYPE agent_runner_refusals_total counter"]
+    lines += [f'agent_runner_refusals_total{{reason="{_label(reason)}"}} {n}' for reason, n in sorted(refusals.items())]
+    lines += ["# HELP agent_runner_sandboxes_running Tasks holding a sandbox slot now.",
+              "# TYPE agent_runner_sandboxes_running gauge",
+              f"agent_runner_sandboxes_running {service.scheduler.running}"]
+    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+
+
+def _label(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

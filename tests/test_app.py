@@ -1,0 +1,350 @@
+"""The service over real HTTP: auth and its audit, rate limits, tasks and their events, alerts, a burst, end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from starlette.applications import Starlette
+
+import policy
+from policy.model import RateLimits
+from runner.app import create_app
+from runner.config import Settings
+from runner.deploy import create_deployer
+from runner.model_proxy import ModelProxy
+from runner.runtime import Runtime
+from runner.sample import create_sample_repo
+from runner.sandbox.docker import DockerSandbox
+from runner.store import Store
+from runner.supervisor import Deps
+
+TOKEN = "owner-token-for-tests"
+ALERT_SECRET = "alert-secret-for-tests"
+OWNER = {"Authorization": f"Bearer {TOKEN}"}
+ALERTS = {"Authorization": f"Bearer {ALERT_SECRET}"}
+FIX_SCENARIO = Path(__file__).parents[1] / "runner" / "data" / "scenarios" / "fix-balance.yaml"
+
+
+def _settings(home: Path, **extra: str) -> Settings:
+    return Settings.from_env({"AGENT_RUNNER_HOME": str(home), "AGENT_API_TOKEN": TOKEN,
+                              "ALERT_WEBHOOK_SECRET": ALERT_SECRET, **extra})
+
+
+def _runtime(settings: Settings, limits: RateLimits) -> Callable[[], contextlib.AbstractAsyncContextManager[Runtime]]:
+    """Backends for tasks that fail before they need a container: the engine is never called."""
+
+    @contextlib.asynccontextmanager
+    async def open_backends() -> AsyncIterator[Runtime]:
+        active = dataclasses.replace(policy.load_default(), rate_limits=limits)
+        async with Store(settings.home / "state.db") as store, DockerSandbox() as sandbox, \
+                ModelProxy("http://127.0.0.1:9", "unused") as proxy:
+            deps = Deps(home=settings.home, store=store, sandbox=sandbox, proxy=proxy, policy=active,
+                        image=settings.sandbox_image)
+            yield Runtime(settings, deps, lambda _line: None)
+
+    return open_backends
+
+
+def _app(home: Path, *, commands: int = 100, autofixes: int = 100, **extra: str) -> Starlette:
+    settings = _settings(home, AGENT_RUNNER_REPO=str(home / "missing.git"), **extra)
+    limits = RateLimits(commands_per_hour=commands, autofixes_per_hour=autofixes)
+    return create_app(settings, runtime=_runtime(settings, limits), say=lambda _line: None)
+
+
+@contextlib.asynccontextmanager
+async def _serve(app: Starlette) -> AsyncIterator[str]:
+    """The app under uvicorn on a free loopback port, lifespan included."""
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", ws="none",
+                                           lifespan="on"))
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(10):
+            while not server.started:
+                await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+@contextlib.asynccontextmanager
+async def _client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    async with _serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        yield client
+
+
+async def _wait_state(client: httpx.AsyncClient, task_id: str, states: set[str], timeout: float = 30) -> dict[str, Any]:
+    async with asyncio.timeout(timeout):
+        while True:
+            body: dict[str, Any] = (await client.get(f"/tasks/{task_id}", headers=OWNER)).json()
+            if body["state"] in states and not body["active"]:
+                return body
+            await asyncio.sleep(0.05)
+
+
+async def _events(client: httpx.AsyncClient, task_id: str, timeout: float = 300) -> list[tuple[str, dict[str, Any]]]:
+    events: list[tuple[str, dict[str, Any]]] = []
+    async with asyncio.timeout(timeout), client.stream("GET", f"/tasks/{task_id}/events", headers=OWNER) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        name = ""
+        async for line in response.aiter_lines():
+            if line.startswith("event: "):
+                name = line.removeprefix("event: ")
+            elif line.startswith("data: "):
+                events.append((name, json.loads(line.removeprefix("data: "))))
+    return events
+
+
+def _alert(labels: dict[str, str], status: str = "firing") -> dict[str, Any]:
+    return {"status": status, "labels": labels, "annotations": {"summary": "ZeroDivisionError in /balance"},
+            "startsAt": "2026-11-23T10:00:00Z", "endsAt": "0001-01-01T00:00:00Z", "generatorURL": "",
+            "fingerprint": "abc"}
+
+
+def _webhook(*alerts: dict[str, Any]) -> dict[str, Any]:
+    return {"version": "4", "groupKey": "{}:{alertname=\"BotErrors\"}", "truncatedAlerts": 0, "status": "firing",
+            "receiver": "agent-runner", "groupLabels": {}, "commonLabels": {}, "commonAnnotations": {},
+            "externalURL": "http://127.0.0.1:9093", "alerts": list(alerts)}
+
+
+async def test_command_refusals_are_answered_401_and_audited(tmp_path: Path) -> None:
+    app = _app(tmp_path / "home")
+    async with _client(app) as client:
+        body = {"prompt": "add /balance", "dry_run": True}
+        assert (await client.post("/agent/command", json=body)).status_code == 401
+        wrong = {"Authorization": "Bearer nope-" + TOKEN}
+        assert (await client.post("/agent/command", json=body, headers=wrong)).status_code == 401
+        # The alert secret is a different, weaker credential: it may not command the agent.
+        assert (await client.post("/agent/command", json=body, headers=ALERTS)).status_code == 401
+        assert (await client.get("/tasks")).status_code == 401
+        assert (await client.post("/agent/auto-fix", json=_webhook(), headers=OWNER)).status_code == 401
+        store = app.state.service.store
+        refusals = await store.audit_log(event="refused")
+    assert [(e.actor, e.detail["reason"], e.detail["path"]) for e in refusals] == [
+        ("api", "no bearer token", "/agent/command"),
+        ("api", "bad token", "/agent/command"),
+        ("api", "bad token", "/agent/command"),
+        ("api", "no bearer token", "/tasks"),
+        ("alertmanager", "bad token", "/agent/auto-fix"),
+    ]
+    assert all(e.detail["client"] == "127.0.0.1" for e in refusals)
+    assert TOKEN not in (tmp_path / "home" / "state.db").read_bytes().decode("latin-1")
+
+
+async def test_command_validates_its_body(tmp_path: Path) -> None:
+    async with _client(_app(tmp_path / "home")) as client:
+        for body, needle in [({}, "prompt"), ({"prompt": "x", "kind": "deploy"}, "kind"),
+                             ({"prompt": "x", "dry_run": "yes"}, "dry_run"),
+                             ({"prompt": "x", "repo": "/elsewhere.git"}, "only a dry run")]:
+            response = await client.post("/agent/command", json=body, headers=OWNER)
+            assert response.status_code == 400 and needle in response.json()["error"], (body, response.text)
+        response = await client.post("/agent/command", content=b"not json", headers=OWNER)
+        assert response.status_code == 400
+
+
+async def test_command_answers_202_at_once_and_streams_the_task_to_its_end(tmp_path: Path) -> None:
+    async with _client(_app(tmp_path / "home")) as client:
+        response = await client.post("/agent/command", headers=OWNER,
+                                     json={"prompt": "add /balance", "kind": "feature", "dry_run": True})
+        assert response.status_code == 202
+        task_id = response.json()["task_id"]
+        assert response.json()["links"]["events"] == f"/tasks/{task_id}/events"
+        events = await _events(client, task_id, timeout=30)
+        task = await _wait_state(client, task_id, {"failed"})
+        listed = (await client.get("/tasks", headers=OWNER, params={"state": "failed"})).json()["tasks"]
+    names = [name for name, _ in events]
+    assert names[-1] == "end" and events[-1][1] == {"state": "failed"}
+    assert ("state", {"state": "failed", "reason": task["reason"]}) in events
+    assert any(name == "progress" and "provisioning" in data["line"] for name, data in events)
+    assert "GitError" in task["reason"]  # the repository does not exist: failed in provisioning, no container
+    assert [s["state"] for s in task["timings"]["states"]] == ["queued", "provisioning", "failed"]
+    assert task["result"]["status"] == "failed" and task["result"]["diff"] == ""
+    assert task["source"] == "api" and task["requested_by"] == "owner" and task["dry_run"] is True
+    assert [t["id"] for t in listed] == [task_id]
+
+
+async def test_command_over_the_hourly_limit_is_answered_429_with_retry_after(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    body = {"prompt": "add /balance", "dry_run": True}
+    async with _client(_app(home, commands=2)) as client:
+        assert [(await client.post("/agent/command", json=body, headers=OWNER)).status_code
+                for _ in range(2)] == [202, 202]
+        refused = await client.post("/agent/command", json=body, headers=OWNER)
+        assert refused.status_code == 429
+        assert 3500 < int(refused.headers["Retry-After"]) <= 3600
+        assert refused.json()["retry_after"] == int(refused.headers["Retry-After"])
+    # A restart does not reset the count: it comes from the tasks the store holds.
+    app = _app(home, commands=2)
+    async with _client(app) as client:
+        assert (await client.post("/agent/command", json=body, headers=OWNER)).status_code == 429
+        refusals = await app.state.service.store.audit_log(event="refused")
+        metrics = (await client.get("/metrics")).text
+    assert [e.detail["reason"] for e in refusals] == ["rate_limited", "rate_limited"]
+    assert 'agent_runner_refusals_total{reason="rate_limited"} 2' in metrics
+
+
+async def test_task_routes_answer_404_and_409(tmp_path: Path) -> None:
+    async with _client(_app(tmp_path / "home")) as client:
+        assert (await client.get("/tasks/nope", headers=OWNER)).status_code == 404
+        assert (await client.get("/tasks/nope/events", headers=OWNER)).status_code == 404
+        assert (await client.post("/tasks/nope/cancel", headers=OWNER)).status_code == 404
+        task_id = (await client.post("/agent/command", headers=OWNER,
+                                     json={"prompt": "x", "dry_run": True})).json()["task_id"]
+        await _wait_state(client, task_id, {"failed"})
+        assert (await client.post(f"/tasks/{task_id}/cancel", headers=OWNER)).status_code == 409
+        # The local forge needs a repository on disk; none is configured here.
+        approve = await client.post("/agent/approve-pr", headers=OWNER, json={"number": 1, "head_sha": "0" * 40})
+        assert approve.status_code == 409
+
+
+async def test_auto_fix_starts_one_fix_task_per_firing_alert(tmp_path: Path) -> None:
+    app = _app(tmp_path / "home")
+    async with _client(app) as client:
+        body = _webhook(_alert({"alertname": "BotErrors", "service": "bot"}),
+                        _alert({"alertname": "BotErrors", "service": "worker"}),
+                        _alert({"alertname": "BotErrors", "service": "old"}, status="resolved"))
+        response = await client.post("/agent/auto-fix", json=body, headers=ALERTS)
+        assert response.status_code == 202
+        outcomes = response.json()["alerts"]
+        assert [o["status"] for o in outcomes] == ["accepted", "accepted"]
+        assert len({o["fingerprint"] for o in outcomes}) == 2
+        task = (await client.get(f"/tasks/{outcomes[0]['task_id']}", headers=OWNER)).json()
+        bad = await client.post("/agent/auto-fix", json={"version": "3"}, headers=ALERTS)
+        direct = await client.post("/agent/auto-fix", json={"traceback": "Traceback..."}, headers=ALERTS)
+    assert task["kind"] == "fix" and task["source"] == "alertmanager" and task["dry_run"] is False
+    assert task["fingerprint"] == outcomes[0]["fingerprint"]
+    assert "BotErrors" in task["prompt"] and "ZeroDivisionError" in task["prompt"]
+    assert bad.status_code == 400 and "version" in bad.json()["error"]
+    assert direct.status_code == 501
+
+
+async def test_auto_fix_over_its_limit_is_answered_429(tmp_path: Path) -> None:
+    async with _client(_app(tmp_path / "home", autofixes=1)) as client:
+        first = await client.post("/agent/auto-fix", json=_webhook(_alert({"alertname": "A"})), headers=ALERTS)
+        second = await client.post("/agent/auto-fix", json=_webhook(_alert({"alertname": "B"})), headers=ALERTS)
+        # The owner's own allowance is separate.
+        own = await client.post("/agent/command", json={"prompt": "x", "dry_run": True}, headers=OWNER)
+    assert first.status_code == 202
+    assert second.status_code == 429 and int(second.headers["Retry-After"]) > 0
+    assert own.status_code == 202
+
+
+async def test_health_needs_no_token_and_metrics_count_tasks_by_state(tmp_path: Path) -> None:
+    async with _client(_app(tmp_path / "home")) as client:
+        health = await client.get("/health")
+        task_id = (await client.post("/agent/command", headers=OWNER,
+                                     json={"prompt": "x", "dry_run": True})).json()["task_id"]
+        await _wait_state(client, task_id, {"failed"})
+        metrics = await client.get("/metrics")
+    assert health.status_code == 200 and health.json()["status"] == "ok" and health.json()["max_sandboxes"] == 2
+    assert metrics.headers["content-type"].startswith("text/plain")
+    assert 'agent_runner_tasks{state="failed"} 1' in metrics.text
+    assert 'agent_runner_tasks{state="queued"} 0' in metrics.text
+    assert "# TYPE agent_runner_policy_decisions_total counter" in metrics.text
+
+
+async def test_app_burst_of_commands_every_request_answered(tmp_path: Path) -> None:
+    burst, limit = 200, 150
+    app = _app(tmp_path / "home", commands=limit)
+    body = {"prompt": "add /balance", "dry_run": True, "repo": str(tmp_path / "nowhere.git")}
+    limits = httpx.Limits(max_connections=burst)
+    async with _serve(app) as url, httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+        started = time.perf_counter()
+        answers = await asyncio.gather(*(client.post("/agent/command", json=body, headers=OWNER)
+                                         for _ in range(burst)))
+        elapsed = time.perf_counter() - started
+        codes = [a.status_code for a in answers]
+        accepted = {a.json()["task_id"] for a in answers if a.status_code == 202}
+        async with asyncio.timeout(120):  # the queue drains: every accepted task reaches its end
+            while (await client.get("/health")).json()["waiting"] or app.state.service.scheduler.running:
+                await asyncio.sleep(0.1)
+        tasks = (await client.get("/tasks", headers=OWNER, params={"limit": "1000"})).json()["tasks"]
+    print(f"\nburst: {burst} POST /agent/command in {elapsed:.2f}s = {burst / elapsed:.0f} requests/s "
+          f"({codes.count(202)} accepted, {codes.count(429)} rate-limited)", file=sys.stderr)
+    assert sorted(set(codes)) == [202, 429]
+    assert codes.count(202) == limit and codes.count(429) == burst - limit
+    assert {t["id"] for t in tasks} == accepted  # none lost, none extra
+    assert {t["state"] for t in tasks} == {"failed"}
+
+
+# -------------------------------------------------------------------------------------------- end to end
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@pytest.mark.docker
+async def test_serve_runs_a_task_through_the_api_to_a_pull_request_and_deploys_it(tmp_path: Path) -> None:
+    from runner.scripted_model import Scenario, serve_scripted_model
+
+    repo = await create_sample_repo(tmp_path / "origin")
+    port = _free_port()
+    async with serve_scripted_model(Scenario.from_file(FIX_SCENARIO)) as model:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_"))}
+        env.update(AGENT_RUNNER_HOME=str(tmp_path / "home"), AGENT_RUNNER_REPO=str(repo),
+                   AGENT_RUNNER_PORT=str(port), AGENT_API_TOKEN=TOKEN, ANTHROPIC_BASE_URL=model.base_url,
+                   ANTHROPIC_API_KEY="scripted-anything")
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runner.cli", "serve", env=env,
+                                                    stderr=asyncio.subprocess.PIPE)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                async with asyncio.timeout(30):
+                    while True:
+                        with contextlib.suppress(httpx.TransportError):
+                            if (await client.get("/health")).status_code == 200:
+                                break
+                        await asyncio.sleep(0.1)
+                response = await client.post("/agent/command", headers=OWNER, json={
+                    "prompt": "average_spend crashes for users without spending; fix it", "kind": "fix"})
+                assert response.status_code == 202
+                task_id = response.json()["task_id"]
+                events = await _events(client, task_id)
+                task = (await client.get(f"/tasks/{task_id}", headers=OWNER)).json()
+                pr = task["result"]["pr"]
+                approved = await client.post("/agent/approve-pr", headers=OWNER,
+                                             json={"number": pr["number"], "head_sha": pr["head_sha"]})
+                again = await client.post("/agent/approve-pr", headers=OWNER,
+                                          json={"number": pr["number"], "head_sha": pr["head_sha"]})
+                after = (await client.get(f"/tasks/{task_id}", headers=OWNER)).json()
+        finally:
+            proc.terminate()
+            _, err = await asyncio.wait_for(proc.communicate(), 60)
+    states = [data["state"] for name, data in events if name == "state"]
+    assert states[-1] == "proposed" and events[-1] == ("end", {"state": "proposed"}), err.decode()[-3000:]
+    lines = [data["line"] for name, data in events if name == "progress"]
+    assert any(line.startswith("running: agent in container") for line in lines)
+    assert any("tests passed" in line for line in lines)
+    assert task["state"] == "proposed" and task["result"]["files_changed"] == ["bot/ledger.py"]
+    assert task["result"]["tests"]["passed"] and task["result"]["usage"]["requests"] >= 5
+    assert approved.status_code == 200, approved.text
+    assert approved.json()["status"] == "deployed" and approved.json()["task_id"] == task_id
+    assert again.status_code == 409  # merged once, never twice
+    assert after["state"] == "deployed"
+    assert [s["state"] for s in after["timings"]["states"]][-3:] == ["approved", "merging", "deployed"]
+    assert proc.returncode == 0
+
+
+async def test_create_app_refuses_to_start_without_a_repository(tmp_path: Path) -> None:
+    from runner.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="AGENT_RUNNER_REPO"):
+        create_app(_settings(tmp_path / "home"), deployer=create_deployer("none"))
