@@ -9,8 +9,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from policy import PolicyError
 from runner.config import Settings, settings_from_os
-from runner.errors import ConfigError
+from runner.errors import ConfigError, RunnerError
 from runner.models import TASK_KINDS, RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNIMPLEMENTED = 0, 1, 2, 3
@@ -27,6 +28,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"agent-runner: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
+    except PolicyError as exc:
+        print(f"agent-runner: the policy is not valid: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except RunnerError as exc:  # the engine is down, git failed...: one clear line, not a traceback
+        print(f"agent-runner: {exc}", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
     except KeyboardInterrupt:
         sys.exit(130)
 
@@ -55,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     serve = sub.add_parser("serve", help="start the supervisor service")
-    serve.set_defaults(func=_unimplemented("serve"))
+    serve.set_defaults(func=lambda args: __import__("runner.app").app.cmd_serve(args))
     return parser
 
 

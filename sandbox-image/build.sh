@@ -16,8 +16,15 @@ python=${1:-$root/.venv/bin/python}
 image=${SANDBOX_IMAGE:-agent-runner/sandbox:latest}
 local_base=agent-runner/base:bookworm
 
+tmp=${TMPDIR:-/var/tmp}
+
 say() { printf 'sandbox-image: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
+need_disk() {  # need_disk MIB WHAT
+    local free_kb
+    free_kb=$(df -Pk "$tmp" | awk 'NR==2 {print $4}')
+    [ "$free_kb" -ge $(($1 * 1024)) ] || die "not enough disk for $2: $((free_kb / 1024)) MiB free in $tmp, $1 MiB needed"
+}
 
 docker version >/dev/null 2>&1 || die "no Docker engine answers (run scripts/docker-engine.sh)"
 
@@ -32,11 +39,9 @@ build_local_base() {
         [ "$(id -u)" = 0 ] || die "no base image and no debootstrap; as root: apt-get install debootstrap"
         DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
     }
-    local free_kb
-    free_kb=$(df -Pk /var/tmp | awk 'NR==2 {print $4}')
-    [ "$free_kb" -gt 1500000 ] || die "not enough disk for the base image: $((free_kb / 1024)) MiB free in /var/tmp, 1.5 GiB needed"
+    need_disk 1500 "the base image"
     local dir
-    dir=$(mktemp -d /var/tmp/agent-runner-base.XXXXXX)
+    dir=$(mktemp -d "$tmp/agent-runner-base.XXXXXX")
     trap 'rm -rf "$dir"' RETURN
     say "building $local_base with debootstrap (a few minutes, once)"
     debootstrap --variant=minbase --include=python3,python3-venv,python3-pip,git,ca-certificates \
@@ -68,7 +73,8 @@ if [ "$(docker image inspect --format '{{index .Config.Labels "org.agent-runner.
     exit 0
 fi
 
-ctx=$(mktemp -d /var/tmp/agent-runner-ctx.XXXXXX)
+need_disk 1200 "the sandbox image (the CLI alone is ~380 MB)"
+ctx=$(mktemp -d "$tmp/agent-runner-ctx.XXXXXX")
 trap 'rm -rf "$ctx"' EXIT
 cp "$here/Dockerfile" "$here/model-forwarder.py" "$ctx/"
 # A hard link when on the same filesystem: the CLI is ~380 MB.

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import shutil
 import time
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -62,15 +64,7 @@ class DockerSandbox:
 
     async def _docker(self) -> Any:
         if self._client is None:
-            try:
-                client = await asyncio.to_thread(docker.from_env, timeout=60)
-                await asyncio.to_thread(client.ping)
-                self._client = client
-            except docker.errors.DockerException as exc:
-                self._client = None
-                raise SandboxStartError(
-                    f"no Docker engine answers ({_short(exc)}); start one with scripts/docker-engine.sh"
-                ) from exc
+            self._client = await asyncio.to_thread(_connect)
         return self._client
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -248,6 +242,28 @@ class DockerSandbox:
         finally:
             await self._remove(raw.id)
         return tag
+
+
+def _connect() -> Any:
+    """A docker client whose engine answers, or SandboxStartError saying how to start one."""
+    failure = ""
+    # docker-py's constructor leaks the socket of a failed version probe; it is freed when the exception
+    # is, with a ResourceWarning at a random later place unless that happens here, quietly.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        client = None
+        try:
+            client = docker.from_env(timeout=60)
+            client.ping()
+        except docker.errors.DockerException as exc:
+            failure = _short(exc)
+            if client is not None:
+                client.close()
+        if failure:
+            gc.collect()  # the traceback's cycle holds the socket: free it inside this block
+    if failure:
+        raise SandboxStartError(f"no Docker engine answers ({failure}); start one with scripts/docker-engine.sh")
+    return client
 
 
 def _json_list(items: Sequence[str]) -> str:
