@@ -104,7 +104,7 @@ async def test_notifier_sends_long_diff_as_patch_and_short_as_preview(fake: Fake
 
 async def test_notifier_ask_waits_for_the_button(fake: FakeTelegram, notifier: TelegramNotifier) -> None:
     call = policy.ToolCall("Bash", {"command": "pip install <evil>"})
-    decision = policy.Decision(policy.Effect.ASK, "bash.ask", "installs a package")
+    decision = policy.Decision(policy.Effect.ASK, "bash.ask", "installs a package", "pip", "v1", "0" * 64)
     pending = asyncio.create_task(notifier.ask("t-1", call, decision))
     await fake.wait_for(lambda: bool(fake.sent("sendMessage")))
     buttons = fake.buttons(OWNER, max(k[1] for k in fake.messages))
