@@ -26,6 +26,7 @@ from runner.deploy.base import (
     tail,
 )
 from runner.deploy.health import Verdict, health_client, probe_http, wait_healthy
+from runner.docker_engine import EngineUnavailable, connect, short
 from runner.gitops import GitError, run_git
 
 T = TypeVar("T")
@@ -192,7 +193,7 @@ class DockerDeployer:
         except docker.errors.ImageNotFound:
             existing = None
         except docker.errors.DockerException as exc:
-            raise DeployError(f"Docker engine error: {_short(exc)}") from exc
+            raise DeployError(f"Docker engine error: {short(exc)}") from exc
         # The tag holds 12 hex digits; the label holds the full SHA, so a prefix collision is rebuilt.
         if existing is not None and (existing.labels or {}).get(LABEL_SHA) == source.sha:
             return _Image(tag, time.monotonic() - started, built=False)
@@ -236,9 +237,9 @@ class DockerDeployer:
             raise _BuildFailed(f"image build timed out after {self.build_timeout:g}s", "") from None
         except docker.errors.BuildError as exc:
             log = "".join(str(chunk.get("stream") or chunk.get("error") or "") for chunk in exc.build_log)
-            raise _BuildFailed(f"image build failed: {_short(exc)}", log) from exc
+            raise _BuildFailed(f"image build failed: {short(exc)}", log) from exc
         except docker.errors.DockerException as exc:
-            raise DeployError(f"Docker engine error while building {tag}: {_short(exc)}") from exc
+            raise DeployError(f"Docker engine error while building {tag}: {short(exc)}") from exc
 
     async def _replace(self, tag: str, sha: str) -> Any:
         client = await self._docker()
@@ -271,7 +272,7 @@ class DockerDeployer:
         except docker.errors.NotFound:
             return None
         except docker.errors.DockerException as exc:
-            raise DeployError(f"Docker engine error: {_short(exc)}") from exc
+            raise DeployError(f"Docker engine error: {short(exc)}") from exc
         if (old.labels or {}).get(LABEL_ROLE) != ROLE_DEPLOYED or old.labels.get(LABEL_SERVICE) != self.service:
             # Never stop a container we did not start: the name may belong to something else.
             raise DeployError(f"a container named {self.service!r} exists that agent-runner did not deploy")
@@ -330,20 +331,13 @@ class DockerDeployer:
     async def _docker(self) -> Any:
         if self._client is None:
             try:
-                client = await asyncio.to_thread(docker.from_env, timeout=max(60, int(self.build_timeout)))
-                await asyncio.to_thread(client.ping)
-            except docker.errors.DockerException as exc:
-                raise DeployError(f"no Docker engine answers ({_short(exc)})") from exc
-            self._client = client
+                self._client = await asyncio.to_thread(connect, max(60, int(self.build_timeout)))
+            except EngineUnavailable as exc:
+                raise DeployError(str(exc)) from None
         return self._client
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except docker.errors.DockerException as exc:
-            raise DeployError(f"Docker engine error: {_short(exc)}") from exc
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
+            raise DeployError(f"Docker engine error: {short(exc)}") from exc

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import shutil
 import time
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,6 +13,7 @@ from typing import Any, TypeVar
 import docker
 import docker.errors
 
+from runner.docker_engine import EngineUnavailable, connect, short
 from runner.errors import SandboxError, SandboxStartError
 from runner.sandbox.base import (
     LABEL_OWNER_LOCK,
@@ -64,16 +63,19 @@ class DockerSandbox:
 
     async def _docker(self) -> Any:
         if self._client is None:
-            self._client = await asyncio.to_thread(_connect)
+            try:
+                self._client = await asyncio.to_thread(connect)
+            except EngineUnavailable as exc:
+                raise SandboxStartError(str(exc)) from None
         return self._client
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         try:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except docker.errors.ImageNotFound as exc:
-            raise SandboxStartError(f"image missing: {_short(exc)}; build it with sandbox-image/build.sh") from exc
+            raise SandboxStartError(f"image missing: {short(exc)}; build it with sandbox-image/build.sh") from exc
         except docker.errors.DockerException as exc:
-            raise SandboxError(f"Docker engine error: {_short(exc)}") from exc
+            raise SandboxError(f"Docker engine error: {short(exc)}") from exc
 
     async def start(self, spec: SandboxSpec) -> Container:
         client = await self._docker()
@@ -172,7 +174,7 @@ class DockerSandbox:
         except docker.errors.APIError as exc:
             if "already in progress" in str(exc) or exc.status_code == 404:
                 return
-            raise SandboxError(f"could not remove container {container_id[:12]}: {_short(exc)}") from exc
+            raise SandboxError(f"could not remove container {container_id[:12]}: {short(exc)}") from exc
 
     async def _labelled(self) -> list[Any]:
         client = await self._docker()
@@ -244,32 +246,5 @@ class DockerSandbox:
         return tag
 
 
-def _connect() -> Any:
-    """A docker client whose engine answers, or SandboxStartError saying how to start one."""
-    failure = ""
-    # docker-py's constructor leaks the socket of a failed version probe; it is freed when the exception
-    # is, with a ResourceWarning at a random later place unless that happens here, quietly.
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ResourceWarning)
-        client = None
-        try:
-            client = docker.from_env(timeout=60)
-            client.ping()
-        except docker.errors.DockerException as exc:
-            failure = _short(exc)
-            if client is not None:
-                client.close()
-        if failure:
-            gc.collect()  # the traceback's cycle holds the socket: free it inside this block
-    if failure:
-        raise SandboxStartError(f"no Docker engine answers ({failure}); start one with scripts/docker-engine.sh")
-    return client
-
-
 def _json_list(items: Sequence[str]) -> str:
     return "[" + ", ".join(f'"{item}"' for item in items) + "]"
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:300] if text else type(exc).__name__
