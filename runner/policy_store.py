@@ -1,0 +1,96 @@
+"""Policy versions: every policy the owner activated, in its own table of the supervisor's SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS policy_versions (
+    version INTEGER PRIMARY KEY AUTOINCREMENT,
+    at REAL NOT NULL,
+    actor TEXT NOT NULL,
+    name TEXT NOT NULL,
+    sha256 TEXT NOT NULL,
+    text TEXT NOT NULL,
+    note TEXT NOT NULL DEFAULT ''
+);
+CREATE TABLE IF NOT EXISTS policy_active (
+    one INTEGER PRIMARY KEY CHECK (one = 1),
+    version INTEGER NOT NULL REFERENCES policy_versions(version)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVersion:
+    version: int
+    at: float
+    actor: str
+    name: str
+    """The policy's own `version:` field."""
+    sha256: str
+    text: str
+    note: str
+
+
+class PolicyStore:
+    """Versions are append-only; activating one (new or old) moves a single pointer."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.executescript(SCHEMA)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    async def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        def work() -> list[sqlite3.Row]:
+            with self._lock:
+                return self._db.execute(sql, params).fetchall()
+
+        return await asyncio.to_thread(work)
+
+    async def add(self, text: str, *, name: str, actor: str, note: str = "") -> PolicyVersion:
+        """Record `text` as a new version and make it the active one."""
+        sha = hashlib.sha256(text.encode()).hexdigest()
+        rows = await self._run("INSERT INTO policy_versions (at, actor, name, sha256, text, note) "
+                               "VALUES (?, ?, ?, ?, ?, ?) RETURNING version",
+                               (time.time(), actor, name, sha, text, note))
+        version = int(rows[0]["version"])
+        await self.activate(version)
+        return await self.get(version)
+
+    async def activate(self, version: int) -> PolicyVersion:
+        found = await self.get(version)
+        await self._run("INSERT INTO policy_active (one, version) VALUES (1, ?) "
+                        "ON CONFLICT(one) DO UPDATE SET version = excluded.version", (version,))
+        return found
+
+    async def get(self, version: int) -> PolicyVersion:
+        rows = await self._run("SELECT * FROM policy_versions WHERE version = ?", (version,))
+        if not rows:
+            raise KeyError(version)
+        return _version(rows[0])
+
+    async def active(self) -> PolicyVersion | None:
+        rows = await self._run("SELECT v.* FROM policy_versions v JOIN policy_active a ON a.version = v.version")
+        return _version(rows[0]) if rows else None
+
+    async def history(self, limit: int = 20) -> list[PolicyVersion]:
+        rows = await self._run("SELECT * FROM policy_versions ORDER BY version DESC LIMIT ?", (limit,))
+        return [_version(r) for r in rows]
+
+
+def _version(row: sqlite3.Row) -> PolicyVersion:
+    return PolicyVersion(int(row["version"]), float(row["at"]), row["actor"], row["name"], row["sha256"], row["text"],
+                         row["note"])

@@ -1,0 +1,410 @@
+"""The owner's Telegram front-end: aiogram routers for commands and buttons, owner-only, over `Operations`.
+
+Runs inside the supervisor process (one place holds the Telegram token, the scheduler and the store; no
+second API hop to secure). Everything the bot does goes through `Operations`, which `ServiceOperations`
+implements over the running `Service` with the same functions the HTTP routes call.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hmac
+import io
+import re
+import secrets
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiogram import Bot, Dispatcher, F, Router
+from aiogram.filters import Command, CommandObject
+from aiogram.filters.callback_data import CallbackData
+from aiogram.types import CallbackQuery, Update
+from aiogram.types import Message as TgMessage
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+import policy
+from runner.errors import RunnerError
+from runner.notify.base import Button, Message
+from runner.notify.telegram import AskAnswer, PrAction, TelegramNotifier, clip, esc, pre
+from runner.policy_store import PolicyStore
+from runner.store import TaskRecord
+
+FIX_WORDS = re.compile(r"\b(fix|bug|broken|crash\w*|error|exception|traceback|fails?|failing|regression)\b", re.I)
+MAX_POLICY_BYTES = 256_000
+HELP = """<b>agent-runner</b>
+/agent &lt;task&gt; — a feature, or a fix if it reads like one (<code>/agent fix …</code> to say so)
+/dryrun &lt;task&gt; — the diff only, no PR
+/review [ref] — a read-only review of a commit or range
+/approve_pr N · /reject_pr N — the PR you were shown
+/tasks · /task ID · /cancel ID
+/agent_status — health, queue, today's cost
+/policy · /policy diff · /policy history · /policy rollback V
+send a YAML file captioned <code>/policy set</code> to propose a new policy
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    version: str
+    uptime_seconds: float
+    running: int
+    waiting: int
+    max_running: int
+    cost_today_usd: float
+    open_tasks: int
+
+
+class Operations(Protocol):
+    """What the owner can make the supervisor do. Refusals are `RunnerError`s with a message for the owner."""
+
+    async def submit(self, *, kind: str, prompt: str, dry_run: bool) -> TaskRecord:
+        """Admit a task (RunnerError when a limit refuses it)."""
+
+    async def approve(self, number: int, head_sha: str) -> str:
+        """Merge PR `number` only at `head_sha`, deploy; a one-line outcome."""
+
+    async def reject(self, number: int) -> str:
+        """Close PR `number`; a one-line outcome."""
+
+    async def tasks(self, limit: int) -> list[TaskRecord]:
+        """The newest tasks first."""
+
+    async def task(self, task_id: str) -> TaskRecord:
+        """One task (TaskError when unknown)."""
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        """Cancel a queued or running task (TaskError otherwise)."""
+
+    async def pr_task(self, number: int) -> TaskRecord | None:
+        """The proposed task whose PR is `number`."""
+
+    async def status(self) -> Status:
+        """Health, queue and today's cost."""
+
+    async def audit(self, task_id: str | None, actor: str, event: str, detail: Mapping[str, Any]) -> None:
+        """Append to the audit log."""
+
+
+class PolicyConfirm(CallbackData, prefix="pol"):
+    token: str
+    ok: bool
+
+
+@dataclass(slots=True)
+class PolicyDesk:
+    """The active policy's text and versions; proposals wait here for the owner's Confirm."""
+
+    store: PolicyStore
+    initial_text: str
+    on_activate: Callable[[policy.Policy], None] = lambda _p: None
+    pending: dict[str, str] = field(default_factory=dict)
+
+    async def active_text(self) -> str:
+        active = await self.store.active()
+        return active.text if active else self.initial_text
+
+    async def activate(self, text: str, *, actor: str, note: str = "") -> policy.Policy:
+        loaded = policy.load(text)
+        await self.store.add(text, name=loaded.version, actor=actor, note=note)
+        self.on_activate(loaded)
+        return loaded
+
+
+def kind_of(words: str) -> tuple[str, str]:
+    """`/agent` arguments → (kind, prompt): an explicit leading `fix`/`feature`, else by wording."""
+    head, _, rest = words.strip().partition(" ")
+    if head.lower() in ("fix", "feature") and rest.strip():
+        return head.lower(), rest.strip()
+    return ("fix" if FIX_WORDS.search(words) else "feature"), words.strip()
+
+
+def describe(task: TaskRecord) -> str:
+    line = f"<code>{esc(task.id)}</code> {esc(task.kind)} <b>{esc(task.state.value)}</b>"
+    line += f" — {esc(clip(task.prompt.splitlines()[0] if task.prompt else '', 80))}"
+    return line + (f"\n   {esc(clip(task.reason, 200))}" if task.reason else "")
+
+
+def build_dispatcher(ops: Operations, notifier: TelegramNotifier, owner_id: int, desk: PolicyDesk) -> Dispatcher:
+    """The owner's router first; whatever it does not take (anyone else) lands in the refusing one."""
+    dp = Dispatcher()
+    dp.include_router(owner_router(ops, notifier, owner_id, desk))
+    dp.include_router(outsider_router(ops, owner_id))
+    return dp
+
+
+def outsider_router(ops: Operations, owner_id: int) -> Router:
+    router = Router(name="outsiders")
+    router.message.filter(F.from_user.id != owner_id)
+    router.callback_query.filter(F.from_user.id != owner_id)
+
+    @router.message()
+    async def refuse_message(message: TgMessage) -> None:
+        who = message.from_user.id if message.from_user else None
+        await ops.audit(None, f"telegram:{who}", "refused", {"reason": "not the owner", "chat": message.chat.id,
+                                                             "text": clip(message.text or message.caption or "", 200)})
+        await message.answer("This bot answers its owner only.")
+
+    @router.callback_query()
+    async def refuse_button(query: CallbackQuery) -> None:
+        await ops.audit(None, f"telegram:{query.from_user.id}", "refused",
+                        {"reason": "not the owner", "button": clip(query.data or "", 64)})
+        await query.answer("Only the owner can press this.", show_alert=True)
+
+    return router
+
+
+def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, desk: PolicyDesk) -> Router:
+    router = Router(name="owner")
+    router.message.filter(F.from_user.id == owner_id)
+    router.callback_query.filter(F.from_user.id == owner_id)
+
+    async def reply(message: TgMessage, text: str, buttons: tuple[tuple[Button, ...], ...] = ()) -> None:
+        await notifier.send(Message(clip(text), buttons), message.chat.id)
+
+    async def start(message: TgMessage, kind: str, prompt: str, dry_run: bool) -> None:
+        if not prompt:
+            await reply(message, "Say what to do, e.g. <code>/agent add a /balance command</code>")
+            return
+        try:
+            task = await ops.submit(kind=kind, prompt=prompt, dry_run=dry_run)
+        except RunnerError as exc:
+            await reply(message, f"Not started: {esc(str(exc))}")
+            return
+        notifier.task_progress(task.id, f"queued: {kind}{' (dry run)' if dry_run else ''}: {clip(prompt, 200)}")
+
+    @router.message(Command("agent"))
+    async def agent(message: TgMessage, command: CommandObject) -> None:
+        kind, prompt = kind_of(command.args or "")
+        await start(message, kind, prompt, False)
+
+    @router.message(Command("dryrun"))
+    async def dryrun(message: TgMessage, command: CommandObject) -> None:
+        kind, prompt = kind_of(command.args or "")
+        await start(message, kind, prompt, True)
+
+    @router.message(Command("review"))
+    async def review(message: TgMessage, command: CommandObject) -> None:
+        ref = (command.args or "HEAD").strip()
+        await start(message, "review", f"Review the change {ref} and report findings; change nothing.", True)
+
+    async def pr_number(message: TgMessage, command: CommandObject) -> int | None:
+        args = (command.args or "").strip().lstrip("#")
+        if args.isdigit():
+            return int(args)
+        await reply(message, f"Usage: <code>/{esc(command.command)} N</code>")
+        return None
+
+    async def do_approve(chat: TgMessage, number: int, head_sha: str) -> None:
+        await ops.audit(None, "telegram:owner", "approve", {"number": number, "head_sha": head_sha})
+        await reply(chat, f"Merging PR #{number} at <code>{esc(head_sha[:12])}</code>…")
+        try:
+            outcome = await ops.approve(number, head_sha)
+        except RunnerError as exc:
+            await reply(chat, f"PR #{number} not merged: {esc(str(exc))}")
+            return
+        await reply(chat, esc(outcome))
+
+    async def do_reject(chat: TgMessage, number: int) -> None:
+        try:
+            outcome = await ops.reject(number)
+        except RunnerError as exc:
+            await reply(chat, f"PR #{number} not rejected: {esc(str(exc))}")
+            return
+        await reply(chat, esc(outcome))
+
+    @router.message(Command("approve_pr"))
+    async def approve_pr(message: TgMessage, command: CommandObject) -> None:
+        number = await pr_number(message, command)
+        if number is None:
+            return
+        task = await ops.pr_task(number)
+        pr = (task.result or {}).get("pr") if task else None
+        if not isinstance(pr, Mapping) or not pr.get("head_sha"):
+            await reply(message, f"No proposed task has PR #{number}; nothing to approve.")
+            return
+        await do_approve(message, number, str(pr["head_sha"]))  # the head the owner was shown
+
+    @router.message(Command("reject_pr"))
+    async def reject_pr(message: TgMessage, command: CommandObject) -> None:
+        number = await pr_number(message, command)
+        if number is not None:
+            await do_reject(message, number)
+
+    @router.message(Command("tasks"))
+    async def tasks(message: TgMessage) -> None:
+        found = await ops.tasks(15)
+        await reply(message, "\n".join(describe(t) for t in found) if found else "No tasks yet.")
+
+    @router.message(Command("task"))
+    async def task(message: TgMessage, command: CommandObject) -> None:
+        try:
+            found = await ops.task((command.args or "").strip())
+        except RunnerError as exc:
+            await reply(message, esc(str(exc)))
+            return
+        await reply(message, describe(found) + "\n" + esc(clip(found.prompt, 1500)))
+
+    @router.message(Command("cancel"))
+    async def cancel(message: TgMessage, command: CommandObject) -> None:
+        try:
+            found = await ops.cancel((command.args or "").strip())
+        except RunnerError as exc:
+            await reply(message, f"Not cancelled: {esc(str(exc))}")
+            return
+        await reply(message, describe(found))
+
+    @router.message(Command("agent_status"))
+    async def status(message: TgMessage) -> None:
+        s = await ops.status()
+        hours, rest = divmod(int(s.uptime_seconds), 3600)
+        await reply(message, f"✅ agent-runner {esc(s.version)}, up {hours}h{rest // 60:02d}m\n"
+                             f"sandboxes {s.running}/{s.max_running}, waiting {s.waiting}, open tasks {s.open_tasks}\n"
+                             f"cost today ${s.cost_today_usd:.4f}")
+
+    @router.message(Command("help", "start"))
+    async def help_(message: TgMessage) -> None:
+        await reply(message, HELP)
+
+    # policy -------------------------------------------------------------------------------------------------
+
+    @router.message(F.document, Command("policy"))
+    async def policy_file(message: TgMessage, command: CommandObject, bot: Bot) -> None:
+        if (command.args or "").strip() != "set" or message.document is None:
+            await reply(message, "Caption the YAML file with <code>/policy set</code>.")
+            return
+        if (message.document.file_size or 0) > MAX_POLICY_BYTES:
+            await reply(message, "That policy file is too large.")
+            return
+        buffer = io.BytesIO()
+        await bot.download(message.document.file_id, destination=buffer)
+        await propose(message, buffer.getvalue(), message.document.file_name or "policy.yaml")
+
+    async def propose(message: TgMessage, raw: bytes, name: str) -> None:
+        try:
+            text = raw.decode()
+            proposed = policy.load(text, source=name)
+        except UnicodeDecodeError:
+            await reply(message, "❌ The policy must be UTF-8 text. The active policy is unchanged.")
+            return
+        except policy.PolicyLoadError as exc:
+            problems = "\n".join(f"line {line if line is not None else '?'}: {key + ': ' if key else ''}{msg}"
+                                 for line, key, msg in exc.problems[:20])
+            await ops.audit(None, "telegram:owner", "policy_rejected", {"error": str(exc)})
+            await reply(message, f"❌ Policy not valid; the active policy is unchanged.\n{pre(problems, 3500)}")
+            return
+        failed = [r for r in policy.run_examples(proposed) if not r.ok]
+        if failed:
+            await reply(message, "❌ The policy's own examples fail; the active policy is unchanged.\n"
+                        + pre("\n".join(r.describe() for r in failed[:20]), 3500))
+            return
+        current = await desk.active_text()
+        diff = "".join(difflib.unified_diff(current.splitlines(True), text.splitlines(True), "active", name))
+        token = secrets.token_hex(8)
+        desk.pending[token] = text
+        await reply(message, f"Policy <b>{esc(proposed.version)}</b> is valid; {len(proposed.examples)} examples pass."
+                             f"\n{pre(diff or '(no change)', 3500)}",
+                    ((Button("✅ Confirm", PolicyConfirm(token=token, ok=True).pack()),
+                      Button("✖ Cancel", PolicyConfirm(token=token, ok=False).pack())),))
+
+    @router.message(Command("policy"))
+    async def policy_command(message: TgMessage, command: CommandObject) -> None:
+        verb, _, arg = (command.args or "").strip().partition(" ")
+        if verb == "history":
+            versions = await desk.store.history()
+            lines = [f"v{v.version} {esc(v.name)} <code>{v.sha256[:12]}</code> by {esc(v.actor)} "
+                     f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(v.at))}" for v in versions]
+            await reply(message, "\n".join(lines) or "No versions recorded yet: the configured policy is active.")
+        elif verb == "diff":
+            versions = await desk.store.history(2)
+            new = versions[0].text if versions else desk.initial_text
+            old = versions[1].text if len(versions) > 1 else desk.initial_text
+            diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), "previous", "active"))
+            await reply(message, pre(diff or "(no change)", 4000))
+        elif verb == "rollback" and arg.strip().lstrip("v").isdigit():
+            try:
+                target = await desk.store.get(int(arg.strip().lstrip("v")))
+            except KeyError:
+                await reply(message, f"No policy version {esc(arg)}.")
+                return
+            loaded = await desk.activate(target.text, actor="telegram:owner", note=f"rollback to v{target.version}")
+            await ops.audit(None, "telegram:owner", "policy_activated", {"version": loaded.version,
+                                                                        "rollback_to": target.version})
+            await reply(message, f"Policy v{target.version} ({esc(loaded.version)}) is active again.")
+        elif verb == "set":
+            await reply(message, "Send the YAML as a file with the caption <code>/policy set</code>.")
+        elif verb:
+            await reply(message, "Usage: /policy [diff | history | rollback V]")
+        else:
+            active = policy.load(await desk.active_text())
+            await reply(message, f"Policy <b>{esc(active.version)}</b> <code>{active.sha256[:12]}</code>\n"
+                                 f"profiles: {esc(', '.join(active.profiles))}\nrules: {len(active.rules)}, "
+                                 f"examples: {len(active.examples)}\ntests: <code>{esc(active.test_command)}</code>")
+
+    # buttons ------------------------------------------------------------------------------------------------
+
+    @router.callback_query(PrAction.filter())
+    async def pr_button(query: CallbackQuery, callback_data: PrAction) -> None:
+        await query.answer()
+        chat = query.message
+        if not isinstance(chat, TgMessage):
+            return
+        if callback_data.action == "approve":
+            await do_approve(chat, callback_data.number, callback_data.sha)
+        elif callback_data.action == "reject":
+            await do_reject(chat, callback_data.number)
+        else:
+            task = await ops.pr_task(callback_data.number)
+            diff = str((task.result or {}).get("diff", "")) if task else ""
+            await notifier.send_diff(callback_data.number, diff, chat.chat.id)
+
+    @router.callback_query(AskAnswer.filter())
+    async def ask_button(query: CallbackQuery, callback_data: AskAnswer) -> None:
+        live = notifier.answer(callback_data.token, callback_data.allow)
+        await query.answer(("Allowed" if callback_data.allow else "Denied") if live else "This question has expired.")
+
+    @router.callback_query(PolicyConfirm.filter())
+    async def policy_button(query: CallbackQuery, callback_data: PolicyConfirm) -> None:
+        text = desk.pending.pop(callback_data.token, None)
+        if text is None:
+            await query.answer("This proposal has expired.")
+            return
+        if not callback_data.ok:
+            await query.answer("Cancelled; the active policy is unchanged.")
+            return
+        loaded = await desk.activate(text, actor="telegram:owner")
+        await ops.audit(None, "telegram:owner", "policy_activated", {"version": loaded.version,
+                                                                    "sha256": loaded.sha256})
+        await query.answer("Activated")
+        if isinstance(query.message, TgMessage):
+            await reply(query.message, f"✅ Policy <b>{esc(loaded.version)}</b> is active.")
+
+    @router.message()
+    async def unknown(message: TgMessage) -> None:
+        await reply(message, "I did not understand that; /help lists what I can do.")
+
+    return router
+
+
+# ------------------------------------------------------------------------------------------------ webhook
+
+
+def webhook_route(dp: Dispatcher, bot: Bot, secret: str, path: str = "/telegram/webhook") -> Route:
+    """A Starlette route for webhook mode; Telegram proves itself with the secret token set by `setWebhook`."""
+
+    async def endpoint(request: Request) -> Response:
+        presented = request.headers.get("x-telegram-bot-api-secret-token", "")
+        if not hmac.compare_digest(presented.encode(), secret.encode()):
+            return Response(status_code=401)
+        update = Update.model_validate(await request.json(), context={"bot": bot})
+        await dp.feed_update(bot, update)
+        return Response(status_code=200)
+
+    return Route(path, endpoint, methods=["POST"])
+
+
+async def start_webhook(bot: Bot, url: str, secret: str) -> None:
+    await bot.set_webhook(url, secret_token=secret, drop_pending_updates=False)

@@ -1,0 +1,226 @@
+"""The owner's bot end to end: real aiogram long-polling a loopback Bot API fake, over a stub `Operations`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiogram import Bot
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+
+import policy
+from runner.errors import TaskError
+from runner.models import TaskState
+from runner.notify.telegram import PrAction, TelegramNotifier
+from runner.policy_store import PolicyStore
+from runner.store import Store, TaskRecord
+from runner.telegram import PolicyDesk, Status, build_dispatcher, kind_of
+from tests.fakes.telegram import BOT_ID, FakeTelegram, serve
+
+OWNER = 1001
+STRANGER = 666
+SHA = "b" * 40
+
+
+@dataclass
+class StubOperations:
+    """The supervisor as the bot sees it: records what it was asked, answers like the real one."""
+
+    store: Store
+    submitted: list[tuple[str, str, bool]] = field(default_factory=list)
+    approved: list[tuple[int, str]] = field(default_factory=list)
+    rejected: list[int] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
+
+    async def submit(self, *, kind: str, prompt: str, dry_run: bool) -> TaskRecord:
+        self.submitted.append((kind, prompt, dry_run))
+        return await self.store.create_task(kind=kind, prompt=prompt, repo="repo", source="telegram",
+                                            requested_by="owner", dry_run=dry_run)
+
+    async def approve(self, number: int, head_sha: str) -> str:
+        self.approved.append((number, head_sha))
+        return f"PR #{number} merged as cafe12345678; deploy deployed"
+
+    async def reject(self, number: int) -> str:
+        self.rejected.append(number)
+        return f"PR #{number} closed"
+
+    async def tasks(self, limit: int) -> list[TaskRecord]:
+        return await self.store.list_tasks(limit=limit)
+
+    async def task(self, task_id: str) -> TaskRecord:
+        return await self.store.get_task(task_id)
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        self.cancelled.append(task_id)
+        raise TaskError(f"no task {task_id!r}")
+
+    async def pr_task(self, number: int) -> TaskRecord | None:
+        for task in await self.store.list_tasks(states=[TaskState.PROPOSED]):
+            if (task.result or {}).get("pr", {}).get("number") == number:
+                return task
+        return None
+
+    async def status(self) -> Status:
+        return Status("0.1.0", 3725, 1, 0, 2, 0.5, 1)
+
+    async def audit(self, task_id: str | None, actor: str, event: str, detail: Mapping[str, Any]) -> None:
+        await self.store.audit(task_id, actor, event, detail)
+
+
+@dataclass
+class Harness:
+    fake: FakeTelegram
+    ops: StubOperations
+    notifier: TelegramNotifier
+    desk: PolicyDesk
+    store: Store
+
+    def replies(self, chat: int) -> list[str]:
+        return self.fake.texts(chat)
+
+    async def said(self, chat: int, count: int) -> list[str]:
+        await self.fake.wait_for(lambda: len(self.replies(chat)) >= count)
+        return self.replies(chat)
+
+
+@pytest.fixture
+async def bot(tmp_path: Path) -> AsyncIterator[Harness]:
+    fake = FakeTelegram()
+    async with serve(fake) as base, Store(tmp_path / "state.db") as store:
+        policies = PolicyStore(tmp_path / "state.db")
+        bot = Bot(fake.token, session=AiohttpSession(api=TelegramAPIServer.from_base(base)))
+        notifier = TelegramNotifier(bot, OWNER, min_interval=0.2)
+        desk = PolicyDesk(policies, policy.default_text())
+        ops = StubOperations(store)
+        dp = build_dispatcher(ops, notifier, OWNER, desk)
+        polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False, close_bot_session=False,
+                                                       polling_timeout=1))
+        try:
+            yield Harness(fake, ops, notifier, desk, store)
+        finally:
+            await dp.stop_polling()
+            await polling
+            await notifier.aclose()
+            await policies.aclose()
+
+
+RESULT = {"summary": "Added /balance", "files_changed": ["bot/app.py"], "diff": "--- a/bot/app.py\n+++ b/bot/app.py\n",
+          "tests": {"command": "pytest -q", "exit_code": 0, "passed": True, "output_tail": ""},
+          "usage": {"input_tokens": 10, "output_tokens": 5, "cost_usd": 0.01},
+          "pr": {"number": 7, "url": "local://7", "branch": "agent/x", "head_sha": SHA}}
+
+
+def test_kind_of_reads_fix_from_wording_or_explicit_word() -> None:
+    assert kind_of("add a /balance command") == ("feature", "add a /balance command")
+    assert kind_of("the /balance crash on empty ledger") == ("fix", "the /balance crash on empty ledger")
+    assert kind_of("fix rounding") == ("fix", "rounding")
+    assert kind_of("feature show errors nicely") == ("feature", "show errors nicely")
+
+
+async def test_telegram_agent_conversation_progress_then_approve(bot: Harness) -> None:
+    bot.fake.send_text(OWNER, "/agent add a /balance command")
+    await bot.fake.wait_for(lambda: any("queued" in t for t in bot.replies(OWNER)))
+    assert bot.ops.submitted == [("feature", "add a /balance command", False)]
+    task = (await bot.store.list_tasks())[0]
+    # The scheduler's progress lines, as fast as the supervisor produces them.
+    for i in range(25):
+        bot.notifier.task_progress(task.id, f"phase {i}: <reading> bot/app.py")
+        await asyncio.sleep(0.01)
+    proposed = await bot.store.transition(task.id, TaskState.PROPOSED, result=RESULT)
+    await bot.notifier.task_finished(proposed, RESULT)
+    assert len(bot.fake.sent("sendMessage")) == 1  # one message for the whole task
+    assert 1 <= len(bot.fake.sent("editMessageText")) <= 5  # edited in place, not once per line
+    board = max(mid for (chat, mid), m in bot.fake.messages.items() if m["from"]["id"] == BOT_ID)
+    final = bot.fake.messages[(OWNER, board)]["text"]
+    assert "PR #7" in final and "passed" in final and "bot/app.py" in final
+    approve = next(data for text, data in bot.fake.buttons(OWNER, board) if "Approve" in text)
+    bot.fake.press(OWNER, OWNER, board, approve)
+    await bot.fake.wait_for(lambda: any("merged as" in t for t in bot.replies(OWNER)))
+    assert bot.ops.approved == [(7, SHA)]
+    assert "deploy deployed" in bot.replies(OWNER)[-1]
+    assert [e.detail["head_sha"] for e in await bot.store.audit_log(event="approve")] == [SHA]
+
+
+async def test_telegram_show_diff_and_typed_approve_use_the_shown_head(bot: Harness) -> None:
+    task = await bot.ops.submit(kind="feature", prompt="x", dry_run=False)
+    await bot.store.transition(task.id, TaskState.PROPOSED, result=RESULT)
+    bot.fake.send_text(OWNER, "/approve_pr 7")
+    await bot.fake.wait_for(lambda: bool(bot.ops.approved))
+    assert bot.ops.approved == [(7, SHA)]
+    bot.fake.send_text(OWNER, "/approve_pr 8")
+    await bot.fake.wait_for(lambda: any("No proposed task has PR #8" in t for t in bot.replies(OWNER)))
+    sent = bot.fake.send_text(OWNER, "/help")
+    await bot.fake.wait_for(lambda: any("/agent_status" in t for t in bot.replies(OWNER)))
+    assert sent
+    help_id = max(mid for (chat, mid), m in bot.fake.messages.items() if m["from"]["id"] == BOT_ID)
+    bot.fake.press(OWNER, OWNER, help_id, PrAction(action="diff", number=7, sha=SHA).pack())
+    await bot.fake.wait_for(lambda: any("language-diff" in t for t in bot.replies(OWNER)))
+
+
+async def test_telegram_429_on_reply_is_waited_out(bot: Harness) -> None:
+    bot.fake.fail_next("sendMessage", 429, "Too Many Requests: retry after 1", retry_after=1)
+    bot.fake.send_text(OWNER, "/agent_status")
+    texts = await bot.said(OWNER, 1)
+    assert "up 1h02m" in texts[-1] and "$0.5000" in texts[-1]
+    assert len(bot.fake.sent("sendMessage")) == 2
+
+
+COMMANDS = ["/agent add a command", "/dryrun add a command", "/review HEAD~1", "/approve_pr 7", "/reject_pr 7",
+            "/tasks", "/task x", "/cancel x", "/agent_status", "/policy", "/policy history", "/policy rollback 1",
+            "/help", "hello"]
+
+
+async def test_telegram_refuses_strangers_commands_and_buttons(bot: Harness) -> None:
+    task = await bot.ops.submit(kind="feature", prompt="x", dry_run=False)
+    bot.ops.submitted.clear()
+    await bot.store.transition(task.id, TaskState.PROPOSED, result=RESULT)
+    for i, command in enumerate(COMMANDS, start=1):
+        bot.fake.send_text(STRANGER, command)
+        texts = await bot.said(STRANGER, i)
+        assert texts[-1] == "This bot answers its owner only."
+    bot.fake.send_document(STRANGER, "p.yaml", policy.default_text().encode(), "/policy set")
+    await bot.said(STRANGER, len(COMMANDS) + 1)
+    # A button from the owner's chat, forwarded and pressed by someone else.
+    owner_message = bot.fake.send_text(OWNER, "hi")
+    for action in ("approve", "reject", "diff"):
+        bot.fake.press(STRANGER, OWNER, owner_message, PrAction(action=action, number=7, sha=SHA).pack())
+    await bot.fake.wait_for(lambda: len(bot.fake.answered) >= 3)
+    assert all(a.get("show_alert") in (True, "true") for a in bot.fake.answered)
+    assert (bot.ops.submitted, bot.ops.approved, bot.ops.rejected, bot.ops.cancelled) == ([], [], [], [])
+    refused = await bot.store.audit_log(event="refused")
+    assert len(refused) == len(COMMANDS) + 1 + 3
+    assert {e.actor for e in refused} == {f"telegram:{STRANGER}"}
+    assert await bot.desk.store.history() == []
+    assert [t.id for t in await bot.store.list_tasks()] == [task.id]
+
+
+async def test_telegram_broken_policy_yaml_names_the_line_and_changes_nothing(bot: Harness) -> None:
+    before = await bot.desk.active_text()
+    broken = "schema: 1\nversion: broken\npaths: [unclosed\n"
+    bot.fake.send_document(OWNER, "policy.yaml", broken.encode(), "/policy set")
+    texts = await bot.said(OWNER, 1)
+    assert "Policy not valid" in texts[-1] and "line " in texts[-1] and "active policy is unchanged" in texts[-1]
+    assert await bot.desk.active_text() == before and await bot.desk.store.history() == []
+    assert not bot.fake.buttons(OWNER, max(mid for (_, mid) in bot.fake.messages))
+
+
+async def test_telegram_valid_policy_activates_only_after_confirm(bot: Harness) -> None:
+    activated: list[policy.Policy] = []
+    bot.desk.on_activate = activated.append
+    text = policy.default_text().replace("version:", "version: chat-edit #", 1)
+    bot.fake.send_document(OWNER, "policy.yaml", text.encode(), "/policy set")
+    await bot.fake.wait_for(lambda: any("Confirm" in b for _, mid in bot.fake.messages
+                                        for b, _d in bot.fake.buttons(OWNER, mid) if (OWNER, mid) in bot.fake.messages))
+    proposal = max(mid for (_, mid) in bot.fake.messages)
+    assert activated == [] and await bot.desk.store.history() == []
+    confirm = next(d for b, d in bot.fake.buttons(OWNER, proposal) if "Confirm" in b)
+    bot.fake.press(OWNER, OWNER, proposal, confirm)
+    await bot.fake.wait_for(lambda: any("is active" in t for t in bot.replies(OWNER)))
+    assert [p.sha256 for p in activated] == [policy.load(text).sha256]
+    assert await bot.desk.active_text() == text
