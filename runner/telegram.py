@@ -7,15 +7,17 @@ implements over the running `Service` with the same functions the HTTP routes ca
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import difflib
 import hmac
 import io
 import re
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from aiogram import Bot, Dispatcher, F, Router
 from aiogram.filters import Command, CommandObject
@@ -27,11 +29,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import policy
-from runner.errors import RunnerError
+from runner.errors import ForgeError, RunnerError, TaskError
+from runner.models import TaskState
 from runner.notify.base import Button, Message
 from runner.notify.telegram import AskAnswer, PrAction, TelegramNotifier, clip, esc, pre
 from runner.policy_store import PolicyStore
 from runner.store import TaskRecord
+
+if TYPE_CHECKING:  # runner.app imports this module lazily in create_app
+    from runner.app import Service
 
 FIX_WORDS = re.compile(r"\b(fix|bug|broken|crash\w*|error|exception|traceback|fails?|failing|regression)\b", re.I)
 MAX_POLICY_BYTES = 256_000
@@ -199,7 +205,7 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
         return None
 
     async def do_approve(chat: TgMessage, number: int, head_sha: str) -> None:
-        await ops.audit(None, "telegram:owner", "approve", {"number": number, "head_sha": head_sha})
+        await ops.audit(None, "telegram:owner", "approve_requested", {"number": number, "head_sha": head_sha})
         await reply(chat, f"Merging PR #{number} at <code>{esc(head_sha[:12])}</code>…")
         try:
             outcome = await ops.approve(number, head_sha)
@@ -389,7 +395,139 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
     return router
 
 
-# ------------------------------------------------------------------------------------------------ webhook
+# ---------------------------------------------------------------------------------------- the real service
+
+
+class ServiceOperations:
+    """`Operations` over the running `Service`: the same scheduler, store and release the HTTP routes use."""
+
+    def __init__(self, service: Service, *, version: str = "0.1.0") -> None:
+        self.service = service
+        self.version = version
+        self.started = time.time()
+
+    async def submit(self, *, kind: str, prompt: str, dry_run: bool) -> TaskRecord:
+        from runner.scheduler import Refused
+
+        repo = self.service.settings.repo
+        if repo is None:
+            raise TaskError("no AGENT_RUNNER_REPO is configured")
+        admitted = await self.service.scheduler.submit(kind=kind, prompt=prompt, repo=repo, source="telegram",
+                                                       requested_by="owner", dry_run=dry_run)
+        if isinstance(admitted, Refused):
+            await self.audit(None, "telegram:owner", "refused", {"reason": "rate_limited",
+                                                                 "retry_after": admitted.retry_after})
+            raise TaskError(f"rate limited: {admitted.limit} {admitted.bucket} per hour; "
+                            f"try again in {admitted.retry_after}s")
+        assert isinstance(admitted, TaskRecord)  # commands carry no fingerprint, so never a Duplicate
+        return admitted
+
+    async def approve(self, number: int, head_sha: str) -> str:
+        return await approve_pull_request(self.service, number, head_sha, actor="telegram:owner")
+
+    async def reject(self, number: int) -> str:
+        return await reject_pull_request(self.service, number, actor="telegram:owner")
+
+    async def tasks(self, limit: int) -> list[TaskRecord]:
+        return await self.service.store.list_tasks(limit=limit)
+
+    async def task(self, task_id: str) -> TaskRecord:
+        return await self.service.store.get_task(task_id)
+
+    async def cancel(self, task_id: str) -> TaskRecord:
+        await self.service.store.get_task(task_id)
+        return await self.service.scheduler.cancel(task_id, actor="telegram:owner")
+
+    async def pr_task(self, number: int) -> TaskRecord | None:
+        return await task_of_pr(self.service, number)
+
+    async def status(self) -> Status:
+        scheduler = self.service.scheduler
+        midnight = time.time() - time.time() % 86400
+        tasks = await self.service.store.list_tasks(limit=100_000)
+        cost = sum(float(((t.result or {}).get("usage") or {}).get("cost_usd") or 0)
+                   for t in tasks if t.created_at >= midnight)
+        return Status(self.version, time.time() - self.started, scheduler.running, scheduler.waiting,
+                      scheduler.max_running, cost, sum(1 for t in tasks if not t.state.terminal))
+
+    async def audit(self, task_id: str | None, actor: str, event: str, detail: Mapping[str, Any]) -> None:
+        await self.service.store.audit(task_id, actor, event, detail)
+
+
+# These three are what routes.approve_pr / reject_pr / _task_of_pr do inline; routes.py can call them too.
+
+
+async def task_of_pr(service: Service, number: int) -> TaskRecord | None:
+    for task in await service.store.list_tasks(states=[TaskState.PROPOSED], limit=10_000):
+        pr = (task.result or {}).get("pr")
+        if isinstance(pr, Mapping) and pr.get("number") == number:
+            return task
+    return None
+
+
+async def approve_pull_request(service: Service, number: int, head_sha: str, *, actor: str) -> str:
+    """Merge PR `number` at `head_sha` and deploy, moving its task through approved → merging → outcome."""
+    from runner.release import approve_and_deploy
+
+    forge, repo = service.forge, service.settings.repo
+    if forge is None or repo is None:
+        raise TaskError("no forge is configured")
+    task = await task_of_pr(service, number)
+    await service.store.audit(task.id if task else None, actor, "approve", {"number": number, "head_sha": head_sha})
+    async with service.release_lock:  # one merge and deploy at a time
+        if task is not None:
+            await service.store.transition(task.id, TaskState.APPROVED, actor=actor)
+            await service.store.transition(task.id, TaskState.MERGING)
+        try:
+            release = await approve_and_deploy(forge, service.deployer, repo, number, head_sha)
+        except (ForgeError, TaskError) as exc:
+            if task is not None:
+                await service.store.transition(task.id, TaskState.PROPOSED, reason=f"not merged: {exc}")
+            raise
+        if task is not None:
+            state = {"deployed": TaskState.DEPLOYED, "rolled_back": TaskState.ROLLED_BACK}.get(release.status,
+                                                                                                 TaskState.FAILED)
+            await service.store.transition(task.id, state, reason=f"merged as {release.merge.sha[:12]}; "
+                                                                  f"deploy {release.status}")
+    revert = f"; reverted as {release.revert_sha[:12]}" if release.revert_sha else ""
+    return f"PR #{number} merged as {release.merge.sha[:12]}; deploy {release.status}{revert}"
+
+
+async def reject_pull_request(service: Service, number: int, *, actor: str) -> str:
+    if service.forge is None:
+        raise TaskError("no forge is configured")
+    task = await task_of_pr(service, number)
+    await service.store.audit(task.id if task else None, actor, "reject", {"number": number})
+    pr = await service.forge.close(number)
+    if task is not None:
+        await service.store.transition(task.id, TaskState.REJECTED, reason=f"PR #{number} rejected", actor=actor)
+    return f"PR #{number} {pr.state}"
+
+
+# ------------------------------------------------------------------------------------- polling, webhook
+
+
+def create_bot(token: str, api_base: str | None) -> Bot:
+    """A Bot on TELEGRAM_API_BASE (a local Bot API server, or the fake in tests) or Telegram's own."""
+    from aiogram.client.session.aiohttp import AiohttpSession
+    from aiogram.client.telegram import PRODUCTION, TelegramAPIServer
+
+    api = TelegramAPIServer.from_base(api_base) if api_base else PRODUCTION
+    return Bot(token, session=AiohttpSession(api=api))
+
+
+@contextlib.asynccontextmanager
+async def polling(dp: Dispatcher, bot: Bot) -> AsyncIterator[None]:
+    """Long polling for as long as the block runs (the default mode)."""
+    task = asyncio.create_task(dp.start_polling(bot, handle_signals=False, close_bot_session=False))
+    try:
+        yield
+    finally:
+        with contextlib.suppress(RuntimeError):  # polling never started
+            await dp.stop_polling()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
 
 
 def webhook_route(dp: Dispatcher, bot: Bot, secret: str, path: str = "/telegram/webhook") -> Route:

@@ -144,7 +144,7 @@ async def test_telegram_agent_conversation_progress_then_approve(bot: Harness) -
     await bot.fake.wait_for(lambda: any("merged as" in t for t in bot.replies(OWNER)))
     assert bot.ops.approved == [(7, SHA)]
     assert "deploy deployed" in bot.replies(OWNER)[-1]
-    assert [e.detail["head_sha"] for e in await bot.store.audit_log(event="approve")] == [SHA]
+    assert [e.detail["head_sha"] for e in await bot.store.audit_log(event="approve_requested")] == [SHA]
 
 
 async def test_telegram_show_diff_and_typed_approve_use_the_shown_head(bot: Harness) -> None:
