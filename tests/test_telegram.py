@@ -19,7 +19,7 @@ from runner.models import TaskState
 from runner.notify.telegram import PrAction, TelegramNotifier
 from runner.policy_store import PolicyStore
 from runner.store import Store, TaskRecord
-from runner.telegram import PolicyDesk, Status, build_dispatcher, kind_of
+from runner.telegram import PolicyDesk, Status, build_dispatcher, kind_of, webhook_route
 from tests.fakes.telegram import BOT_ID, FakeTelegram, serve
 
 OWNER = 1001
@@ -224,3 +224,22 @@ async def test_telegram_valid_policy_activates_only_after_confirm(bot: Harness) 
     await bot.fake.wait_for(lambda: any("is active" in t for t in bot.replies(OWNER)))
     assert [p.sha256 for p in activated] == [policy.load(text).sha256]
     assert await bot.desk.active_text() == text
+
+
+async def test_telegram_webhook_refuses_a_wrong_secret_and_feeds_a_right_one(bot: Harness) -> None:
+    import httpx
+    from aiogram import Dispatcher
+    from starlette.applications import Starlette
+
+    seen: list[int] = []
+    dp = Dispatcher()
+    dp.message.register(lambda message: seen.append(message.message_id))
+    app = Starlette(routes=[webhook_route(dp, bot.notifier.bot, "s3cret")])
+    update = {"update_id": 1, "message": {"message_id": 5, "date": 0, "chat": {"id": OWNER, "type": "private"},
+                                          "from": {"id": OWNER, "is_bot": False, "first_name": "o"}, "text": "x"}}
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+        wrong = await client.post("/telegram/webhook", json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "no"})
+        right = await client.post("/telegram/webhook", json=update,
+                                  headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret"})
+    assert (wrong.status_code, right.status_code) == (401, 200)
+    assert seen == [5]
