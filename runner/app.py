@@ -116,5 +116,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.api_token is None:
         raise ConfigError("serve needs AGENT_API_TOKEN: the owner's bearer token for the API")
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[agent-runner] %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # the model proxy logs its own requests
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
     return 0

@@ -258,26 +258,42 @@ async def test_health_needs_no_token_and_metrics_count_tasks_by_state(tmp_path: 
     assert "# TYPE agent_runner_policy_decisions_total counter" in metrics.text
 
 
+async def _raw_post(port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    """One client, one connection, one request. The load is made this way, not with one httpx client, because
+    httpcore's pool scans every connection on every request: with 200 at once it measured itself, not the server.
+    """
+    data = json.dumps(body).encode()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Content-Type: application/json\r\nConnection: close\r\nContent-Length: {len(data)}\r\n\r\n")
+    writer.write(head.encode() + data)
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    status_line, _, rest = raw.partition(b"\r\n")
+    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
+
+
 async def test_app_burst_of_commands_every_request_answered(tmp_path: Path) -> None:
     burst, limit = 200, 150
     app = _app(tmp_path / "home", commands=limit)
     body = {"prompt": "add /balance", "dry_run": True, "repo": str(tmp_path / "nowhere.git")}
-    limits = httpx.Limits(max_connections=burst)
-    async with _serve(app) as url, httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+    async with _serve(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
+        port = int(url.rsplit(":", 1)[1])
         started = time.perf_counter()
-        answers = await asyncio.gather(*(client.post("/agent/command", json=body, headers=OWNER)
-                                         for _ in range(burst)))
+        answers = await asyncio.gather(*(_raw_post(port, "/agent/command", body) for _ in range(burst)))
         elapsed = time.perf_counter() - started
-        codes = [a.status_code for a in answers]
-        accepted = {a.json()["task_id"] for a in answers if a.status_code == 202}
+        codes = [code for code, _ in answers]
+        accepted = {data["task_id"] for code, data in answers if code == 202}
+        assert all(data["retry_after"] > 0 for code, data in answers if code == 429)
         async with asyncio.timeout(120):  # the queue drains: every accepted task reaches its end
             while (await client.get("/health")).json()["waiting"] or app.state.service.scheduler.running:
                 await asyncio.sleep(0.1)
         tasks = (await client.get("/tasks", headers=OWNER, params={"limit": "1000"})).json()["tasks"]
-    print(f"\nburst: {burst} POST /agent/command in {elapsed:.2f}s = {burst / elapsed:.0f} requests/s "
-          f"({codes.count(202)} accepted, {codes.count(429)} rate-limited)", file=sys.stderr)
-    assert sorted(set(codes)) == [202, 429]
-    assert codes.count(202) == limit and codes.count(429) == burst - limit
+    print(f"\nburst: {burst} POST /agent/command from {burst} clients in {elapsed:.2f}s = {burst / elapsed:.0f} "
+          f"requests/s ({codes.count(202)} accepted, {codes.count(429)} rate-limited)", file=sys.stderr)
+    assert codes.count(202) == limit and codes.count(429) == burst - limit  # every request answered
     assert {t["id"] for t in tasks} == accepted  # none lost, none extra
     assert {t["state"] for t in tasks} == {"failed"}
 
@@ -340,7 +356,8 @@ async def test_serve_runs_a_task_through_the_api_to_a_pull_request_and_deploys_i
     assert again.status_code == 409  # merged once, never twice
     assert after["state"] == "deployed"
     assert [s["state"] for s in after["timings"]["states"]][-3:] == ["approved", "merging", "deployed"]
-    assert proc.returncode == 0
+    # uvicorn shuts the lifespan down on SIGTERM, then re-raises the signal, so -15 is its clean exit.
+    assert proc.returncode in (0, -15), err.decode()[-3000:]
 
 
 async def test_create_app_refuses_to_start_without_a_repository(tmp_path: Path) -> None:
