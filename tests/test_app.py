@@ -365,3 +365,60 @@ async def test_create_app_refuses_to_start_without_a_repository(tmp_path: Path) 
 
     with pytest.raises(ConfigError, match="AGENT_RUNNER_REPO"):
         create_app(_settings(tmp_path / "home"), deployer=create_deployer("none"))
+
+
+@contextlib.asynccontextmanager
+async def _serve_process(env: dict[str, str], port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runner.cli", "serve", env=env,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with httpx.AsyncClient(timeout=5) as client, asyncio.timeout(30):
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await asyncio.wait_for(proc.wait(), 60)
+
+
+@pytest.mark.docker
+async def test_serve_killed_mid_task_fails_it_reaps_its_container_and_resumes_the_queue(
+        tmp_path: Path, docker_client: Any) -> None:
+    from runner.sandbox.base import LABEL_TASK
+    from runner.scripted_model import Scenario, ToolUseBlock, serve_scripted_model
+
+    repo = await create_sample_repo(tmp_path / "origin")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_"))}
+    env.update(AGENT_RUNNER_HOME=str(tmp_path / "home"), AGENT_RUNNER_REPO=str(repo), AGENT_RUNNER_PORT=str(port),
+               AGENT_API_TOKEN=TOKEN, ANTHROPIC_API_KEY="scripted-anything", AGENT_RUNNER_MAX_SANDBOXES="1")
+    stall = Scenario.of([ToolUseBlock("Bash", {"command": "sleep 300"})])
+    url = f"http://127.0.0.1:{port}"
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+        async with serve_scripted_model(stall) as model, \
+                _serve_process({**env, "ANTHROPIC_BASE_URL": model.base_url}, port) as proc:
+            body = {"prompt": "average_spend crashes; fix it", "kind": "fix", "dry_run": True}
+            first = (await client.post("/agent/command", headers=OWNER, json=body)).json()["task_id"]
+            second = (await client.post("/agent/command", headers=OWNER, json=body)).json()["task_id"]
+            async with asyncio.timeout(120):
+                while (await client.get(f"/tasks/{first}", headers=OWNER)).json()["state"] != "running":
+                    await asyncio.sleep(0.2)
+            assert (await client.get(f"/tasks/{second}", headers=OWNER)).json()["state"] == "queued"
+            proc.kill()  # SIGKILL: no shutdown code runs, the container and the rows stay as they were
+            await proc.wait()
+        assert docker_client.containers.list(filters={"label": f"{LABEL_TASK}={first}"})
+
+        async with serve_scripted_model(Scenario.from_file(FIX_SCENARIO)) as model, \
+                _serve_process({**env, "ANTHROPIC_BASE_URL": model.base_url}, port):
+            interrupted = (await client.get(f"/tasks/{first}", headers=OWNER)).json()
+            assert docker_client.containers.list(all=True, filters={"label": f"{LABEL_TASK}={first}"}) == []
+            resumed = await _wait_state(client, second, {"diff_ready", "failed"}, timeout=240)
+            tasks = (await client.get("/tasks", headers=OWNER)).json()["tasks"]
+    assert interrupted["state"] == "failed" and "supervisor stopped" in interrupted["reason"]
+    assert resumed["state"] == "diff_ready", resumed["reason"]
+    assert resumed["result"]["files_changed"] == ["bot/ledger.py"]
+    assert sorted(t["id"] for t in tasks) == sorted([first, second])  # none lost, none doubled
