@@ -10,6 +10,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from starlette.applications import Starlette
 
@@ -76,6 +77,10 @@ def create_app(
         if settings.repo is None:
             raise ConfigError("serve needs AGENT_RUNNER_REPO: the repository commands work on")
         repo = settings.repo
+        if settings.github_token is None and not Path(repo).exists():
+            # Caught here, not in the lifespan, where uvicorn would turn it into a bare exit status.
+            raise ConfigError(f"AGENT_RUNNER_REPO {repo!r} does not exist; the local forge needs a bare repository "
+                              "on disk (or set GITHUB_TOKEN and GITHUB_REPOSITORY)")
 
         def runtime() -> AbstractAsyncContextManager[Runtime]:
             return open_runtime(settings, repo=repo, say=note)

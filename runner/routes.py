@@ -105,8 +105,8 @@ def _field(data: Mapping[str, Any], key: str, kind: type, default: Any = ..., *,
 
 
 def _rate_limited(refused: Refused) -> JSONResponse:
-    return JSONResponse({"error": "rate_limited", "limit": f"{refused.limit} {refused.bucket} per hour",
-                         "retry_after": refused.retry_after},
+    why = "cooling down after a failed fix" if refused.cooldown else f"{refused.limit} {refused.bucket} per hour"
+    return JSONResponse({"error": "rate_limited", "limit": why, "retry_after": refused.retry_after},
                         status_code=429, headers={"Retry-After": str(refused.retry_after)})
 
 
@@ -353,10 +353,9 @@ async def auto_fix(request: Request) -> Response:
             requested_by=f"alertmanager:{parsed.receiver}", dry_run=False, fingerprint=fingerprint)
         if isinstance(admitted, Refused):
             refused.append(admitted)
-            await _refuse(request, "alertmanager", "rate_limited", retry_after=admitted.retry_after,
-                          fingerprint=fingerprint)
-            outcomes.append({"fingerprint": fingerprint, "status": "rate_limited",
-                             "retry_after": admitted.retry_after})
+            status = "cooling_down" if admitted.cooldown else "rate_limited"
+            await _refuse(request, "alertmanager", status, retry_after=admitted.retry_after, fingerprint=fingerprint)
+            outcomes.append({"fingerprint": fingerprint, "status": status, "retry_after": admitted.retry_after})
         elif isinstance(admitted, Duplicate):
             outcomes.append({"fingerprint": fingerprint, "status": "duplicate", "task_id": admitted.task.id})
         else:

@@ -41,11 +41,12 @@ def bucket_of(source: str) -> Bucket:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A request turned away by a rate limit: try again in `retry_after` seconds."""
+    """A request turned away by a rate limit (or a fingerprint's cooldown): try again in `retry_after` seconds."""
 
     bucket: Bucket
     limit: int
     retry_after: int
+    cooldown: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,9 @@ class RateLimiter:
         oldest = seen[len(seen) - limit] if limit > 0 else now
         return Refused(bucket, limit, max(1, math.ceil(oldest + self._window - now)))
 
+    def limit(self, bucket: Bucket) -> int:
+        return self._limits[bucket]
+
     def record(self, bucket: Bucket, at: float) -> None:
         self._seen[bucket].append(at)
 
@@ -101,6 +105,8 @@ class Scheduler:
         self._run = run
         self._slots = asyncio.Semaphore(max_running)
         self._limiter = RateLimiter(limits, clock=clock)
+        self._cooldown = float(limits.cooldown_after_failure_seconds)
+        self._clock = clock
         self._admit = asyncio.Lock()
         self._tasks: dict[TaskId, asyncio.Task[None]] = {}
         self._started: set[TaskId] = set()
@@ -155,6 +161,9 @@ class Scheduler:
                 for task in await self.store.list_tasks(states=OPEN_STATES, limit=100_000):
                     if task.fingerprint == fingerprint:
                         return Duplicate(task)
+                cooling = await self._cooling(fingerprint, bucket)
+                if cooling is not None:
+                    return cooling
             refused = self._limiter.check(bucket)
             if refused is not None:
                 return refused
@@ -163,6 +172,18 @@ class Scheduler:
             self._limiter.record(bucket, task.created_at)
         self._launch(task)
         return task
+
+    async def _cooling(self, fingerprint: str, bucket: Bucket) -> Refused | None:
+        """A fix for this fingerprint failed a moment ago: retrying at once would likely fail the same way."""
+        failed = [t for t in await self.store.list_tasks(states=[TaskState.FAILED, TaskState.TIMED_OUT],
+                                                         limit=100_000) if t.fingerprint == fingerprint]
+        if not failed or self._cooldown <= 0:
+            return None
+        until = max(t.updated_at for t in failed) + self._cooldown
+        now = self._clock()
+        if until <= now:
+            return None
+        return Refused(bucket, self._limiter.limit(bucket), max(1, math.ceil(until - now)), cooldown=True)
 
     async def cancel(self, task_id: str, *, actor: str = "owner") -> TaskRecord:
         """Cancel a queued or running task. Raises TaskError for an unknown or finished one."""

@@ -422,3 +422,11 @@ async def test_serve_killed_mid_task_fails_it_reaps_its_container_and_resumes_th
     assert resumed["state"] == "diff_ready", resumed["reason"]
     assert resumed["result"]["files_changed"] == ["bot/ledger.py"]
     assert sorted(t["id"] for t in tasks) == sorted([first, second])  # none lost, none doubled
+
+
+async def test_create_app_refuses_a_local_repository_that_does_not_exist(tmp_path: Path) -> None:
+    from runner.errors import ConfigError
+
+    settings = _settings(tmp_path / "home", AGENT_RUNNER_REPO=str(tmp_path / "missing.git"))
+    with pytest.raises(ConfigError, match="does not exist"):
+        create_app(settings, deployer=create_deployer("none"))

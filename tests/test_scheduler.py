@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -185,3 +186,22 @@ async def test_scheduler_marks_a_crashed_run_failed(tmp_path: Path) -> None:
         assert record.state is TaskState.FAILED and "RuntimeError: boom" in record.reason
         lines, _ = scheduler.events_since(task.id, 0)
         assert lines[-1]["event"] == "done"
+
+
+async def test_scheduler_cools_a_fingerprint_down_after_its_fix_failed(tmp_path: Path) -> None:
+    async def fail(task: TaskRecord, progress: Progress) -> object:
+        return await store.transition(task.id, TaskState.FAILED, reason="tests failed")
+
+    now = [time.time()]
+    async with Store(tmp_path / "state.db") as store:
+        limits = RateLimits(commands_per_hour=100, autofixes_per_hour=100, cooldown_after_failure_seconds=900)
+        scheduler = Scheduler(store, fail, max_running=1, limits=limits, clock=lambda: now[0])
+        first = await _submit(scheduler, source="alertmanager", fingerprint="alert:1")
+        assert isinstance(first, TaskRecord)
+        await _until(lambda: _true(not scheduler.active(first.id)))
+        again = await _submit(scheduler, source="alertmanager", fingerprint="alert:1")
+        assert isinstance(again, Refused) and again.cooldown and 890 <= again.retry_after <= 901
+        assert isinstance(await _submit(scheduler, source="alertmanager", fingerprint="alert:2"), TaskRecord)
+        now[0] += 902
+        assert isinstance(await _submit(scheduler, source="alertmanager", fingerprint="alert:1"), TaskRecord)
+        await scheduler.aclose()
