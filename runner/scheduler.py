@@ -236,14 +236,17 @@ class Scheduler:
                 self._started.add(task.id)
                 await self._run(current, progress)
         except asyncio.CancelledError:
-            # Our own cancel: by the owner, or at shutdown. Only the owner's makes a queued task cancelled;
-            # at shutdown it stays queued for the next start (a running one was marked by the supervisor).
-            if task.id in self._cancelling:
-                with contextlib.suppress(Exception):
-                    current = await self.store.get_task(task.id)
-                    if current.state is TaskState.QUEUED:
-                        await self.store.transition(task.id, TaskState.CANCELLED, reason="cancelled by the owner",
-                                                    actor="owner")
+            # Our own cancel: by the owner, or at shutdown. At shutdown a queued task stays queued for the next
+            # start, and a started one is failed as the reaper would fail it: nobody cancelled it.
+            with contextlib.suppress(Exception):
+                current = await self.store.get_task(task.id)
+                if task.id in self._cancelling and current.state is TaskState.QUEUED:
+                    await self.store.transition(task.id, TaskState.CANCELLED, reason="cancelled by the owner",
+                                                actor="owner")
+                elif task.id not in self._cancelling and task.id in self._started and (
+                        not current.state.terminal or current.state is TaskState.CANCELLED):
+                    await self.store.transition(task.id, TaskState.FAILED,
+                                                reason="the supervisor shut down while the task was running")
         except Exception as exc:  # a bug below must not leave the task open forever
             log.exception("task %s crashed", task.id)
             with contextlib.suppress(Exception):

@@ -430,3 +430,30 @@ async def test_create_app_refuses_a_local_repository_that_does_not_exist(tmp_pat
     settings = _settings(tmp_path / "home", AGENT_RUNNER_REPO=str(tmp_path / "missing.git"))
     with pytest.raises(ConfigError, match="does not exist"):
         create_app(settings, deployer=create_deployer("none"))
+
+
+@pytest.mark.docker
+async def test_serve_stopped_mid_task_fails_it_and_removes_its_container(tmp_path: Path, docker_client: Any) -> None:
+    from runner.sandbox.base import LABEL_TASK
+    from runner.scripted_model import Scenario, ToolUseBlock, serve_scripted_model
+
+    repo = await create_sample_repo(tmp_path / "origin")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_"))}
+    env.update(AGENT_RUNNER_HOME=str(tmp_path / "home"), AGENT_RUNNER_REPO=str(repo), AGENT_RUNNER_PORT=str(port),
+               AGENT_API_TOKEN=TOKEN, ANTHROPIC_API_KEY="scripted-anything")
+    stall = Scenario.of([ToolUseBlock("Bash", {"command": "sleep 300"})])
+    async with serve_scripted_model(stall) as model, \
+            httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+        async with _serve_process({**env, "ANTHROPIC_BASE_URL": model.base_url}, port) as proc:
+            body = {"prompt": "fix it", "kind": "fix", "dry_run": True}
+            task_id = (await client.post("/agent/command", headers=OWNER, json=body)).json()["task_id"]
+            async with asyncio.timeout(120):
+                while (await client.get(f"/tasks/{task_id}", headers=OWNER)).json()["state"] != "running":
+                    await asyncio.sleep(0.2)
+            proc.terminate()  # SIGTERM: the lifespan stops the scheduler, which stops the task
+            assert await asyncio.wait_for(proc.wait(), 60) in (0, -15)
+    async with Store(tmp_path / "home" / "state.db") as store:
+        task = await store.get_task(task_id)
+    assert task.state.value == "failed" and task.reason == "the supervisor shut down while the task was running"
+    assert docker_client.containers.list(all=True, filters={"label": f"{LABEL_TASK}={task_id}"}) == []

@@ -161,7 +161,9 @@ async def test_scheduler_resumes_queued_tasks_after_restart_and_leaves_them_queu
         await _until(lambda: _true(runs.running == 1))
         await before.aclose()  # shutdown: the waiting two were never started
         states = {t.id: (await store.get_task(t.id)).state for t in tasks if isinstance(t, TaskRecord)}
-        assert sorted(s.value for s in states.values()) == ["queued", "queued", "running"]
+        assert sorted(s.value for s in states.values()) == ["failed", "queued", "queued"]
+        interrupted = [t for t in await store.list_tasks(states=[TaskState.FAILED])]
+        assert interrupted[0].reason == "the supervisor shut down while the task was running"
 
         after_runs = Runs(store)
         after_runs.release.set()
