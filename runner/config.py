@@ -68,6 +68,9 @@ class Settings:
     health_url: str | None = None
     deploy_service: str | None = None
     deploy_base_image: str | None = None
+    repo_roots: tuple[str, ...] = ()
+    """Where the bot's code lives in production tracebacks (AGENT_RUNNER_REPO_ROOTS, comma-separated: `/app`,
+    `bot/`); frames under them are the repository's. Empty: every frame outside site-packages and the stdlib."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -146,6 +149,7 @@ class Settings:
             health_url=url("AGENT_RUNNER_HEALTH_URL", None),
             deploy_service=deploy_service,
             deploy_base_image=environ.get("AGENT_RUNNER_DEPLOY_BASE_IMAGE") or None,
+            repo_roots=tuple(r.strip() for r in environ.get("AGENT_RUNNER_REPO_ROOTS", "").split(",") if r.strip()),
         )
         if problems:
             raise ConfigError("bad configuration: " + "; ".join(problems))

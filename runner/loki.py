@@ -9,6 +9,7 @@ Only what the auto-fix needs: a log query (`GET /loki/api/v1/query_range`), olde
 from __future__ import annotations
 
 import asyncio
+import json
 from datetime import datetime
 from types import TracebackType
 
@@ -23,6 +24,8 @@ DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 2  # after the first attempt
 DEFAULT_BACKOFF = 0.25  # seconds before the first retry; doubled each time
 DEFAULT_LIMIT = 5000
+# 5000 lines of tracebacks easily pass the 1 MiB a webhook body may have; lines are cut at 64 KiB when parsed.
+MAX_RESPONSE_BYTES = 64 << 20
 QUERY_RANGE = "/loki/api/v1/query_range"
 # Worth another try: Loki restarting, a query frontend queue full, a proxy in between timing out.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -74,8 +77,7 @@ class LokiClient:
                 await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
             try:
                 async with asyncio.timeout(self._timeout):
-                    response = await self._client.get(QUERY_RANGE, params=params)
-                    body = await response.aread()
+                    response, body = await self._get(params)
             except TimeoutError:
                 last = f"no answer within {self._timeout:g}s"
                 continue
@@ -88,10 +90,20 @@ class LokiClient:
             if response.status_code != 200:  # a bad query or auth: retrying cannot help
                 raise LokiUnavailable(f"Loki refused the query (HTTP {response.status_code}): {_snippet(body)}")
             try:
-                return parse_loki_streams(body)
-            except LokiResponseError as exc:
+                return parse_loki_streams(json.loads(body))  # decoded here: our own size cap, not a webhook's
+            except (ValueError, LokiResponseError) as exc:
                 raise LokiUnavailable(f"Loki answered with something other than log streams: {exc}") from exc
         raise LokiUnavailable(f"Loki at {self.base_url} unavailable after {self._retries + 1} attempt(s): {last}")
+
+    async def _get(self, params: dict[str, str]) -> tuple[httpx.Response, bytes]:
+        async with self._client.stream("GET", QUERY_RANGE, params=params) as response:
+            chunks, size = [], 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > MAX_RESPONSE_BYTES:
+                    raise LokiUnavailable(f"Loki's answer is larger than {MAX_RESPONSE_BYTES} bytes; narrow the query")
+                chunks.append(chunk)
+            return response, b"".join(chunks)
 
 
 def _snippet(body: bytes) -> str:

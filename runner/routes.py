@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import hmac
 import json
 from collections import Counter
@@ -16,15 +15,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from runner import autofix
 from runner.app import Service
 from runner.config import Secret
 from runner.errors import ForgeConflict, ForgeError, ForgeNotFound, TaskError
+from runner.loki import LokiClient
 from runner.models import TASK_KINDS, TaskState
-from runner.prompts import fence_untrusted
 from runner.release import approve_and_deploy
 from runner.scheduler import Duplicate, Refused
 from runner.store import TaskRecord
-from runner.webhooks import MAX_BODY_BYTES, AlertNotification, WebhookError, parse_auto_fix
+from runner.webhooks import MAX_BODY_BYTES, WebhookError, parse_auto_fix
 
 MAX_PROMPT_CHARS = 20_000
 SSE_POLL_SECONDS = 0.5
@@ -339,45 +339,21 @@ async def auto_fix(request: Request) -> Response:
         parsed = parse_auto_fix(raw)
     except WebhookError as exc:
         return _error(400, str(exc))
-    if not isinstance(parsed, AlertNotification):
-        return _error(501, "direct traceback reports are not handled yet; send an Alertmanager webhook")
-    repo = service.settings.repo
-    if repo is None:
+    if service.settings.repo is None:
         return _error(409, "no AGENT_RUNNER_REPO is configured")
-    outcomes: list[dict[str, Any]] = []
-    refused: list[Refused] = []
-    for alert in parsed.firing:
-        fingerprint = alert_fingerprint(alert.labels)
-        admitted = await service.scheduler.submit(
-            kind="fix", prompt=alert_prompt(alert.labels, alert.annotations), repo=repo, source="alertmanager",
-            requested_by=f"alertmanager:{parsed.receiver}", dry_run=False, fingerprint=fingerprint)
-        if isinstance(admitted, Refused):
-            refused.append(admitted)
-            status = "cooling_down" if admitted.cooldown else "rate_limited"
-            await _refuse(request, "alertmanager", status, retry_after=admitted.retry_after, fingerprint=fingerprint)
-            outcomes.append({"fingerprint": fingerprint, "status": status, "retry_after": admitted.retry_after})
-        elif isinstance(admitted, Duplicate):
-            outcomes.append({"fingerprint": fingerprint, "status": "duplicate", "task_id": admitted.task.id})
-        else:
-            outcomes.append({"fingerprint": fingerprint, "status": "accepted", "task_id": admitted.id})
+    loki_url = service.settings.loki_url
+    async with contextlib.AsyncExitStack() as stack:
+        loki = await stack.enter_async_context(LokiClient(loki_url)) if loki_url else None
+        outcomes = await autofix.admit(service, parsed, loki=loki)
+    refused = [o for o in outcomes if o.status in ("rate_limited", "cooling_down")]
+    for outcome in {o.fingerprint: o for o in refused}.values():
+        await _refuse(request, "alertmanager", outcome.status, retry_after=outcome.retry_after,
+                      fingerprint=outcome.fingerprint)
     if refused and len(refused) == len(outcomes):  # nothing taken: let Alertmanager retry later
-        return _rate_limited(min(refused, key=lambda r: r.retry_after))
-    return JSONResponse({"alerts": outcomes}, status_code=202 if outcomes else 200)
-
-
-def alert_fingerprint(labels: Mapping[str, str]) -> str:
-    """The alert's identity: its label set, order-free (what Alertmanager's own fingerprint hashes)."""
-    canonical = json.dumps(sorted(labels.items()), separators=(",", ":"))
-    return "alert:" + hashlib.sha256(canonical.encode()).hexdigest()[:16]
-
-
-def alert_prompt(labels: Mapping[str, str], annotations: Mapping[str, str]) -> str:
-    # Labels and annotations come from the alert source, which is authenticated but low-power: data, not orders.
-    name = labels.get("alertname", "an alert")
-    data = json.dumps({"labels": dict(labels), "annotations": dict(annotations)}, indent=2, sort_keys=True)
-    return (f"Production alert {name!r} is firing. Find the cause in the code and fix it, with a regression "
-            f"test that fails before the fix and passes after. The alert, as data:\n"
-            f"{fence_untrusted(data, label='alert')}")
+        soonest = min(o.retry_after or 1 for o in refused)
+        return JSONResponse({"error": "rate_limited", "alerts": [o.as_json() for o in outcomes],
+                             "retry_after": soonest}, status_code=429, headers={"Retry-After": str(soonest)})
+    return JSONResponse({"alerts": [o.as_json() for o in outcomes]}, status_code=202 if outcomes else 200)
 
 
 # ----------------------------------------------------------------------------------------- health, metrics
