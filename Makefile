@@ -6,12 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check venv engine image bench clean
+.PHONY: demo test check venv engine image alertmanager bench clean
 
 demo: venv engine image
 	$(BIN)/agent-runner demo
 
-test: venv engine image check
+test: venv engine image alertmanager check
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 check: venv
@@ -28,6 +28,13 @@ $(STAMP): pyproject.toml
 
 engine:
 	@scripts/docker-engine.sh
+
+# The self-healing end-to-end test runs the real Alertmanager; it fails rather than skips without it.
+alertmanager:
+	@test -x /usr/bin/prometheus-alertmanager || { test "$$(id -u)" = 0 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			prometheus-alertmanager; } \
+		|| { echo "prometheus-alertmanager is missing: apt-get install it as root" >&2; exit 1; }
 
 image: venv engine
 	@sandbox-image/build.sh $(BIN)/python
