@@ -14,8 +14,31 @@ from typing import Any
 
 import bashlex
 import bashlex.errors
+import bashlex.subst
 
 from policy.paths import GlobPart
+
+
+def _guard_unterminated_parameter_expansion() -> None:
+    """bashlex 0.18 loops forever (and grows without bound) on `${` with no closing `}` in its word:
+    `subst._paramexpand` takes str.find's -1 for an index. Found by the property tests with `'${'$`.
+    Make it raise bashlex's own ParsingError there, as bash says "bad substitution"; the caller then
+    denies the command like any other parse failure.
+    """
+    original = bashlex.subst._paramexpand
+    if getattr(original, "guarded", False):
+        return
+
+    def paramexpand(parserobj: Any, string: str, sindex: int) -> Any:
+        if string.startswith("${", sindex) and string.find("}", sindex + 2) == -1:
+            raise bashlex.errors.ParsingError("bad substitution: no closing '}' for '${'", string, sindex)
+        return original(parserobj, string, sindex)
+
+    paramexpand.guarded = True  # type: ignore[attr-defined]
+    bashlex.subst._paramexpand = paramexpand
+
+
+_guard_unterminated_parameter_expansion()
 
 # --- values --------------------------------------------------------------------------------------------------------
 
