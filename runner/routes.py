@@ -15,13 +15,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from runner import autofix
+from runner import approvals, autofix
 from runner.app import Service
 from runner.config import Secret
 from runner.errors import ForgeConflict, ForgeError, ForgeNotFound, TaskError
 from runner.loki import LokiClient
 from runner.models import TASK_KINDS, TaskState
-from runner.release import approve_and_deploy
 from runner.scheduler import Duplicate, Refused
 from runner.store import TaskRecord
 from runner.webhooks import MAX_BODY_BYTES, WebhookError, parse_auto_fix
@@ -269,27 +268,11 @@ async def approve_pr(request: Request) -> Response:
         head_sha = _field(data, "head_sha", str, required=True)
     except BadRequest as exc:
         return _error(exc.status, str(exc))
-    forge, repo = service.forge, service.settings.repo
-    if forge is None or repo is None:
-        return _error(409, "no forge is configured")
-    task = await _task_of_pr(service, number)
-    await service.store.audit(task.id if task else None, "owner", "approve", {"number": number, "head_sha": head_sha})
-    async with service.release_lock:  # one merge and deploy at a time
-        if task is not None:
-            await service.store.transition(task.id, TaskState.APPROVED, actor="owner")
-            await service.store.transition(task.id, TaskState.MERGING)
-        try:
-            release = await approve_and_deploy(forge, service.deployer, repo, number, head_sha)
-        except (ForgeError, TaskError) as exc:
-            if task is not None:
-                await service.store.transition(task.id, TaskState.PROPOSED, reason=f"not merged: {exc}")
-            status = 404 if isinstance(exc, ForgeNotFound) else 409 if isinstance(exc, ForgeConflict) else 502
-            return _error(status, str(exc))
-        if task is not None:
-            state = {"deployed": TaskState.DEPLOYED, "rolled_back": TaskState.ROLLED_BACK}.get(release.status,
-                                                                                                 TaskState.FAILED)
-            await service.store.transition(task.id, state, reason=f"merged as {release.merge.sha[:12]}; "
-                                                                  f"deploy {release.status}")
+    try:
+        task, release = await approvals.approve(service, number, head_sha, actor="owner")
+    except (ForgeError, TaskError) as exc:
+        status = 404 if isinstance(exc, ForgeNotFound) else 409 if isinstance(exc, ForgeConflict | TaskError) else 502
+        return _error(status, str(exc))
     return JSONResponse({"number": number, "task_id": task.id if task else None, "merge_sha": release.merge.sha,
                          "status": release.status, "revert_sha": release.revert_sha})
 
@@ -302,27 +285,13 @@ async def reject_pr(request: Request) -> Response:
         number = _field(await _json_body(request), "number", int, required=True)
     except BadRequest as exc:
         return _error(exc.status, str(exc))
-    if service.forge is None:
-        return _error(409, "no forge is configured")
-    task = await _task_of_pr(service, number)
-    await service.store.audit(task.id if task else None, "owner", "reject", {"number": number})
     try:
-        pr = await service.forge.close(number)
+        task, pr = await approvals.reject(service, number, actor="owner")
     except ForgeNotFound as exc:
         return _error(404, str(exc))
-    except ForgeError as exc:
+    except (ForgeError, TaskError) as exc:
         return _error(409, str(exc))
-    if task is not None:
-        await service.store.transition(task.id, TaskState.REJECTED, reason=f"PR #{number} rejected", actor="owner")
     return JSONResponse({"number": number, "state": pr.state, "task_id": task.id if task else None})
-
-
-async def _task_of_pr(service: Service, number: int) -> TaskRecord | None:
-    for task in await service.store.list_tasks(states=[TaskState.PROPOSED], limit=10_000):
-        pr = (task.result or {}).get("pr")
-        if isinstance(pr, dict) and pr.get("number") == number:
-            return task
-    return None
 
 
 # ------------------------------------------------------------------------------------------------ alerts

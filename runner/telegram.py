@@ -29,8 +29,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 import policy
-from runner.errors import ForgeError, RunnerError, TaskError
-from runner.models import TaskState
+from runner import approvals
+from runner.errors import RunnerError, TaskError
 from runner.notify.base import Button, Message
 from runner.notify.telegram import AskAnswer, PrAction, TelegramNotifier, clip, esc, pre
 from runner.policy_store import PolicyStore
@@ -439,7 +439,7 @@ class ServiceOperations:
         return await self.service.scheduler.cancel(task_id, actor="telegram:owner")
 
     async def pr_task(self, number: int) -> TaskRecord | None:
-        return await task_of_pr(self.service, number)
+        return await approvals.task_of_pr(self.service, number)
 
     async def status(self) -> Status:
         scheduler = self.service.scheduler
@@ -454,53 +454,14 @@ class ServiceOperations:
         await self.service.store.audit(task_id, actor, event, detail)
 
 
-# These three are what routes.approve_pr / reject_pr / _task_of_pr do inline; routes.py can call them too.
-
-
-async def task_of_pr(service: Service, number: int) -> TaskRecord | None:
-    for task in await service.store.list_tasks(states=[TaskState.PROPOSED], limit=10_000):
-        pr = (task.result or {}).get("pr")
-        if isinstance(pr, Mapping) and pr.get("number") == number:
-            return task
-    return None
-
-
 async def approve_pull_request(service: Service, number: int, head_sha: str, *, actor: str) -> str:
-    """Merge PR `number` at `head_sha` and deploy, moving its task through approved → merging → outcome."""
-    from runner.release import approve_and_deploy
-
-    forge, repo = service.forge, service.settings.repo
-    if forge is None or repo is None:
-        raise TaskError("no forge is configured")
-    task = await task_of_pr(service, number)
-    await service.store.audit(task.id if task else None, actor, "approve", {"number": number, "head_sha": head_sha})
-    async with service.release_lock:  # one merge and deploy at a time
-        if task is not None:
-            await service.store.transition(task.id, TaskState.APPROVED, actor=actor)
-            await service.store.transition(task.id, TaskState.MERGING)
-        try:
-            release = await approve_and_deploy(forge, service.deployer, repo, number, head_sha)
-        except (ForgeError, TaskError) as exc:
-            if task is not None:
-                await service.store.transition(task.id, TaskState.PROPOSED, reason=f"not merged: {exc}")
-            raise
-        if task is not None:
-            state = {"deployed": TaskState.DEPLOYED, "rolled_back": TaskState.ROLLED_BACK}.get(release.status,
-                                                                                                 TaskState.FAILED)
-            await service.store.transition(task.id, state, reason=f"merged as {release.merge.sha[:12]}; "
-                                                                  f"deploy {release.status}")
+    _, release = await approvals.approve(service, number, head_sha, actor=actor)
     revert = f"; reverted as {release.revert_sha[:12]}" if release.revert_sha else ""
     return f"PR #{number} merged as {release.merge.sha[:12]}; deploy {release.status}{revert}"
 
 
 async def reject_pull_request(service: Service, number: int, *, actor: str) -> str:
-    if service.forge is None:
-        raise TaskError("no forge is configured")
-    task = await task_of_pr(service, number)
-    await service.store.audit(task.id if task else None, actor, "reject", {"number": number})
-    pr = await service.forge.close(number)
-    if task is not None:
-        await service.store.transition(task.id, TaskState.REJECTED, reason=f"PR #{number} rejected", actor=actor)
+    _, pr = await approvals.reject(service, number, actor=actor)
     return f"PR #{number} {pr.state}"
 
 
