@@ -14,6 +14,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 
+from runner import telegram
 from runner.config import Settings, settings_from_os
 from runner.deploy import Deployer, create_deployer
 from runner.errors import ConfigError
@@ -93,13 +94,21 @@ def create_app(
         async with contextlib.AsyncExitStack() as stack:
             rt = await stack.enter_async_context(open_backends())
             active = await stack.enter_async_context(chosen)
+            notifier = await telegram.open_notifier(stack, settings)
+            if notifier is not None:
+                rt.deps.ask = notifier.ask  # `ask` decisions go to the owner; the Gate applies the timeout
 
             async def run(task: TaskRecord, progress: Progress) -> object:
                 def both(line: str) -> None:
                     note(f"{task.id}: {line}")
                     progress(line)
+                    if notifier is not None:
+                        notifier.task_progress(task.id, line)
 
-                return await run_task(rt.deps, task, progress=both)
+                result = await run_task(rt.deps, task, progress=both)
+                if notifier is not None:
+                    await notifier.task_finished(await rt.store.get_task(task.id), result.to_json())
+                return result
 
             scheduler = Scheduler(rt.store, run, max_running=settings.max_sandboxes,
                                   limits=rt.deps.policy.rate_limits)
@@ -107,7 +116,9 @@ def create_app(
             resumed = await scheduler.start()
             if resumed:
                 note(f"resumed {len(resumed)} queued task(s): {', '.join(resumed)}")
-            app.state.service = Service(settings, rt, scheduler, active)
+            service = app.state.service = Service(settings, rt, scheduler, active)
+            if notifier is not None:
+                await telegram.start_front_end(stack, service, notifier)
             yield
 
     return Starlette(routes=routes(), lifespan=lifespan)

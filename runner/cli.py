@@ -62,8 +62,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.set_defaults(func=cmd_demo)
 
     serve = sub.add_parser("serve", help="start the supervisor service")
-    serve.set_defaults(func=lambda args: __import__("runner.app").app.cmd_serve(args))
+    serve.set_defaults(func=cmd_serve)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from runner.app import cmd_serve as serve
+
+    return serve(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

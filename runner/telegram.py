@@ -17,6 +17,7 @@ import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiogram import Bot, Dispatcher, F, Router
@@ -36,8 +37,9 @@ from runner.notify.telegram import AskAnswer, PrAction, TelegramNotifier, clip, 
 from runner.policy_store import PolicyStore
 from runner.store import TaskRecord
 
-if TYPE_CHECKING:  # runner.app imports this module lazily in create_app
+if TYPE_CHECKING:  # runner.app imports this module
     from runner.app import Service
+    from runner.config import Settings
 
 FIX_WORDS = re.compile(r"\b(fix|bug|broken|crash\w*|error|exception|traceback|fails?|failing|regression)\b", re.I)
 MAX_POLICY_BYTES = 256_000
@@ -507,3 +509,32 @@ def webhook_route(dp: Dispatcher, bot: Bot, secret: str, path: str = "/telegram/
 
 async def start_webhook(bot: Bot, url: str, secret: str) -> None:
     await bot.set_webhook(url, secret_token=secret, drop_pending_updates=False)
+
+
+# ------------------------------------------------------------------------------------- in the service
+
+
+async def open_notifier(stack: contextlib.AsyncExitStack, settings: Settings) -> TelegramNotifier | None:
+    """The owner's Telegram channel, when TELEGRAM_BOT_TOKEN and OWNER_TELEGRAM_ID are set."""
+    if settings.telegram_bot_token is None or settings.owner_telegram_id is None:
+        return None
+    bot = create_bot(settings.telegram_bot_token.reveal(), settings.telegram_api_base)
+    return await stack.enter_async_context(TelegramNotifier(bot, settings.owner_telegram_id))
+
+
+async def start_front_end(stack: contextlib.AsyncExitStack, service: Service, notifier: TelegramNotifier) -> None:
+    """The owner's commands and buttons, polled for as long as the stack is open."""
+    owner = service.settings.owner_telegram_id
+    assert owner is not None  # open_notifier gave us a notifier
+    policies = PolicyStore(service.store.path)
+    stack.push_async_callback(policies.aclose)
+    deps = service.runtime.deps
+    source = Path(deps.policy.source)
+    text = source.read_text() if source.is_file() else policy.default_text()
+
+    def activate(active: policy.Policy) -> None:
+        deps.policy = active  # the next task is decided by it; running ones keep theirs
+
+    desk = PolicyDesk(policies, text, on_activate=activate)
+    dp = build_dispatcher(ServiceOperations(service), notifier, owner, desk)
+    await stack.enter_async_context(polling(dp, notifier.bot))
