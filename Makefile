@@ -6,12 +6,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check venv engine image alertmanager bench clean
+.PHONY: demo test check venv engine image alertmanager compose bench clean
 
 demo: venv engine image
 	$(BIN)/agent-runner demo
 
-test: venv engine image alertmanager check
+test: venv engine image alertmanager compose check
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
 
 check: venv
@@ -35,6 +35,13 @@ alertmanager:
 		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
 			prometheus-alertmanager; } \
 		|| { echo "prometheus-alertmanager is missing: apt-get install it as root" >&2; exit 1; }
+
+# tests/test_stack.py validates compose.yaml with `docker compose config`, or Debian's docker-compose (v1).
+compose:
+	@docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null || { test "$$(id -u)" = 0 \
+		&& apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+			docker-compose; } \
+		|| { echo "docker-compose is missing: apt-get install it as root" >&2; exit 1; }
 
 image: venv engine
 	@sandbox-image/build.sh $(BIN)/python
