@@ -118,7 +118,7 @@ def create_app(
                 note(f"resumed {len(resumed)} queued task(s): {', '.join(resumed)}")
             service = app.state.service = Service(settings, rt, scheduler, active)
             if notifier is not None:
-                await telegram.start_front_end(stack, service, notifier)
+                await telegram.start_front_end(stack, service, notifier, app.router.routes)
             yield
 
     return Starlette(routes=routes(), lifespan=lifespan)

@@ -56,6 +56,9 @@ class Settings:
     telegram_bot_token: Secret | None = None
     telegram_api_base: str | None = None
     owner_telegram_id: int | None = None
+    telegram_webhook_url: str | None = None
+    """Webhook mode: Telegram posts updates to this public URL (ending in /telegram/webhook); else long polling."""
+    telegram_webhook_secret: Secret | None = None
     sandbox_image: str = DEFAULT_SANDBOX_IMAGE
     policy_path: Path | None = None
     max_sandboxes: int = DEFAULT_MAX_SANDBOXES
@@ -137,6 +140,8 @@ class Settings:
             telegram_bot_token=secret("TELEGRAM_BOT_TOKEN"),
             telegram_api_base=url("TELEGRAM_API_BASE", None),
             owner_telegram_id=integer("OWNER_TELEGRAM_ID", None, low=1),
+            telegram_webhook_url=url("TELEGRAM_WEBHOOK_URL", None),
+            telegram_webhook_secret=secret("TELEGRAM_WEBHOOK_SECRET"),
             sandbox_image=environ.get("AGENT_RUNNER_SANDBOX_IMAGE") or DEFAULT_SANDBOX_IMAGE,
             policy_path=Path(policy) if policy else None,
             max_sandboxes=integer("AGENT_RUNNER_MAX_SANDBOXES", DEFAULT_MAX_SANDBOXES, low=1)
@@ -151,6 +156,8 @@ class Settings:
             deploy_base_image=environ.get("AGENT_RUNNER_DEPLOY_BASE_IMAGE") or None,
             repo_roots=tuple(r.strip() for r in environ.get("AGENT_RUNNER_REPO_ROOTS", "").split(",") if r.strip()),
         )
+        if environ.get("TELEGRAM_WEBHOOK_URL") and not environ.get("TELEGRAM_WEBHOOK_SECRET"):
+            problems.append("TELEGRAM_WEBHOOK_URL is set but TELEGRAM_WEBHOOK_SECRET is not")
         if problems:
             raise ConfigError("bad configuration: " + "; ".join(problems))
         return settings

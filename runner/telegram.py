@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import urlsplit
 
 from aiogram import Bot, Dispatcher, F, Router
 from aiogram.filters import Command, CommandObject
@@ -27,7 +28,7 @@ from aiogram.types import CallbackQuery, Update
 from aiogram.types import Message as TgMessage
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 import policy
 from runner import approvals
@@ -522,8 +523,10 @@ async def open_notifier(stack: contextlib.AsyncExitStack, settings: Settings) ->
     return await stack.enter_async_context(TelegramNotifier(bot, settings.owner_telegram_id))
 
 
-async def start_front_end(stack: contextlib.AsyncExitStack, service: Service, notifier: TelegramNotifier) -> None:
-    """The owner's commands and buttons, polled for as long as the stack is open."""
+async def start_front_end(stack: contextlib.AsyncExitStack, service: Service, notifier: TelegramNotifier,
+                          routes: list[BaseRoute]) -> None:
+    """The owner's commands and buttons for as long as the stack is open: long polling, or, when
+    TELEGRAM_WEBHOOK_URL is set, a webhook route added to `routes` (the app's) with its secret token."""
     owner = service.settings.owner_telegram_id
     assert owner is not None  # open_notifier gave us a notifier
     policies = PolicyStore(service.store.path)
@@ -537,4 +540,11 @@ async def start_front_end(stack: contextlib.AsyncExitStack, service: Service, no
 
     desk = PolicyDesk(policies, text, on_activate=activate)
     dp = build_dispatcher(ServiceOperations(service), notifier, owner, desk)
-    await stack.enter_async_context(polling(dp, notifier.bot))
+    settings = service.settings
+    if settings.telegram_webhook_url and settings.telegram_webhook_secret:
+        secret = settings.telegram_webhook_secret.reveal()
+        routes.append(webhook_route(dp, notifier.bot, secret, path=urlsplit(settings.telegram_webhook_url).path))
+        await start_webhook(notifier.bot, settings.telegram_webhook_url, secret)
+        stack.push_async_callback(notifier.bot.delete_webhook)
+    else:
+        await stack.enter_async_context(polling(dp, notifier.bot))

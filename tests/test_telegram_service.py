@@ -64,3 +64,39 @@ async def test_owner_fixes_a_bug_from_telegram_through_the_real_service(tmp_path
         refusals = await store.audit_log(event="refused")
     assert [t.state.value for t in tasks] == ["deployed"], err.decode()[-3000:]
     assert any(e.actor == f"telegram:{STRANGER}" for e in refusals)
+
+
+async def test_webhook_mode_registers_its_secret_and_refuses_updates_without_it(tmp_path: Path) -> None:
+    import httpx
+
+    repo = await create_sample_repo(tmp_path / "origin")
+    fake = FakeTelegram()
+    port = free_port()
+    hook = f"http://127.0.0.1:{port}/telegram/webhook"
+    async with serve(fake) as telegram:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_", "TELEGRAM"))}
+        env.update(AGENT_RUNNER_HOME=str(tmp_path / "home"), AGENT_RUNNER_REPO=str(repo), AGENT_RUNNER_PORT=str(port),
+                   AGENT_API_TOKEN="api-token", ANTHROPIC_API_KEY="unused", TELEGRAM_BOT_TOKEN=fake.token,
+                   TELEGRAM_API_BASE=telegram, OWNER_TELEGRAM_ID=str(OWNER), TELEGRAM_WEBHOOK_URL=hook,
+                   TELEGRAM_WEBHOOK_SECRET="hook-secret")
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runner.cli", "serve", env=env,
+                                                    stderr=asyncio.subprocess.PIPE)
+        update = {"update_id": 1, "message": {"message_id": 1, "date": 0, "text": "/help",
+                                              "chat": {"id": OWNER, "type": "private"},
+                                              "from": {"id": OWNER, "is_bot": False, "first_name": "owner"},
+                                              "entities": [{"type": "bot_command", "offset": 0, "length": 5}]}}
+        try:
+            await fake.wait_for(lambda: fake.webhook is not None, timeout=30)
+            async with httpx.AsyncClient(timeout=10) as client:
+                wrong = await client.post(hook, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "guess"})
+                right = await client.post(hook, json=update, headers={"X-Telegram-Bot-Api-Secret-Token": "hook-secret"})
+            await fake.wait_for(lambda: bool(fake.texts(OWNER)), timeout=10)
+        finally:
+            proc.terminate()
+            await asyncio.wait_for(proc.communicate(), 60)
+    registered = fake.sent("setWebhook")[0].params
+    assert registered["url"] == hook and registered["secret_token"] == "hook-secret"
+    assert fake.sent("deleteWebhook")  # removed again when the service stopped
+    assert wrong.status_code == 401 and right.status_code == 200
+    assert not fake.sent("getUpdates")  # webhook mode: no long polling
+    assert "/agent" in fake.texts(OWNER)[-1]
