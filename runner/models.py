@@ -97,6 +97,8 @@ class RunResult:
     pr: PrRef | None = None
     usage: Usage = field(default_factory=Usage)
     reason: str = ""
+    verification: str | None = None
+    """For fixes: whether the agent's regression test fails on the base and passes with the fix."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -109,4 +111,5 @@ class RunResult:
             "pr": asdict(self.pr) if self.pr else None,
             "usage": asdict(self.usage),
             "reason": self.reason,
+            "verification": self.verification,
         }

@@ -76,6 +76,8 @@ class PrRequest:
     task_id: str | None = None
     number: int | None = None
     head_sha: str | None = None
+    verification: str | None = None
+    """For fixes, the supervisor's own check of the regression test (runner.verify)."""
 
     @classmethod
     def from_task(
@@ -89,6 +91,7 @@ class PrRequest:
         usage: Usage | None = None,
         number: int | None = None,
         head_sha: str | None = None,
+        verification: str | None = None,
     ) -> PrRequest:
         """Build the request from a task record and what the run produced."""
         if task.kind not in TASK_KINDS:
@@ -110,6 +113,7 @@ class PrRequest:
             task_id=str(task.id),
             number=number,
             head_sha=head_sha,
+            verification=verification,
         )
 
 
@@ -125,7 +129,7 @@ def render_pr_body(request: PrRequest) -> str:
         _request_section(request),
         _summary_section(request.summary),
         _files_section(request.files),
-        _tests_section(request.tests),
+        _tests_section(request.tests, request.verification),
         _denials_section(request.denials),
         _usage_section(request.usage),
     ]
@@ -204,8 +208,10 @@ def _files_section(files: tuple[FileChange, ...]) -> str:
     return "\n".join(lines)
 
 
-def _tests_section(tests: TestRun | None) -> str:
+def _tests_section(tests: TestRun | None, verification: str | None = None) -> str:
     lines = ["## Tests (run by the supervisor)", ""]
+    if verification is not None:  # our own words, built from paths the changeset check accepted
+        lines += [f"**Fix verification**: {_clean(verification)}", ""]
     if tests is None:
         lines.append("No test command was run.")
         return "\n".join(lines)

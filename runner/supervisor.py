@@ -22,6 +22,7 @@ from runner.models import Denial, PrRef, RunResult, TaskState, TestRun, Usage
 from runner.prbody import PrRequest, branch_name, render_pr_body
 from runner.sandbox.base import Container, Sandbox, SandboxSpec
 from runner.store import Store, TaskRecord
+from runner.verify import verify_fix
 
 Progress = Callable[[str], None]
 TEST_TIMEOUT_SECONDS = 900.0
@@ -118,10 +119,16 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         say(f"testing: {active.test_command}")
         tests = await _run_tests(deps.sandbox, running, active.test_command)
         say(f"tests {'passed' if tests.passed else 'failed'} (exit {tests.exit_code})")
+        change = await workspace.extract(prepared, active, task.kind)
+        verification = None
+        if task.kind == "fix" and tests.passed and change.verdict.ok and not change.empty:
+            say("verifying the fix: the new regression test against the base commit, in a second sandbox")
+            verification = (await verify_fix(deps.sandbox, image, prepared, change, running,
+                                             active.test_command, task_lock(deps.home, task.id))).describe()
+            say(verification)
         await deps.sandbox.stop(running)
         container = None
 
-        change = await workspace.extract(prepared, active, task.kind)
         if not change.verdict.ok:
             return await finish(TaskState.FAILED, "change rejected: " + "; ".join(change.verdict.reasons),
                                 diff=change.diff, files_changed=change.paths, tests=tests)
@@ -129,13 +136,14 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
             return await finish(TaskState.FAILED, "the agent made no change", tests=tests)
         if task.dry_run or task.kind == "review" or deps.forge is None:
             return await finish(TaskState.DIFF_READY, outcome.summary[:2000] if task.kind == "review" else "",
-                                diff=change.diff, files_changed=change.paths, tests=tests)
+                                diff=change.diff, files_changed=change.paths, tests=tests, verification=verification)
         if not tests.passed:
             return await finish(TaskState.FAILED, "the supervisor's test run failed; nothing was pushed",
                                 diff=change.diff, files_changed=change.paths, tests=tests)
 
-        pr = await _propose(deps, task, prepared, change, tests, outcome.summary, gate.denials)
-        return await finish(TaskState.PROPOSED, diff=change.diff, files_changed=change.paths, tests=tests, pr=pr)
+        pr = await _propose(deps, task, prepared, change, tests, outcome.summary, gate.denials, verification)
+        return await finish(TaskState.PROPOSED, diff=change.diff, files_changed=change.paths, tests=tests, pr=pr,
+                            verification=verification)
     except (RunnerError, policy.PolicyError, OSError) as exc:
         return await finish(TaskState.FAILED, f"{type(exc).__name__}: {exc}")
     except asyncio.CancelledError:
@@ -188,7 +196,7 @@ async def _run_tests(sandbox: Sandbox, container: Container, command: str) -> Te
 
 
 async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, change: workspace.Change,
-                   tests: TestRun, summary: str, denials: list[Denial]) -> PrRef:
+                   tests: TestRun, summary: str, denials: list[Denial], verification: str | None) -> PrRef:
     assert deps.forge is not None
     taken = {pr.head_branch for pr in await deps.forge.list_open()}
     branch = branch_name(task.kind, task.fingerprint or task.prompt, taken)
@@ -197,7 +205,7 @@ async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, c
     await deps.forge.push_branch(prepared.trusted, branch)
     usage = _usage(deps.proxy, task.id)
     body = render_pr_body(PrRequest.from_task(task, summary=summary, files=change.files, tests=tests,
-                                              denials=denials, usage=usage))
+                                              denials=denials, usage=usage, verification=verification))
     pr = await deps.forge.open_pr(title, body, branch, prepared.base_branch)
     return PrRef(number=pr.number, url=pr.url, branch=branch, head_sha=pr.head_sha)
 

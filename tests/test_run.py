@@ -311,3 +311,32 @@ async def test_token_budget_cuts_the_task_off_at_the_proxy(tmp_path: Path) -> No
     result, progress = await _limited_run(tmp_path, scenario, max_tokens=1000)
     assert result["status"] == "timed_out" and "budget" in result["reason"]
     assert result["usage"]["input_tokens"] > 1000 and "three.txt" not in result["files_changed"]
+
+
+FIX = ToolUseBlock("Edit", {
+    "file_path": "/workspace/bot/ledger.py",
+    "old_string": "    return sum(spent) / len(spent)\n",
+    "new_string": "    if not spent:\n        return 0.0\n    return sum(spent) / len(spent)\n",
+})
+
+
+def _regression(body: str) -> ToolUseBlock:
+    content = f"from bot.ledger import average_spend\n\n\ndef test_regression():\n{body}"
+    return ToolUseBlock("Write", {"file_path": "/workspace/tests/test_regression.py", "content": content})
+
+
+@pytest.mark.parametrize(("assertion", "expected"), [
+    ("    assert average_spend([500]) == 0.0\n", "verified: tests/test_regression.py fails on the base commit"),
+    ("    assert average_spend([-500]) == 500.0\n", "NOT verified: the new test does not fail on the base commit"),
+])
+async def test_fix_is_verified_by_running_its_regression_test_on_the_base(tmp_path: Path, assertion: str,
+                                                                          expected: str) -> None:
+    repo = await create_sample_repo(tmp_path / "origin")
+    script = tmp_path / "scenario.yaml"
+    script.write_text(yaml.safe_dump(_scenario_dict(Scenario.of([_regression(assertion)], [FIX]))))
+    code, result, progress = await _agent_runner(
+        "run", "--repo", str(repo), "--prompt", "fix average_spend", "--kind", "fix", "--dry-run", "--json",
+        "--scenario", str(script), env=_env(tmp_path / "home"))
+    assert code == 0 and result["status"] == "diff_ready", progress
+    assert result["verification"].startswith(expected), result["verification"]
+    assert "verifying the fix" in progress
