@@ -93,7 +93,5 @@ async def _base_with_tests(prepared: workspace.Prepared, tests: tuple[str, ...])
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(source.read_bytes())
     if os.geteuid() == 0:
-        for parent, dirs, files in os.walk(base_dir):
-            for name in (parent, *(os.path.join(parent, n) for n in dirs + files)):
-                os.lchown(name, SANDBOX_UID, SANDBOX_UID)
+        workspace.chown_tree(base_dir, SANDBOX_UID)
     return base_dir

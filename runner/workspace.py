@@ -122,7 +122,7 @@ async def populate(prepared: Prepared) -> None:
     await run_git(["-c", "checkout.workers=0", "checkout", "--quiet", "-B", prepared.base_branch, "FETCH_HEAD"],
                   cwd=workspace)
     if os.geteuid() == 0:
-        await asyncio.to_thread(_chown_tree, workspace, SANDBOX_UID)
+        await asyncio.to_thread(chown_tree, workspace, SANDBOX_UID)
 
 
 async def dependency_files(prepared: Prepared, patterns: Sequence[str]) -> dict[str, bytes]:
@@ -134,7 +134,8 @@ async def dependency_files(prepared: Prepared, patterns: Sequence[str]) -> dict[
             for p in paths}
 
 
-def _chown_tree(root: Path, uid: int) -> None:
+def chown_tree(root: Path, uid: int) -> None:
+    """Give a directory the sandbox user can write to (as root, workspaces are created as root)."""
     for parent, dirs, files in os.walk(root):
         for name in (parent, *(os.path.join(parent, n) for n in dirs + files)):
             os.lchown(name, uid, uid)
