@@ -12,16 +12,19 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
+from runner.errors import ForgeError
 from runner.loki import LokiClient, LokiUnavailable
 from runner.models import TaskState
 from runner.prompts import fence_untrusted, fix_prompt
 from runner.scheduler import Duplicate, Refused
+from runner.store import TaskRecord
 from runner.tracebacks import ParsedTraceback, extract_tracebacks
 from runner.webhooks import Alert, AlertNotification, DirectReport, WebhookError, logql_for, query_window, stream_texts
 
@@ -40,6 +43,8 @@ REPLICA_LABELS = frozenset({"container", "container_id", "pod", "pod_name", "ins
                             "node", "filename", "stream"})
 COOLING_STATES = (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.REJECTED)
 ACTOR = "alertmanager"
+REPEAT_NOTE_INTERVAL = 600.0  # seconds between two "still happening" comments on one PR
+log = logging.getLogger(__name__)
 
 Status = Literal["accepted", "duplicate", "rate_limited", "cooling_down"]
 
@@ -242,6 +247,7 @@ async def _submit(service: Service, finding: _Finding, *, alerts: int, occurrenc
         await store.audit(admitted.task.id, ACTOR, "repeat",
                           {"fingerprint": finding.fingerprint, "alerts": alerts, "occurrences": occurrences,
                            "source": source})
+        await _note_repeats_on_pr(service, admitted.task)
         return Outcome(finding.fingerprint, "duplicate", task_id=admitted.task.id, note=finding.note)
     await store.audit(admitted.id, ACTOR, "auto_fix",
                       {"fingerprint": finding.fingerprint, "alerts": alerts, "occurrences": occurrences,
@@ -249,6 +255,32 @@ async def _submit(service: Service, finding: _Finding, *, alerts: int, occurrenc
     if finding.note:  # the owner sees why this task has no traceback to work from
         await store.audit(admitted.id, ACTOR, "investigation_failed", {"note": finding.note})
     return Outcome(finding.fingerprint, "accepted", task_id=admitted.id, note=finding.note)
+
+
+async def _note_repeats_on_pr(service: Service, task: TaskRecord) -> None:
+    """Tell the PR's reviewers the error is still happening; at most one comment per REPEAT_NOTE_INTERVAL, so a
+    storm of alerts does not become a storm of comments."""
+    pr = (task.result or {}).get("pr")
+    forge = service.forge
+    if forge is None or not isinstance(pr, Mapping) or not isinstance(pr.get("number"), int):
+        return
+    store = service.store
+    noted = await store.audit_log(task.id, event="repeat_noted")
+    if noted and time.time() - noted[-1].at < REPEAT_NOTE_INTERVAL:
+        return
+    since = noted[-1].seq if noted else 0
+    repeats = [e for e in await store.audit_log(task.id, event="repeat") if e.seq > since]
+    alerts = sum(int(e.detail.get("alerts", 0)) for e in repeats)
+    body = (f"agent-runner: the error this pull request fixes is still happening: {len(repeats)} more "
+            f"webhook(s), {alerts} alert(s) since {'the last note' if noted else 'the task started'} "
+            f"(fingerprint `{task.fingerprint}`).")
+    try:
+        await forge.comment(pr["number"], body)
+    except ForgeError as exc:
+        log.warning("could not note repeats on PR #%s: %s", pr["number"], exc)
+        return
+    await store.audit(task.id, ACTOR, "repeat_noted", {"number": pr["number"], "repeats": len(repeats),
+                                                        "alerts": alerts})
 
 
 async def _cooling(service: Service, fingerprint: str, cooldown: int) -> int | None:

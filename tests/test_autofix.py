@@ -276,3 +276,30 @@ async def test_auto_fix_without_loki_still_admits_the_alert(tmp_path: Path) -> N
     [outcome] = response.json()["alerts"]
     assert outcome["status"] == "accepted" and "no LOKI_URL" in outcome["note"]
     assert [n.task_id for n in notes] == [outcome["task_id"]]
+
+
+async def test_repeats_of_an_error_with_an_open_pr_are_noted_on_the_pr_once_per_interval(tmp_path: Path) -> None:
+    import subprocess
+
+    from runner.forge.localgit import LocalGitForge
+    from runner.sample import create_sample_repo
+
+    repo = await create_sample_repo(tmp_path / "origin")
+    subprocess.run(["git", "-C", str(repo), "branch", "agent/fix-ledger", "main"], check=True)
+    fake = FakeLoki()
+    push(fake, {"service": "bot"}, traceback_lines())
+    report = parse_auto_fix(json.dumps(webhook(alert({"service": "bot"}))))
+    async with service(tmp_path) as (svc, _), loki_client(fake) as loki, \
+            LocalGitForge(repo, tmp_path / "forge.db") as forge:
+        svc.runtime.deps.forge = forge
+        [first] = await autofix.admit(svc, report, loki=loki)
+        pr = await forge.open_pr("fix: ledger", "body", "agent/fix-ledger", "main")
+        task = await svc.store.get_task(first.task_id or "")
+        await svc.store.transition(task.id, TaskState.PROPOSED, result={"pr": {"number": pr.number}})
+        for _ in range(3):  # an alert storm while the owner has not reviewed the PR yet
+            await autofix.admit(svc, report, loki=loki)
+        comments = await forge.list_comments(pr.number)
+        noted = await svc.store.audit_log(task.id, event="repeat_noted")
+    assert len(comments) == 1  # one note, not one per alert
+    assert "still happening" in comments[0].body and str(task.fingerprint) in comments[0].body
+    assert [e.detail["number"] for e in noted] == [pr.number]
