@@ -14,7 +14,7 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 
-from runner import telegram
+from runner import autofix, telegram
 from runner.config import Settings, settings_from_os
 from runner.deploy import Deployer, create_deployer
 from runner.errors import ConfigError
@@ -99,6 +99,9 @@ def create_app(
                 rt.deps.ask = notifier.ask  # `ask` decisions go to the owner; the Gate applies the timeout
 
             async def run(task: TaskRecord, progress: Progress) -> object:
+                if notifier is not None and (head := autofix.headline(task)) is not None:
+                    notifier.task_progress(task.id, head)
+
                 def both(line: str) -> None:
                     note(f"{task.id}: {line}")
                     progress(line)

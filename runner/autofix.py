@@ -31,7 +31,7 @@ from runner.webhooks import Alert, AlertNotification, DirectReport, WebhookError
 if TYPE_CHECKING:
     from runner.app import Service
 
-__all__ = ["DEFAULT_SELECTOR", "Investigation", "Outcome", "admit", "investigate"]
+__all__ = ["DEFAULT_SELECTOR", "Investigation", "Outcome", "admit", "headline", "investigate"]
 
 DEFAULT_SELECTOR = '{job=~".+"}'  # used only when an alert names no stream label at all
 MAX_CONTEXT_LINES = 40
@@ -255,6 +255,16 @@ async def _submit(service: Service, finding: _Finding, *, alerts: int, occurrenc
     if finding.note:  # the owner sees why this task has no traceback to work from
         await store.audit(admitted.id, ACTOR, "investigation_failed", {"note": finding.note})
     return Outcome(finding.fingerprint, "accepted", task_id=admitted.id, note=finding.note)
+
+
+def headline(task: TaskRecord) -> str | None:
+    """The first line the owner sees for an alert-started task: the error's summary and fingerprint."""
+    if task.source != ACTOR:
+        return None
+    for line in task.prompt.splitlines():
+        if line.startswith("Fingerprint:"):  # fix_prompt's own line: fingerprint, count, exception and place
+            return f"auto-fix of a production error. {line}"
+    return f"auto-fix of a production alert (fingerprint {task.fingerprint})"
 
 
 async def _note_repeats_on_pr(service: Service, task: TaskRecord) -> None:

@@ -303,3 +303,17 @@ async def test_repeats_of_an_error_with_an_open_pr_are_noted_on_the_pr_once_per_
     assert len(comments) == 1  # one note, not one per alert
     assert "still happening" in comments[0].body and str(task.fingerprint) in comments[0].body
     assert [e.detail["number"] for e in noted] == [pr.number]
+
+
+async def test_headline_shows_the_owner_the_error_and_its_fingerprint(tmp_path: Path) -> None:
+    fake = FakeLoki()
+    push(fake, {"service": "bot"}, traceback_lines())
+    report = parse_auto_fix(json.dumps(webhook(alert({"service": "bot"}))))
+    async with service(tmp_path) as (svc, _), loki_client(fake) as loki:
+        [outcome] = await autofix.admit(svc, report, loki=loki)
+        task = await svc.store.get_task(outcome.task_id or "")
+        owner_task = await svc.store.create_task(kind="feature", prompt="x", repo="r", source="api",
+                                                 requested_by="owner", dry_run=True)
+    head = autofix.headline(task)
+    assert head is not None and str(task.fingerprint) in head and "KeyError" in head
+    assert autofix.headline(owner_task) is None
