@@ -14,11 +14,13 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 
+import policy
 from runner import autofix, telegram
 from runner.config import Settings, settings_from_os
 from runner.deploy import Deployer, create_deployer
 from runner.errors import ConfigError
 from runner.forge.base import Forge
+from runner.policy_store import PolicyDesk, PolicyStore
 from runner.runtime import Runtime, open_runtime
 from runner.scheduler import Progress, Scheduler
 from runner.store import Store, TaskRecord
@@ -37,6 +39,7 @@ class Service:
     runtime: Runtime
     scheduler: Scheduler
     deployer: Deployer
+    policies: PolicyDesk
     release_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
@@ -119,12 +122,29 @@ def create_app(
             resumed = await scheduler.start()
             if resumed:
                 note(f"resumed {len(resumed)} queued task(s): {', '.join(resumed)}")
-            service = app.state.service = Service(settings, rt, scheduler, active)
+            policies = await open_policies(stack, rt)
+            service = app.state.service = Service(settings, rt, scheduler, active, policies)
             if notifier is not None:
                 await telegram.start_front_end(stack, service, notifier, app.router.routes)
             yield
 
     return Starlette(routes=routes(), lifespan=lifespan)
+
+
+async def open_policies(stack: contextlib.AsyncExitStack, rt: Runtime) -> PolicyDesk:
+    """Policy versions in the state database; a version the owner activated (API or chat) outlives restarts."""
+    store = PolicyStore(rt.store.path)
+    stack.push_async_callback(store.aclose)
+    source = Path(rt.deps.policy.source)
+    initial = source.read_text() if source.is_file() else policy.default_text()
+
+    def activate(active: policy.Policy) -> None:
+        rt.deps.policy = active  # the next task is decided by it; running ones keep theirs
+
+    desk = PolicyDesk(store, initial, on_activate=activate)
+    if (stored := await store.active()) is not None:
+        activate(policy.load(stored.text, source=f"policy version {stored.version}"))
+    return desk
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -7,8 +7,11 @@ import hashlib
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+
+import policy
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS policy_versions (
@@ -94,3 +97,38 @@ class PolicyStore:
 def _version(row: sqlite3.Row) -> PolicyVersion:
     return PolicyVersion(int(row["version"]), float(row["at"]), row["actor"], row["name"], row["sha256"], row["text"],
                          row["note"])
+
+
+@dataclass(slots=True)
+class PolicyDesk:
+    """The active policy's text and versions for the owner's front ends (HTTP API, Telegram).
+
+    Activating a text records a new version and hands the loaded policy to `on_activate`, which makes it
+    the one the next task is decided by; proposals awaiting a Confirm button wait in `pending`.
+    """
+
+    store: PolicyStore
+    initial_text: str
+    on_activate: Callable[[policy.Policy], None] = lambda _p: None
+    pending: dict[str, str] = field(default_factory=dict)
+
+    async def active_text(self) -> str:
+        active = await self.store.active()
+        return active.text if active else self.initial_text
+
+    async def activate(self, text: str, *, actor: str, note: str = "") -> policy.Policy:
+        """Validate (schema and the policy's own examples), record, activate. Raises PolicyError."""
+        loaded = policy.load(text)
+        failed = [r for r in policy.run_examples(loaded) if not r.ok]
+        if failed:
+            described = "; ".join(r.describe() for r in failed[:5])
+            raise policy.PolicyLoadError(f"the policy's own examples fail: {described}")
+        await self.store.add(text, name=loaded.version, actor=actor, note=note)
+        self.on_activate(loaded)
+        return loaded
+
+    async def rollback(self, version: int, *, actor: str) -> policy.Policy:
+        """Make an earlier version active again (as a new version, so history stays append-only)."""
+        target = await self.store.get(version)
+        return await self.activate(target.text, actor=actor, note=f"rollback to v{version}")
+

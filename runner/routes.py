@@ -15,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+import policy
 from runner import approvals, autofix
 from runner.app import Service
 from runner.config import Secret
@@ -42,6 +43,10 @@ def routes() -> list[Route]:
         Route("/tasks/{task_id}", get_task),
         Route("/tasks/{task_id}/events", task_events),
         Route("/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
+        Route("/policy", get_policy),
+        Route("/policy", put_policy, methods=["PUT"]),
+        Route("/policy/history", policy_history),
+        Route("/policy/rollback", rollback_policy, methods=["POST"]),
     ]
 
 
@@ -292,6 +297,73 @@ async def reject_pr(request: Request) -> Response:
     except (ForgeError, TaskError) as exc:
         return _error(409, str(exc))
     return JSONResponse({"number": number, "state": pr.state, "task_id": task.id if task else None})
+
+
+# ------------------------------------------------------------------------------------------------ policy
+
+
+async def get_policy(request: Request) -> Response:
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
+        return denied
+    active = service.runtime.deps.policy
+    return JSONResponse({"version": active.version, "sha256": active.sha256, "source": active.source,
+                         "text": await service.policies.active_text()})
+
+
+async def put_policy(request: Request) -> Response:
+    """Validated (schema with line numbers, the policy's own examples) before it can become active."""
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
+        return denied
+    raw = await request.body()
+    if len(raw) > MAX_BODY_BYTES:
+        return _error(413, "body too large")
+    try:
+        text = raw.decode()
+        if request.headers.get("content-type", "").startswith("application/json"):
+            text = _field(json.loads(text), "text", str, required=True)
+    except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as exc:
+        return _error(400, f"the body must be the policy's YAML text, or JSON {{\"text\": ...}}: {exc}")
+    except BadRequest as exc:
+        return _error(exc.status, str(exc))
+    try:
+        loaded = await service.policies.activate(text, actor="owner")
+    except policy.PolicyLoadError as exc:
+        await service.store.audit(None, "owner", "policy_rejected", {"error": str(exc)})
+        problems = [{"line": line, "key": key, "message": message} for line, key, message in exc.problems] or \
+            [{"line": exc.line, "key": exc.key, "message": str(exc)}]
+        return _error(422, "the policy is not valid; the active policy is unchanged", problems=problems)
+    await service.store.audit(None, "owner", "policy_activated", {"version": loaded.version, "sha256": loaded.sha256})
+    return JSONResponse({"version": loaded.version, "sha256": loaded.sha256, "activated": True})
+
+
+async def policy_history(request: Request) -> Response:
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
+        return denied
+    active = await service.policies.store.active()
+    versions = await service.policies.store.history(limit=100)
+    return JSONResponse({"versions": [
+        {"version": v.version, "name": v.name, "sha256": v.sha256, "at": v.at, "actor": v.actor, "note": v.note,
+         "active": active is not None and v.version == active.version} for v in versions]})
+
+
+async def rollback_policy(request: Request) -> Response:
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
+        return denied
+    try:
+        version = _field(await _json_body(request), "version", int, required=True)
+        loaded = await service.policies.rollback(version, actor="owner")
+    except BadRequest as exc:
+        return _error(exc.status, str(exc))
+    except KeyError:
+        return _error(404, "no such policy version")
+    except policy.PolicyLoadError as exc:  # an old version no longer valid (e.g. after a schema change)
+        return _error(422, str(exc))
+    await service.store.audit(None, "owner", "policy_rolled_back", {"to": version, "sha256": loaded.sha256})
+    return JSONResponse({"version": loaded.version, "sha256": loaded.sha256, "activated": True})
 
 
 # ------------------------------------------------------------------------------------------------ alerts

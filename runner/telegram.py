@@ -15,9 +15,8 @@ import io
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
@@ -35,7 +34,7 @@ from runner import approvals
 from runner.errors import RunnerError, TaskError
 from runner.notify.base import Button, Message
 from runner.notify.telegram import AskAnswer, PrAction, TelegramNotifier, clip, esc, pre
-from runner.policy_store import PolicyStore
+from runner.policy_store import PolicyDesk
 from runner.store import TaskRecord
 
 if TYPE_CHECKING:  # runner.app imports this module
@@ -101,26 +100,6 @@ class Operations(Protocol):
 class PolicyConfirm(CallbackData, prefix="pol"):
     token: str
     ok: bool
-
-
-@dataclass(slots=True)
-class PolicyDesk:
-    """The active policy's text and versions; proposals wait here for the owner's Confirm."""
-
-    store: PolicyStore
-    initial_text: str
-    on_activate: Callable[[policy.Policy], None] = lambda _p: None
-    pending: dict[str, str] = field(default_factory=dict)
-
-    async def active_text(self) -> str:
-        active = await self.store.active()
-        return active.text if active else self.initial_text
-
-    async def activate(self, text: str, *, actor: str, note: str = "") -> policy.Policy:
-        loaded = policy.load(text)
-        await self.store.add(text, name=loaded.version, actor=actor, note=note)
-        self.on_activate(loaded)
-        return loaded
 
 
 def kind_of(words: str) -> tuple[str, str]:
@@ -529,16 +508,7 @@ async def start_front_end(stack: contextlib.AsyncExitStack, service: Service, no
     TELEGRAM_WEBHOOK_URL is set, a webhook route added to `routes` (the app's) with its secret token."""
     owner = service.settings.owner_telegram_id
     assert owner is not None  # open_notifier gave us a notifier
-    policies = PolicyStore(service.store.path)
-    stack.push_async_callback(policies.aclose)
-    deps = service.runtime.deps
-    source = Path(deps.policy.source)
-    text = source.read_text() if source.is_file() else policy.default_text()
-
-    def activate(active: policy.Policy) -> None:
-        deps.policy = active  # the next task is decided by it; running ones keep theirs
-
-    desk = PolicyDesk(policies, text, on_activate=activate)
+    desk = service.policies
     dp = build_dispatcher(ServiceOperations(service), notifier, owner, desk)
     settings = service.settings
     if settings.telegram_webhook_url and settings.telegram_webhook_secret:

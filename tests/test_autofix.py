@@ -25,6 +25,7 @@ from runner.deploy import create_deployer
 from runner.loki import LokiClient
 from runner.model_proxy import ModelProxy
 from runner.models import TaskId, TaskState
+from runner.policy_store import PolicyDesk, PolicyStore
 from runner.runtime import Runtime
 from runner.sandbox.docker import DockerSandbox
 from runner.scheduler import Progress, Scheduler
@@ -84,12 +85,15 @@ async def service(tmp_path: Path, *, mode: Literal["pr", "dry-run"] = "pr",
             ModelProxy("http://127.0.0.1:9", "unused") as proxy:
         deps = Deps(home=tmp_path, store=store, sandbox=sandbox, proxy=proxy, policy=active, image="unused")
         scheduler = Scheduler(store, hold, max_running=4, limits=active.rate_limits)
+        policies = PolicyDesk(PolicyStore(tmp_path / "state.db"), policy.default_text())
         try:
-            yield Service(settings, Runtime(settings, deps, lambda _l: None), scheduler, create_deployer("none")), \
+            yield Service(settings, Runtime(settings, deps, lambda _l: None), scheduler, create_deployer("none"),
+                          policies), \
                 release
         finally:
             release.set()
             await scheduler.aclose()
+            await policies.store.aclose()
 
 
 def loki_client(fake: FakeLoki) -> LokiClient:

@@ -17,9 +17,9 @@ import policy
 from runner.errors import TaskError
 from runner.models import TaskState
 from runner.notify.telegram import PrAction, TelegramNotifier
-from runner.policy_store import PolicyStore
+from runner.policy_store import PolicyDesk, PolicyStore
 from runner.store import Store, TaskRecord
-from runner.telegram import PolicyDesk, Status, build_dispatcher, kind_of, webhook_route
+from runner.telegram import Status, build_dispatcher, kind_of, webhook_route
 from tests.fakes.telegram import BOT_ID, FakeTelegram, serve
 
 OWNER = 1001

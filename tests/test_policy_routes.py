@@ -1,0 +1,52 @@
+"""The policy over HTTP: validated before activation, versioned with history and rollback, kept across restarts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import policy
+from tests.test_app import OWNER, _app, _client
+
+
+def _named(name: str) -> str:
+    return policy.default_text().replace('version: "default-2025-06"', f'version: "{name}"', 1)
+
+
+async def test_policy_put_validates_activates_versions_and_rolls_back(tmp_path: Path) -> None:
+    async with _client(_app(tmp_path)) as client:
+        start = (await client.get("/policy", headers=OWNER)).json()
+        refused = await client.get("/policy")
+        broken = await client.put("/policy", headers=OWNER, content="schema: 1\nversion: x\nprofiles: [oops\n")
+        after_broken = (await client.get("/policy", headers=OWNER)).json()
+        first = await client.put("/policy", headers=OWNER, content=_named("owner-1"))
+        second = await client.put("/policy", headers=OWNER, json={"text": _named("owner-2")})
+        history = (await client.get("/policy/history", headers=OWNER)).json()["versions"]
+        rolled = await client.post("/policy/rollback", headers=OWNER, json={"version": history[-1]["version"]})
+        missing = await client.post("/policy/rollback", headers=OWNER, json={"version": 999})
+        now = (await client.get("/policy", headers=OWNER)).json()
+    assert start["version"] == "default-2025-06" and "read_protected" in start["text"]
+    assert refused.status_code == 401
+    assert broken.status_code == 422 and broken.json()["problems"][0]["line"] is not None
+    assert after_broken["sha256"] == start["sha256"]  # a bad policy never becomes active
+    assert first.status_code == 200 and first.json()["version"] == "owner-1"
+    assert second.status_code == 200 and second.json()["version"] == "owner-2"
+    assert [v["name"] for v in history] == ["owner-2", "owner-1"] and history[0]["active"]
+    assert rolled.status_code == 200 and rolled.json()["version"] == "owner-1"
+    assert missing.status_code == 404
+    assert now["version"] == "owner-1" and now["text"] == _named("owner-1")
+
+
+async def test_policy_with_failing_examples_is_refused(tmp_path: Path) -> None:
+    lying = _named("liar") + "  - {tool: Bash, input: {command: rm -rf /}, expect: allow}\n"
+    async with _client(_app(tmp_path)) as client:
+        response = await client.put("/policy", headers=OWNER, content=lying)
+        active = (await client.get("/policy", headers=OWNER)).json()
+    assert response.status_code == 422 and "examples fail" in response.json()["problems"][0]["message"]
+    assert active["version"] == "default-2025-06"
+
+
+async def test_activated_policy_outlives_a_restart(tmp_path: Path) -> None:
+    async with _client(_app(tmp_path)) as client:
+        assert (await client.put("/policy", headers=OWNER, content=_named("kept"))).status_code == 200
+    async with _client(_app(tmp_path)) as client:
+        assert (await client.get("/policy", headers=OWNER)).json()["version"] == "kept"
