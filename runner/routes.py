@@ -22,6 +22,7 @@ from runner.config import Secret
 from runner.errors import ForgeConflict, ForgeError, ForgeNotFound, TaskError
 from runner.loki import LokiClient
 from runner.models import TASK_KINDS, TaskState
+from runner.openapi import openapi_route
 from runner.scheduler import Duplicate, Refused
 from runner.store import TaskRecord
 from runner.webhooks import MAX_BODY_BYTES, WebhookError, parse_auto_fix
@@ -47,6 +48,7 @@ def routes() -> list[Route]:
         Route("/policy", put_policy, methods=["PUT"]),
         Route("/policy/history", policy_history),
         Route("/policy/rollback", rollback_policy, methods=["POST"]),
+        openapi_route(),
     ]
 
 
@@ -105,6 +107,8 @@ def _field(data: Mapping[str, Any], key: str, kind: type, default: Any = ..., *,
     value = data[key]
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise BadRequest(f"{key}: expected {kind.__name__}")
+    if isinstance(value, int) and not -(2**63) <= value < 2**63:  # what SQLite and every id here can hold
+        raise BadRequest(f"{key}: out of range")
     return value
 
 
@@ -151,7 +155,10 @@ def _repo(service: Service, given: str | None, dry_run: bool) -> str:
     # A pull request can only go to the configured forge; a dry run returns a diff and may look anywhere.
     if not dry_run:
         raise BadRequest("repo: only a dry run may name another repository than AGENT_RUNNER_REPO")
-    path = Path(given).expanduser()
+    try:
+        path = Path(given).expanduser()
+    except RuntimeError as exc:  # "~nosuchuser": no such home directory
+        raise BadRequest(f"repo: {exc}") from None
     return str(path.resolve()) if path.exists() else given
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 import schemathesis
@@ -14,11 +13,8 @@ from schemathesis.specs.openapi.checks import response_schema_conformance, statu
 from starlette.applications import Starlette
 
 from runner import routes as routes_module
-from runner.models import TaskState
-from runner.openapi import MAX_PROMPT_CHARS, OPENAPI, openapi_route
+from runner.openapi import MAX_PROMPT_CHARS, OPENAPI
 from runner.routes import routes
-from runner.store import TaskRecord
-from runner.supervisor import Deps
 from tests.test_app import ALERT_SECRET, TOKEN, _app
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}
@@ -27,7 +23,7 @@ schema = schemathesis.openapi.from_dict(OPENAPI)
 
 
 def _served() -> set[tuple[str, str]]:
-    return {(route.path, method.lower()) for route in [*routes(), openapi_route()]
+    return {(route.path, method.lower()) for route in routes()
             for method in route.methods or () if method != "HEAD"}
 
 
@@ -37,17 +33,11 @@ def test_description_names_every_route_and_only_those() -> None:
     assert MAX_PROMPT_CHARS == routes_module.MAX_PROMPT_CHARS
 
 
-async def _no_sandbox(deps: Deps, task: TaskRecord, **_: Any) -> None:
-    """Stands in for run_task: a fuzzed dry run may name a real directory, and no container may start."""
-    await deps.store.transition(task.id, TaskState.FAILED, reason="tests: no sandbox")
-
-
 @pytest.fixture
-def app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Starlette]:
-    monkeypatch.setattr("runner.app.run_task", _no_sandbox)
-    app = _app(tmp_path / "home")
-    if not any(getattr(r, "path", None) == "/openapi.json" for r in app.router.routes):
-        app.router.routes.append(openapi_route())  # until routes.py lists it
+def app(tmp_path: Path) -> Iterator[Starlette]:
+    # A fuzzed dry run may name a real directory: with no such sandbox image, its task fails before any
+    # container starts (at worst after cloning a repository into tmp_path).
+    app = _app(tmp_path / "home", AGENT_RUNNER_SANDBOX_IMAGE="agent-runner/no-such-image:fuzz")
     # schemathesis's pytest plugin ends the app's lifespan (started by the first call) when the test ends.
     yield app
 
@@ -62,18 +52,12 @@ def test_no_request_gets_a_server_error(case: schemathesis.Case, app: Starlette)
                            checks=[not_a_server_error, status_code_conformance, response_schema_conformance])
 
 
-# Found by probing past what 20 examples reach; routes.py is not ours to change. The app's exception reaches the
-# test through the in-process transport (a real server would answer 500). Strict, so a fix turns them red
-# and whoever fixes the handler deletes the marker.
-@pytest.mark.xfail(strict=True, raises=RuntimeError,
-                   reason="routes._repo: Path('~nosuchuser').expanduser() raises RuntimeError -> 500")
+# Found by probing past what 20 examples reach (each was a 500 before its fix in routes.py).
 def test_command_with_an_unknown_users_home_is_not_a_server_error(app: Starlette) -> None:
     case = schema["/agent/command"]["POST"].Case(body={"prompt": "x", "dry_run": True, "repo": "~nosuchuser"})
     case.call_and_validate(app=app, headers={"Authorization": f"Bearer {TOKEN}"}, checks=[not_a_server_error])
 
 
-@pytest.mark.xfail(strict=True, raises=OverflowError,
-                   reason="rollback: a version past SQLite's int64 raises OverflowError -> 500")
 def test_rollback_to_a_version_past_int64_is_not_a_server_error(app: Starlette) -> None:
     case = schema["/policy/rollback"]["POST"].Case(body={"version": 2**63})
     case.call_and_validate(app=app, headers={"Authorization": f"Bearer {TOKEN}"}, checks=[not_a_server_error])
