@@ -256,6 +256,10 @@ async def test_health_needs_no_token_and_metrics_count_tasks_by_state(tmp_path: 
     assert 'agent_runner_tasks{state="failed"} 1' in metrics.text
     assert 'agent_runner_tasks{state="queued"} 0' in metrics.text
     assert "# TYPE agent_runner_policy_decisions_total counter" in metrics.text
+    assert 'agent_runner_model_tokens_total{direction="input"} 0' in metrics.text
+    assert "agent_runner_model_cost_usd_total 0.000000" in metrics.text
+    assert "agent_runner_task_duration_seconds_count 1" in metrics.text
+    assert 'agent_runner_autofix_tasks{state="failed"} 0' in metrics.text
 
 
 async def _raw_post(port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
