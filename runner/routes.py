@@ -186,14 +186,21 @@ def _summary(task: TaskRecord) -> dict[str, Any]:
             "updated_at": task.updated_at, "reason": task.reason, "fingerprint": task.fingerprint}
 
 
-async def get_task(request: Request) -> Response:
+async def _owner_task(request: Request) -> tuple[Service, TaskRecord] | Response:
+    """The owner's bearer checked, then the task the path names; else the response to send (401 or 404)."""
     service = _service(request)
     if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
         return denied
     try:
-        task = await service.store.get_task(request.path_params["task_id"])
+        return service, await service.store.get_task(request.path_params["task_id"])
     except TaskError:
         return _error(404, "no such task")
+
+
+async def get_task(request: Request) -> Response:
+    if isinstance(found := await _owner_task(request), Response):
+        return found
+    service, task = found
     history = [{"state": e.detail.get("state"), "at": e.at, "reason": e.detail.get("reason", "")}
                for e in await service.store.audit_log(task.id, event="state")]
     return JSONResponse({
@@ -210,15 +217,10 @@ async def get_task(request: Request) -> Response:
 
 
 async def task_events(request: Request) -> Response:
-    service = _service(request)
-    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
-        return denied
-    task_id = request.path_params["task_id"]
-    try:
-        await service.store.get_task(task_id)
-    except TaskError:
-        return _error(404, "no such task")
-    return StreamingResponse(_stream(service, task_id), media_type="text/event-stream",
+    if isinstance(found := await _owner_task(request), Response):
+        return found
+    service, task = found
+    return StreamingResponse(_stream(service, task.id), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -228,18 +230,16 @@ async def _stream(service: Service, task_id: str) -> AsyncIterator[str]:
     while True:
         events, more = service.scheduler.events_since(task_id, seen)
         seen += len(events)
-        for event in events:
-            if event["event"] != "done":
-                yield _sse(event["event"], event["data"])
+        for line in _relayed(events):
+            yield line
         task = await service.store.get_task(task_id)
         if task.state is not last:
             last = task.state
             yield _sse("state", {"state": task.state.value, "reason": task.reason})
         if task.state in STREAM_ENDS and not service.scheduler.active(task_id):
             late, _ = service.scheduler.events_since(task_id, seen)
-            for event in late:
-                if event["event"] != "done":
-                    yield _sse(event["event"], event["data"])
+            for line in _relayed(late):
+                yield line
             yield _sse("end", {"state": task.state.value})
             return
         with contextlib.suppress(TimeoutError):
@@ -247,21 +247,21 @@ async def _stream(service: Service, task_id: str) -> AsyncIterator[str]:
                 await more.wait()
 
 
+def _relayed(events: list[dict[str, Any]]) -> list[str]:
+    """The scheduler's events as SSE, minus its internal `done` marker (the stream sends its own `end`)."""
+    return [_sse(e["event"], e["data"]) for e in events if e["event"] != "done"]
+
+
 def _sse(event: str, data: Mapping[str, Any]) -> str:
     return f"event: {event}\ndata: {json.dumps(data)}\n\n"
 
 
 async def cancel_task(request: Request) -> Response:
-    service = _service(request)
-    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
-        return denied
-    task_id = request.path_params["task_id"]
+    if isinstance(found := await _owner_task(request), Response):
+        return found
+    service, task = found
     try:
-        await service.store.get_task(task_id)
-    except TaskError:
-        return _error(404, "no such task")
-    try:
-        task = await service.scheduler.cancel(task_id)
+        task = await service.scheduler.cancel(task.id)
     except TaskError as exc:
         return _error(409, str(exc))
     return JSONResponse({"task_id": task.id, "state": task.state.value})
