@@ -12,6 +12,7 @@ import yaml
 
 from policy.errors import PolicyLoadError
 from policy.model import (
+    KNOWN_SOURCES,
     BashRules,
     Effect,
     Example,
@@ -149,6 +150,28 @@ def _limits(doc: _Doc, data: Mapping[str, Any], key: str, base: Limits) -> Limit
             doc.error(f"{key}.{name}", f"{key}.{name} must be positive")
         values[name] = value
     return Limits(**values)
+
+
+def _rate_limits(doc: _Doc, data: Mapping[str, Any]) -> RateLimits:
+    key = "rate_limits"
+    r = doc.mapping(data, "", key)
+    doc.known(r, key, {"commands_per_hour", "autofixes_per_hour", "cooldown_after_failure_seconds", "per_source"})
+    values: dict[str, int] = {}
+    for name, default in (("commands_per_hour", 10), ("autofixes_per_hour", 5),
+                          ("cooldown_after_failure_seconds", 900)):
+        values[name] = doc.get(r, key, name, int, default)
+        if values[name] < 0:  # 0 is allowed: it turns that kind of task off
+            doc.error(f"{key}.{name}", f"{key}.{name} must be 0 or more")
+    per_source: dict[str, int] = {}
+    for source, cap in doc.mapping(r, key, "per_source").items():
+        full = f"{key}.per_source.{source}"
+        if source not in KNOWN_SOURCES:
+            doc.error(full, f"{full}: unknown source {source!r} (expected one of: {', '.join(KNOWN_SOURCES)})")
+        elif not isinstance(cap, int) or isinstance(cap, bool) or cap < 0:
+            doc.error(full, f"{full} must be an integer, 0 or more (tasks per hour), not {cap!r}")
+        else:
+            per_source[source] = cap
+    return RateLimits(**values, per_source=per_source)
 
 
 def _effect(doc: _Doc, value: Any, key: str, default: Effect = Effect.DENY) -> Effect:
@@ -319,13 +342,7 @@ def load(text: str, *, source: str = "<string>") -> Policy:
         if getattr(bash, name) <= 0:
             doc.error(f"bash.{name}", f"bash.{name} must be positive")
 
-    r = doc.mapping(data, "", "rate_limits")
-    doc.known(r, "rate_limits", {"commands_per_hour", "autofixes_per_hour", "cooldown_after_failure_seconds"})
-    rate = RateLimits(
-        doc.get(r, "rate_limits", "commands_per_hour", int, 10),
-        doc.get(r, "rate_limits", "autofixes_per_hour", int, 5),
-        doc.get(r, "rate_limits", "cooldown_after_failure_seconds", int, 900),
-    )
+    rate = _rate_limits(doc, data)
     autofix_mode = doc.get(data, "", "autofix_mode", str, "pr")
     if autofix_mode not in ("pr", "dry-run"):
         doc.error("autofix_mode", "autofix_mode must be pr or dry-run")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any, Literal
 
 from policy.paths import PathRules
@@ -117,13 +118,30 @@ class Limits:
     max_diff_bytes: int
 
 
+KNOWN_SOURCES = ("api", "telegram", "alertmanager")  # where the supervisor's tasks come from
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimits:
-    """How often tasks may start: owner commands and alert-triggered auto-fixes per hour, and a cooldown."""
+    """How often tasks may start, per hour, and a cooldown.
+
+    The owner's commands (API and Telegram together) count against `commands_per_hour`; alert-triggered
+    auto-fixes against `autofixes_per_hour`. `per_source` caps one source on its own (e.g. ``{"telegram": 5}``);
+    for the alert source it replaces `autofixes_per_hour`, for the owner's sources it applies as well.
+
+    >>> RateLimits(per_source={"telegram": 5}).per_source["telegram"]
+    5
+    """
 
     commands_per_hour: int = 10
     autofixes_per_hour: int = 5
     cooldown_after_failure_seconds: int = 900
+    # Not hashed: RateLimits stays hashable though a mapping proxy is not.
+    per_source: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}), hash=False)
+
+    def __post_init__(self) -> None:
+        # A caller's dict is copied, so nobody can change the limits of a loaded policy under its feet.
+        object.__setattr__(self, "per_source", MappingProxyType(dict(self.per_source)))
 
 
 @dataclass(frozen=True, slots=True)

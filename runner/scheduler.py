@@ -1,4 +1,4 @@
-"""Scheduler: admits tasks under per-source hourly limits, runs at most N at once, and keeps their progress.
+"""Scheduler: admits tasks under per-owner and per-source hourly limits, runs N at once, keeps their progress.
 
 Admission is one critical section (limit check, de-duplication, the task row), so a burst of requests can
 neither overshoot a limit nor start two tasks for one alert. The limits are counted from the tasks the store
@@ -41,12 +41,17 @@ def bucket_of(source: str) -> Bucket:
 
 @dataclass(frozen=True, slots=True)
 class Refused:
-    """A request turned away by a rate limit (or a fingerprint's cooldown): try again in `retry_after` seconds."""
+    """A request turned away by a rate limit (or a fingerprint's cooldown): try again in `retry_after` seconds.
+
+    `bucket` is the request's class, `limit` the hourly cap that is full and `scope` whose count it is
+    (``"owner owner"``, ``"source telegram"``, ``"fingerprint <fp>"`` for a cooldown).
+    """
 
     bucket: Bucket
     limit: int
     retry_after: int
     cooldown: bool = False
+    scope: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,38 +61,82 @@ class Duplicate:
     task: TaskRecord
 
 
+@dataclass(frozen=True, slots=True)
+class Limit:
+    """One hourly cap that applies to a request: at most `per_hour` creations counted under (scope, key)."""
+
+    scope: Literal["owner", "source"]
+    key: str
+    per_hour: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.scope} {self.key}"
+
+
 class RateLimiter:
-    """Sliding one-hour windows of task creation times, one per bucket."""
+    """Sliding one-hour windows of task creation times, one per owner and one per source.
+
+    An owner's commands count against `commands_per_hour` whichever source they came through; a source counts
+    against its `per_source` cap, and an alert source against `autofixes_per_hour` unless `per_source` names it.
+    A request is admitted only if every limit that applies to it has room.
+    """
 
     def __init__(self, limits: RateLimits, *, clock: Callable[[], float] = time.time,
                  window: float = WINDOW_SECONDS) -> None:
-        self._limits: dict[Bucket, int] = {"commands": limits.commands_per_hour,
-                                           "autofixes": limits.autofixes_per_hour}
+        self._limits = limits
         self._clock = clock
         self._window = window
-        self._seen: dict[Bucket, deque[float]] = {"commands": deque(), "autofixes": deque()}
+        self._seen: dict[tuple[str, str], deque[float]] = {}
+
+    def limits_for(self, source: str, requested_by: str) -> tuple[Limit, ...]:
+        out: list[Limit] = []
+        if source not in ALERT_SOURCES:  # alerts never spend the owner's allowance
+            out.append(Limit("owner", requested_by, self._limits.commands_per_hour))
+        cap = self._limits.per_source.get(source)
+        if cap is None and source in ALERT_SOURCES:
+            cap = self._limits.autofixes_per_hour
+        if cap is not None:
+            out.append(Limit("source", source, cap))
+        return tuple(out)
 
     def seed(self, tasks: Iterable[TaskRecord]) -> None:
         for task in sorted(tasks, key=lambda t: t.created_at):
-            self._seen[bucket_of(task.source)].append(task.created_at)
+            self.record(task.source, task.requested_by, task.created_at)
 
-    def check(self, bucket: Bucket) -> Refused | None:
+    def check(self, source: str, requested_by: str) -> Refused | None:
+        """None if every limit on this request has room; else the one that frees last, and when."""
         now = self._clock()
-        seen = self._seen[bucket]
-        while seen and seen[0] <= now - self._window:
-            seen.popleft()
-        limit = self._limits[bucket]
-        if len(seen) < limit:
+        worst: tuple[int, Limit] | None = None
+        for limit in self.limits_for(source, requested_by):
+            seen = self._window_of(limit.scope, limit.key, now)
+            if len(seen) < limit.per_hour:
+                continue
+            # The slot frees when the oldest creation that counts leaves the window.
+            oldest = seen[len(seen) - limit.per_hour] if limit.per_hour > 0 else now
+            wait = max(1, math.ceil(oldest + self._window - now))
+            if worst is None or wait > worst[0]:
+                worst = (wait, limit)
+        if worst is None:
             return None
-        # The slot frees when the oldest creation that counts leaves the window.
-        oldest = seen[len(seen) - limit] if limit > 0 else now
-        return Refused(bucket, limit, max(1, math.ceil(oldest + self._window - now)))
+        wait, limit = worst
+        return Refused(bucket_of(source), limit.per_hour, wait, scope=limit.name)
 
     def limit(self, bucket: Bucket) -> int:
-        return self._limits[bucket]
+        return self._limits.autofixes_per_hour if bucket == "autofixes" else self._limits.commands_per_hour
 
-    def record(self, bucket: Bucket, at: float) -> None:
-        self._seen[bucket].append(at)
+    def record(self, source: str, requested_by: str, at: float) -> None:
+        # Both counts are kept for every task, capped or not, so a cap added later counts what came before.
+        now = self._clock()
+        if source not in ALERT_SOURCES:
+            self._window_of("owner", requested_by, now).append(at)
+        self._window_of("source", source, now).append(at)
+
+    def _window_of(self, scope: str, key: str, now: float) -> deque[float]:
+        seen = self._seen.setdefault((scope, key), deque())
+        while seen and seen[0] <= now - self._window:
+            seen.popleft()
+        return seen
 
 
 @dataclass(slots=True)
@@ -117,7 +166,7 @@ class Scheduler:
     async def start(self) -> list[TaskId]:
         """Seed the limits from the store and resume the tasks a previous process queued but never started."""
         recent = await self.store.list_tasks(limit=100_000)
-        cutoff = time.time() - WINDOW_SECONDS
+        cutoff = self._clock() - WINDOW_SECONDS
         self._limiter.seed(t for t in recent if t.created_at > cutoff)
         queued = sorted((t for t in recent if t.state is TaskState.QUEUED), key=lambda t: t.created_at)
         for task in queued:
@@ -155,21 +204,20 @@ class Scheduler:
         fingerprint: str | None = None,
     ) -> TaskRecord | Refused | Duplicate:
         """Admit a task and queue it, or say why not. Never waits for a slot."""
-        bucket = bucket_of(source)
         async with self._admit:
             if fingerprint is not None:
                 for task in await self.store.list_tasks(states=OPEN_STATES, limit=100_000):
                     if task.fingerprint == fingerprint:
                         return Duplicate(task)
-                cooling = await self._cooling(fingerprint, bucket)
+                cooling = await self._cooling(fingerprint, bucket_of(source))
                 if cooling is not None:
                     return cooling
-            refused = self._limiter.check(bucket)
+            refused = self._limiter.check(source, requested_by)
             if refused is not None:
                 return refused
             task = await self.store.create_task(kind=kind, prompt=prompt, repo=repo, source=source,
                                                 requested_by=requested_by, dry_run=dry_run, fingerprint=fingerprint)
-            self._limiter.record(bucket, task.created_at)
+            self._limiter.record(source, requested_by, task.created_at)
         self._launch(task)
         return task
 
@@ -183,7 +231,8 @@ class Scheduler:
         now = self._clock()
         if until <= now:
             return None
-        return Refused(bucket, self._limiter.limit(bucket), max(1, math.ceil(until - now)), cooldown=True)
+        return Refused(bucket, self._limiter.limit(bucket), max(1, math.ceil(until - now)), cooldown=True,
+                       scope=f"fingerprint {fingerprint}")
 
     async def cancel(self, task_id: str, *, actor: str = "owner") -> TaskRecord:
         """Cancel a queued or running task. Raises TaskError for an unknown or finished one."""

@@ -39,9 +39,9 @@ class Runs:
             self.running -= 1
 
 
-async def _submit(scheduler: Scheduler, *, source: str = "api",
+async def _submit(scheduler: Scheduler, *, source: str = "api", requested_by: str = "owner",
                   fingerprint: str | None = None) -> TaskRecord | Refused | Duplicate:
-    return await scheduler.submit(kind="feature", prompt="p", repo="/r", source=source, requested_by="owner",
+    return await scheduler.submit(kind="feature", prompt="p", repo="/r", source=source, requested_by=requested_by,
                                   dry_run=True, fingerprint=fingerprint)
 
 
@@ -54,19 +54,67 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout: float = 5.0) -> 
 def test_rate_limiter_refuses_with_the_time_until_the_oldest_leaves_the_window() -> None:
     now = [1000.0]
     limiter = RateLimiter(RateLimits(commands_per_hour=2, autofixes_per_hour=1), clock=lambda: now[0])
-    limiter.record("commands", 1000.0)
-    limiter.record("commands", 1100.0)
-    refused = limiter.check("commands")
-    assert refused == Refused("commands", 2, 3600)
-    assert limiter.check("autofixes") is None  # buckets are separate
-    now[0] = 4601.0
-    assert limiter.check("commands") is None
+    limiter.record("api", "owner", 1000.0)
+    now[0] = 1100.0
+    limiter.record("api", "owner", 1100.0)
+    now[0] = 1200.0
+    assert limiter.check("api", "owner") == Refused("commands", 2, 3400, scope="owner owner")
+    assert limiter.check("alertmanager", "alertmanager:bot") is None  # alerts draw on their own allowance
+    now[0] = 4600.5  # the first creation has just left the window; the second frees 100 s later
+    assert limiter.check("api", "owner") is None
+    limiter.record("api", "owner", 4600.5)
+    assert limiter.check("api", "owner") == Refused("commands", 2, 100, scope="owner owner")
 
 
 def test_rate_limiter_zero_limit_always_refuses() -> None:
     limiter = RateLimiter(RateLimits(commands_per_hour=0, autofixes_per_hour=0))
-    refused = limiter.check("autofixes")
-    assert refused is not None and refused.retry_after >= 1
+    refused = limiter.check("alertmanager", "alertmanager:bot")
+    assert refused is not None and refused.retry_after >= 1 and refused.scope == "source alertmanager"
+
+
+def test_rate_limiter_owner_commands_share_one_allowance_across_sources() -> None:
+    limiter = RateLimiter(RateLimits(commands_per_hour=3, autofixes_per_hour=1), clock=lambda: 1000.0)
+    for source in ("api", "telegram", "api"):
+        assert limiter.check(source, "owner") is None
+        limiter.record(source, "owner", 1000.0)
+    for source in ("api", "telegram"):
+        refused = limiter.check(source, "owner")
+        assert refused is not None and refused.bucket == "commands" and refused.scope == "owner owner"
+        assert refused.limit == 3 and not refused.cooldown
+
+
+def test_rate_limiter_per_source_cap_refuses_one_source_while_another_has_room() -> None:
+    now = [1000.0]
+    limiter = RateLimiter(RateLimits(commands_per_hour=10, per_source={"telegram": 2}), clock=lambda: now[0])
+    for _ in range(2):
+        limiter.record("telegram", "owner", now[0])
+        now[0] += 60
+    refused = limiter.check("telegram", "owner")
+    assert refused == Refused("commands", 2, 3600 - 120, scope="source telegram")
+    assert limiter.check("api", "owner") is None  # the owner's allowance still has room through the API
+
+
+def test_rate_limiter_refusal_names_the_limit_that_frees_last() -> None:
+    now = [0.0]
+    limiter = RateLimiter(RateLimits(commands_per_hour=3, per_source={"telegram": 1}), clock=lambda: now[0])
+    limiter.record("api", "owner", 0.0)
+    now[0] = 100.0
+    limiter.record("api", "owner", 100.0)
+    now[0] = 200.0
+    limiter.record("telegram", "owner", 200.0)
+    now[0] = 300.0
+    # Both are full: the owner's cap frees at 3600 (its oldest leaves), telegram's at 3800.
+    assert limiter.check("telegram", "owner") == Refused("commands", 1, 3500, scope="source telegram")
+    assert limiter.check("api", "owner") == Refused("commands", 3, 3300, scope="owner owner")
+
+
+def test_rate_limiter_per_source_cap_replaces_the_autofix_allowance_for_alerts() -> None:
+    limiter = RateLimiter(RateLimits(autofixes_per_hour=1, per_source={"alertmanager": 3}), clock=lambda: 0.0)
+    for _ in range(3):
+        assert limiter.check("alertmanager", "alertmanager:bot") is None
+        limiter.record("alertmanager", "alertmanager:bot", 0.0)
+    refused = limiter.check("alertmanager", "report")  # every alert receiver draws on the one source cap
+    assert refused == Refused("autofixes", 3, 3600, scope="source alertmanager")
 
 
 async def test_scheduler_runs_at_most_max_running_at_once(tmp_path: Path) -> None:
@@ -117,6 +165,68 @@ async def test_scheduler_burst_never_overshoots_the_limit(tmp_path: Path) -> Non
         assert sum(isinstance(a, TaskRecord) for a in answers) == 7
         assert sum(isinstance(a, Refused) for a in answers) == 33
         await scheduler.aclose()
+
+
+async def test_scheduler_burst_of_100_over_every_limit_never_overshoots(tmp_path: Path) -> None:
+    limits = RateLimits(commands_per_hour=12, autofixes_per_hour=4, per_source={"telegram": 5})
+    sources = [("api", "owner"), ("telegram", "owner"), ("alertmanager", "alertmanager:bot"),
+               ("alertmanager", "report")]
+    async with Store(tmp_path / "state.db") as store:
+        runs = Runs(store)
+        runs.release.set()
+        scheduler = Scheduler(store, runs, max_running=4, limits=limits)
+        calls = [sources[i % len(sources)] for i in range(100)]
+        answers = await asyncio.gather(*(_submit(scheduler, source=s, requested_by=r) for s, r in calls))
+        admitted = [a for a in answers if isinstance(a, TaskRecord)]
+        by_source = {s: sum(a.source == s for a in admitted) for s in ("api", "telegram", "alertmanager")}
+        # Every limit is full and none is past it: the owner's 12 (at most 5 by Telegram) and 4 alerts.
+        assert by_source["api"] + by_source["telegram"] == 12 and by_source["telegram"] <= 5
+        assert by_source["alertmanager"] == 4
+        assert all(isinstance(a, Refused) for a in answers if not isinstance(a, TaskRecord))
+        assert len(await store.list_tasks()) == 16
+        await scheduler.aclose()
+
+
+async def test_scheduler_alerts_do_not_spend_the_owners_allowance(tmp_path: Path) -> None:
+    async with Store(tmp_path / "state.db") as store:
+        runs = Runs(store)
+        runs.release.set()
+        scheduler = Scheduler(store, runs, max_running=2,
+                              limits=RateLimits(commands_per_hour=2, autofixes_per_hour=3))
+        for i in range(3):
+            assert isinstance(await _submit(scheduler, source="alertmanager", requested_by="alertmanager:bot",
+                                            fingerprint=f"alert:{i}"), TaskRecord)
+        refused = await _submit(scheduler, source="alertmanager", requested_by="report", fingerprint="alert:9")
+        assert isinstance(refused, Refused) and refused.bucket == "autofixes" and refused.limit == 3
+        assert isinstance(await _submit(scheduler, source="api"), TaskRecord)
+        assert isinstance(await _submit(scheduler, source="telegram"), TaskRecord)
+        refused = await _submit(scheduler, source="telegram")
+        assert isinstance(refused, Refused) and refused.scope == "owner owner" and refused.limit == 2
+        await scheduler.aclose()
+
+
+async def test_scheduler_restart_keeps_counting_per_owner_and_per_source(tmp_path: Path) -> None:
+    now = [time.time()]
+    limits = RateLimits(commands_per_hour=3, per_source={"telegram": 1})
+    async with Store(tmp_path / "state.db") as store:
+        runs = Runs(store)
+        runs.release.set()
+        first = Scheduler(store, runs, max_running=2, limits=limits, clock=lambda: now[0])
+        assert isinstance(await _submit(first, source="telegram"), TaskRecord)
+        assert isinstance(await _submit(first, source="api"), TaskRecord)
+        await first.aclose()
+
+        now[0] += 60
+        second = Scheduler(store, runs, max_running=2, limits=limits, clock=lambda: now[0])
+        await second.start()
+        refused = await _submit(second, source="telegram")
+        assert isinstance(refused, Refused) and refused.scope == "source telegram"
+        assert 3500 < refused.retry_after <= 3541
+        assert isinstance(await _submit(second, source="api"), TaskRecord)
+        refused = await _submit(second, source="api")
+        assert isinstance(refused, Refused) and refused.scope == "owner owner"
+        await second.aclose()
+        assert len(await store.list_tasks()) == 3
 
 
 async def test_scheduler_dedupes_open_tasks_by_fingerprint(tmp_path: Path) -> None:

@@ -92,6 +92,46 @@ def test_load_rejects_writing_tool_in_read_only_profile() -> None:
         policy.load(text)
 
 
+def _with_per_source(*lines: str) -> str:
+    cooldown = "  cooldown_after_failure_seconds: 1800"
+    anchor = next(line for line in _default_text().splitlines() if line.startswith(cooldown))
+    return _default_text().replace(anchor, "\n".join((anchor, "  per_source:", *lines)), 1)
+
+
+def test_load_rate_limits_per_source_caps() -> None:
+    p = policy.load(_with_per_source("    telegram: 5", "    api: 20", "    alertmanager: 0"))
+    assert dict(p.rate_limits.per_source) == {"telegram": 5, "api": 20, "alertmanager": 0}
+    assert p.rate_limits.commands_per_hour == 10 and p.rate_limits.autofixes_per_hour == 5
+    with pytest.raises(TypeError):
+        p.rate_limits.per_source["api"] = 100  # type: ignore[index]
+    assert dict(policy.load_default().rate_limits.per_source) == {}
+
+
+@pytest.mark.parametrize("value", ["-1", "five", "2.5", "true", "[5]"])
+def test_load_rejects_a_bad_per_source_cap_with_its_line(value: str) -> None:
+    bad = f"    telegram: {value}"
+    text = _with_per_source("    api: 20", bad)
+    with pytest.raises(PolicyLoadError) as exc:
+        policy.load(text)
+    assert exc.value.key == "rate_limits.per_source.telegram"
+    assert exc.value.line == text.splitlines().index(bad) + 1
+    assert "0 or more" in str(exc.value)
+
+
+def test_load_rejects_an_unknown_per_source_source_and_a_negative_hourly_limit() -> None:
+    text = _with_per_source("    telegarm: 5")
+    with pytest.raises(PolicyLoadError) as exc:
+        policy.load(text)
+    assert exc.value.key == "rate_limits.per_source.telegarm" and "unknown source" in str(exc.value)
+    assert exc.value.line == text.splitlines().index("    telegarm: 5") + 1
+    with pytest.raises(PolicyLoadError, match="commands_per_hour must be 0 or more"):
+        policy.load(_default_text().replace("commands_per_hour: 10 ", "commands_per_hour: -3 ", 1))
+    text = _default_text().replace("  cooldown_after_failure_seconds: 1800", "  cooldown_after_failure_seconds: 1800\n"
+                                   "  per_source: 5", 1)
+    with pytest.raises(PolicyLoadError, match="per_source must be a mapping"):
+        policy.load(text)
+
+
 def test_load_file_maps_missing_file_to_load_error(tmp_path: Path) -> None:
     with pytest.raises(PolicyLoadError, match="cannot read"):
         policy.load_file(tmp_path / "missing.yaml")
