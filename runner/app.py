@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import contextlib
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -20,11 +19,17 @@ from runner.config import Settings, settings_from_os
 from runner.deploy import Deployer, create_deployer
 from runner.errors import ConfigError
 from runner.forge.base import Forge
+from runner.loki import LokiClient
+from runner.models import TaskId
+from runner.notify.base import Notifier
+from runner.notify.log import LogNotifier
 from runner.policy_store import PolicyDesk, PolicyStore
+from runner.releases import Releases, ReleaseStore
 from runner.runtime import Runtime, open_runtime
 from runner.scheduler import Progress, Scheduler
 from runner.store import Store, TaskRecord
 from runner.supervisor import run_task
+from runner.watch import LokiErrors, WatchConfig
 
 log = logging.getLogger("agent_runner")
 
@@ -40,7 +45,8 @@ class Service:
     scheduler: Scheduler
     deployer: Deployer
     policies: PolicyDesk
-    release_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    releases: Releases | None = None
+    """Approved pull requests on their way through merge, deploy and watch (None without a forge)."""
 
     @property
     def store(self) -> Store:
@@ -122,8 +128,9 @@ def create_app(
             resumed = await scheduler.start()
             if resumed:
                 note(f"resumed {len(resumed)} queued task(s): {', '.join(resumed)}")
-            policies = await open_policies(stack, rt)
-            service = app.state.service = Service(settings, rt, scheduler, active, policies)
+            policies = await open_policies(stack, rt, scheduler)
+            releases = await open_releases(stack, rt, active, scheduler, notifier, note)
+            service = app.state.service = Service(settings, rt, scheduler, active, policies, releases)
             if notifier is not None:
                 await telegram.start_front_end(stack, service, notifier, app.router.routes)
             yield
@@ -131,7 +138,35 @@ def create_app(
     return Starlette(routes=routes(), lifespan=lifespan)
 
 
-async def open_policies(stack: contextlib.AsyncExitStack, rt: Runtime) -> PolicyDesk:
+async def open_releases(stack: contextlib.AsyncExitStack, rt: Runtime, deployer: Deployer, scheduler: Scheduler,
+                        notifier: Notifier | None, note: Progress) -> Releases | None:
+    """The release desk, with the releases a previous process left in flight resumed."""
+    settings, forge, repo = rt.settings, rt.deps.forge, rt.settings.repo
+    if forge is None or repo is None:
+        return None
+    rows = ReleaseStore(rt.store.path)
+    stack.push_async_callback(rows.aclose)
+    errors = None
+    if settings.loki_url:
+        loki = await stack.enter_async_context(LokiClient(settings.loki_url))
+        errors = LokiErrors(loki, selector=settings.watch_selector, repo_roots=settings.repo_roots)
+
+    def progress(task_id: str | None, line: str) -> None:
+        note(f"{task_id or 'release'}: {line}")
+        if task_id is not None:
+            scheduler.publish(TaskId(task_id), "progress", {"line": line})
+
+    releases = Releases(rows, store=rt.store, forge=forge, deployer=deployer, repo=repo,
+                        watch=WatchConfig.from_settings(settings), errors=errors, progress=progress,
+                        tell=(notifier or LogNotifier()).announce)
+    stack.push_async_callback(releases.aclose)
+    resumed = await releases.start()
+    if resumed:
+        note(f"resumed {len(resumed)} release(s): {', '.join(map(str, resumed))}")
+    return releases
+
+
+async def open_policies(stack: contextlib.AsyncExitStack, rt: Runtime, scheduler: Scheduler) -> PolicyDesk:
     """Policy versions in the state database; a version the owner activated (API or chat) outlives restarts."""
     store = PolicyStore(rt.store.path)
     stack.push_async_callback(store.aclose)
@@ -140,6 +175,7 @@ async def open_policies(stack: contextlib.AsyncExitStack, rt: Runtime) -> Policy
 
     def activate(active: policy.Policy) -> None:
         rt.deps.policy = active  # the next task is decided by it; running ones keep theirs
+        scheduler.set_limits(active.rate_limits)  # and the next request is counted against its limits
 
     desk = PolicyDesk(store, initial, on_activate=activate)
     if (stored := await store.active()) is not None:

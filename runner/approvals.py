@@ -5,16 +5,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
-from runner.errors import ForgeError, TaskError
+from runner.errors import TaskError
 from runner.forge import PullRequest
 from runner.models import TaskState
-from runner.release import Release, approve_and_deploy
+from runner.releases import ReleaseRecord
 from runner.store import TaskRecord
 
 if TYPE_CHECKING:
     from runner.app import Service
-
-RELEASE_STATES = {"deployed": TaskState.DEPLOYED, "rolled_back": TaskState.ROLLED_BACK}
 
 
 async def task_of_pr(service: Service, number: int) -> TaskRecord | None:
@@ -26,30 +24,18 @@ async def task_of_pr(service: Service, number: int) -> TaskRecord | None:
     return None
 
 
-async def approve(service: Service, number: int, head_sha: str, *, actor: str) -> tuple[TaskRecord | None, Release]:
-    """Merge PR `number` at `head_sha` and deploy, moving its task through approved → merging → outcome.
+async def approve(service: Service, number: int, head_sha: str, *, actor: str) -> tuple[TaskRecord | None,
+                                                                                        ReleaseRecord]:
+    """Start the release of PR `number` at `head_sha`: merge, deploy, watch, in the background.
 
-    Raises ForgeError (head moved, conflict, not found) or TaskError (no forge); the task is then back
-    at `proposed` with the reason.
+    Raises ForgeError (not found, not open, head moved, already being released) or TaskError (no forge)
+    before anything is merged; the outcome of the release reaches the owner when it is known.
     """
-    forge, repo = service.forge, service.settings.repo
-    if forge is None or repo is None:
+    if service.releases is None:
         raise TaskError("no forge is configured")
     task = await task_of_pr(service, number)
     await service.store.audit(task.id if task else None, actor, "approve", {"number": number, "head_sha": head_sha})
-    async with service.release_lock:  # one merge and deploy at a time
-        if task is not None:
-            await service.store.transition(task.id, TaskState.APPROVED, actor=actor)
-            await service.store.transition(task.id, TaskState.MERGING)
-        try:
-            release = await approve_and_deploy(forge, service.deployer, repo, number, head_sha)
-        except (ForgeError, TaskError) as exc:
-            if task is not None:
-                await service.store.transition(task.id, TaskState.PROPOSED, reason=f"not merged: {exc}")
-            raise
-        if task is not None:
-            await service.store.transition(task.id, RELEASE_STATES.get(release.status, TaskState.FAILED),
-                                           reason=f"merged as {release.merge.sha[:12]}; deploy {release.status}")
+    release = await service.releases.approve(number, head_sha, actor=actor, task=task)
     return task, release
 
 

@@ -46,7 +46,7 @@ ACTOR = "alertmanager"
 REPEAT_NOTE_INTERVAL = 600.0  # seconds between two "still happening" comments on one PR
 log = logging.getLogger(__name__)
 
-Status = Literal["accepted", "duplicate", "rate_limited", "cooling_down"]
+Status = Literal["accepted", "duplicate", "rate_limited", "cooling_down", "rolled_back"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +86,7 @@ class _Finding:
     prompt: str
     occurrences: int
     note: str  # why there is no parsed traceback, "" when there is one
+    summary: str = ""  # the traceback's one-line summary, for the owner
 
 
 async def investigate(alert: Alert, loki: LokiClient, *, selector: str = DEFAULT_SELECTOR,
@@ -175,7 +176,7 @@ async def _from_alerts(alerts: Sequence[Alert], loki: LokiClient | None, roots: 
         if isinstance(result, Investigation) and result.traceback is not None:
             findings.append(_Finding(result.traceback.fingerprint,
                                      fix_prompt(result.traceback, result.log_lines, occurrences=result.occurrences),
-                                     result.occurrences, ""))
+                                     result.occurrences, "", result.traceback.summary))
         else:
             note = result if isinstance(result, str) else f"no Python traceback in Loki for {result.query}"
             findings.append(_from_alert_only(alert, note))
@@ -188,7 +189,7 @@ def _from_report(report: DirectReport, roots: Sequence[str]) -> _Finding:
         counts = Counter(tb.fingerprint for tb in found)
         top, occurrences = counts.most_common(1)[0]
         tb = next(t for t in found if t.fingerprint == top)
-        return _Finding(top, fix_prompt(tb, occurrences=occurrences), occurrences, "")
+        return _Finding(top, fix_prompt(tb, occurrences=occurrences), occurrences, "", tb.summary)
     digest = _digest({"service": report.service, "text": " ".join(report.traceback.split())[:4096]})
     data = json.dumps({"service": report.service, "labels": dict(report.labels)}, indent=2, sort_keys=True)
     prompt = _unparsed_prompt("A traceback was reported directly, but it could not be parsed.",
@@ -234,6 +235,15 @@ async def _submit(service: Service, finding: _Finding, *, alerts: int, occurrenc
     policy = service.runtime.deps.policy
     repo = service.settings.repo
     assert repo is not None, "the route answers 409 when no repository is configured"
+    condemned = service.releases.observe(finding.fingerprint, occurrences, finding.summary) \
+        if service.releases is not None else None
+    if condemned is not None:  # the release that brought the error is rolled back: no fix task to chase it
+        release = condemned.release
+        await store.audit(release.task_id, ACTOR, "watch_alert",
+                          {"fingerprint": finding.fingerprint, "release": release.id, "number": release.number,
+                           "reason": condemned.verdict.reason, "source": source})
+        return Outcome(finding.fingerprint, "rolled_back",
+                       note=f"the release of PR #{release.number} is being rolled back: {condemned.verdict.reason}")
     cooling = await _cooling(service, finding.fingerprint, policy.rate_limits.cooldown_after_failure_seconds)
     if cooling is not None:
         return Outcome(finding.fingerprint, "cooling_down", retry_after=cooling, note=finding.note)

@@ -17,6 +17,10 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
 DEFAULT_DEPLOYER = "none"
 DEPLOYERS = ("none", "command", "docker")
+DEFAULT_WATCH_SECONDS = 600
+DEFAULT_WATCH_INTERVAL = 30
+DEFAULT_WATCH_BASELINE_SECONDS = 3600
+DEFAULT_WATCH_SELECTOR = '{service=~".+"}'
 
 
 class Secret:
@@ -74,6 +78,13 @@ class Settings:
     repo_roots: tuple[str, ...] = ()
     """Where the bot's code lives in production tracebacks (AGENT_RUNNER_REPO_ROOTS, comma-separated: `/app`,
     `bot/`); frames under them are the repository's. Empty: every frame outside site-packages and the stdlib."""
+    watch_seconds: int = DEFAULT_WATCH_SECONDS
+    """Post-deploy watch (AGENT_RUNNER_WATCH_SECONDS): how long after a deploy its errors are compared with
+    before; 0 turns it off."""
+    watch_interval: int = DEFAULT_WATCH_INTERVAL
+    watch_baseline_seconds: int = DEFAULT_WATCH_BASELINE_SECONDS
+    watch_selector: str = DEFAULT_WATCH_SELECTOR
+    """The LogQL stream selector of the bot's logs, for the watch's Loki queries."""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -155,6 +166,12 @@ class Settings:
             deploy_service=deploy_service,
             deploy_base_image=environ.get("AGENT_RUNNER_DEPLOY_BASE_IMAGE") or None,
             repo_roots=tuple(r.strip() for r in environ.get("AGENT_RUNNER_REPO_ROOTS", "").split(",") if r.strip()),
+            watch_seconds=integer("AGENT_RUNNER_WATCH_SECONDS", DEFAULT_WATCH_SECONDS) or 0,
+            watch_interval=integer("AGENT_RUNNER_WATCH_INTERVAL", DEFAULT_WATCH_INTERVAL, low=1)
+            or DEFAULT_WATCH_INTERVAL,
+            watch_baseline_seconds=integer("AGENT_RUNNER_WATCH_BASELINE_SECONDS", DEFAULT_WATCH_BASELINE_SECONDS,
+                                           low=1) or DEFAULT_WATCH_BASELINE_SECONDS,
+            watch_selector=environ.get("AGENT_RUNNER_WATCH_SELECTOR") or DEFAULT_WATCH_SELECTOR,
         )
         if environ.get("TELEGRAM_WEBHOOK_URL") and not environ.get("TELEGRAM_WEBHOOK_SECRET"):
             problems.append("TELEGRAM_WEBHOOK_URL is set but TELEGRAM_WEBHOOK_SECRET is not")

@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from runner.models import TASK_KINDS, TaskState
+from runner.releases import RELEASE_STATES
 from runner.webhooks import MAX_ALERTS
 
 MAX_PROMPT_CHARS = 20_000  # runner.routes.MAX_PROMPT_CHARS (the test checks they agree)
@@ -45,6 +46,7 @@ INT: Schema = {"type": "integer"}
 NUM: Schema = {"type": "number"}
 BOOL: Schema = {"type": "boolean"}
 NULLABLE_STR: Schema = {"type": ["string", "null"]}
+NULLABLE_NUM: Schema = {"type": ["number", "null"]}
 STATE: Schema = _ref("TaskState")
 
 UNAUTHORIZED = _json(_ref("Unauthorized"), "No bearer token, a wrong one, or no credential is configured (audited)")
@@ -99,9 +101,20 @@ SCHEMAS: dict[str, Schema] = {
     "Cancelled": _obj(["task_id", "state"], task_id=STR, state=STATE),
     "Approve": _obj(["number", "head_sha"], number=INT,
                     head_sha={"type": "string", "description": "The head commit the owner reviewed"}),
-    "Approved": _obj(["number", "task_id", "merge_sha", "status", "revert_sha"],
-                     number=INT, task_id=NULLABLE_STR, merge_sha=STR,
-                     status={"enum": ["deployed", "rolled_back", "failed"]}, revert_sha=NULLABLE_STR),
+    "Approved": _obj(["number", "task_id", "release_id", "state", "links"],
+                     number=INT, task_id=NULLABLE_STR, release_id=INT, state={"const": "approved"},
+                     links=_obj(["release"], release=STR, task=STR, events=STR)),
+    "Release": _obj(
+        ["id", "number", "head_sha", "task_id", "actor", "state", "detail", "base_branch", "merge_sha",
+         "previous_sha", "revert_sha", "deployed_at", "watch_until", "created_at", "updated_at"],
+        id=INT, number=INT, head_sha=STR, task_id=NULLABLE_STR, actor=STR,
+        state={"enum": list(RELEASE_STATES)}, detail=STR, base_branch=NULLABLE_STR, merge_sha=NULLABLE_STR,
+        previous_sha={"type": ["string", "null"], "description": "What ran before: the version a rollback returns to"},
+        revert_sha={"type": ["string", "null"], "description": "The revert of the merge after a rollback"},
+        deployed_at=NULLABLE_NUM, watch_until={"type": ["number", "null"],
+                                               "description": "Unix time the post-deploy watch ends"},
+        created_at=NUM, updated_at=NUM),
+    "ReleasesList": _obj(["releases"], releases={"type": "array", "items": _ref("Release")}),
     "Reject": _obj(["number"], number=INT),
     "Rejected": _obj(["number", "state", "task_id"], number=INT, state={"enum": ["open", "merged", "closed"]},
                      task_id=NULLABLE_STR),
@@ -127,7 +140,7 @@ SCHEMAS: dict[str, Schema] = {
     },
     "Labels": {"type": "object", "additionalProperties": STR},
     "AlertOutcome": _obj(["fingerprint", "status"], fingerprint=STR,
-                         status={"enum": ["accepted", "duplicate", "rate_limited", "cooling_down"]},
+                         status={"enum": ["accepted", "duplicate", "rate_limited", "cooling_down", "rolled_back"]},
                          task_id=STR, retry_after=INT, note=STR),
     "AlertOutcomes": _obj(["alerts"], alerts={"type": "array", "items": _ref("AlertOutcome")}),
     "AlertsRateLimited": _obj(["error", "alerts", "retry_after"], error={"const": "rate_limited"},
@@ -189,9 +202,11 @@ PATHS: dict[str, Schema] = {
         },
     }},
     "/agent/approve-pr": {"post": _owner(
-        "Merge the agent's pull request at the reviewed head, deploy, roll back on a failed health check",
-        {"200": _json(_ref("Approved"), "Merged; `status` is the deploy's outcome"), "400": BAD_REQUEST,
-         "404": _err("No such pull request"), "409": _err("The pull request moved, is closed, or is not mergeable"),
+        "Approve the agent's pull request at the reviewed head: merge, deploy, health check and post-deploy "
+        "watch run in the background (rolled back when unhealthy or when errors come back)",
+        {"202": _json(_ref("Approved"), "Approved; follow the release (and the task's events)"),
+         "400": BAD_REQUEST, "404": _err("No such pull request"),
+         "409": _err("The pull request moved, is closed, is already being released, or no forge is configured"),
          "413": TOO_LARGE, "502": _err("The forge failed")},
         requestBody=_json_body(_ref("Approve")),
     )},
@@ -200,6 +215,18 @@ PATHS: dict[str, Schema] = {
         {"200": _json(_ref("Rejected"), "Closed"), "400": BAD_REQUEST, "404": _err("No such pull request"),
          "409": _err("The pull request cannot be closed"), "413": TOO_LARGE},
         requestBody=_json_body(_ref("Reject")),
+    )},
+    "/releases": {"get": _owner(
+        "Releases (approved pull requests through merge, deploy and watch), newest first",
+        {"200": _json(_ref("ReleasesList"), "The releases"), "400": BAD_REQUEST},
+        parameters=[{"name": "limit", "in": "query", "required": False,
+                     "schema": {"type": "integer", "default": 100, "description": "Clamped to 1..1000"}}],
+    )},
+    "/releases/{release_id}": {"get": _owner(
+        "One release: its state, merge, rollback and watch",
+        {"200": _json(_ref("Release"), "The release"), "404": _err("No such release")},
+        parameters=[{"name": "release_id", "in": "path", "required": True, "schema": STR,
+                     "description": "A release id (what approve-pr answered); anything else is a 404"}],
     )},
     "/tasks": {"get": _owner(
         "Tasks, newest first",

@@ -40,6 +40,8 @@ def routes() -> list[Route]:
         Route("/agent/auto-fix", auto_fix, methods=["POST"]),
         Route("/agent/approve-pr", approve_pr, methods=["POST"]),
         Route("/agent/reject-pr", reject_pr, methods=["POST"]),
+        Route("/releases", list_releases),
+        Route("/releases/{release_id}", get_release),
         Route("/tasks", list_tasks),
         Route("/tasks/{task_id}", get_task),
         Route("/tasks/{task_id}/events", task_events),
@@ -271,6 +273,7 @@ async def cancel_task(request: Request) -> Response:
 
 
 async def approve_pr(request: Request) -> Response:
+    """Checked and recorded here; merge, deploy and the post-deploy watch run in the background."""
     service = _service(request)
     if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
         return denied
@@ -285,8 +288,37 @@ async def approve_pr(request: Request) -> Response:
     except (ForgeError, TaskError) as exc:
         status = 404 if isinstance(exc, ForgeNotFound) else 409 if isinstance(exc, ForgeConflict | TaskError) else 502
         return _error(status, str(exc))
-    return JSONResponse({"number": number, "task_id": task.id if task else None, "merge_sha": release.merge.sha,
-                         "status": release.status, "revert_sha": release.revert_sha})
+    links = {"release": f"/releases/{release.id}"}
+    if task is not None:
+        links["task"], links["events"] = f"/tasks/{task.id}", f"/tasks/{task.id}/events"
+    return JSONResponse({"number": number, "task_id": task.id if task else None, "release_id": release.id,
+                         "state": release.state, "links": links}, status_code=202)
+
+
+async def list_releases(request: Request) -> Response:
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
+        return denied
+    try:
+        limit = min(max(int(request.query_params.get("limit", "100")), 1), 1000)
+    except ValueError as exc:
+        return _error(400, f"bad query: {exc}")
+    found = await service.releases.rows.find(limit=limit) if service.releases is not None else []
+    return JSONResponse({"releases": [r.as_json() for r in found]})
+
+
+async def get_release(request: Request) -> Response:
+    service = _service(request)
+    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
+        return denied
+    try:
+        given = request.path_params["release_id"]
+        if service.releases is None or not given.isascii() or not given.isdigit() or len(given) > 18:
+            raise KeyError(given)  # not an id SQLite could hold: no such release either
+        release = await service.releases.rows.get(int(given))
+    except KeyError:
+        return _error(404, "no such release")
+    return JSONResponse(release.as_json())
 
 
 async def reject_pr(request: Request) -> Response:

@@ -438,8 +438,8 @@ class ServiceOperations:
 
 async def approve_pull_request(service: Service, number: int, head_sha: str, *, actor: str) -> str:
     _, release = await approvals.approve(service, number, head_sha, actor=actor)
-    revert = f"; reverted as {release.revert_sha[:12]}" if release.revert_sha else ""
-    return f"PR #{number} merged as {release.merge.sha[:12]}; deploy {release.status}{revert}"
+    return (f"PR #{number} approved at {head_sha[:12]} (release {release.id}): merging and deploying now; "
+            "the outcome comes here.")
 
 
 async def reject_pull_request(service: Service, number: int, *, actor: str) -> str:

@@ -344,7 +344,9 @@ async def test_serve_runs_a_task_through_the_api_to_a_pull_request_and_deploys_i
                                              json={"number": pr["number"], "head_sha": pr["head_sha"]})
                 again = await client.post("/agent/approve-pr", headers=OWNER,
                                           json={"number": pr["number"], "head_sha": pr["head_sha"]})
-                after = (await client.get(f"/tasks/{task_id}", headers=OWNER)).json()
+                after = await _wait_state(client, task_id, {"deployed", "rolled_back", "failed"})
+                release = (await client.get(approved.json()["links"]["release"], headers=OWNER)).json()
+                listed = (await client.get("/releases", headers=OWNER)).json()["releases"]
         finally:
             proc.terminate()
             _, err = await asyncio.wait_for(proc.communicate(), 60)
@@ -355,11 +357,13 @@ async def test_serve_runs_a_task_through_the_api_to_a_pull_request_and_deploys_i
     assert any("tests passed" in line for line in lines)
     assert task["state"] == "proposed" and task["result"]["files_changed"] == ["bot/ledger.py"]
     assert task["result"]["tests"]["passed"] and task["result"]["usage"]["requests"] >= 5
-    assert approved.status_code == 200, approved.text
-    assert approved.json()["status"] == "deployed" and approved.json()["task_id"] == task_id
+    assert approved.status_code == 202, approved.text  # answered at once; the release runs in the background
+    assert approved.json()["state"] == "approved" and approved.json()["task_id"] == task_id
     assert again.status_code == 409  # merged once, never twice
     assert after["state"] == "deployed"
-    assert [s["state"] for s in after["timings"]["states"]][-3:] == ["approved", "merging", "deployed"]
+    assert [s["state"] for s in after["timings"]["states"]][-4:] == ["approved", "merging", "deploying", "deployed"]
+    assert release["state"] == "watching" and release["merge_sha"] and release["task_id"] == task_id
+    assert [r["id"] for r in listed] == [release["id"]]
     # uvicorn shuts the lifespan down on SIGTERM, then re-raises the signal, so -15 is its clean exit.
     assert proc.returncode in (0, -15), err.decode()[-3000:]
 

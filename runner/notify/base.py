@@ -42,5 +42,8 @@ class Notifier(Protocol):
     async def ask(self, task_id: str, call: policy.ToolCall, decision: policy.Decision) -> bool:
         """Ask the owner about one tool call; True when allowed. The caller (`Gate`) applies the timeout."""
 
+    async def announce(self, text: str) -> None:
+        """Tell the owner something that is no task's progress: a release's outcome, a rollback and why."""
+
     async def aclose(self) -> None:
         """Stop pending work and release the connection."""

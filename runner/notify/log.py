@@ -32,5 +32,8 @@ class LogNotifier:
         self._log.warning("%s: %s asks the owner (%s); no owner channel, denied", task_id, call.tool, decision.reason)
         return False
 
+    async def announce(self, text: str) -> None:
+        self._log.warning("%s", text)
+
     async def aclose(self) -> None:
         return None

@@ -221,6 +221,9 @@ class TelegramNotifier:
                                                              reply_markup=markup(message)))
         return sent.message_id
 
+    async def announce(self, text: str) -> None:
+        await self.send(Message(esc(clip(text, MAX_TEXT // 2))))  # room to escape
+
     async def send_diff(self, number: int, diff: str, chat_id: int | None = None) -> None:
         """A short diff as an inline <pre> preview; a long one as a `.patch` document a phone can open."""
         target = chat_id or self.chat_id

@@ -1,0 +1,458 @@
+"""Releases: the owner's approval carried through merge, deploy, health check and the post-deploy watch.
+
+A release is a background job: the HTTP request and the Telegram button are answered as soon as the approval
+is checked and recorded, and the outcome reaches the owner when it is known. Each release has a row in the
+supervisor's SQLite file, written before each step is acted on, so a supervisor killed mid-release resumes it:
+
+    approved  -> merge                         (the forge merges only at the approved head)
+    merging   -> merge, unless the forge already did (a pull request is never merged twice)
+    deploying -> deploy the merge again         (deploy and health check are idempotent)
+    watching  -> watch out the rest of the window, or end it if the window passed meanwhile
+
+One release at a time merges and deploys. A release's watch ends when the next release starts, since a
+rollback can only go back one step; a watch that has already condemned its release finishes its rollback first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from runner.deploy import Deployer, DeployError, DeployEvent, DeploySource, deploy_with_rollback
+from runner.errors import ForgeConflict, ForgeError
+from runner.forge import Forge
+from runner.gitops import run_git
+from runner.models import TaskId, TaskState
+from runner.release import revert_on_base
+from runner.store import Store, TaskRecord
+from runner.watch import ErrorSource, Verdict, Watch, WatchConfig
+
+log = logging.getLogger("agent_runner.releases")
+
+ReleaseState = Literal["approved", "merging", "deploying", "watching", "deployed", "rolled_back", "failed",
+                       "not_merged"]
+RELEASE_STATES: tuple[ReleaseState, ...] = get_args(ReleaseState)
+IN_FLIGHT: tuple[ReleaseState, ...] = ("approved", "merging", "deploying")
+TASK_STATE_OF: dict[ReleaseState, TaskState] = {
+    "merging": TaskState.MERGING, "deploying": TaskState.DEPLOYING, "watching": TaskState.DEPLOYED,
+    "deployed": TaskState.DEPLOYED, "rolled_back": TaskState.ROLLED_BACK, "failed": TaskState.FAILED,
+    "not_merged": TaskState.PROPOSED,  # back where the owner can look again, with the reason
+}
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS releases (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    number INTEGER NOT NULL,
+    head_sha TEXT NOT NULL,
+    task_id TEXT,
+    actor TEXT NOT NULL,
+    state TEXT NOT NULL,
+    detail TEXT NOT NULL DEFAULT '',
+    base_branch TEXT,
+    merge_sha TEXT,
+    previous_sha TEXT,
+    revert_sha TEXT,
+    deployed_at REAL,
+    watch_until REAL,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS releases_state ON releases(state);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseRecord:
+    id: int
+    number: int
+    head_sha: str
+    task_id: str | None
+    actor: str
+    state: ReleaseState
+    detail: str
+    base_branch: str | None
+    merge_sha: str | None
+    previous_sha: str | None
+    """What ran before this release: the version a rollback returns to."""
+    revert_sha: str | None
+    """The commit that reverted the merge on the base branch after a rollback."""
+    deployed_at: float | None
+    watch_until: float | None
+    created_at: float
+    updated_at: float
+
+    @property
+    def in_flight(self) -> bool:
+        return self.state in IN_FLIGHT
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class ReleaseStore:
+    """The releases table, in the supervisor's SQLite file beside the tasks (its own connection)."""
+
+    def __init__(self, path: Path) -> None:
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.Lock()
+        with self._lock:
+            self._db.executescript(SCHEMA)
+
+    async def aclose(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    async def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
+        def work() -> list[sqlite3.Row]:
+            with self._lock:
+                return self._db.execute(sql, params).fetchall()
+
+        return await asyncio.to_thread(work)
+
+    async def add(self, *, number: int, head_sha: str, task_id: str | None, actor: str) -> ReleaseRecord:
+        now = time.time()
+        rows = await self._run("INSERT INTO releases (number, head_sha, task_id, actor, state, created_at, updated_at)"
+                               " VALUES (?, ?, ?, ?, 'approved', ?, ?) RETURNING id",
+                               (number, head_sha, task_id, actor, now, now))
+        return await self.get(int(rows[0]["id"]))
+
+    async def update(self, release_id: int, state: ReleaseState, **fields: object) -> ReleaseRecord:
+        allowed = {"detail", "base_branch", "merge_sha", "previous_sha", "revert_sha", "deployed_at", "watch_until"}
+        assert set(fields) <= allowed, set(fields) - allowed
+        sets = ", ".join(f"{name} = ?" for name in ("state", "updated_at", *fields))
+        await self._run(f"UPDATE releases SET {sets} WHERE id = ?",
+                        (state, time.time(), *fields.values(), release_id))
+        return await self.get(release_id)
+
+    async def get(self, release_id: int) -> ReleaseRecord:
+        rows = await self._run("SELECT * FROM releases WHERE id = ?", (release_id,))
+        if not rows:
+            raise KeyError(release_id)
+        return _record(rows[0])
+
+    async def find(self, *, states: tuple[ReleaseState, ...] = (), number: int | None = None,
+                   limit: int = 100) -> list[ReleaseRecord]:
+        where: list[str] = []
+        params: list[object] = []
+        if states:
+            where.append(f"state IN ({', '.join('?' for _ in states)})")
+            params.extend(states)
+        if number is not None:
+            where.append("number = ?")
+            params.append(number)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        rows = await self._run(f"SELECT * FROM releases {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
+        return [_record(r) for r in rows]
+
+
+def _record(row: sqlite3.Row) -> ReleaseRecord:
+    return ReleaseRecord(**{key: row[key] for key in row.keys()})  # noqa: SIM118 - sqlite3.Row is not a dict
+
+
+Progress = Callable[[str | None, str], None]
+Tell = Callable[[str], Awaitable[None]]
+
+
+class Releases:
+    """Approve, merge, deploy, watch, roll back: one release at a time, each step recorded before it is taken.
+
+    `progress(task_id, line)` hears each step (the task's event stream); `tell(text)` reaches the owner with
+    each outcome (Telegram, or the log). `errors` is where the watch reads the bot's tracebacks (Loki);
+    without it the watch judges the alerts that arrive during its window only.
+    """
+
+    def __init__(self, rows: ReleaseStore, *, store: Store, forge: Forge, deployer: Deployer, repo: str,
+                 watch: WatchConfig, errors: ErrorSource | None = None,
+                 progress: Progress = lambda _task, _line: None, tell: Tell | None = None) -> None:
+        self.rows = rows
+        self._store = store
+        self._forge = forge
+        self._deployer = deployer
+        self._repo = repo
+        self._watch_config = watch
+        self._errors = errors
+        self._progress = progress
+        self._tell = tell
+        self._lock = asyncio.Lock()  # one merge and deploy at a time
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._watching: _Watching | None = None
+
+    # front door ---------------------------------------------------------------------------------------------
+
+    async def approve(self, number: int, head_sha: str, *, actor: str, task: TaskRecord | None) -> ReleaseRecord:
+        """Check and record the owner's approval of PR `number` at `head_sha`, and start its release.
+
+        Raises ForgeNotFound, or ForgeConflict when the pull request is not open, its head is not `head_sha`
+        or it is already being released: then nothing is recorded but the refusal.
+        """
+        pr = await self._forge.get_pr(number)
+        if pr.state != "open":
+            raise ForgeConflict(f"pull request #{number} is {pr.state}; nothing to merge")
+        if pr.head_sha != head_sha:
+            raise ForgeConflict(f"pull request #{number} head is {pr.head_sha[:12]}, not the approved "
+                                f"{head_sha[:12]}; nothing merged")
+        busy = await self.rows.find(states=IN_FLIGHT, number=number, limit=1)
+        if busy:
+            raise ForgeConflict(f"pull request #{number} is already being released (release {busy[0].id}, "
+                                f"{busy[0].state})")
+        release = await self.rows.add(number=number, head_sha=head_sha, task_id=task.id if task else None,
+                                      actor=actor)
+        if task is not None:
+            await self._store.transition(task.id, TaskState.APPROVED, actor=actor,
+                                         reason=f"release {release.id}: merging at {head_sha[:12]}")
+        self._launch(self._guarded(release, self._drive(release)))
+        return release
+
+    def observe(self, fingerprint: str, occurrences: int, summary: str = "") -> Condemned | None:
+        """An alert's error arrived. When it condemns the release being watched, say so: its rollback is under
+        way, and a fix task for the error would chase a bug that is about to be gone."""
+        watching = self._watching
+        if watching is None or watching.watch is None:
+            return None
+        verdict = watching.watch.observe(fingerprint, occurrences, summary)
+        return Condemned(watching.release, verdict) if verdict is not None else None
+
+    @property
+    def watched(self) -> int | None:
+        """The release whose watch is listening now (alerts reach it through `observe`), if any."""
+        watching = self._watching
+        return watching.release.id if watching is not None and watching.watch is not None else None
+
+    async def start(self) -> list[int]:
+        """Resume what a previous process left: releases in flight, and watches whose window is still open."""
+        resumed = []
+        for release in sorted(await self.rows.find(states=(*IN_FLIGHT, "watching"), limit=10_000),
+                              key=lambda r: r.id):
+            if release.state == "watching":
+                if release.watch_until is not None and release.watch_until > time.time():
+                    self._start_watch(release)
+                else:
+                    await self._set(release, "deployed",
+                                    detail="the watch window passed while the supervisor was stopped")
+                    continue
+            else:
+                self._launch(self._guarded(release, self._drive(release)))
+            resumed.append(release.id)
+        return resumed
+
+    async def aclose(self) -> None:
+        """Stop every job where it is; its row says where, and the next start resumes it."""
+        jobs = list(self._jobs)
+        for job in jobs:
+            job.cancel()
+        await asyncio.gather(*jobs, return_exceptions=True)
+
+    async def wait_idle(self) -> None:
+        """Until no release job or watch runs (for tests and the demo)."""
+        while self._jobs:
+            await asyncio.gather(*list(self._jobs), return_exceptions=True)
+
+    # the job ------------------------------------------------------------------------------------------------
+
+    def _launch(self, work: Awaitable[None]) -> asyncio.Task[None]:
+        job = asyncio.ensure_future(work)
+        self._jobs.add(job)
+        job.add_done_callback(self._jobs.discard)
+        return job
+
+    async def _drive(self, release: ReleaseRecord) -> None:
+        async with self._lock:
+            await self._end_watch(f"release {release.id} (PR #{release.number}) started after it")
+            release = await self._merge(release)
+            if release.state == "deploying":
+                release = await self._deploy(release)
+        if release.state == "watching":
+            self._start_watch(release)
+
+    async def _guarded(self, release: ReleaseRecord, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise  # shutdown: the row keeps its state and the next start resumes it
+        except Exception as exc:  # a bug or a dead engine must not leave the release open forever
+            log.exception("release %s crashed", release.id)
+            with contextlib.suppress(Exception):
+                await self._set(release, "failed", detail=f"internal error: {type(exc).__name__}: {exc}")
+                await self._say(release, f"PR #{release.number}: the release failed: {exc}")
+
+    async def _merge(self, release: ReleaseRecord) -> ReleaseRecord:
+        if release.state == "merging":  # a previous process may have merged before it died
+            pr = await self._forge.get_pr(release.number)
+            if pr.state == "merged" and pr.merge_sha:
+                return await self._merged(release, pr.merge_sha, pr.base_branch)
+        elif release.state != "approved":
+            return release
+        release = await self._set(release, "merging")
+        self._note(release, f"merging PR #{release.number} at {release.head_sha[:12]}")
+        try:
+            merge = await self._forge.merge(release.number, release.head_sha)
+            pr = await self._forge.get_pr(release.number)
+        except ForgeError as exc:
+            release = await self._set(release, "not_merged", detail=f"not merged: {exc}")
+            await self._say(release, f"PR #{release.number} was not merged: {exc}")
+            return release
+        return await self._merged(release, merge.sha, pr.base_branch)
+
+    async def _merged(self, release: ReleaseRecord, merge_sha: str, base_branch: str) -> ReleaseRecord:
+        previous = (await run_git(["rev-parse", "--verify", f"{merge_sha}^1"], cwd=self._repo)).out
+        self._note(release, f"merged #{release.number} into {base_branch} as {merge_sha[:12]}")
+        return await self._set(release, "deploying", merge_sha=merge_sha, previous_sha=previous,
+                               base_branch=base_branch, detail=f"merged as {merge_sha[:12]}")
+
+    async def _deploy(self, release: ReleaseRecord) -> ReleaseRecord:
+        assert release.merge_sha is not None and release.base_branch is not None
+
+        def on_event(event: DeployEvent) -> None:
+            self._note(release, f"deploy: {event.kind} {event.sha[:12]}{' - ' + event.detail if event.detail else ''}")
+
+        outcome = await deploy_with_rollback(
+            self._deployer, DeploySource(self._repo, release.merge_sha, previous_sha=release.previous_sha),
+            on_event=on_event)
+        merged = f"PR #{release.number} merged as {release.merge_sha[:12]}"
+        if outcome.status == "rolled_back":
+            revert = await revert_on_base(self._repo, release.base_branch, release.merge_sha)
+            release = await self._set(release, "rolled_back", revert_sha=revert,
+                                      detail=f"unhealthy after the deploy ({outcome.deployed.detail}); the previous "
+                                             f"version answers again; reverted on {release.base_branch} as "
+                                             f"{revert[:12]}")
+        elif outcome.status == "failed":
+            release = await self._set(release, "failed", detail=f"deploy failed and could not be rolled back: "
+                                                                f"{(outcome.rolled_back or outcome.deployed).detail}")
+        elif self._watch_config.enabled:
+            now = time.time()
+            release = await self._set(release, "watching", deployed_at=now,
+                                      watch_until=now + self._watch_config.seconds,
+                                      detail=f"deployed and healthy; watching its errors for "
+                                             f"{self._watch_config.seconds:.0f}s")
+        else:
+            release = await self._set(release, "deployed", deployed_at=time.time(), detail="deployed and healthy")
+        await self._say(release, f"{merged}; deploy {outcome.status}: {release.detail}")
+        return release
+
+    # the watch ----------------------------------------------------------------------------------------------
+
+    def _start_watch(self, release: ReleaseRecord) -> None:
+        watching = _Watching(release)
+        watching.job = self._launch(self._guarded(release, self._watch(watching)))
+        self._watching = watching
+
+    async def _watch(self, watching: _Watching) -> None:
+        release = watching.release
+        assert release.deployed_at is not None and release.watch_until is not None
+        fixed, known = await self._fingerprints(release)
+        watch = watching.watch = Watch(deployed_at=release.deployed_at, until=release.watch_until,
+                                       config=self._watch_config, fixed=fixed, known=known, source=self._errors)
+        self._note(release, f"watching errors until {time.strftime('%H:%M:%S', time.localtime(watch.until))}")
+        try:
+            verdict = await watch.run()
+        finally:
+            if self._watching is watching:
+                self._watching = None
+        if verdict is None:
+            release = await self._set(release, "deployed",
+                                      detail=f"watched {self._watch_config.seconds:.0f}s after the deploy: no error "
+                                             f"came back, none appeared, the rate did not rise ({watch.polls} "
+                                             f"log check(s), {watch.source_failures} failed)")
+            await self._say(release, f"PR #{release.number}: {release.detail}")
+            return
+        await self._roll_back(release, verdict)
+
+    async def _fingerprints(self, release: ReleaseRecord) -> tuple[frozenset[str], frozenset[str]]:
+        """The error the release's task fixed, and every error an earlier auto-fix task was made for."""
+        fixed: set[str] = set()
+        if release.task_id is not None:
+            with contextlib.suppress(Exception):
+                task = await self._store.get_task(release.task_id)
+                if task.fingerprint:
+                    fixed.add(task.fingerprint)
+        known = {t.fingerprint for t in await self._store.list_tasks(limit=100_000) if t.fingerprint} - fixed
+        return frozenset(fixed), frozenset(known)
+
+    async def _roll_back(self, release: ReleaseRecord, verdict: Verdict) -> None:
+        """Return to the version before `release`, revert its merge, and tell the owner why."""
+        previous, merge, branch = release.previous_sha, release.merge_sha, release.base_branch
+        assert previous is not None and merge is not None and branch is not None
+        self._note(release, f"post-deploy watch: {verdict.reason}; rolling back to {previous[:12]}")
+        await self._store.audit(release.task_id, "watch", "watch_verdict",
+                                {"release": release.id, "reason": verdict.reason, "fingerprint": verdict.fingerprint})
+        try:
+            result = await self._deployer.rollback(DeploySource(self._repo, previous))
+        except DeployError as exc:
+            detail = f"post-deploy watch: {verdict.reason}; the rollback failed: {exc}"
+            release = await self._set(release, "failed", detail=detail)
+            await self._say(release, f"PR #{release.number}: {detail}. The release is still running: look now.")
+            return
+        if not result.succeeded:
+            detail = f"post-deploy watch: {verdict.reason}; the previous version is not healthy either: {result.detail}"
+            release = await self._set(release, "failed", detail=detail)
+            await self._say(release, f"PR #{release.number}: {detail}. Look now.")
+            return
+        revert = await revert_on_base(self._repo, branch, merge)
+        release = await self._set(release, "rolled_back", revert_sha=revert,
+                                  detail=f"post-deploy watch: {verdict.reason}. Rolled back to "
+                                         f"{previous[:12]}, which answers its health check; reverted on {branch} as "
+                                         f"{revert[:12]}")
+        await self._say(release, f"PR #{release.number} rolled back: {release.detail}")
+
+    async def _end_watch(self, why: str) -> None:
+        """The next release starts: a watch with a verdict finishes its rollback; one without one ends here."""
+        watching, self._watching = self._watching, None
+        if watching is None or watching.job is None:
+            return
+        if watching.watch is None or watching.watch.verdict is None:
+            watching.job.cancel()
+        await asyncio.gather(watching.job, return_exceptions=True)
+        release = await self.rows.get(watching.release.id)
+        if release.state == "watching":
+            await self._set(release, "deployed", detail=f"watch ended early: {why}")
+
+    # records and messages -----------------------------------------------------------------------------------
+
+    async def _set(self, release: ReleaseRecord, state: ReleaseState, **fields: object) -> ReleaseRecord:
+        """Record the release's step, and move its task to the matching state (both before acting on it)."""
+        updated = await self.rows.update(release.id, state, **fields)
+        await self._store.audit(release.task_id, "supervisor", "release",
+                                {"release": release.id, "number": release.number, "state": state,
+                                 "detail": updated.detail})
+        task_state = TASK_STATE_OF.get(state)
+        if release.task_id is not None and task_state is not None:
+            task = await self._store.get_task(release.task_id)
+            if task.state is not task_state:
+                await self._store.transition(TaskId(release.task_id), task_state,
+                                             reason=f"release {release.id}: {updated.detail}")
+        return updated
+
+    def _note(self, release: ReleaseRecord, line: str) -> None:
+        self._progress(release.task_id, line)
+
+    async def _say(self, release: ReleaseRecord, text: str) -> None:
+        self._note(release, text)
+        if self._tell is not None:
+            try:
+                await self._tell(text)
+            except Exception:  # the owner's channel being down must not fail the release
+                log.warning("could not tell the owner about release %s", release.id, exc_info=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Condemned:
+    """The watched release an alert's error condemned, and why."""
+
+    release: ReleaseRecord
+    verdict: Verdict
+
+
+@dataclass(slots=True)
+class _Watching:
+    release: ReleaseRecord
+    job: asyncio.Task[None] | None = None
+    watch: Watch | None = None

@@ -1,0 +1,385 @@
+"""Releases as background jobs: real git (the local forge), a real shell deploy, a real HTTP health check,
+the Loki stand-in for the post-deploy watch, and restarts at each step of a release."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from runner import autofix
+from runner.deploy.command import CommandDeployer
+from runner.errors import ForgeConflict, ForgeNotFound
+from runner.forge.localgit import LocalGitForge
+from runner.loki import LokiClient
+from runner.models import TaskState
+from runner.releases import Releases, ReleaseStore
+from runner.store import Store, TaskRecord
+from runner.tracebacks import extract_tracebacks
+from runner.watch import LokiErrors, WatchConfig
+from runner.webhooks import parse_auto_fix
+from tests.fakes.loki import FakeLoki
+from tests.forge.repos import Repos, git
+from tests.test_autofix import service as autofix_service
+from tests.test_autofix import traceback_lines
+
+NO_WATCH = WatchConfig(seconds=0)
+WATCH = WatchConfig(seconds=30, interval=0.05, baseline_seconds=600)
+
+
+@dataclass
+class Bot:
+    """The deployed bot: the deploy command writes the SHA it runs to `state`; /health answers 500 for a SHA in
+    `broken` or one whose tree holds a file named `broken.py`, 200 otherwise. `deploys` lists every SHA
+    deployed, in order."""
+
+    url: str
+    state: Path
+    broken: set[str] = field(default_factory=set)
+
+    @property
+    def running(self) -> str:
+        return self.state.read_text().strip()
+
+    def deploys(self) -> list[str]:
+        log = self.state.with_suffix(".log")
+        return log.read_text().split() if log.exists() else []
+
+
+@pytest.fixture
+def bot(tmp_path: Path, repos: Repos) -> Iterator[Bot]:
+    state = tmp_path / "deployed-sha"
+    broken: set[str] = set()
+
+    def unhealthy(sha: str) -> bool:
+        files = git("--git-dir", str(repos.origin), "ls-tree", "--name-only", sha, cwd=tmp_path).split()
+        return sha in broken or "broken.py" in files
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            sha = state.read_text().strip() if state.exists() else ""
+            status = 500 if unhealthy(sha) else 200
+            body = json.dumps({"version": sha}).encode()
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield Bot(f"http://127.0.0.1:{server.server_port}/health", state, broken)
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+@dataclass
+class Desk:
+    releases: Releases
+    store: Store
+    forge: LocalGitForge
+    repos: Repos
+    bot: Bot
+    told: list[str]
+    progress: list[tuple[str | None, str]]
+
+    async def propose(self, path: str, content: str, *, fingerprint: str | None = None) -> tuple[int, str, TaskRecord]:
+        """An agent's pull request on its own branch, and its task waiting at `proposed`."""
+        branch = f"agent/{path.replace('.', '-')}"
+        sha = self.repos.commit(path, content, f"add {path}", branch=branch)
+        await self.forge.push_branch(self.repos.clone, branch)
+        pr = await self.forge.open_pr(f"Add {path}", "body", branch, "main")
+        git("checkout", "-q", "main", cwd=self.repos.clone)
+        task = await self.store.create_task(kind="fix" if fingerprint else "feature", prompt="p",
+                                            repo=str(self.repos.origin), source="api", requested_by="owner",
+                                            dry_run=False, fingerprint=fingerprint)
+        task = await self.store.transition(task.id, TaskState.PROPOSED,
+                                           result={"pr": {"number": pr.number, "head_sha": sha}})
+        return pr.number, sha, task
+
+    async def approve_watched(self, number: int, sha: str, task: TaskRecord | None) -> int:
+        """Approve, and wait until the release is deployed and its watch listens."""
+        release = await self.releases.approve(number, sha, actor="owner", task=task)
+        async with asyncio.timeout(20):
+            while self.releases.watched != release.id:
+                await asyncio.sleep(0.01)
+        return release.id
+
+
+@pytest.fixture
+def repos(tmp_path: Path) -> Repos:
+    origin = tmp_path / "origin.git"
+    git("init", "-q", "--bare", "--initial-branch=main", str(origin), cwd=tmp_path)
+    clone = tmp_path / "clone"
+    git("clone", "-q", str(origin), str(clone), cwd=tmp_path)
+    r = Repos(tmp_path, origin, clone)
+    r.commit("app.py", "def greet():\n    return 'hello'\n", "initial", branch="main")
+    git("push", "-q", "origin", "main", cwd=clone)
+    return r
+
+
+def deployer(bot: Bot, *, pause: float = 0.0) -> CommandDeployer:
+    command = (f"sleep {pause}; echo \"$AGENT_RUNNER_DEPLOY_SHA\" > {bot.state}; "
+               f"echo \"$AGENT_RUNNER_DEPLOY_SHA\" >> {bot.state.with_suffix('.log')}")
+    return CommandDeployer(command, health_url=bot.url, health_timeout=0.6, health_interval=0.05)
+
+
+@contextlib.asynccontextmanager
+async def desk(tmp_path: Path, repos: Repos, bot: Bot, *, watch: WatchConfig = NO_WATCH, loki: FakeLoki | None = None,
+               pause: float = 0.0) -> AsyncIterator[Desk]:
+    """Releases over the real pieces; leaving the block stops its jobs as a shutdown would (rows stay)."""
+    told: list[str] = []
+    progress: list[tuple[str | None, str]] = []
+
+    async def tell(text: str) -> None:
+        told.append(text)
+
+    bot.state.write_text(repos.head("main") or "")  # what runs before any release
+    async with contextlib.AsyncExitStack() as stack:
+        store = await stack.enter_async_context(Store(tmp_path / "state.db"))
+        forge = await stack.enter_async_context(LocalGitForge(repos.origin, tmp_path / "forge.sqlite3"))
+        active = await stack.enter_async_context(deployer(bot, pause=pause))
+        rows = ReleaseStore(tmp_path / "state.db")
+        stack.push_async_callback(rows.aclose)
+        errors = None
+        if loki is not None:
+            client = await stack.enter_async_context(
+                LokiClient("http://loki:3100", transport=httpx.ASGITransport(app=loki.app), retries=0))
+            errors = LokiErrors(client, selector='{service="bot"}', repo_roots=["/app"])
+        releases = Releases(rows, store=store, forge=forge, deployer=active, repo=str(repos.origin), watch=watch,
+                            errors=errors, progress=lambda task, line: progress.append((task, line)), tell=tell)
+        stack.push_async_callback(releases.aclose)
+        yield Desk(releases, store, forge, repos, bot, told, progress)
+
+
+async def settled(d: Desk, release_id: int, timeout: float = 20) -> Any:
+    async with asyncio.timeout(timeout):
+        await d.releases.wait_idle()
+    return await d.releases.rows.get(release_id)
+
+
+async def states(store: Store, task_id: str) -> list[str]:
+    return [e.detail["state"] for e in await store.audit_log(task_id, event="state")]
+
+
+# --------------------------------------------------------------------------------------------- approval
+
+
+async def test_approve_answers_before_the_deploy_and_the_release_deploys_in_the_background(
+        tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, pause=0.5) as d:
+        number, sha, task = await d.propose("balance.py", "def balance():\n    return 0\n")
+        started = time.monotonic()
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        answered = time.monotonic() - started
+        assert release.state == "approved" and release.task_id == task.id
+        assert answered < 0.5, "approve waited for the deploy"  # the deploy command alone sleeps 0.5 s
+        done = await settled(d, release.id)
+        assert done.state == "deployed" and done.detail == "deployed and healthy"
+        assert bot.running == done.merge_sha == repos.head("main")
+        assert done.previous_sha == repos.log("main")[1].split()[0]
+        assert await states(d.store, task.id) == ["proposed", "approved", "merging", "deploying", "deployed"]
+        assert d.told == [f"PR #{number} merged as {done.merge_sha[:12]}; deploy deployed: deployed and healthy"]
+        assert any(line.startswith("deploy: deployed") for t, line in d.progress if t == task.id)
+
+
+async def test_approve_refuses_a_moved_head_a_closed_pr_and_a_second_approval(
+        tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, pause=0.5) as d:
+        number, sha, task = await d.propose("balance.py", "x = 1\n")
+        with pytest.raises(ForgeConflict, match="not the approved"):
+            await d.releases.approve(number, "0" * 40, actor="owner", task=task)
+        with pytest.raises(ForgeNotFound):
+            await d.releases.approve(99, sha, actor="owner", task=None)
+        assert await d.releases.rows.find() == []  # a refusal records nothing
+        first = await d.releases.approve(number, sha, actor="owner", task=task)
+        with pytest.raises(ForgeConflict, match="already being released"):
+            await d.releases.approve(number, sha, actor="owner", task=task)
+        await settled(d, first.id)
+        with pytest.raises(ForgeConflict, match="merged"):
+            await d.releases.approve(number, sha, actor="owner", task=task)
+    assert len(repos.log("main")) == 2  # merged once
+
+
+async def test_an_unhealthy_release_is_rolled_back_and_reverted_on_main(tmp_path: Path, repos: Repos,
+                                                                         bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot) as d:
+        before = repos.head("main")
+        number, sha, task = await d.propose("broken.py", "raise SystemExit\n")
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        done = await settled(d, release.id)
+        assert (await d.store.get_task(task.id)).state is TaskState.ROLLED_BACK
+    assert done.state == "rolled_back" and done.revert_sha == repos.head("main")
+    assert bot.deploys() == [done.merge_sha, before] and bot.running == before  # the previous version runs again
+    assert "broken.py" not in git("--git-dir", str(repos.origin), "ls-tree", "--name-only", "main", cwd=tmp_path)
+    assert "deploy rolled_back" in d.told[-1] and "reverted on main" in d.told[-1]
+
+
+async def test_without_a_forge_pr_the_release_is_still_recorded_and_reported(tmp_path: Path, repos: Repos,
+                                                                             bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot) as d:
+        number, sha, _ = await d.propose("notes.py", "NOTES = []\n")
+        release = await d.releases.approve(number, sha, actor="telegram:owner", task=None)
+        done = await settled(d, release.id)
+        assert [e.detail["state"] for e in await d.store.audit_log(event="release")] == \
+            ["merging", "deploying", "deployed"]
+    assert done.state == "deployed" and done.task_id is None and done.actor == "telegram:owner"
+
+
+# ------------------------------------------------------------------------------------------ the watch
+
+
+def push_traceback(loki: FakeLoki, at: float, **kwargs: Any) -> str:
+    lines = traceback_lines(**kwargs)
+    base = int(at * 10**9)
+    loki.add({"service": "bot", "container": "bot-1"}, [(base + i, line) for i, line in enumerate(lines)])
+    return extract_tracebacks("\n".join(lines), repo_roots=["/app"])[0].fingerprint
+
+
+async def test_the_watch_rolls_back_a_healthy_release_when_a_new_error_appears(tmp_path: Path, repos: Repos,
+                                                                               bot: Bot) -> None:
+    loki = FakeLoki()
+    push_traceback(loki, time.time() - 300, line=42)  # an old error, there before the release
+    async with desk(tmp_path, repos, bot, watch=WATCH, loki=loki) as d:
+        before = repos.head("main")
+        number, sha, task = await d.propose("ledger.py", "TOTALS = {}\n")
+        release_id = await d.approve_watched(number, sha, task)
+        await asyncio.sleep(0.3)  # several polls: the old error alone condemns nothing
+        assert (await d.releases.rows.get(release_id)).state == "watching"
+        assert (await d.store.get_task(task.id)).state is TaskState.DEPLOYED
+        new = push_traceback(loki, time.time(), message="ZeroDivisionError: division by zero")
+        done = await settled(d, release_id)
+        verdicts = await d.store.audit_log(task.id, event="watch_verdict")
+        assert (await d.store.get_task(task.id)).state is TaskState.ROLLED_BACK
+    assert done.state == "rolled_back" and "a new error appeared after the deploy" in done.detail
+    assert new in done.detail and bot.running == before and repos.head("main") == done.revert_sha
+    assert [v.detail["fingerprint"] for v in verdicts] == [new]
+    assert d.told[-1].startswith(f"PR #{number} rolled back: post-deploy watch: a new error appeared")
+    assert "ZeroDivisionError" in d.told[-1]
+
+
+async def test_the_watch_rolls_back_a_fix_whose_error_comes_back_through_an_alert(tmp_path: Path, repos: Repos,
+                                                                                  bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, watch=WATCH) as d:  # no Loki: alerts are all the watch hears
+        number, sha, task = await d.propose("ledger.py", "TOTALS = {}\n", fingerprint="fp-keyerror")
+        await d.store.create_task(kind="fix", prompt="p", repo="r", source="alertmanager", requested_by="am",
+                                  dry_run=False, fingerprint="fp-old")  # an error an earlier auto-fix knew
+        release_id = await d.approve_watched(number, sha, task)
+        assert d.releases.observe("fp-old", 5) is None  # known, and no baseline to compare rates with
+        condemned = d.releases.observe("fp-keyerror", 2, "KeyError: 1001 in bot/ledger.py")
+        assert condemned is not None and condemned.release.id == release_id
+        done = await settled(d, release_id)
+    assert done.state == "rolled_back" and "the error this release fixed happened again 2 time(s)" in done.detail
+    assert "KeyError: 1001" in d.told[-1]
+
+
+async def test_an_alert_for_an_error_the_watched_release_brought_rolls_it_back_instead_of_starting_a_fix(
+        tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    report = parse_auto_fix(json.dumps({"traceback": "\n".join(traceback_lines()), "service": "bot"}))
+    async with desk(tmp_path, repos, bot, watch=WATCH) as d, autofix_service(tmp_path / "svc") as (svc, _):
+        number, sha, task = await d.propose("ledger.py", "TOTALS = {}\n")
+        release_id = await d.approve_watched(number, sha, task)
+        outcomes = await autofix.admit(dataclasses.replace(svc, releases=d.releases), report)
+        done = await settled(d, release_id)
+        fix_tasks = await svc.store.list_tasks()
+        noted = await svc.store.audit_log(event="watch_alert")
+    assert [o.status for o in outcomes] == ["rolled_back"] and fix_tasks == []  # no fix chases the rolled-back bug
+    assert outcomes[0].note.startswith(f"the release of PR #{number} is being rolled back: a new error appeared")
+    assert [(e.detail["release"], e.detail["number"]) for e in noted] == [(release_id, number)]
+    assert done.state == "rolled_back" and "KeyError" in done.detail
+
+
+async def test_a_clean_watch_ends_deployed_and_says_so(tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    loki = FakeLoki()
+    async with desk(tmp_path, repos, bot, watch=WatchConfig(seconds=0.4, interval=0.05), loki=loki) as d:
+        number, sha, task = await d.propose("ok.py", "OK = True\n")
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        done = await settled(d, release.id)
+        assert (await d.store.get_task(task.id)).state is TaskState.DEPLOYED
+    assert done.state == "deployed" and done.detail.startswith("watched 0s after the deploy: no error came back")
+    assert "0 failed" in done.detail and done.watch_until is not None and done.deployed_at is not None
+    assert d.told[-1] == f"PR #{number}: {done.detail}"
+
+
+async def test_the_next_release_ends_the_previous_watch(tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, watch=WATCH) as d:
+        first_pr, first_sha, _ = await d.propose("a.py", "A = 1\n")
+        second_pr, second_sha, _ = await d.propose("b.py", "B = 1\n")
+        first = await d.approve_watched(first_pr, first_sha, None)
+        second = await d.approve_watched(second_pr, second_sha, None)
+        ended = await d.releases.rows.get(first)
+    assert ended.state == "deployed" and ended.detail == \
+        f"watch ended early: release {second} (PR #{second_pr}) started after it"
+
+
+async def test_a_watch_whose_rollback_is_unhealthy_too_fails_loudly(tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, watch=WATCH) as d:
+        number, sha, task = await d.propose("x.py", "X = 1\n", fingerprint="fp")
+        release_id = await d.approve_watched(number, sha, task)
+        bot.broken.add(str((await d.releases.rows.get(release_id)).previous_sha))
+        assert d.releases.observe("fp", 1) is not None
+        done = await settled(d, release_id)
+        assert (await d.store.get_task(task.id)).state is TaskState.FAILED
+    assert done.state == "failed" and "the previous version is not healthy either" in done.detail
+    assert d.told[-1].endswith("Look now.")
+
+
+# ------------------------------------------------------------------------------------------- restarts
+
+
+async def test_a_release_killed_while_merging_is_not_merged_twice(tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    """The process died after the forge merged but before the row said so: the next start deploys that merge."""
+    async with desk(tmp_path, repos, bot) as d:
+        number, sha, task = await d.propose("m.py", "M = 1\n")
+        row = await d.releases.rows.add(number=number, head_sha=sha, task_id=task.id, actor="owner")
+        await d.releases.rows.update(row.id, "merging")
+        merged = await d.forge.merge(number, sha)  # what the dead process got done
+    async with desk(tmp_path, repos, bot) as d:
+        assert await d.releases.start() == [row.id]
+        done = await settled(d, row.id)
+    assert done.state == "deployed" and done.merge_sha == merged.sha == bot.running
+    assert len(repos.log("main")) == 2 and bot.deploys() == [merged.sha]
+
+
+async def test_releases_resume_at_each_step_after_a_restart(tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, watch=WATCH) as d:
+        number, sha, _ = await d.propose("a.py", "A = 1\n")
+        approved = await d.releases.rows.add(number=number, head_sha=sha, task_id=None, actor="owner")
+        passed = await d.releases.rows.add(number=1000, head_sha="f" * 40, task_id=None, actor="owner")
+        await d.releases.rows.update(passed.id, "watching", deployed_at=time.time() - 100,
+                                     watch_until=time.time() - 1)
+    # Start 1: the approved release merges, deploys and starts watching; the lapsed watch ends.
+    async with desk(tmp_path, repos, bot, watch=WATCH) as d:
+        assert await d.releases.start() == [approved.id]
+        async with asyncio.timeout(20):
+            while d.releases.watched != approved.id:
+                await asyncio.sleep(0.01)
+        ended = await d.releases.rows.get(passed.id)
+        watching = await d.releases.rows.get(approved.id)
+    assert ended.state == "deployed" and ended.detail == "the watch window passed while the supervisor was stopped"
+    assert watching.state == "watching" and watching.merge_sha == repos.head("main") == bot.running
+    # Start 2, mid-watch: it watches out the rest of the same window and still acts on what it hears.
+    async with desk(tmp_path, repos, bot, watch=WATCH) as d:
+        assert await d.releases.start() == [approved.id]
+        async with asyncio.timeout(20):
+            while d.releases.watched != approved.id:
+                await asyncio.sleep(0.01)
+        assert d.releases.observe("an-error-never-seen", 1) is not None
+        done = await settled(d, approved.id)
+    assert done.state == "rolled_back" and done.watch_until == watching.watch_until
+    assert len(repos.log("main")) == 3 and bot.deploys() == [watching.merge_sha, watching.previous_sha]
