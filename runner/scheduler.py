@@ -89,6 +89,10 @@ class RateLimiter:
         self._window = window
         self._seen: dict[tuple[str, str], deque[float]] = {}
 
+    def update(self, limits: RateLimits) -> None:
+        """New limits (a policy the owner activated) apply to the next request; what was counted still counts."""
+        self._limits = limits
+
     def limits_for(self, source: str, requested_by: str) -> tuple[Limit, ...]:
         out: list[Limit] = []
         if source not in ALERT_SOURCES:  # alerts never spend the owner's allowance
@@ -162,6 +166,11 @@ class Scheduler:
         self._cancelling: set[TaskId] = set()
         self._logs: OrderedDict[TaskId, _Log] = OrderedDict()
         self.max_running = max_running
+
+    def set_limits(self, limits: RateLimits) -> None:
+        """Apply the rate limits and cooldown of a newly activated policy from the next request on."""
+        self._limiter.update(limits)
+        self._cooldown = float(limits.cooldown_after_failure_seconds)
 
     async def start(self) -> list[TaskId]:
         """Seed the limits from the store and resume the tasks a previous process queued but never started."""

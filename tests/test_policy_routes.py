@@ -50,3 +50,14 @@ async def test_activated_policy_outlives_a_restart(tmp_path: Path) -> None:
         assert (await client.put("/policy", headers=OWNER, content=_named("kept"))).status_code == 200
     async with _client(_app(tmp_path)) as client:
         assert (await client.get("/policy", headers=OWNER)).json()["version"] == "kept"
+
+
+async def test_rate_limits_of_an_activated_policy_apply_to_the_next_request(tmp_path: Path) -> None:
+    strict = _named("strict").replace("commands_per_hour: 10", "commands_per_hour: 1", 1)
+    assert "commands_per_hour: 1 " in strict
+    body = {"prompt": "add /balance", "dry_run": True, "repo": str(tmp_path / "nowhere.git")}
+    async with _client(_app(tmp_path, commands=100)) as client:
+        assert (await client.post("/agent/command", headers=OWNER, json=body)).status_code == 202
+        assert (await client.put("/policy", headers=OWNER, content=strict)).status_code == 200
+        refused = await client.post("/agent/command", headers=OWNER, json=body)
+    assert refused.status_code == 429 and refused.json()["limit"] == "1 commands per hour"
