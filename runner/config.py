@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import ConfigError
+from runner.webhooks import WebhookError, validate_logql
 
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 DEFAULT_GITHUB_API_URL = "https://api.github.com"
@@ -173,6 +174,10 @@ class Settings:
                                            low=1) or DEFAULT_WATCH_BASELINE_SECONDS,
             watch_selector=environ.get("AGENT_RUNNER_WATCH_SELECTOR") or DEFAULT_WATCH_SELECTOR,
         )
+        try:
+            validate_logql(settings.watch_selector)
+        except WebhookError as exc:
+            problems.append(f"AGENT_RUNNER_WATCH_SELECTOR: {exc}")
         if environ.get("TELEGRAM_WEBHOOK_URL") and not environ.get("TELEGRAM_WEBHOOK_SECRET"):
             problems.append("TELEGRAM_WEBHOOK_URL is set but TELEGRAM_WEBHOOK_SECRET is not")
         if problems:
