@@ -8,7 +8,7 @@ import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -46,6 +46,13 @@ CREATE TABLE IF NOT EXISTS audit (
     detail TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS audit_task ON audit(task_id);
+CREATE INDEX IF NOT EXISTS audit_event ON audit(event);
+-- Every /metrics scrape counts these groups: indexing the JSON values spares parsing each row's detail per
+-- scrape. The expressions must read exactly as in Store.audit_counts for the planner to use them.
+CREATE INDEX IF NOT EXISTS audit_tool_decisions ON audit(event, detail -> '$.policy_effect', detail -> '$.decision')
+    WHERE event = 'tool_decision';
+CREATE INDEX IF NOT EXISTS audit_refusals ON audit(event, detail -> '$.reason') WHERE event = 'refused';
+CREATE INDEX IF NOT EXISTS tasks_source ON tasks(source, state);
 -- Append-only: the audit log is evidence, so the database itself refuses edits.
 CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
@@ -80,6 +87,19 @@ class AuditEntry:
     actor: str
     event: str
     detail: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class UsageTotals:
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+
+
+@dataclass(frozen=True, slots=True)
+class DurationTotals:
+    count: int
+    seconds: float
 
 
 def new_task_id() -> TaskId:
@@ -203,6 +223,51 @@ class Store:
         return [
             AuditEntry(r["seq"], r["at"], r["task_id"], r["actor"], r["event"], json.loads(r["detail"])) for r in rows
         ]
+
+    # Aggregates, counted by SQLite so that a metrics scrape never reads whole tables into Python.
+
+    async def task_counts(self, *, source: str | None = None) -> dict[TaskState, int]:
+        """Tasks per state, only states that have any; only tasks from `source` if given."""
+        if source is None:
+            rows = await self._run("SELECT state, COUNT(*) AS n FROM tasks GROUP BY state")
+        else:
+            rows = await self._run("SELECT state, COUNT(*) AS n FROM tasks WHERE source = ? GROUP BY state", (source,))
+        return {TaskState(r["state"]): r["n"] for r in rows}
+
+    async def audit_counts(self, event: str, keys: Sequence[str]) -> list[tuple[tuple[Any, ...], int]]:
+        """Audit rows of `event` counted by the values of top-level `keys` of their detail.
+
+        Values come back decoded (None where a key is absent or null). Groups are per distinct JSON text,
+        so two groups can hold equal values (`"a"` and `"\\u0061"`): callers merge what they display alike.
+        """
+        assert keys and all(k.isidentifier() for k in keys), keys
+        # `->` yields the value's JSON text, keeping strings apart from numbers and booleans apart from 0/1.
+        # Written as in SCHEMA's partial indexes, so the groups /metrics asks for are read from an index.
+        columns = ", ".join(f"detail -> '$.{k}' AS k{i}" for i, k in enumerate(keys))
+        groups = ", ".join(f"k{i}" for i in range(len(keys)))
+        rows = await self._run(
+            f"SELECT {columns}, COUNT(*) AS n FROM audit WHERE event = ? GROUP BY {groups}", (event,)
+        )
+        return [(tuple(None if r[i] is None else json.loads(r[i]) for i in range(len(keys))), r["n"]) for r in rows]
+
+    async def usage_totals(self) -> UsageTotals:
+        """Model usage summed over every task's `result.usage` (absent fields count as zero)."""
+        rows = await self._run(
+            "SELECT COALESCE(SUM(CAST(json_extract(result, '$.usage.input_tokens') AS INTEGER)), 0) AS tokens_in,"
+            " COALESCE(SUM(CAST(json_extract(result, '$.usage.output_tokens') AS INTEGER)), 0) AS tokens_out,"
+            " TOTAL(CAST(json_extract(result, '$.usage.cost_usd') AS REAL)) AS cost"
+            " FROM tasks WHERE result <> ''"
+        )
+        return UsageTotals(rows[0]["tokens_in"], rows[0]["tokens_out"], rows[0]["cost"])
+
+    async def duration_totals(self, states: Collection[TaskState]) -> DurationTotals:
+        """Count of tasks now in `states` and the sum of their seconds from creation to last change."""
+        marks = ", ".join("?" for _ in states) or "NULL"
+        rows = await self._run(
+            f"SELECT COUNT(*) AS n, TOTAL(updated_at - created_at) AS seconds FROM tasks WHERE state IN ({marks})",
+            [s.value for s in states],
+        )
+        return DurationTotals(rows[0]["n"], rows[0]["seconds"])
 
 
 def _task(row: sqlite3.Row) -> TaskRecord:
