@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import hmac
 import json
-from collections import Counter
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from starlette.routing import Route
 
 import policy
 from runner import approvals, autofix
+from runner import metrics as prometheus
 from runner.app import Service
 from runner.config import Secret
 from runner.errors import ForgeConflict, ForgeError, ForgeNotFound, TaskError
@@ -447,45 +447,5 @@ async def health(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     service = _service(request)
-    tasks = await service.store.list_tasks(limit=1_000_000)
-    by_state = Counter(t.state.value for t in tasks)
-    decisions = Counter((str(e.detail.get("policy_effect")), str(e.detail.get("decision")))
-                        for e in await service.store.audit_log(event="tool_decision"))
-    refusals = Counter(str(e.detail.get("reason")) for e in await service.store.audit_log(event="refused"))
-    lines = ["# HELP agent_runner_tasks Tasks by state.", "# TYPE agent_runner_tasks gauge"]
-    lines += [f'agent_runner_tasks{{state="{s.value}"}} {by_state.get(s.value, 0)}' for s in TaskState]
-    lines += ["# HELP agent_runner_policy_decisions_total Tool calls decided, by policy effect and final decision.",
-              "# TYPE agent_runner_policy_decisions_total counter"]
-    lines += [f'agent_runner_policy_decisions_total{{effect="{_label(effect)}",decision="{_label(decision)}"}} {n}'
-              for (effect, decision), n in sorted(decisions.items())]
-    lines += ["# HELP agent_runner_refusals_total Requests refused (auth, rate limit).",
-              "# TYPE agent_runner_refusals_total counter"]
-    lines += [f'agent_runner_refusals_total{{reason="{_label(reason)}"}} {n}' for reason, n in sorted(refusals.items())]
-    usage = [(t.result or {}).get("usage") or {} for t in tasks]
-    tokens_in = sum(int(u.get("input_tokens", 0)) for u in usage)
-    tokens_out = sum(int(u.get("output_tokens", 0)) for u in usage)
-    cost = sum(float(u.get("cost_usd", 0.0)) for u in usage)
-    finished = [t.updated_at - t.created_at for t in tasks if t.state.terminal or t.state is TaskState.PROPOSED]
-    autofix_states = Counter(t.state.value for t in tasks if t.source == "alertmanager")
-    lines += ["# HELP agent_runner_model_tokens_total Model tokens used by tasks, through the model proxy.",
-              "# TYPE agent_runner_model_tokens_total counter",
-              f'agent_runner_model_tokens_total{{direction="input"}} {tokens_in}',
-              f'agent_runner_model_tokens_total{{direction="output"}} {tokens_out}',
-              "# HELP agent_runner_model_cost_usd_total Model cost of tasks in US dollars.",
-              "# TYPE agent_runner_model_cost_usd_total counter",
-              f"agent_runner_model_cost_usd_total {cost:.6f}",
-              "# HELP agent_runner_task_duration_seconds From queued to a result (proposed or terminal).",
-              "# TYPE agent_runner_task_duration_seconds summary",
-              f"agent_runner_task_duration_seconds_sum {sum(finished):.3f}",
-              f"agent_runner_task_duration_seconds_count {len(finished)}",
-              "# HELP agent_runner_autofix_tasks Alert-started tasks by state (their outcomes).",
-              "# TYPE agent_runner_autofix_tasks gauge"]
-    lines += [f'agent_runner_autofix_tasks{{state="{s.value}"}} {autofix_states.get(s.value, 0)}' for s in TaskState]
-    lines += ["# HELP agent_runner_sandboxes_running Tasks holding a sandbox slot now.",
-              "# TYPE agent_runner_sandboxes_running gauge",
-              f"agent_runner_sandboxes_running {service.scheduler.running}"]
-    return PlainTextResponse("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
-
-
-def _label(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    text = await prometheus.render(service.store, sandboxes_running=service.scheduler.running)
+    return PlainTextResponse(text, media_type=prometheus.CONTENT_TYPE)
