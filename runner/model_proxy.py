@@ -24,7 +24,7 @@ import json
 import logging
 import os
 import secrets
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -64,6 +64,19 @@ FORWARDED_REQUEST_HEADERS = frozenset(
 )
 FORWARDED_RESPONSE_HEADERS = frozenset({"content-type", "request-id", "retry-after", "x-should-retry", "cache-control"})
 FORWARDED_RESPONSE_PREFIXES = ("anthropic-ratelimit-",)
+
+
+class EmbeddedServer(uvicorn.Server):
+    """A uvicorn server inside another's process: the signals belong to the process's own server.
+
+    uvicorn's `serve()` installs its SIGTERM/SIGINT handlers and restores the previous ones when it ends;
+    servers that end out of order (two tasks' proxies) leave a dead server's handler installed, and the
+    supervisor then ignores SIGTERM.
+    """
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 @dataclass(frozen=True, slots=True)
@@ -447,7 +460,7 @@ class ModelProxy:
         config = uvicorn.Config(
             self.app, uds=str(socket_path), log_level="warning", access_log=False, lifespan="off", ws="none"
         )
-        server = uvicorn.Server(config)
+        server = EmbeddedServer(config)
         task = asyncio.create_task(server.serve())
         try:
             while not server.started:

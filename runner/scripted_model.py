@@ -35,6 +35,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from runner.model_proxy import EmbeddedServer
+
 __all__ = [
     "Block",
     "RecordedRequest",
@@ -431,7 +433,7 @@ async def serve_scripted_model(
         bound_port = sock.getsockname()[1]
         config = _uvicorn_config(model.app)
         base_url = f"http://{host}:{bound_port}"
-    server = uvicorn.Server(config)
+    server = EmbeddedServer(config)
     task = asyncio.create_task(server.serve(sockets=[sock] if sock is not None else None))
     try:
         while not server.started:

@@ -12,6 +12,7 @@ targets, check it against the policy, and commit it in the trusted clone.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import fnmatch
 import hashlib
 import os
@@ -64,12 +65,32 @@ def mirror_path(home: Path, repo: str) -> Path:
     return home / "mirrors" / (hashlib.sha256(repo.encode()).hexdigest()[:16] + ".git")
 
 
+_MIRROR_LOCKS: dict[Path, asyncio.Lock] = {}
+
+
 async def update_mirror(home: Path, repo: str) -> Path:
+    """Clone or fetch the mirror of `repo`, one task at a time: two first clones into one directory break it.
+
+    An asyncio lock orders this process's tasks, and an flock beside the mirror orders the supervisors that
+    share this home (polled, not waited for in a thread, so a cancelled task leaves nothing blocked).
+    """
     mirror = mirror_path(home, repo)
+    async with _MIRROR_LOCKS.setdefault(mirror, asyncio.Lock()):
+        mirror.parent.mkdir(parents=True, exist_ok=True)
+        with open(mirror.with_suffix(".lock"), "a") as lock:
+            while True:
+                try:
+                    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(0.05)
+            return await _update_mirror(mirror, repo)  # closing the file releases the lock
+
+
+async def _update_mirror(mirror: Path, repo: str) -> Path:
     if (mirror / "HEAD").exists():
         await run_git(["fetch", "--prune", "--quiet", "origin"], cwd=mirror, timeout=600)
     else:
-        mirror.parent.mkdir(parents=True, exist_ok=True)
         tmp = mirror.with_suffix(".partial")
         shutil.rmtree(tmp, ignore_errors=True)
         await run_git(["clone", "--mirror", "--quiet", repo, str(tmp)], timeout=600)

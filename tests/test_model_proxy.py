@@ -453,3 +453,21 @@ async def test_proxy_real_cli_through_forwarder_holds_only_its_token(tmp_path: P
     assert result.usage is not None
     assert (usage.input_tokens, usage.output_tokens) == (result.usage["input_tokens"], result.usage["output_tokens"])
     assert usage.requests == 3 and usage.cost_usd > 0
+
+
+async def test_proxies_ending_out_of_order_leave_the_process_signal_handlers_alone(tmp_path: Path) -> None:
+    """uvicorn restores the SIGTERM handler it found when a server ends; two task proxies that end out of order
+    left a dead server's handler installed, and the supervisor ignored SIGTERM."""
+    import signal
+
+    from runner.model_proxy import ModelProxy
+
+    before = signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    async with ModelProxy("http://127.0.0.1:9", "unused") as proxy:
+        first = proxy.serve_unix(tmp_path / "a.sock")
+        second = proxy.serve_unix(tmp_path / "b.sock")
+        await first.__aenter__()
+        await second.__aenter__()
+        await first.__aexit__(None, None, None)  # the first task ends first: not the reverse of starting
+        await second.__aexit__(None, None, None)
+    assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before

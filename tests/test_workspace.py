@@ -119,3 +119,17 @@ async def test_commit_lands_on_the_unstripped_base(prepared: workspace.Prepared)
     # The secrets the sandbox never saw are still in the commit: their absence was not a change.
     assert _git(trusted, "ls-tree", "-r", "--name-only", sha).split().count(".env") == 1
     assert _git(trusted, "rev-parse", "HEAD").strip() == sha
+
+
+async def test_concurrent_first_mirrors_of_one_repository_both_succeed(tmp_path: Path) -> None:
+    """Two tasks that find no mirror used to clone into one `.partial` directory and leave a broken mirror."""
+    import asyncio
+
+    repo = str(await create_sample_repo(tmp_path / "origin"))
+    home = tmp_path / "home"
+    mirrors = await asyncio.gather(*(workspace.update_mirror(home, repo) for _ in range(4)))
+    assert len(set(mirrors)) == 1
+    head = subprocess.run(["git", "--git-dir", str(mirrors[0]), "rev-parse", "main"], capture_output=True, text=True)
+    assert head.returncode == 0 and len(head.stdout.strip()) == 40
+    assert not mirrors[0].with_suffix(".partial").exists()
+    await workspace.update_mirror(home, repo)  # and the next task fetches into it
