@@ -29,7 +29,7 @@ from runner.runtime import Runtime, open_runtime
 from runner.scheduler import Progress, Scheduler
 from runner.store import Store, TaskRecord
 from runner.supervisor import run_task
-from runner.watch import LokiErrors, WatchConfig
+from runner.watch import ContainerLogErrors, ErrorSource, LokiErrors, WatchConfig
 
 log = logging.getLogger("agent_runner")
 
@@ -146,10 +146,9 @@ async def open_releases(stack: contextlib.AsyncExitStack, rt: Runtime, deployer:
         return None
     rows = ReleaseStore(rt.store.path)
     stack.push_async_callback(rows.aclose)
-    errors = None
-    if settings.loki_url:
-        loki = await stack.enter_async_context(LokiClient(settings.loki_url))
-        errors = LokiErrors(loki, selector=settings.watch_selector, repo_roots=settings.repo_roots)
+    errors = watch_source(settings)
+    if errors is not None:
+        stack.push_async_callback(errors.aclose)
 
     def progress(task_id: str | None, line: str) -> None:
         note(f"{task_id or 'release'}: {line}")
@@ -164,6 +163,16 @@ async def open_releases(stack: contextlib.AsyncExitStack, rt: Runtime, deployer:
     if resumed:
         note(f"resumed {len(resumed)} release(s): {', '.join(map(str, resumed))}")
     return releases
+
+
+def watch_source(settings: Settings) -> ErrorSource | None:
+    """Where the post-deploy watch reads the bot's tracebacks: Loki, else the docker deployer's container log."""
+    if settings.loki_url:
+        return LokiErrors(LokiClient(settings.loki_url), selector=settings.watch_selector,
+                          repo_roots=settings.repo_roots)
+    if settings.deployer == "docker" and settings.deploy_service:
+        return ContainerLogErrors(settings.deploy_service, repo_roots=settings.repo_roots)
+    return None
 
 
 async def open_policies(stack: contextlib.AsyncExitStack, rt: Runtime, scheduler: Scheduler) -> PolicyDesk:

@@ -2,16 +2,20 @@
 
 A sample bot with a bug is deployed as a container; the agent fixes the bug in a sandbox; the owner
 approves the PR; the fix is deployed and health-checked. Then a second change that passes the tests but
-breaks /health is approved, deployed, found unhealthy, rolled back, and reverted on main.
+breaks /health is approved, deployed, found unhealthy, rolled back, and reverted on main. A third passes the
+tests and the health check but makes production raise; the post-deploy watch sees the new traceback in the
+bot's log, rolls it back and reverts it. Approvals go through the service's own release machinery.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import shutil
 import socket
 import sys
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
@@ -24,12 +28,17 @@ from runner.deploy.docker import DockerDeployer
 from runner.forge import create_forge
 from runner.gitops import run_git
 from runner.models import RunResult, TaskState
-from runner.release import Release, approve_and_deploy
+from runner.releases import IN_FLIGHT, ReleaseRecord, Releases, ReleaseStore
 from runner.runtime import open_runtime
 from runner.sample import create_sample_repo
+from runner.store import Store
+from runner.watch import ContainerLogErrors, WatchConfig
 
 FIX_PROMPT = "Users without outgoing transactions get a crash from /balance (average_spend). Fix it."
 HEALTH_PROMPT = "Make /health also report how many users the ledger holds."
+NAMES_PROMPT = "Let /balance take the user's name, like /balance?user=alice."
+# Short, so the demo does not wait ten minutes: read the bot's log every second for two minutes.
+DEMO_WATCH = WatchConfig(seconds=120, interval=1, baseline_seconds=600)
 SERVICE = "agent-runner-demo-bot"
 SCENARIOS = resources.files("runner") / "data" / "scenarios"
 
@@ -62,36 +71,75 @@ async def run_demo(settings: Settings) -> int:
     port = _free_port()
     deployer = DockerDeployer(SERVICE, build_base_image=_base_image(), port=port, version_env="BOT_VERSION",
                               build_network="none", health_timeout=10)
-    async with create_forge(settings, repo=repo) as forge, deployer:
+    async with create_forge(settings, repo=repo) as forge, deployer, Store(settings.home / "state.db") as store:
         main = (await run_git(["rev-parse", "main"], cwd=repo)).out
         first = await deployer.deploy(DeploySource(repo, main))
         _say(f"bot {main[:12]} at http://127.0.0.1:{port}: {'healthy' if first.healthy else first.detail}")
         _say(f"GET /balance?user=2 -> {await _get(port, '/balance?user=2')}")
         rows.append(("deploy of the buggy bot", "healthy" if first.healthy else "UNHEALTHY"))
+        releases = Releases(ReleaseStore(store.path), store=store, forge=forge, deployer=deployer, repo=repo,
+                            watch=DEMO_WATCH, errors=ContainerLogErrors(SERVICE),
+                            progress=lambda _task, line: _say(line), tell=_tell)
+        try:
+            _step("2. the owner asks: " + FIX_PROMPT)
+            fix = await _task(settings, repo, FIX_PROMPT, "fix", "fix-balance.yaml" if scripted else None)
+            rows += _task_rows("fix task", fix)
+            if fix.pr is None:
+                return _table(rows, started, failed=True)
+            _step(f"3. the owner approves PR #{fix.pr.number} at {fix.pr.head_sha[:12]}: merge, deploy, health check")
+            release = await _approve(releases, store, fix)
+            _say(f"GET /balance?user=2 -> {await _get(port, '/balance?user=2')}")
+            rows.append((f"PR #{fix.pr.number}", _release_row(release)))
 
-        _step("2. the owner asks: " + FIX_PROMPT)
-        fix = await _task(settings, repo, FIX_PROMPT, "fix", "fix-balance.yaml" if scripted else None)
-        rows += _task_rows("fix task", fix)
-        if fix.pr is None:
-            return _table(rows, started, failed=True)
-        _step(f"3. the owner approves PR #{fix.pr.number} at {fix.pr.head_sha[:12]}: merge, deploy, health check")
-        release = await approve_and_deploy(forge, deployer, repo, fix.pr.number, fix.pr.head_sha,
-                                           say=_say)
-        _say(f"GET /balance?user=2 -> {await _get(port, '/balance?user=2')}")
-        rows.append((f"PR #{fix.pr.number}", _release_row(release)))
+            _step("4. the owner asks: " + HEALTH_PROMPT)
+            change = await _task(settings, repo, HEALTH_PROMPT, "feature", "health-users.yaml" if scripted else None)
+            rows += _task_rows("feature task", change)
+            if change.pr is None:
+                return _table(rows, started, failed=True)
+            _step(f"5. the owner approves PR #{change.pr.number}: its tests pass, but is the bot healthy?")
+            release = await _approve(releases, store, change)
+            _say(f"GET /health -> {await _get(port, '/health')}")
+            rows.append((f"PR #{change.pr.number}", _release_row(release)))
 
-        _step("4. the owner asks: " + HEALTH_PROMPT)
-        change = await _task(settings, repo, HEALTH_PROMPT, "feature", "health-users.yaml" if scripted else None)
-        rows += _task_rows("feature task", change)
-        if change.pr is None:
-            return _table(rows, started, failed=True)
-        _step(f"5. the owner approves PR #{change.pr.number}: its tests pass, but is the bot healthy?")
-        release = await approve_and_deploy(forge, deployer, repo, change.pr.number,
-                                           change.pr.head_sha, say=_say)
-        _say(f"GET /health -> {await _get(port, '/health')}")
-        rows.append((f"PR #{change.pr.number}", _release_row(release)))
+            _step("6. the owner asks: " + NAMES_PROMPT)
+            names = await _task(settings, repo, NAMES_PROMPT, "feature", "balance-by-name.yaml" if scripted else None)
+            rows += _task_rows("feature task", names)
+            if names.pr is None:
+                return _table(rows, started, failed=True)
+            _step(f"7. the owner approves PR #{names.pr.number}: tests pass, /health answers; then users write in")
+            release = await _approve(releases, store, names)
+            for path in ("/balance?user=alice", "/balance?user=2", "/balance?user=1"):
+                _say(f"GET {path} -> {await _get(port, path)}")
+            if release.state == "watching":
+                _say("the post-deploy watch reads the bot's log every second ...")
+                release = await _settled(releases, release.id, lambda r: r.state != "watching", DEMO_WATCH.seconds)
+            _say(f"GET /balance?user=2 -> {await _get(port, '/balance?user=2')}")
+            rows.append((f"PR #{names.pr.number}", _release_row(release)))
+        finally:
+            await releases.aclose()
+            await releases.rows.aclose()
     _say(f"the bot keeps running at http://127.0.0.1:{port} (stop it: docker rm -f {SERVICE})")
     return _table(rows, started)
+
+
+async def _approve(releases: Releases, store: Store, result: RunResult) -> ReleaseRecord:
+    """Approve the task's PR at the head it was shown, and wait until it is deployed (and watched) or undone."""
+    assert result.pr is not None
+    task = await store.get_task(result.task_id)
+    release = await releases.approve(result.pr.number, result.pr.head_sha, actor="demo:owner", task=task)
+    return await _settled(releases, release.id, lambda r: r.state not in IN_FLIGHT, 600)
+
+
+async def _settled(releases: Releases, release_id: int, done: Callable[[ReleaseRecord], bool],
+                   timeout: float) -> ReleaseRecord:
+    async with asyncio.timeout(timeout + 60):
+        while not done(release := await releases.rows.get(release_id)):
+            await asyncio.sleep(0.2)
+    return release
+
+
+async def _tell(text: str) -> None:
+    _say(f"[to the owner] {text}")
 
 
 async def _task(settings: Settings, repo: str, prompt: str, kind: str, scenario: str | None) -> RunResult:
@@ -118,10 +166,12 @@ def _task_rows(label: str, result: RunResult) -> list[tuple[str, str]]:
     ]
 
 
-def _release_row(release: Release) -> str:
-    text = f"merged {release.merge.sha[:12]}, {release.status}"
+def _release_row(release: ReleaseRecord) -> str:
+    state = "deployed and healthy, watched" if release.state == "watching" else release.state
+    text = f"merged {(release.merge_sha or '?')[:12]}, {state}"
     if release.revert_sha:
-        text += f", reverted on main as {release.revert_sha[:12]}"
+        why = "by the post-deploy watch" if "post-deploy watch" in release.detail else "unhealthy"
+        text += f" ({why}), reverted on main as {release.revert_sha[:12]}"
     return text
 
 

@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -64,6 +65,24 @@ FORWARDED_REQUEST_HEADERS = frozenset(
 )
 FORWARDED_RESPONSE_HEADERS = frozenset({"content-type", "request-id", "retry-after", "x-should-retry", "cache-control"})
 FORWARDED_RESPONSE_PREFIXES = ("anthropic-ratelimit-",)
+
+
+def bind_unix(path: Path) -> socket.socket:
+    """A listening Unix socket at `path`, however deep: bind() takes at most 107 bytes of path, so it binds
+    through the directory's /proc/self/fd entry (a deep AGENT_RUNNER_HOME would otherwise fail every task)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        sock.bind(f"/proc/self/fd/{directory}/{path.name}")
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.close(directory)
+    return sock
 
 
 class EmbeddedServer(uvicorn.Server):
@@ -457,11 +476,10 @@ class ModelProxy:
         """Serve on a Unix socket (mode 0666, so the container's non-root user can connect)."""
         socket_path = Path(path)
         socket_path.parent.mkdir(parents=True, exist_ok=True)
-        config = uvicorn.Config(
-            self.app, uds=str(socket_path), log_level="warning", access_log=False, lifespan="off", ws="none"
-        )
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off", ws="none")
         server = EmbeddedServer(config)
-        task = asyncio.create_task(server.serve())
+        sock = bind_unix(socket_path)
+        task = asyncio.create_task(server.serve(sockets=[sock]))
         try:
             while not server.started:
                 if task.done():
@@ -473,5 +491,6 @@ class ModelProxy:
         finally:
             server.should_exit = True
             await task
+            sock.close()
             with contextlib.suppress(FileNotFoundError):
                 socket_path.unlink()

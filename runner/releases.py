@@ -19,6 +19,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
+import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -31,7 +32,6 @@ from runner.errors import ForgeConflict, ForgeError
 from runner.forge import Forge
 from runner.gitops import run_git
 from runner.models import TaskId, TaskState
-from runner.release import revert_on_base
 from runner.store import Store, TaskRecord
 from runner.watch import ErrorSource, Verdict, Watch, WatchConfig
 
@@ -441,6 +441,16 @@ class Releases:
                 await self._tell(text)
             except Exception:  # the owner's channel being down must not fail the release
                 log.warning("could not tell the owner about release %s", release.id, exc_info=True)
+
+
+async def revert_on_base(repo: str, branch: str, sha: str) -> str:
+    """Revert `sha` on `branch` of the bare repository `repo`; a fast-forward push, so a racing change fails it."""
+    with tempfile.TemporaryDirectory(prefix="agent-runner-revert-") as tmp:
+        clone = Path(tmp) / "clone"
+        await run_git(["clone", "--quiet", "--branch", branch, "--", repo, str(clone)])
+        await run_git(["revert", "--no-edit", sha], cwd=clone)
+        await run_git(["push", "--quiet", "origin", f"HEAD:refs/heads/{branch}"], cwd=clone)
+        return (await run_git(["rev-parse", "HEAD"], cwd=clone)).out
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,9 +18,10 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from runner.config import DEFAULT_WATCH_SELECTOR, Settings
+from runner.errors import RunnerError
 from runner.loki import LokiClient, LokiUnavailable
 from runner.tracebacks import extract_tracebacks
 from runner.webhooks import stream_texts
@@ -127,9 +128,13 @@ def _about(errors: Errors, fingerprint: str) -> str:
 class ErrorSource(Protocol):
     """Where the bot's tracebacks can be counted over a span of time."""
 
-    async def errors(self, start: float, end: float) -> Errors:
-        """Tracebacks logged in [start, end] (unix seconds). Raises LokiUnavailable (or the source's own
-        RunnerError) when it cannot say."""
+    async def errors(self, start: float, end: float) -> Errors | None:
+        """Tracebacks logged in [start, end] (unix seconds); None when the source holds no log of that span.
+        Raises LokiUnavailable (or the source's own RunnerError) when it cannot be read now."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release what the source holds."""
         ...
 
 
@@ -145,9 +150,68 @@ class LokiErrors:
         lines = await self._loki.query_range(self._selector, _utc(start), _utc(end))
         out = Errors(max(0.0, end - start))
         for text in stream_texts(lines):  # one stream at a time, as the auto-fix reads them
-            for tb in extract_tracebacks(text, repo_roots=self._roots):
-                out.add(tb.fingerprint, 1, tb.summary)
+            _count(out, text, self._roots)
         return out
+
+    async def aclose(self) -> None:
+        await self._loki.aclose()
+
+
+class ContainerLogErrors:
+    """Tracebacks in a Docker container's own log (stdout and stderr, where Python prints an unhandled one),
+    for a bot the docker deployer runs and no Loki collects.
+
+    Only the running container's log exists: a deploy replaces the container, so the span before it is
+    unknown (None), and "seen before" rests on earlier auto-fix tasks; the rate rule needs Loki.
+    """
+
+    def __init__(self, container: str, *, repo_roots: Sequence[str] = (), client: Any | None = None) -> None:
+        self._container = container
+        self._roots = tuple(repo_roots)
+        self._client = client
+        self._owns_client = client is None
+
+    async def errors(self, start: float, end: float) -> Errors | None:
+        started, text = await asyncio.to_thread(self._read, start, end)
+        if started is None or started > start + 1:  # no container, or its log does not reach back to `start`
+            return None
+        out = Errors(max(0.0, end - start))
+        _count(out, text, self._roots)
+        return out
+
+    def _read(self, start: float, end: float) -> tuple[float | None, str]:
+        import docker.errors
+
+        from runner.docker_engine import EngineUnavailable, connect, short
+
+        try:
+            if self._client is None:
+                self._client = connect()
+            container = self._client.containers.get(self._container)
+        except docker.errors.NotFound:
+            return None, ""
+        except (docker.errors.DockerException, EngineUnavailable) as exc:
+            raise WatchSourceError(f"cannot read the logs of container {self._container!r}: {exc}") from None
+        started = datetime.fromisoformat(container.attrs["State"]["StartedAt"][:26].rstrip("Z") + "+00:00")
+        try:
+            raw = container.logs(stdout=True, stderr=True, since=int(start), until=int(end) + 1)
+        except docker.errors.DockerException as exc:
+            raise WatchSourceError(f"cannot read the logs of container {self._container!r}: {short(exc)}") from None
+        return started.timestamp(), raw.decode("utf-8", "replace")
+
+    async def aclose(self) -> None:
+        if self._client is not None and self._owns_client:
+            await asyncio.to_thread(self._client.close)
+            self._client = None
+
+
+class WatchSourceError(RunnerError):
+    """The watch's error source cannot be read now (engine down, permissions); the watch tries again later."""
+
+
+def _count(out: Errors, text: str, roots: Sequence[str]) -> None:
+    for tb in extract_tracebacks(text, repo_roots=roots):
+        out.add(tb.fingerprint, 1, tb.summary)
 
 
 def _utc(at: float) -> datetime:
@@ -172,7 +236,8 @@ class Watch:
         self._known = known
         self._source = source
         self._clock = clock
-        self._before: Errors | None = None
+        self._before: Errors | None = None  # None: unknown (not read yet, or the source has no log of it)
+        self._baseline_read = False
         self._polled = Errors(0.0)
         self._alerted = Errors(0.0)
         self._woken = asyncio.Event()
@@ -211,16 +276,19 @@ class Watch:
             return
         now = min(self._clock(), self.until)
         try:
-            if self._before is None:
+            if not self._baseline_read:
                 self._before = await self._source.errors(self.deployed_at - self._config.baseline_seconds,
                                                          self.deployed_at)
-            self._polled = await self._source.errors(self.deployed_at, now)
+                self._baseline_read = True
+            polled = await self._source.errors(self.deployed_at, now)
         except Exception as exc:  # Loki down for a while must not end the watch: try again next interval
             self.source_failures += 1
             log.warning("post-deploy watch: could not read the errors: %s", exc)
-            if not isinstance(exc, LokiUnavailable):
+            if not isinstance(exc, LokiUnavailable | WatchSourceError):
                 log.debug("unexpected error source failure", exc_info=True)
             return
+        if polled is not None:
+            self._polled = polled
         self.polls += 1
         verdict = self._judge()
         if verdict is not None:

@@ -471,3 +471,25 @@ async def test_proxies_ending_out_of_order_leave_the_process_signal_handlers_alo
         await first.__aexit__(None, None, None)  # the first task ends first: not the reverse of starting
         await second.__aexit__(None, None, None)
     assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == before
+
+
+async def test_proxy_serves_on_a_socket_path_longer_than_bind_allows(tmp_path: Path) -> None:
+    """A deep AGENT_RUNNER_HOME put the task's socket past bind()'s 107-byte limit and failed every task."""
+    import os
+
+    from runner.model_proxy import ModelProxy
+
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    async with ModelProxy("http://127.0.0.1:9", "unused") as proxy, proxy.serve_unix(deep / "model.sock") as path:
+        assert len(str(path)) > 108 and stat.S_ISSOCK(path.stat().st_mode)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o666
+        directory = os.open(deep, os.O_RDONLY | os.O_DIRECTORY)  # the client needs a short path as well
+        try:
+            transport = httpx.AsyncHTTPTransport(uds=f"/proc/self/fd/{directory}/model.sock")
+            async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+                answer = await client.get("/v1/nothing-here")
+        finally:
+            os.close(directory)
+    assert answer.status_code in (401, 404, 405)  # the proxy answered over the socket
+    assert not (deep / "model.sock").exists()

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 import httpx
+import pytest
 
 from runner.loki import LokiClient, LokiUnavailable
 from runner.tracebacks import extract_tracebacks
-from runner.watch import Errors, LokiErrors, Watch, WatchConfig, judge
+from runner.watch import ContainerLogErrors, Errors, LokiErrors, Watch, WatchConfig, judge
 from tests.fakes.loki import FakeLoki
 from tests.test_autofix import traceback_lines
 
@@ -149,3 +152,34 @@ async def test_loki_errors_counts_tracebacks_by_the_auto_fix_fingerprint() -> No
     assert found.seconds == 2
     start, end = (int(fake.queries[0][k]) for k in ("start", "end"))
     assert datetime.fromtimestamp(start / 1e9, UTC) < datetime.fromtimestamp(end / 1e9, UTC)
+
+
+# -------------------------------------------------------------------------------------- container logs
+
+
+@pytest.mark.docker
+async def test_container_log_errors_reads_the_tracebacks_a_real_container_printed(docker_client: Any) -> None:
+    """A traceback Python prints to stderr lands in the container's log; the span before the container
+    started is unknown (None), as is a container that does not exist."""
+    name = f"agent-runner-watch-test-{os.getpid()}"
+    script = ("import time\n"
+              "def handle(user):\n"
+              "    return {'alice': 1}[user]\n"
+              "time.sleep(1.5)\n"
+              "handle('2')\n")
+    container = docker_client.containers.run("agent-runner/base:bookworm", ["python3", "-c", script], name=name,
+                                             detach=True, network_mode="none")
+    source = ContainerLogErrors(name)
+    try:
+        started = time.time()
+        assert container.wait(timeout=30)["StatusCode"] == 1
+        found = await source.errors(started - 0.5, time.time() + 1)
+        before = await source.errors(started - 600, started - 300)
+        missing = await ContainerLogErrors(name + "-gone").errors(started, time.time())
+    finally:
+        await source.aclose()
+        container.remove(force=True)
+    assert found is not None and found.total == 1
+    (fingerprint, summary), = found.summaries.items()
+    assert "KeyError" in summary and found.counts[fingerprint] == 1
+    assert before is None and missing is None
