@@ -16,7 +16,7 @@ from starlette.applications import Starlette
 import policy
 from runner import autofix, telegram
 from runner.config import Settings, settings_from_os
-from runner.deploy import Deployer, create_deployer
+from runner.deploy import Deployer, deployer_from_settings
 from runner.errors import ConfigError
 from runner.forge.base import Forge
 from runner.loki import LokiClient
@@ -57,19 +57,6 @@ class Service:
         return self.runtime.deps.forge
 
 
-def build_deployer(settings: Settings) -> Deployer:
-    """The deployer AGENT_RUNNER_DEPLOYER names (`none` by default)."""
-    if settings.deployer == "command":
-        return create_deployer("command", deploy_command=settings.deploy_command or "",
-                               health_url=settings.health_url)
-    if settings.deployer == "docker":
-        if settings.deploy_base_image is None:
-            raise ConfigError("AGENT_RUNNER_DEPLOYER=docker needs AGENT_RUNNER_DEPLOY_BASE_IMAGE")
-        return create_deployer("docker", service=settings.deploy_service or "",
-                               build_base_image=settings.deploy_base_image)
-    return create_deployer("none")
-
-
 def create_app(
     settings: Settings,
     *,
@@ -96,7 +83,7 @@ def create_app(
             return open_runtime(settings, repo=repo, say=note)
 
     open_backends = runtime
-    chosen = deployer if deployer is not None else build_deployer(settings)
+    chosen = deployer if deployer is not None else deployer_from_settings(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -156,6 +143,7 @@ async def open_releases(stack: contextlib.AsyncExitStack, rt: Runtime, deployer:
             scheduler.publish(TaskId(task_id), "progress", {"line": line})
 
     releases = Releases(rows, store=rt.store, forge=forge, deployer=deployer, repo=repo,
+                        home=settings.home,
                         watch=WatchConfig.from_settings(settings), errors=errors, progress=progress,
                         tell=(notifier or LogNotifier()).announce)
     stack.push_async_callback(releases.aclose)

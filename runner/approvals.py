@@ -9,15 +9,15 @@ from runner.errors import TaskError
 from runner.forge import PullRequest
 from runner.models import TaskState
 from runner.releases import ReleaseRecord
-from runner.store import TaskRecord
+from runner.store import Store, TaskRecord
 
 if TYPE_CHECKING:
     from runner.app import Service
 
 
-async def task_of_pr(service: Service, number: int) -> TaskRecord | None:
+async def task_of_pr(store: Store, number: int) -> TaskRecord | None:
     """The proposed task whose pull request is `number`, if any."""
-    for task in await service.store.list_tasks(states=[TaskState.PROPOSED], limit=10_000):
+    for task in await store.list_tasks(states=[TaskState.PROPOSED], limit=10_000):
         pr = (task.result or {}).get("pr")
         if isinstance(pr, Mapping) and pr.get("number") == number:
             return task
@@ -33,7 +33,7 @@ async def approve(service: Service, number: int, head_sha: str, *, actor: str) -
     """
     if service.releases is None:
         raise TaskError("no forge is configured")
-    task = await task_of_pr(service, number)
+    task = await task_of_pr(service.store, number)
     await service.store.audit(task.id if task else None, actor, "approve", {"number": number, "head_sha": head_sha})
     release = await service.releases.approve(number, head_sha, actor=actor, task=task)
     return task, release
@@ -43,7 +43,7 @@ async def reject(service: Service, number: int, *, actor: str) -> tuple[TaskReco
     """Close PR `number` without merging; its task ends `rejected`."""
     if service.forge is None:
         raise TaskError("no forge is configured")
-    task = await task_of_pr(service, number)
+    task = await task_of_pr(service.store, number)
     await service.store.audit(task.id if task else None, actor, "reject", {"number": number})
     pr = await service.forge.close(number)
     if task is not None:

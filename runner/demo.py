@@ -78,6 +78,7 @@ async def run_demo(settings: Settings) -> int:
         _say(f"GET /balance?user=2 -> {await _get(port, '/balance?user=2')}")
         rows.append(("deploy of the buggy bot", "healthy" if first.healthy else "UNHEALTHY"))
         releases = Releases(ReleaseStore(store.path), store=store, forge=forge, deployer=deployer, repo=repo,
+                            home=settings.home,
                             watch=DEMO_WATCH, errors=ContainerLogErrors(SERVICE),
                             progress=lambda _task, line: _say(line), tell=_tell)
         try:

@@ -1,6 +1,7 @@
 """The forge's commands: `prs`, `approve N [--sha SHA] [--json]`, `reject N`.
 
-Exit codes: 0 done, 1 the forge refused or failed (head moved, conflict, not found, auth), 2 bad configuration.
+Exit codes: 0 done, 1 the forge refused or failed (head moved, conflict, not found, auth) or the approved
+change is not running (rolled back, deploy failed), 2 bad configuration.
 """
 
 from __future__ import annotations
@@ -15,28 +16,15 @@ from dataclasses import asdict
 from typing import Any, TextIO, TypeVar
 
 from runner.config import Settings
-from runner.errors import ConfigError, ForgeError, ForgeRateLimited
-from runner.forge import MERGE_METHODS, Forge, MergeMethod, MergeResult, create_forge
+from runner.deploy import DeployError, deployer_from_settings
+from runner.errors import ConfigError, ForgeConflict, ForgeError, ForgeRateLimited
+from runner.forge import MERGE_METHODS, Forge, create_forge
 
 T = TypeVar("T")
 
 EXIT_OK = 0
 EXIT_REFUSED = 1
 EXIT_CONFIG = 2
-
-
-async def approve_pr(
-    forge: Forge, number: int, expected_head_sha: str | None = None, method: MergeMethod = "squash"
-) -> MergeResult:
-    """Merge pull request `number` only at the head the owner was shown.
-
-    `expected_head_sha` is the head the owner approved; without one, the head the forge recorded for the
-    pull request is used (the one its notification showed). Raises ForgeConflict when the head moved, the
-    base no longer merges cleanly, or the pull request is not open (a second approval of a merged one).
-    """
-    if expected_head_sha is None:
-        expected_head_sha = (await forge.get_pr(number)).head_sha
-    return await forge.merge(number, expected_head_sha, method)
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -64,7 +52,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_prs(args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
-    async def work(forge: Forge) -> int:
+    async def work(forge: Forge, _settings: Settings) -> int:
         prs = await forge.list_open()
         if args.json:
             _print(out, json.dumps([asdict(pr) for pr in prs]))
@@ -78,22 +66,46 @@ def cmd_prs(args: argparse.Namespace, environ: Mapping[str, str] | None = None, 
 
 
 def cmd_approve(args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
-    async def work(forge: Forge) -> int:
-        result = await approve_pr(forge, args.number, args.sha, args.method)
+    """Merge at the reviewed head and deploy with the configured deployer, rolling back if unhealthy: the
+    service's release machinery (runner/releases.py) run once, without the post-deploy watch."""
+
+    async def work(forge: Forge, settings: Settings) -> int:
+        from runner.approvals import task_of_pr
+        from runner.releases import Releases, ReleaseStore
+        from runner.store import Store
+        from runner.watch import WatchConfig
+
+        head = args.sha or (await forge.get_pr(args.number)).head_sha
+        repo = str(args.repo) if args.repo else settings.repo or ""
+        async with Store(settings.home / "state.db") as store, deployer_from_settings(settings) as deployer:
+            rows = ReleaseStore(store.path)
+            releases = Releases(rows, store=store, forge=forge, deployer=deployer, repo=repo, home=settings.home,
+                                watch=WatchConfig(seconds=0),
+                                progress=lambda _task, line: print(line, file=sys.stderr) if not args.json else None)
+            try:
+                task = await task_of_pr(store, args.number)
+                release = await releases.approve(args.number, head, actor="cli", task=task, method=args.method)
+                await releases.wait_idle()
+                release = await rows.get(release.id)
+            finally:
+                await releases.aclose()
+                await rows.aclose()
+        if release.state == "not_merged":
+            raise ForgeConflict(release.detail)
         if args.json:
-            _print(out, json.dumps(asdict(result)))
+            _print(out, json.dumps({"number": release.number, "merged": True, "sha": release.merge_sha,
+                                    "method": release.method, "head_sha": release.head_sha,
+                                    "deploy": release.state, "release": release.as_json()}))
         else:
-            _print(
-                out,
-                f"merged #{result.number} at {result.head_sha[:12]} as {result.sha[:12]} ({result.method})",
-            )
-        return EXIT_OK
+            _print(out, f"merged #{release.number} at {release.head_sha[:12]} as {(release.merge_sha or '')[:12]} "
+                        f"({release.method}); deploy {release.state}: {release.detail}")
+        return EXIT_OK if release.state == "deployed" else EXIT_REFUSED
 
     return _run(args, environ, out, work)
 
 
 def cmd_reject(args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
-    async def work(forge: Forge) -> int:
+    async def work(forge: Forge, _settings: Settings) -> int:
         pr = await forge.close(args.number)
         if args.json:
             _print(out, json.dumps(asdict(pr)))
@@ -108,7 +120,7 @@ def _run(
     args: argparse.Namespace,
     environ: Mapping[str, str] | None,
     out: TextIO | None,
-    work: Callable[[Forge], Awaitable[int]],
+    work: Callable[[Forge, Settings], Awaitable[int]],
 ) -> int:
     # The one place these commands read the environment.
     env = os.environ if environ is None else environ
@@ -120,12 +132,14 @@ def _run(
 
     async def main() -> int:
         async with forge:
-            return await work(forge)
+            return await work(forge, settings)
 
     try:
         return asyncio.run(main())
-    except ForgeError as exc:
+    except (ForgeError, DeployError) as exc:
         return _fail(args, out, exc, EXIT_REFUSED)
+    except ConfigError as exc:  # e.g. the configured deployer is missing its settings
+        return _fail(args, out, exc, EXIT_CONFIG)
 
 
 def _fail(args: argparse.Namespace, out: TextIO | None, exc: Exception, code: int) -> int:

@@ -29,11 +29,12 @@ from typing import Any, Literal, get_args
 
 from runner.deploy import Deployer, DeployError, DeployEvent, DeploySource, deploy_with_rollback
 from runner.errors import ForgeConflict, ForgeError
-from runner.forge import Forge
-from runner.gitops import run_git
+from runner.forge import Forge, MergeMethod
+from runner.gitops import GitError, run_git
 from runner.models import TaskId, TaskState
 from runner.store import Store, TaskRecord
 from runner.watch import ErrorSource, Verdict, Watch, WatchConfig
+from runner.workspace import update_mirror
 
 log = logging.getLogger("agent_runner.releases")
 
@@ -52,6 +53,7 @@ CREATE TABLE IF NOT EXISTS releases (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     number INTEGER NOT NULL,
     head_sha TEXT NOT NULL,
+    method TEXT NOT NULL DEFAULT 'squash',
     task_id TEXT,
     actor TEXT NOT NULL,
     state TEXT NOT NULL,
@@ -74,6 +76,7 @@ class ReleaseRecord:
     id: int
     number: int
     head_sha: str
+    method: MergeMethod
     task_id: str | None
     actor: str
     state: ReleaseState
@@ -118,11 +121,12 @@ class ReleaseStore:
 
         return await asyncio.to_thread(work)
 
-    async def add(self, *, number: int, head_sha: str, task_id: str | None, actor: str) -> ReleaseRecord:
+    async def add(self, *, number: int, head_sha: str, task_id: str | None, actor: str,
+                  method: MergeMethod = "squash") -> ReleaseRecord:
         now = time.time()
-        rows = await self._run("INSERT INTO releases (number, head_sha, task_id, actor, state, created_at, updated_at)"
-                               " VALUES (?, ?, ?, ?, 'approved', ?, ?) RETURNING id",
-                               (number, head_sha, task_id, actor, now, now))
+        rows = await self._run("INSERT INTO releases (number, head_sha, method, task_id, actor, state, created_at, "
+                               "updated_at) VALUES (?, ?, ?, ?, ?, 'approved', ?, ?) RETURNING id",
+                               (number, head_sha, method, task_id, actor, now, now))
         return await self.get(int(rows[0]["id"]))
 
     async def update(self, release_id: int, state: ReleaseState, **fields: object) -> ReleaseRecord:
@@ -171,13 +175,14 @@ class Releases:
     """
 
     def __init__(self, rows: ReleaseStore, *, store: Store, forge: Forge, deployer: Deployer, repo: str,
-                 watch: WatchConfig, errors: ErrorSource | None = None,
+                 home: Path, watch: WatchConfig, errors: ErrorSource | None = None,
                  progress: Progress = lambda _task, _line: None, tell: Tell | None = None) -> None:
         self.rows = rows
         self._store = store
         self._forge = forge
         self._deployer = deployer
         self._repo = repo
+        self._home = home  # where the supervisor keeps its mirror of `repo`
         self._watch_config = watch
         self._errors = errors
         self._progress = progress
@@ -188,7 +193,8 @@ class Releases:
 
     # front door ---------------------------------------------------------------------------------------------
 
-    async def approve(self, number: int, head_sha: str, *, actor: str, task: TaskRecord | None) -> ReleaseRecord:
+    async def approve(self, number: int, head_sha: str, *, actor: str, task: TaskRecord | None,
+                      method: MergeMethod = "squash") -> ReleaseRecord:
         """Check and record the owner's approval of PR `number` at `head_sha`, and start its release.
 
         Raises ForgeNotFound, or ForgeConflict when the pull request is not open, its head is not `head_sha`
@@ -205,7 +211,7 @@ class Releases:
             raise ForgeConflict(f"pull request #{number} is already being released (release {busy[0].id}, "
                                 f"{busy[0].state})")
         release = await self.rows.add(number=number, head_sha=head_sha, task_id=task.id if task else None,
-                                      actor=actor)
+                                      actor=actor, method=method)
         if task is not None:
             await self._store.transition(task.id, TaskState.APPROVED, actor=actor,
                                          reason=f"release {release.id}: merging at {head_sha[:12]}")
@@ -294,7 +300,7 @@ class Releases:
         release = await self._set(release, "merging")
         self._note(release, f"merging PR #{release.number} at {release.head_sha[:12]}")
         try:
-            merge = await self._forge.merge(release.number, release.head_sha)
+            merge = await self._forge.merge(release.number, release.head_sha, release.method)
             pr = await self._forge.get_pr(release.number)
         except ForgeError as exc:
             release = await self._set(release, "not_merged", detail=f"not merged: {exc}")
@@ -303,10 +309,20 @@ class Releases:
         return await self._merged(release, merge.sha, pr.base_branch)
 
     async def _merged(self, release: ReleaseRecord, merge_sha: str, base_branch: str) -> ReleaseRecord:
-        previous = (await run_git(["rev-parse", "--verify", f"{merge_sha}^1"], cwd=self._repo)).out
+        previous = await self._parent(merge_sha)
         self._note(release, f"merged #{release.number} into {base_branch} as {merge_sha[:12]}")
         return await self._set(release, "deploying", merge_sha=merge_sha, previous_sha=previous,
                                base_branch=base_branch, detail=f"merged as {merge_sha[:12]}")
+
+    async def _parent(self, merge_sha: str) -> str | None:
+        """What ran before the merge (its first parent), read from the mirror: with GitHub, `repo` is a URL.
+        None when the mirror cannot be had; the release is then deployed with nothing to roll back to."""
+        try:
+            mirror = await update_mirror(self._home, self._repo)
+            return (await run_git(["rev-parse", "--verify", f"{merge_sha}^1"], cwd=mirror)).out
+        except GitError as exc:
+            log.warning("no previous version for %s: %s", merge_sha[:12], exc)
+            return None
 
     async def _deploy(self, release: ReleaseRecord) -> ReleaseRecord:
         assert release.merge_sha is not None and release.base_branch is not None
@@ -380,7 +396,12 @@ class Releases:
     async def _roll_back(self, release: ReleaseRecord, verdict: Verdict) -> None:
         """Return to the version before `release`, revert its merge, and tell the owner why."""
         previous, merge, branch = release.previous_sha, release.merge_sha, release.base_branch
-        assert previous is not None and merge is not None and branch is not None
+        assert merge is not None and branch is not None
+        if previous is None:
+            detail = f"post-deploy watch: {verdict.reason}; there is no previous version to roll back to"
+            release = await self._set(release, "failed", detail=detail)
+            await self._say(release, f"PR #{release.number}: {detail}. Look now.")
+            return
         self._note(release, f"post-deploy watch: {verdict.reason}; rolling back to {previous[:12]}")
         await self._store.audit(release.task_id, "watch", "watch_verdict",
                                 {"release": release.id, "reason": verdict.reason, "fingerprint": verdict.fingerprint})

@@ -421,7 +421,7 @@ class ServiceOperations:
         return await self.service.scheduler.cancel(task_id, actor="telegram:owner")
 
     async def pr_task(self, number: int) -> TaskRecord | None:
-        return await approvals.task_of_pr(self.service, number)
+        return await approvals.task_of_pr(self.service.store, number)
 
     async def status(self) -> Status:
         scheduler = self.service.scheduler

@@ -161,7 +161,8 @@ async def desk(tmp_path: Path, repos: Repos, bot: Bot, *, watch: WatchConfig = N
             client = await stack.enter_async_context(
                 LokiClient("http://loki:3100", transport=httpx.ASGITransport(app=loki.app), retries=0))
             errors = LokiErrors(client, selector='{service="bot"}', repo_roots=["/app"])
-        releases = Releases(rows, store=store, forge=forge, deployer=active, repo=str(repos.origin), watch=watch,
+        releases = Releases(rows, store=store, forge=forge, deployer=active, repo=str(repos.origin),
+                            home=tmp_path / "home", watch=watch,
                             errors=errors, progress=lambda task, line: progress.append((task, line)), tell=tell)
         stack.push_async_callback(releases.aclose)
         yield Desk(releases, store, forge, repos, bot, told, progress)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from runner.deploy.base import (
     Deployer,
@@ -14,6 +14,10 @@ from runner.deploy.base import (
     Outcome,
     deploy_with_rollback,
 )
+from runner.errors import ConfigError
+
+if TYPE_CHECKING:
+    from runner.config import Settings
 
 __all__ = [
     "DEPLOYER_KINDS",
@@ -26,6 +30,7 @@ __all__ = [
     "EventSink",
     "Outcome",
     "create_deployer",
+    "deployer_from_settings",
     "deploy_with_rollback",
 ]
 
@@ -41,8 +46,6 @@ def create_deployer(kind: str, **options: Any) -> Deployer:
         create_deployer("command", deploy_command="systemctl restart bot", health_url="http://127.0.0.1:8000/health")
         create_deployer("docker", service="bot", build_base_image="python:3.12-slim", port=8000)
     """
-    from runner.errors import ConfigError
-
     try:
         if kind == "none":
             if options:
@@ -61,3 +64,16 @@ def create_deployer(kind: str, **options: Any) -> Deployer:
     except TypeError as exc:  # a missing or unknown option
         raise ConfigError(f"bad options for the {kind} deployer: {exc}") from exc
     raise ConfigError(f"unknown deployer {kind!r}; one of {', '.join(DEPLOYER_KINDS)}")
+
+
+def deployer_from_settings(settings: Settings) -> Deployer:
+    """The deployer AGENT_RUNNER_DEPLOYER names (`none` by default)."""
+    if settings.deployer == "command":
+        return create_deployer("command", deploy_command=settings.deploy_command or "",
+                               health_url=settings.health_url)
+    if settings.deployer == "docker":
+        if settings.deploy_base_image is None:
+            raise ConfigError("AGENT_RUNNER_DEPLOYER=docker needs AGENT_RUNNER_DEPLOY_BASE_IMAGE")
+        return create_deployer("docker", service=settings.deploy_service or "",
+                               build_base_image=settings.deploy_base_image)
+    return create_deployer("none")

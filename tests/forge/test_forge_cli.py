@@ -16,7 +16,7 @@ import uvicorn
 
 from runner.forge import local_forge_db
 from runner.forge.localgit import LocalGitForge
-from runner.forge_cli import approve_pr, register
+from runner.forge_cli import register
 from tests.fakes.github import FakeGitHub
 from tests.forge.repos import TOKEN, Repos, git
 
@@ -128,14 +128,20 @@ def test_cli_without_any_forge_exits_2(home: Path) -> None:
     assert code == 2 and json.loads(text)["error"] == "ConfigError"
 
 
-async def test_approve_pr_is_callable_by_the_supervisor(local_forge: LocalGitForge, repos: Repos) -> None:
-    sha = repos.commit("balance.py", "x = 1\n", "add balance", branch=BRANCH)
-    await local_forge.push_branch(repos.clone, BRANCH)
-    await local_forge.open_pr("Add /balance", "", BRANCH, "main")
-
-    result = await approve_pr(local_forge, 1, sha)
-
-    assert result.merged and repos.head("main") == result.sha
+def test_cli_approve_deploys_with_the_configured_deployer_and_rolls_back(repos: Repos, home: Path, proposed: str,
+                                                                       tmp_path: Path) -> None:
+    """`approve` merges and deploys (DESIGN's contract): here a `command` deployer (health: its exit status)
+    that fails for the merged change, so it is rolled back, reverted on main, and the exit status says so."""
+    deployed = tmp_path / "deployed"
+    base = repos.head("main")
+    env = {"AGENT_RUNNER_HOME": str(home), "AGENT_RUNNER_DEPLOYER": "command",
+           "AGENT_RUNNER_DEPLOY_COMMAND": f'echo "$AGENT_RUNNER_DEPLOY_SHA" > {deployed}; '
+                                          f'test "$AGENT_RUNNER_DEPLOY_ACTION" = rollback'}
+    code, text = run(["approve", "1", "--sha", proposed, "--json", "--repo", str(repos.origin)], env)
+    result = json.loads(text)
+    assert code == 1 and result["merged"] is True and result["deploy"] == "rolled_back"
+    assert deployed.read_text().strip() == base  # the previous version runs again
+    assert result["release"]["revert_sha"] == repos.head("main") and result["release"]["previous_sha"] == base
 
 
 @pytest.fixture
