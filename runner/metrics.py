@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from runner.models import TERMINAL_STATES, TaskState
+from runner.releases import RELEASE_STATES
 from runner.store import Store
 
 CONTENT_TYPE = "text/plain; version=0.0.4"
@@ -15,7 +16,8 @@ FINISHED_STATES = TERMINAL_STATES | {TaskState.PROPOSED}
 AUTOFIX_SOURCE = "alertmanager"
 
 
-async def render(store: Store, *, sandboxes_running: int) -> str:
+async def render(store: Store, *, sandboxes_running: int, releases: Mapping[str, int] | None = None) -> str:
+    """The exposition; `releases` (counts by release state) adds the releases gauge when there is a forge."""
     by_state = await store.task_counts()
     autofix_states = await store.task_counts(source=AUTOFIX_SOURCE)
     decisions = _labelled(await store.audit_counts("tool_decision", ("policy_effect", "decision")))
@@ -49,6 +51,11 @@ async def render(store: Store, *, sandboxes_running: int) -> str:
     lines += ["# HELP agent_runner_sandboxes_running Tasks holding a sandbox slot now.",
               "# TYPE agent_runner_sandboxes_running gauge",
               f"agent_runner_sandboxes_running {sandboxes_running}"]
+    if releases is not None:
+        lines += ["# HELP agent_runner_releases Approved pull requests by release state (rolled_back: unhealthy, "
+                  "or condemned by the post-deploy watch).",
+                  "# TYPE agent_runner_releases gauge"]
+        lines += [f'agent_runner_releases{{state="{state}"}} {releases.get(state, 0)}' for state in RELEASE_STATES]
     return "\n".join(lines) + "\n"
 
 

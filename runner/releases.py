@@ -158,6 +158,12 @@ class ReleaseStore:
         return [_record(r) for r in rows]
 
 
+    async def counts(self) -> dict[str, int]:
+        """Releases by state."""
+        return {row["state"]: int(row["n"])
+                for row in await self._run("SELECT state, COUNT(*) AS n FROM releases GROUP BY state")}
+
+
 def _record(row: sqlite3.Row) -> ReleaseRecord:
     return ReleaseRecord(**{key: row[key] for key in row.keys()})  # noqa: SIM118 - sqlite3.Row is not a dict
 

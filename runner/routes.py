@@ -447,5 +447,6 @@ async def health(request: Request) -> Response:
 
 async def metrics(request: Request) -> Response:
     service = _service(request)
-    text = await prometheus.render(service.store, sandboxes_running=service.scheduler.running)
+    releases = await service.releases.rows.counts() if service.releases is not None else None
+    text = await prometheus.render(service.store, sandboxes_running=service.scheduler.running, releases=releases)
     return PlainTextResponse(text, media_type=prometheus.CONTENT_TYPE)

@@ -234,3 +234,14 @@ async def test_render_aggregates_in_sqlite_without_reading_rows(store: Store, mo
     assert [line for line in text if line.startswith("agent_runner_autofix_tasks{")] == [
         f'agent_runner_autofix_tasks{{state="{s.value}"}} {autofix[s]}' for s in states
     ]
+
+
+async def test_release_states_are_a_gauge_when_there_is_a_forge(tmp_path: Path) -> None:
+    async with Store(tmp_path / "state.db") as store:
+        without = await metrics.render(store, sandboxes_running=0)
+        with_forge = await metrics.render(store, sandboxes_running=0, releases={"rolled_back": 2, "deployed": 1})
+    assert "agent_runner_releases" not in without
+    lines = with_forge.splitlines()
+    assert 'agent_runner_releases{state="rolled_back"} 2' in lines
+    assert 'agent_runner_releases{state="deployed"} 1' in lines
+    assert 'agent_runner_releases{state="watching"} 0' in lines

@@ -116,6 +116,7 @@ async def test_serve_killed_mid_deploy_and_mid_watch_resumes_merges_once_and_sti
                     await asyncio.sleep(0.2)
             done = await until(client, release_path, lambda r: r["state"] == "rolled_back")
             after = (await client.get(f"/tasks/{task_id}", headers=OWNER)).json()
+            metrics = (await client.get("/metrics")).text
     merge = deploying["merge_sha"]
     calls = [line.split()[:2] for line in log.read_text().splitlines()]
     assert calls == [["deploy", merge], ["deploy", merge], ["rollback", before]]
@@ -126,3 +127,4 @@ async def test_serve_killed_mid_deploy_and_mid_watch_resumes_merges_once_and_sti
     assert done["revert_sha"] == git("--git-dir", str(repo), "rev-parse", "main", cwd=tmp_path)
     assert running.read_text().strip() == before
     assert after["state"] == "rolled_back" and "post-deploy watch: a new error appeared" in after["reason"]
+    assert 'agent_runner_releases{state="rolled_back"} 1' in metrics.splitlines()
