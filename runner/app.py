@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import logging
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -18,6 +19,7 @@ from runner import autofix, telegram
 from runner.config import Settings, settings_from_os
 from runner.deploy import Deployer, deployer_from_settings
 from runner.errors import ConfigError
+from runner.forge import default_repo
 from runner.forge.base import Forge
 from runner.loki import LokiClient
 from runner.models import TaskId
@@ -71,9 +73,11 @@ def create_app(
 
     note = say or log.info
     if runtime is None:
-        if settings.repo is None:
-            raise ConfigError("serve needs AGENT_RUNNER_REPO: the repository commands work on")
-        repo = settings.repo
+        repo = default_repo(settings)  # with GitHub, the repository's own git URL unless told otherwise
+        if repo is None:
+            raise ConfigError("serve needs AGENT_RUNNER_REPO (the repository commands work on), or GITHUB_TOKEN and "
+                              "GITHUB_REPOSITORY")
+        settings = dataclasses.replace(settings, repo=repo)
         if settings.github_token is None and not Path(repo).exists():
             # Caught here, not in the lifespan, where uvicorn would turn it into a bare exit status.
             raise ConfigError(f"AGENT_RUNNER_REPO {repo!r} does not exist; the local forge needs a bare repository "

@@ -29,7 +29,7 @@ from typing import Any, Literal, get_args
 
 from runner.deploy import Deployer, DeployError, DeployEvent, DeploySource, deploy_with_rollback
 from runner.errors import ForgeConflict, ForgeError
-from runner.forge import Forge, MergeMethod
+from runner.forge import Forge, GitAuth, MergeMethod
 from runner.gitops import GitError, run_git
 from runner.models import TaskId, TaskState
 from runner.store import Store, TaskRecord
@@ -320,11 +320,20 @@ class Releases:
         return await self._set(release, "deploying", merge_sha=merge_sha, previous_sha=previous,
                                base_branch=base_branch, detail=f"merged as {merge_sha[:12]}")
 
+    async def _source(self) -> str:
+        """Where deployers read the release from: the supervisor's mirror, just fetched (a local path, whatever
+        the forge), else the repository itself."""
+        try:
+            return str(await update_mirror(self._home, self._repo, self._forge.git_auth()))
+        except GitError as exc:
+            log.warning("deploying from %s: its mirror could not be updated: %s", self._repo, exc)
+            return self._repo
+
     async def _parent(self, merge_sha: str) -> str | None:
         """What ran before the merge (its first parent), read from the mirror: with GitHub, `repo` is a URL.
         None when the mirror cannot be had; the release is then deployed with nothing to roll back to."""
         try:
-            mirror = await update_mirror(self._home, self._repo)
+            mirror = await update_mirror(self._home, self._repo, self._forge.git_auth())
             return (await run_git(["rev-parse", "--verify", f"{merge_sha}^1"], cwd=mirror)).out
         except GitError as exc:
             log.warning("no previous version for %s: %s", merge_sha[:12], exc)
@@ -336,12 +345,13 @@ class Releases:
         def on_event(event: DeployEvent) -> None:
             self._note(release, f"deploy: {event.kind} {event.sha[:12]}{' - ' + event.detail if event.detail else ''}")
 
+        source = await self._source()
         outcome = await deploy_with_rollback(
-            self._deployer, DeploySource(self._repo, release.merge_sha, previous_sha=release.previous_sha),
+            self._deployer, DeploySource(source, release.merge_sha, previous_sha=release.previous_sha),
             on_event=on_event)
         merged = f"PR #{release.number} merged as {release.merge_sha[:12]}"
         if outcome.status == "rolled_back":
-            revert = await revert_on_base(self._repo, release.base_branch, release.merge_sha)
+            revert = await revert_on_base(self._repo, release.base_branch, release.merge_sha, self._forge.git_auth())
             release = await self._set(release, "rolled_back", revert_sha=revert,
                                       detail=f"unhealthy after the deploy ({outcome.deployed.detail}); the previous "
                                              f"version answers again; reverted on {release.base_branch} as "
@@ -412,7 +422,7 @@ class Releases:
         await self._store.audit(release.task_id, "watch", "watch_verdict",
                                 {"release": release.id, "reason": verdict.reason, "fingerprint": verdict.fingerprint})
         try:
-            result = await self._deployer.rollback(DeploySource(self._repo, previous))
+            result = await self._deployer.rollback(DeploySource(await self._source(), previous))
         except DeployError as exc:
             detail = f"post-deploy watch: {verdict.reason}; the rollback failed: {exc}"
             release = await self._set(release, "failed", detail=detail)
@@ -423,7 +433,7 @@ class Releases:
             release = await self._set(release, "failed", detail=detail)
             await self._say(release, f"PR #{release.number}: {detail}. Look now.")
             return
-        revert = await revert_on_base(self._repo, branch, merge)
+        revert = await revert_on_base(self._repo, branch, merge, self._forge.git_auth())
         release = await self._set(release, "rolled_back", revert_sha=revert,
                                   detail=f"post-deploy watch: {verdict.reason}. Rolled back to "
                                          f"{previous[:12]}, which answers its health check; reverted on {branch} as "
@@ -470,13 +480,16 @@ class Releases:
                 log.warning("could not tell the owner about release %s", release.id, exc_info=True)
 
 
-async def revert_on_base(repo: str, branch: str, sha: str) -> str:
-    """Revert `sha` on `branch` of the bare repository `repo`; a fast-forward push, so a racing change fails it."""
+async def revert_on_base(repo: str, branch: str, sha: str, auth: GitAuth | None = None) -> str:
+    """Revert `sha` on `branch` of `repo` (a bare repository, or the forge's URL with `auth`); a fast-forward
+    push, so a change that landed meanwhile makes it fail rather than be overwritten."""
+    env, secrets = (auth.env, auth.secrets) if auth is not None else (None, ())
     with tempfile.TemporaryDirectory(prefix="agent-runner-revert-") as tmp:
         clone = Path(tmp) / "clone"
-        await run_git(["clone", "--quiet", "--branch", branch, "--", repo, str(clone)])
+        await run_git(["clone", "--quiet", "--branch", branch, "--", repo, str(clone)], env=env, secrets=secrets)
         await run_git(["revert", "--no-edit", sha], cwd=clone)
-        await run_git(["push", "--quiet", "origin", f"HEAD:refs/heads/{branch}"], cwd=clone)
+        await run_git(["push", "--quiet", "origin", f"HEAD:refs/heads/{branch}"], cwd=clone, env=env,
+                      secrets=secrets)
         return (await run_git(["rev-parse", "HEAD"], cwd=clone)).out
 
 

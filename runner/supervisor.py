@@ -82,7 +82,8 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
     try:
         await store.transition(task.id, TaskState.PROVISIONING)
         say("provisioning: mirror, clone, strip read-protected files")
-        prepared = await workspace.prepare(deps.home, task.id, task.repo, active)
+        auth = deps.forge.git_auth() if deps.forge is not None else None
+        prepared = await workspace.prepare(deps.home, task.id, task.repo, active, auth=auth)
         await store.transition(task.id, TaskState.PROVISIONING, base_sha=prepared.base_sha)
         # Checking out the workspace and starting the container overlap: neither needs the other.
         populating = asyncio.ensure_future(workspace.populate(prepared))

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import policy
+from runner.forge.base import GitAuth
 from runner.gitops import run_git
 from runner.sandbox.base import SANDBOX_UID
 
@@ -68,8 +69,9 @@ def mirror_path(home: Path, repo: str) -> Path:
 _MIRROR_LOCKS: dict[Path, asyncio.Lock] = {}
 
 
-async def update_mirror(home: Path, repo: str) -> Path:
+async def update_mirror(home: Path, repo: str, auth: GitAuth | None = None) -> Path:
     """Clone or fetch the mirror of `repo`, one task at a time: two first clones into one directory break it.
+    `auth` is the forge's credential for a private repository (a header scoped to its URL).
 
     An asyncio lock orders this process's tasks, and an flock beside the mirror orders the supervisors that
     share this home (polled, not waited for in a thread, so a cancelled task leaves nothing blocked).
@@ -84,24 +86,25 @@ async def update_mirror(home: Path, repo: str) -> Path:
                     break
                 except BlockingIOError:
                     await asyncio.sleep(0.05)
-            return await _update_mirror(mirror, repo)  # closing the file releases the lock
+            return await _update_mirror(mirror, repo, auth)  # closing the file releases the lock
 
 
-async def _update_mirror(mirror: Path, repo: str) -> Path:
+async def _update_mirror(mirror: Path, repo: str, auth: GitAuth | None) -> Path:
+    env, secrets = (auth.env, auth.secrets) if auth is not None else (None, ())
     if (mirror / "HEAD").exists():
-        await run_git(["fetch", "--prune", "--quiet", "origin"], cwd=mirror, timeout=600)
+        await run_git(["fetch", "--prune", "--quiet", "origin"], cwd=mirror, timeout=600, env=env, secrets=secrets)
     else:
         tmp = mirror.with_suffix(".partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        await run_git(["clone", "--mirror", "--quiet", repo, str(tmp)], timeout=600)
+        await run_git(["clone", "--mirror", "--quiet", repo, str(tmp)], timeout=600, env=env, secrets=secrets)
         tmp.rename(mirror)  # atomic: a crash mid-clone leaves no half mirror behind
     return mirror
 
 
-async def prepare(home: Path, task_id: str, repo: str, active: policy.Policy, *, base_ref: str | None = None
-                  ) -> Prepared:
+async def prepare(home: Path, task_id: str, repo: str, active: policy.Policy, *, base_ref: str | None = None,
+                  auth: GitAuth | None = None) -> Prepared:
     """Mirror the repo, clone it for the supervisor, and make the stripped commit the sandbox is given."""
-    mirror = await update_mirror(home, repo)
+    mirror = await update_mirror(home, repo, auth)
     if base_ref is None:
         head = await run_git(["symbolic-ref", "HEAD"], cwd=mirror)
         base_ref = head.out.removeprefix("refs/heads/")

@@ -10,6 +10,7 @@ from runner.forge.base import (
     MERGE_METHODS,
     Comment,
     Forge,
+    GitAuth,
     MergeConflict,
     MergeMethod,
     MergeResult,
@@ -25,12 +26,14 @@ __all__ = [
     "MERGE_METHODS",
     "Comment",
     "Forge",
+    "GitAuth",
     "MergeConflict",
     "MergeMethod",
     "MergeResult",
     "PrState",
     "PullRequest",
     "create_forge",
+    "default_repo",
     "local_forge_db",
 ]
 
@@ -40,6 +43,18 @@ LOCAL_FORGE_DB = "forge.sqlite3"
 def local_forge_db(home: Path) -> Path:
     """Where the local forge keeps its pull requests under AGENT_RUNNER_HOME."""
     return home / LOCAL_FORGE_DB
+
+
+def default_repo(settings: Settings) -> str | None:
+    """The repository the service works on: AGENT_RUNNER_REPO, else with GitHub the repository's git URL (the
+    one the forge's credential is scoped to)."""
+    if settings.repo is not None:
+        return settings.repo
+    if settings.github_token is not None and settings.github_repository:
+        from runner.forge.github import default_git_url
+
+        return default_git_url(settings.github_api_url, settings.github_repository)
+    return None
 
 
 def create_forge(settings: Settings, *, repo: str | Path | None = None) -> Forge:

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Literal, Protocol, Self
@@ -39,6 +39,19 @@ class MergeResult:
     method: MergeMethod
     head_sha: str
     message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GitAuth:
+    """What trusted git needs to fetch from and push to the forge's repository at `url` over HTTPS.
+
+    `env` holds git config scoped to `url` (an extraHeader: never on a command line, never in a file, never
+    sent to another URL); `secrets` are redacted from git's output and errors.
+    """
+
+    url: str
+    env: Mapping[str, str] = field(repr=False)
+    secrets: tuple[str, ...] = field(default=(), repr=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +97,11 @@ class Forge(Protocol):
 
     async def open_pr(self, title: str, body: str, head: str, base: str) -> PullRequest:
         """Open a pull request from `head` into `base`; if one is already open for `head`, return it."""
+        ...
+
+    def git_auth(self) -> GitAuth | None:
+        """How the supervisor's own git reaches the repository (mirror fetches, a rollback's revert push);
+        None when no credential is needed (the local forge)."""
         ...
 
     async def get_pr(self, number: int) -> PullRequest:

@@ -18,6 +18,7 @@ from runner.errors import ForgeAuthError, ForgeConflict, ForgeError, ForgeNotFou
 from runner.forge.base import (
     MERGE_METHODS,
     Comment,
+    GitAuth,
     MergeConflict,
     MergeMethod,
     MergeResult,
@@ -72,7 +73,7 @@ class GitHubForge:
         self.repository = repository
         self.owner = repository.split("/", 1)[0]
         self.api_url = api_url.rstrip("/")
-        self.git_url = git_url or _git_url(self.api_url, repository)
+        self.git_url = git_url or default_git_url(self.api_url, repository)
         for url in (self.api_url, self.git_url):
             _require_safe_url(url)
         self._token = token
@@ -192,19 +193,13 @@ class GitHubForge:
         )
         await self._refuse_url_rewrites(clone)
         sha = await head_sha(clone)
-        # Scoped to the push URL: should anything rewrite the URL, git would not send the header elsewhere.
-        credential = base64.b64encode(f"x-access-token:{self._token}".encode()).decode()
-        env = {
-            "GIT_CONFIG_COUNT": "1",
-            "GIT_CONFIG_KEY_0": f"http.{self.git_url}.extraHeader",
-            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {credential}",
-        }
+        auth = self.git_auth()
         try:
             result = await run_git(
                 ["push", "--porcelain", "--no-verify", self.git_url, f"{sha}:refs/heads/{branch}"],
                 cwd=clone,
-                env=env,
-                secrets=[self._token],
+                env=auth.env,
+                secrets=auth.secrets,
                 timeout=self._push_timeout,
                 check=False,
             )
@@ -215,6 +210,15 @@ class GitHubForge:
             raise _push_error(branch, self.repository, output)
         logger.info("pushed %s to %s at %s", sha[:12], branch, self.repository)
         return sha
+
+    def git_auth(self) -> GitAuth:
+        # Scoped to the repository's URL: should anything rewrite a URL, git would not send the header elsewhere.
+        credential = base64.b64encode(f"x-access-token:{self._token}".encode()).decode()
+        return GitAuth(self.git_url, {
+            "GIT_CONFIG_COUNT": "1",
+            "GIT_CONFIG_KEY_0": f"http.{self.git_url}.extraHeader",
+            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {credential}",
+        }, (self._token, credential))
 
     async def _refuse_url_rewrites(self, clone: Path) -> None:
         found = await run_git(["config", "--get-regexp", r"^url\..*insteadof$"], cwd=clone, check=False)
@@ -285,7 +289,7 @@ class GitHubForge:
         raise AssertionError("unreachable")
 
 
-def _git_url(api_url: str, repository: str) -> str:
+def default_git_url(api_url: str, repository: str) -> str:
     """Where git pushes go: github.com for the public API, the same host for GitHub Enterprise (/api/v3)."""
     parts = urlsplit(api_url)
     if parts.hostname == "api.github.com":

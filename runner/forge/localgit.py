@@ -112,6 +112,9 @@ class LocalGitForge:
     ) -> None:
         await self.aclose()
 
+    def git_auth(self) -> None:
+        return None  # a repository on this disk: nothing to authenticate
+
     async def aclose(self) -> None:
         with self._lock:
             self._db.close()

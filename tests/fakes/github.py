@@ -287,7 +287,13 @@ class FakeGitHub:
             return _error(405, "Pull Request is not mergeable")
         if data.get("sha") is not None and data["sha"] != head_sha:
             return _error(409, "Head branch was modified. Review and try the merge again.")
-        merge_sha = hashlib.sha1(f"{method}-{number}-{head_sha}".encode()).hexdigest()
+        if self.git_dir is not None:  # land it for real, as GitHub does: the merge commit is on the base branch
+            landed = self._land(pr["base"]["ref"], head_sha, f"{pr['title']} (#{number})", method)
+            if landed is None:
+                return _error(405, "Pull Request is not mergeable")
+            merge_sha = landed
+        else:
+            merge_sha = hashlib.sha1(f"{method}-{number}-{head_sha}".encode()).hexdigest()
         pr["head"]["sha"] = head_sha
         pr.update(
             state="closed",
@@ -299,6 +305,30 @@ class FakeGitHub:
         )
         self.merges.append(number)
         return JSONResponse({"sha": merge_sha, "merged": True, "message": "Pull Request successfully merged"})
+
+    def _land(self, base: str, head_sha: str, title: str, method: str) -> str | None:
+        """Merge `head_sha` into `base` in the bare repository (one parent for squash and rebase, two for a
+        merge commit); None when it does not merge cleanly."""
+        assert self.git_dir is not None
+
+        def git(*args: str) -> subprocess.CompletedProcess[str]:
+            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1",
+                   "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "GitHub",
+                   "GIT_AUTHOR_EMAIL": "noreply@github.com", "GIT_COMMITTER_NAME": "GitHub",
+                   "GIT_COMMITTER_EMAIL": "noreply@github.com"}
+            return subprocess.run(["git", "--git-dir", str(self.git_dir), *args], env=env, capture_output=True,
+                                  text=True, check=False)
+
+        base_sha = self.head_of(base)
+        assert base_sha is not None
+        tree = git("merge-tree", "--write-tree", base_sha, head_sha)
+        if tree.returncode != 0:
+            return None
+        parents = ["-p", base_sha] + (["-p", head_sha] if method == "merge" else [])
+        commit = git("commit-tree", tree.stdout.split()[0], *parents, "-m", title).stdout.strip()
+        if git("update-ref", f"refs/heads/{base}", commit, base_sha).returncode != 0:
+            return None
+        return commit
 
     async def _comments(self, request: Request) -> Response:
         if (missing := self._check_repo(request)) is not None:
