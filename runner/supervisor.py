@@ -17,6 +17,7 @@ from runner import tasklock, workspace
 from runner.agent import Asker, Gate, deny_asks, run_agent, system_prompt
 from runner.errors import RunnerError
 from runner.forge.base import Forge
+from runner.gitops import run_git
 from runner.model_proxy import Budget, ModelProxy
 from runner.models import Denial, PrRef, RunResult, TaskState, TestRun, Usage
 from runner.prbody import PrRequest, branch_name, render_pr_body
@@ -199,7 +200,9 @@ async def _run_tests(sandbox: Sandbox, container: Container, command: str) -> Te
 async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, change: workspace.Change,
                    tests: TestRun, summary: str, denials: list[Denial], verification: str | None) -> PrRef:
     assert deps.forge is not None
-    taken = {pr.head_branch for pr in await deps.forge.list_open()}
+    # Not only open PRs' branches: a rejected PR's branch stays, and pushing onto it would be refused as diverged.
+    existing = await run_git(["for-each-ref", "--format=%(refname:strip=2)", "refs/heads/"], cwd=prepared.mirror)
+    taken = {pr.head_branch for pr in await deps.forge.list_open()} | set(existing.out.split())
     branch = branch_name(task.kind, task.fingerprint or task.prompt, taken)
     title = _title(task)
     await workspace.commit(prepared, change, f"{title}\n\nagent-runner task {task.id}", branch)

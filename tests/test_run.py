@@ -74,6 +74,24 @@ async def test_run_proposes_a_pull_request_on_the_local_forge(tmp_path: Path) ->
     assert (await _git(repo, "log", "-1", "--format=%an", pr["branch"])).strip() == "agent-runner"
 
 
+async def test_the_same_request_after_a_rejection_gets_a_new_branch_and_pr(tmp_path: Path) -> None:
+    """A rejected PR's branch stays on the forge; the next task with the same words used to pick the same branch
+    name and fail at the push (refused as diverged, never forced)."""
+    repo = await create_sample_repo(tmp_path / "origin")
+    env = _env(tmp_path / "home")
+    args = ("run", "--repo", str(repo), "--prompt", "fix average_spend", "--kind", "fix", "--json",
+            "--scenario", str(FIX_SCENARIO))
+    code, first, progress = await _agent_runner(*args, env=env)
+    assert code == 0, progress
+    reject = await asyncio.create_subprocess_exec(*AGENT_RUNNER, "reject", str(first["pr"]["number"]), "--repo",
+                                                  str(repo), env=env, stdout=asyncio.subprocess.DEVNULL)
+    assert await reject.wait() == 0
+    code, second, progress = await _agent_runner(*args, env=env)
+    assert code == 0 and second["status"] == "proposed", progress
+    assert second["pr"]["number"] == 2 and second["pr"]["branch"] != first["pr"]["branch"]
+    assert (await _git(repo, "rev-parse", first["pr"]["branch"])).strip() == first["pr"]["head_sha"]  # untouched
+
+
 async def _git(repo: Path, *args: str) -> str:
     proc = await asyncio.create_subprocess_exec("git", "-C", str(repo), *args, stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
