@@ -125,4 +125,5 @@ async def test_a_task_on_a_private_github_repository_becomes_a_pull_request(
                                        repo=forge.git_url, source="api", requested_by="owner", dry_run=False)
         result = await run_task(deps, task)
     assert result.status is TaskState.PROPOSED, result.reason
-    assert result.pr is not None and result.pr.number in fake.pulls and tuple(result.files_changed) == ("bot/ledger.py",)
+    assert result.pr is not None and result.pr.number in fake.pulls
+    assert tuple(result.files_changed) == ("bot/ledger.py",)
