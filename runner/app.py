@@ -48,6 +48,8 @@ class Service:
     deployer: Deployer
     policies: PolicyDesk
     releases: Releases | None = None
+    loki: LokiClient | None = None
+    """One client (one connection pool) for every alert's log query and the post-deploy watch."""
     """Approved pull requests on their way through merge, deploy and watch (None without a forge)."""
 
     @property
@@ -120,8 +122,9 @@ def create_app(
             if resumed:
                 note(f"resumed {len(resumed)} queued task(s): {', '.join(resumed)}")
             policies = await open_policies(stack, rt, scheduler)
-            releases = await open_releases(stack, rt, active, scheduler, notifier, note)
-            service = app.state.service = Service(settings, rt, scheduler, active, policies, releases)
+            loki = await stack.enter_async_context(LokiClient(settings.loki_url)) if settings.loki_url else None
+            releases = await open_releases(stack, rt, active, scheduler, notifier, note, loki)
+            service = app.state.service = Service(settings, rt, scheduler, active, policies, releases, loki)
             if notifier is not None:
                 await telegram.start_front_end(stack, service, notifier, app.router.routes)
             yield
@@ -130,14 +133,14 @@ def create_app(
 
 
 async def open_releases(stack: contextlib.AsyncExitStack, rt: Runtime, deployer: Deployer, scheduler: Scheduler,
-                        notifier: Notifier | None, note: Progress) -> Releases | None:
+                        notifier: Notifier | None, note: Progress, loki: LokiClient | None) -> Releases | None:
     """The release desk, with the releases a previous process left in flight resumed."""
     settings, forge, repo = rt.settings, rt.deps.forge, rt.settings.repo
     if forge is None or repo is None:
         return None
     rows = ReleaseStore(rt.store.path)
     stack.push_async_callback(rows.aclose)
-    errors = watch_source(settings)
+    errors = watch_source(settings, loki)
     if errors is not None:
         stack.push_async_callback(errors.aclose)
 
@@ -157,11 +160,10 @@ async def open_releases(stack: contextlib.AsyncExitStack, rt: Runtime, deployer:
     return releases
 
 
-def watch_source(settings: Settings) -> ErrorSource | None:
+def watch_source(settings: Settings, loki: LokiClient | None) -> ErrorSource | None:
     """Where the post-deploy watch reads the bot's tracebacks: Loki, else the docker deployer's container log."""
-    if settings.loki_url:
-        return LokiErrors(LokiClient(settings.loki_url), selector=settings.watch_selector,
-                          repo_roots=settings.repo_roots)
+    if loki is not None:
+        return LokiErrors(loki, selector=settings.watch_selector, repo_roots=settings.repo_roots)
     if settings.deployer == "docker" and settings.deploy_service:
         return ContainerLogErrors(settings.deploy_service, repo_roots=settings.repo_roots)
     return None

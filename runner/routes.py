@@ -20,7 +20,6 @@ from runner import metrics as prometheus
 from runner.app import Service
 from runner.config import Secret
 from runner.errors import ForgeConflict, ForgeError, ForgeNotFound, TaskError
-from runner.loki import LokiClient
 from runner.models import TASK_KINDS, TaskState
 from runner.openapi import openapi_route
 from runner.scheduler import Duplicate, Refused
@@ -421,10 +420,7 @@ async def auto_fix(request: Request) -> Response:
         return _error(400, str(exc))
     if service.settings.repo is None:
         return _error(409, "no AGENT_RUNNER_REPO is configured")
-    loki_url = service.settings.loki_url
-    async with contextlib.AsyncExitStack() as stack:
-        loki = await stack.enter_async_context(LokiClient(loki_url)) if loki_url else None
-        outcomes = await autofix.admit(service, parsed, loki=loki)
+    outcomes = await autofix.admit(service, parsed, loki=service.loki)
     refused = [o for o in outcomes if o.status in ("rate_limited", "cooling_down")]
     for outcome in {o.fingerprint: o for o in refused}.values():
         await _refuse(request, "alertmanager", outcome.status, retry_after=outcome.retry_after,

@@ -154,7 +154,7 @@ class LokiErrors:
         return out
 
     async def aclose(self) -> None:
-        await self._loki.aclose()
+        return None  # the client is the service's, shared with the alert route; its owner closes it
 
 
 class ContainerLogErrors:
