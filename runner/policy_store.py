@@ -99,6 +99,21 @@ def _version(row: sqlite3.Row) -> PolicyVersion:
                          row["note"])
 
 
+PROPOSAL_SECONDS = 900.0  # a proposal shown in the chat can be confirmed for this long
+
+
+class ProposalVoid(Exception):
+    """A proposal that can no longer be confirmed: unknown, expired, or made against a policy since replaced."""
+
+
+@dataclass(frozen=True, slots=True)
+class Proposal:
+    text: str
+    base_sha256: str
+    """The active policy's text when the proposal (and the diff the owner saw) was made."""
+    at: float
+
+
 @dataclass(slots=True)
 class PolicyDesk:
     """The active policy's text and versions for the owner's front ends (HTTP API, Telegram).
@@ -110,7 +125,28 @@ class PolicyDesk:
     store: PolicyStore
     initial_text: str
     on_activate: Callable[[policy.Policy], None] = lambda _p: None
-    pending: dict[str, str] = field(default_factory=dict)
+    pending: dict[str, Proposal] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time
+
+    async def propose(self, text: str, token: str) -> None:
+        """Hold `text` (already validated) until the owner confirms `token`, against the policy active now."""
+        base = hashlib.sha256((await self.active_text()).encode()).hexdigest()
+        now = self.clock()
+        for stale in [t for t, p in self.pending.items() if now - p.at > PROPOSAL_SECONDS]:
+            del self.pending[stale]
+        self.pending[token] = Proposal(text, base, now)
+
+    async def confirm(self, token: str, *, actor: str) -> policy.Policy:
+        """Activate the proposal `token`. Raises ProposalVoid when it expired or the policy changed since the
+        owner saw its diff (confirming then would silently undo the newer change)."""
+        proposal = self.pending.pop(token, None)
+        if proposal is None or self.clock() - proposal.at > PROPOSAL_SECONDS:
+            raise ProposalVoid(f"this proposal has expired (proposals last {PROPOSAL_SECONDS / 60:.0f} minutes); "
+                               "send the file again")
+        if hashlib.sha256((await self.active_text()).encode()).hexdigest() != proposal.base_sha256:
+            raise ProposalVoid("the active policy changed after this proposal was made, so its diff is out of "
+                               "date; send the file again")
+        return await self.activate(proposal.text, actor=actor)
 
     async def active_text(self) -> str:
         active = await self.store.active()

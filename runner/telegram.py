@@ -31,10 +31,10 @@ from starlette.routing import BaseRoute, Route
 
 import policy
 from runner import approvals
-from runner.errors import RunnerError, TaskError
+from runner.errors import NotifyError, RunnerError, TaskError
 from runner.notify.base import Button, Message
-from runner.notify.telegram import AskAnswer, PrAction, TelegramNotifier, clip, esc, pre
-from runner.policy_store import PolicyDesk
+from runner.notify.telegram import AskAnswer, PrAction, TelegramNotifier, clip, esc, markup, pre
+from runner.policy_store import PolicyDesk, ProposalVoid
 from runner.store import TaskRecord
 
 if TYPE_CHECKING:  # runner.app imports this module
@@ -186,23 +186,30 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
         await reply(message, f"Usage: <code>/{esc(command.command)} N</code>")
         return None
 
-    async def do_approve(chat: TgMessage, number: int, head_sha: str) -> None:
+    async def do_approve(chat: TgMessage, number: int, head_sha: str) -> bool:
         await ops.audit(None, "telegram:owner", "approve_requested", {"number": number, "head_sha": head_sha})
-        await reply(chat, f"Merging PR #{number} at <code>{esc(head_sha[:12])}</code>…")
         try:
             outcome = await ops.approve(number, head_sha)
         except RunnerError as exc:
             await reply(chat, f"PR #{number} not merged: {esc(str(exc))}")
-            return
+            return False
         await reply(chat, esc(outcome))
+        return True
 
-    async def do_reject(chat: TgMessage, number: int) -> None:
+    async def do_reject(chat: TgMessage, number: int) -> bool:
         try:
             outcome = await ops.reject(number)
         except RunnerError as exc:
             await reply(chat, f"PR #{number} not rejected: {esc(str(exc))}")
-            return
+            return False
         await reply(chat, esc(outcome))
+        return True
+
+    async def spent(message: TgMessage, number: int, sha: str) -> None:
+        """The PR was approved or rejected: its Approve / Reject buttons go, Show diff stays."""
+        diff = Button("📄 Show diff", PrAction(action="diff", number=number, sha=sha).pack())
+        with contextlib.suppress(NotifyError):  # too old to edit: the release or rejection stands anyway
+            await notifier.call(lambda: message.edit_reply_markup(reply_markup=markup(Message("", ((diff,),)))))
 
     @router.message(Command("approve_pr"))
     async def approve_pr(message: TgMessage, command: CommandObject) -> None:
@@ -292,7 +299,7 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
         current = await desk.active_text()
         diff = "".join(difflib.unified_diff(current.splitlines(True), text.splitlines(True), "active", name))
         token = secrets.token_hex(8)
-        desk.pending[token] = text
+        await desk.propose(text, token)
         await reply(message, f"Policy <b>{esc(proposed.version)}</b> is valid; {len(proposed.examples)} examples pass."
                              f"\n{pre(diff or '(no change)', 3500)}",
                     ((Button("✅ Confirm", PolicyConfirm(token=token, ok=True).pack()),
@@ -341,9 +348,11 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
         if not isinstance(chat, TgMessage):
             return
         if callback_data.action == "approve":
-            await do_approve(chat, callback_data.number, callback_data.sha)
+            if await do_approve(chat, callback_data.number, callback_data.sha):
+                await spent(chat, callback_data.number, callback_data.sha)
         elif callback_data.action == "reject":
-            await do_reject(chat, callback_data.number)
+            if await do_reject(chat, callback_data.number):
+                await spent(chat, callback_data.number, callback_data.sha)
         else:
             task = await ops.pr_task(callback_data.number)
             diff = str((task.result or {}).get("diff", "")) if task else ""
@@ -356,19 +365,26 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
 
     @router.callback_query(PolicyConfirm.filter())
     async def policy_button(query: CallbackQuery, callback_data: PolicyConfirm) -> None:
-        text = desk.pending.pop(callback_data.token, None)
-        if text is None:
-            await query.answer("This proposal has expired.")
-            return
+        message = query.message if isinstance(query.message, TgMessage) else None
+        if message is not None:  # Confirm and Cancel are spent whatever the answer
+            with contextlib.suppress(NotifyError):
+                await notifier.call(lambda: message.edit_reply_markup(reply_markup=None))
         if not callback_data.ok:
+            desk.pending.pop(callback_data.token, None)
             await query.answer("Cancelled; the active policy is unchanged.")
             return
-        loaded = await desk.activate(text, actor="telegram:owner")
+        try:
+            loaded = await desk.confirm(callback_data.token, actor="telegram:owner")
+        except ProposalVoid as exc:
+            await query.answer("Not activated")
+            if message is not None:
+                await reply(message, f"❌ Not activated: {esc(str(exc))}. The active policy is unchanged.")
+            return
         await ops.audit(None, "telegram:owner", "policy_activated", {"version": loaded.version,
                                                                     "sha256": loaded.sha256})
         await query.answer("Activated")
-        if isinstance(query.message, TgMessage):
-            await reply(query.message, f"✅ Policy <b>{esc(loaded.version)}</b> is active.")
+        if message is not None:
+            await reply(message, f"✅ Policy <b>{esc(loaded.version)}</b> is active.")
 
     @router.message()
     async def unknown(message: TgMessage) -> None:

@@ -145,6 +145,9 @@ async def test_telegram_agent_conversation_progress_then_approve(bot: Harness) -
     assert bot.ops.approved == [(7, SHA)]
     assert "deploy deployed" in bot.replies(OWNER)[-1]
     assert [e.detail["head_sha"] for e in await bot.store.audit_log(event="approve_requested")] == [SHA]
+    # The buttons that were used are gone, so the decision cannot be pressed twice; the diff stays available.
+    await bot.fake.wait_for(lambda: len(bot.fake.buttons(OWNER, board)) == 1)
+    assert [text for text, _ in bot.fake.buttons(OWNER, board)] == ["📄 Show diff"]
 
 
 async def test_telegram_show_diff_and_typed_approve_use_the_shown_head(bot: Harness) -> None:
@@ -224,6 +227,41 @@ async def test_telegram_valid_policy_activates_only_after_confirm(bot: Harness) 
     await bot.fake.wait_for(lambda: any("is active" in t for t in bot.replies(OWNER)))
     assert [p.sha256 for p in activated] == [policy.load(text).sha256]
     assert await bot.desk.active_text() == text
+    assert bot.fake.buttons(OWNER, proposal) == []  # Confirm and Cancel are spent
+
+
+async def _proposal(bot: Harness, text: str) -> tuple[int, str]:
+    before = set(bot.fake.messages)
+    bot.fake.send_document(OWNER, "policy.yaml", text.encode(), "/policy set")
+    await bot.fake.wait_for(lambda: any(bot.fake.buttons(*key) for key in set(bot.fake.messages) - before))
+    proposal = max(mid for (chat, mid) in set(bot.fake.messages) - before if bot.fake.buttons(chat, mid))
+    return proposal, next(d for b, d in bot.fake.buttons(OWNER, proposal) if "Confirm" in b)
+
+
+async def test_telegram_policy_proposal_is_void_once_another_policy_was_activated(bot: Harness) -> None:
+    """The owner saw a diff against the active policy; if it changed meanwhile (over the API, say), confirming
+    would silently undo that change."""
+    mine = policy.default_text().replace("version:", "version: from-chat #", 1)
+    theirs = policy.default_text().replace("version:", "version: from-api #", 1)
+    proposal, confirm = await _proposal(bot, mine)
+    await bot.desk.activate(theirs, actor="owner")
+    bot.fake.press(OWNER, OWNER, proposal, confirm)
+    await bot.fake.wait_for(lambda: any("Not activated" in t for t in bot.replies(OWNER)))
+    assert "the active policy changed after this proposal was made" in bot.replies(OWNER)[-1]
+    assert await bot.desk.active_text() == theirs
+
+
+async def test_telegram_policy_proposal_expires(bot: Harness) -> None:
+    from runner.policy_store import PROPOSAL_SECONDS
+
+    now = [1000.0]
+    bot.desk.clock = lambda: now[0]
+    proposal, confirm = await _proposal(bot, policy.default_text().replace("version:", "version: late #", 1))
+    now[0] += PROPOSAL_SECONDS + 1
+    bot.fake.press(OWNER, OWNER, proposal, confirm)
+    await bot.fake.wait_for(lambda: any("Not activated" in t for t in bot.replies(OWNER)))
+    assert "this proposal has expired" in bot.replies(OWNER)[-1]
+    assert await bot.desk.store.history() == []
 
 
 async def test_telegram_webhook_refuses_a_wrong_secret_and_feeds_a_right_one(bot: Harness) -> None:

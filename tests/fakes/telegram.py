@@ -161,6 +161,21 @@ class FakeTelegram:
         message["edit_date"] = int(time.time())
         return message
 
+    async def _m_editmessagereplymarkup(self, params: dict[str, Any]) -> Any:
+        key = (int(params["chat_id"]), int(params["message_id"]))
+        if key not in self.messages:
+            return _error(400, "Bad Request: message to edit not found")
+        message = self.messages[key]
+        markup = params.get("reply_markup") or None
+        if message.get("reply_markup") == markup:
+            return _error(400, "Bad Request: message is not modified: specified new message content and reply "
+                               "markup are exactly the same as a current content and reply markup of the message")
+        message.pop("reply_markup", None)
+        if markup and markup.get("inline_keyboard"):
+            message["reply_markup"] = markup
+        message["edit_date"] = int(time.time())
+        return message
+
     async def _m_senddocument(self, params: dict[str, Any]) -> Any:
         chat_id = int(params["chat_id"])
         upload = params.get("document")
