@@ -133,3 +133,35 @@ async def test_concurrent_first_mirrors_of_one_repository_both_succeed(tmp_path:
     assert head.returncode == 0 and len(head.stdout.strip()) == 40
     assert not mirrors[0].with_suffix(".partial").exists()
     await workspace.update_mirror(home, repo)  # and the next task fetches into it
+
+
+async def test_the_next_task_on_the_same_tree_gets_a_copy_of_the_cached_workspace(
+        tmp_path: Path, prepared: workspace.Prepared) -> None:
+    """The second task copies the populated workspace instead of checking it out; what one sandbox does to its
+    copy reaches neither the cache nor the next task."""
+    (prepared.workspace / "bot" / "ledger.py").write_text("tampered\n")  # the first sandbox at work
+    (prepared.workspace / ".git" / "hooks" / "post-checkout").write_text("#!/bin/sh\n")
+    repo = str(await create_sample_repo(tmp_path / "origin"))
+    second = await workspace.prepare(tmp_path / "home", "t2", repo, policy.load_default())
+    assert second.given == prepared.given  # a function of the tree: the cached copy holds this very commit
+    await workspace.populate(second)
+    [cached] = [p for p in second.cache.iterdir() if not p.name.startswith(".")]
+    assert (second.workspace / "bot" / "ledger.py").read_text() != "tampered\n"
+    assert not (second.workspace / ".git" / "hooks" / "post-checkout").exists()
+    assert _git(second.workspace, "rev-list", "--all").split() == [second.given]
+    assert _git(second.workspace, "status", "--porcelain") == ""
+    assert (second.workspace / "bot" / "ledger.py").stat().st_ino != (cached / "bot" / "ledger.py").stat().st_ino
+    if os.geteuid() == 0:  # the sandbox's uid owns its copy; the cache stays the supervisor's
+        assert (second.workspace / "bot" / "ledger.py").stat().st_uid != 0
+        assert (cached / "bot" / "ledger.py").stat().st_uid == 0
+
+
+def test_the_workspace_cache_keeps_the_most_recently_used(tmp_path: Path) -> None:
+    import time
+
+    for i in range(10):
+        (tmp_path / f"tree{i}").mkdir()
+        os.utime(tmp_path / f"tree{i}", (time.time() - 100 + i, time.time() - 100 + i))
+    (tmp_path / ".building").mkdir()  # a fill in progress is never evicted
+    workspace._evict(tmp_path, keep=8)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".building", *(f"tree{i}" for i in range(2, 10))]
