@@ -351,11 +351,10 @@ class Releases:
             on_event=on_event)
         merged = f"PR #{release.number} merged as {release.merge_sha[:12]}"
         if outcome.status == "rolled_back":
-            revert = await revert_on_base(self._repo, release.base_branch, release.merge_sha, self._forge.git_auth())
+            revert, reverted = await self._revert(release.base_branch, release.merge_sha)
             release = await self._set(release, "rolled_back", revert_sha=revert,
                                       detail=f"unhealthy after the deploy ({outcome.deployed.detail}); the previous "
-                                             f"version answers again; reverted on {release.base_branch} as "
-                                             f"{revert[:12]}")
+                                             f"version answers again; {reverted}")
         elif outcome.status == "failed":
             release = await self._set(release, "failed", detail=f"deploy failed and could not be rolled back: "
                                                                 f"{(outcome.rolled_back or outcome.deployed).detail}")
@@ -433,12 +432,22 @@ class Releases:
             release = await self._set(release, "failed", detail=detail)
             await self._say(release, f"PR #{release.number}: {detail}. Look now.")
             return
-        revert = await revert_on_base(self._repo, branch, merge, self._forge.git_auth())
+        revert, reverted = await self._revert(branch, merge)
         release = await self._set(release, "rolled_back", revert_sha=revert,
                                   detail=f"post-deploy watch: {verdict.reason}. Rolled back to "
-                                         f"{previous[:12]}, which answers its health check; reverted on {branch} as "
-                                         f"{revert[:12]}")
+                                         f"{previous[:12]}, which answers its health check; {reverted}")
         await self._say(release, f"PR #{release.number} rolled back: {release.detail}")
+
+    async def _revert(self, branch: str, merge: str) -> tuple[str | None, str]:
+        """Revert the merge on the base branch, so the branch matches what runs; and say how that went. A refusal
+        (a protected branch, a change that landed meanwhile) leaves the rollback standing: the owner is told."""
+        try:
+            revert = await revert_on_base(self._repo, branch, merge, self._forge.git_auth())
+        except GitError as exc:
+            log.warning("could not revert %s on %s: %s", merge[:12], branch, exc)
+            return None, (f"the merge could NOT be reverted on {branch} ({str(exc)[:300]}): revert {merge[:12]} "
+                          "there yourself, or the next deploy ships it again")
+        return revert, f"reverted on {branch} as {revert[:12]}"
 
     async def _end_watch(self, why: str) -> None:
         """The next release starts: a watch with a verdict finishes its rollback; one without one ends here."""

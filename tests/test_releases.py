@@ -231,6 +231,26 @@ async def test_an_unhealthy_release_is_rolled_back_and_reverted_on_main(tmp_path
     assert "deploy rolled_back" in d.told[-1] and "reverted on main" in d.told[-1]
 
 
+async def test_a_rollback_stands_when_the_base_branch_refuses_the_revert(tmp_path: Path, repos: Repos,
+                                                                        bot: Bot) -> None:
+    """A protected branch refuses the revert push: the previous version still runs, the release says
+    rolled_back, and the owner is told to revert the merge by hand (else the next deploy ships it again)."""
+    hook = repos.origin / "hooks" / "pre-receive"
+    hook.write_text("#!/bin/sh\nwhile read old new ref; do\n  if [ \"$ref\" = refs/heads/main ]; then\n"
+                    "    echo 'main is protected' >&2; exit 1\n  fi\ndone\n")
+    hook.chmod(0o755)
+    async with desk(tmp_path, repos, bot) as d:
+        before = repos.head("main")
+        number, sha, task = await d.propose("broken.py", "raise SystemExit\n")
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        done = await settled(d, release.id)
+        assert (await d.store.get_task(task.id)).state is TaskState.ROLLED_BACK
+    assert done.state == "rolled_back" and done.revert_sha is None and bot.running == before
+    assert "could NOT be reverted on main" in done.detail and "main is protected" in done.detail
+    assert repos.head("main") == done.merge_sha  # the merge is still there, as the owner is told
+    assert "revert it" not in d.told[-1] and f"revert {str(done.merge_sha)[:12]} there yourself" in d.told[-1]
+
+
 async def test_without_a_forge_pr_the_release_is_still_recorded_and_reported(tmp_path: Path, repos: Repos,
                                                                              bot: Bot) -> None:
     async with desk(tmp_path, repos, bot) as d:
