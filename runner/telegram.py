@@ -35,6 +35,7 @@ from runner.errors import NotifyError, RunnerError, TaskError
 from runner.notify.base import Button, Message
 from runner.notify.telegram import AskAnswer, PrAction, TelegramNotifier, clip, esc, markup, pre
 from runner.policy_store import PolicyDesk, ProposalVoid
+from runner.releases import IN_FLIGHT, ReleaseRecord
 from runner.store import TaskRecord
 
 if TYPE_CHECKING:  # runner.app imports this module
@@ -64,6 +65,8 @@ class Status:
     max_running: int
     cost_today_usd: float
     open_tasks: int
+    releases: tuple[str, ...] = ()
+    """One line per release in flight or under its post-deploy watch."""
 
 
 class Operations(Protocol):
@@ -258,7 +261,8 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
         hours, rest = divmod(int(s.uptime_seconds), 3600)
         await reply(message, f"✅ agent-runner {esc(s.version)}, up {hours}h{rest // 60:02d}m\n"
                              f"sandboxes {s.running}/{s.max_running}, waiting {s.waiting}, open tasks {s.open_tasks}\n"
-                             f"cost today ${s.cost_today_usd:.4f}")
+                             f"cost today ${s.cost_today_usd:.4f}"
+                             + "".join(f"\n{esc(line)}" for line in s.releases))
 
     @router.message(Command("help", "start"))
     async def help_(message: TgMessage) -> None:
@@ -445,11 +449,21 @@ class ServiceOperations:
         tasks = await self.service.store.list_tasks(limit=100_000)
         cost = sum(float(((t.result or {}).get("usage") or {}).get("cost_usd") or 0)
                    for t in tasks if t.created_at >= midnight)
+        releases = self.service.releases
+        live = await releases.rows.find(states=(*IN_FLIGHT, "watching"), limit=20) if releases is not None else []
         return Status(self.version, time.time() - self.started, scheduler.running, scheduler.waiting,
-                      scheduler.max_running, cost, sum(1 for t in tasks if not t.state.terminal))
+                      scheduler.max_running, cost, sum(1 for t in tasks if not t.state.terminal),
+                      tuple(_release_line(r) for r in live))
 
     async def audit(self, task_id: str | None, actor: str, event: str, detail: Mapping[str, Any]) -> None:
         await self.service.store.audit(task_id, actor, event, detail)
+
+
+def _release_line(release: ReleaseRecord) -> str:
+    if release.state == "watching" and release.watch_until is not None:
+        until = time.strftime("%H:%M", time.localtime(release.watch_until))
+        return f"PR #{release.number}: deployed, its errors watched until {until}"
+    return f"PR #{release.number}: {release.state}"
 
 
 async def approve_pull_request(service: Service, number: int, head_sha: str, *, actor: str) -> str:

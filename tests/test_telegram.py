@@ -67,7 +67,7 @@ class StubOperations:
         return None
 
     async def status(self) -> Status:
-        return Status("0.1.0", 3725, 1, 0, 2, 0.5, 1)
+        return Status("0.1.0", 3725, 1, 0, 2, 0.5, 1, ("PR #7: deployed, its errors watched until 10:20",))
 
     async def audit(self, task_id: str | None, actor: str, event: str, detail: Mapping[str, Any]) -> None:
         await self.store.audit(task_id, actor, event, detail)
@@ -170,7 +170,7 @@ async def test_telegram_429_on_reply_is_waited_out(bot: Harness) -> None:
     bot.fake.fail_next("sendMessage", 429, "Too Many Requests: retry after 1", retry_after=1)
     bot.fake.send_text(OWNER, "/agent_status")
     texts = await bot.said(OWNER, 1)
-    assert "up 1h02m" in texts[-1] and "$0.5000" in texts[-1]
+    assert "up 1h02m" in texts[-1] and "$0.5000" in texts[-1] and "PR #7: deployed, its errors watched" in texts[-1]
     assert len(bot.fake.sent("sendMessage")) == 2
 
 

@@ -50,6 +50,8 @@ async def test_owner_fixes_a_bug_from_telegram_through_the_real_service(tmp_path
             approve = next(data for text, data in fake.buttons(OWNER, progress) if "Approve" in text)
             fake.press(OWNER, OWNER, progress, approve)
             await fake.wait_for(lambda: any("merged as" in t for t in fake.texts(OWNER)), timeout=120)
+            fake.send_text(OWNER, "/agent_status")  # the release is now under its post-deploy watch
+            await fake.wait_for(lambda: any("its errors watched until" in t for t in fake.texts(OWNER)), timeout=30)
         finally:
             proc.terminate()
             _, err = await asyncio.wait_for(proc.communicate(), 60)
