@@ -144,7 +144,7 @@ class ReleaseStore:
         return _record(rows[0])
 
     async def find(self, *, states: tuple[ReleaseState, ...] = (), number: int | None = None,
-                   limit: int = 100) -> list[ReleaseRecord]:
+                   task_id: str | None = None, limit: int = 100) -> list[ReleaseRecord]:
         where: list[str] = []
         params: list[object] = []
         if states:
@@ -153,6 +153,9 @@ class ReleaseStore:
         if number is not None:
             where.append("number = ?")
             params.append(number)
+        if task_id is not None:
+            where.append("task_id = ?")
+            params.append(task_id)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         rows = await self._run(f"SELECT * FROM releases {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
         return [_record(r) for r in rows]

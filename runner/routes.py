@@ -214,6 +214,8 @@ async def get_task(request: Request) -> Response:
                     "elapsed_seconds": round(task.updated_at - task.created_at, 3), "states": [
                         {"state": "queued", "at": task.created_at, "reason": ""}, *history]},
         "result": task.result,
+        "releases": [r.as_json() for r in await service.releases.rows.find(task_id=task.id)]
+        if service.releases is not None else [],
     })
 
 

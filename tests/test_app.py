@@ -364,6 +364,7 @@ async def test_serve_runs_a_task_through_the_api_to_a_pull_request_and_deploys_i
     assert [s["state"] for s in after["timings"]["states"]][-4:] == ["approved", "merging", "deploying", "deployed"]
     assert release["state"] == "watching" and release["merge_sha"] and release["task_id"] == task_id
     assert [r["id"] for r in listed] == [release["id"]]
+    assert [r["id"] for r in after["releases"]] == [release["id"]]  # the task links its release
     # uvicorn shuts the lifespan down on SIGTERM, then re-raises the signal, so -15 is its clean exit.
     assert proc.returncode in (0, -15), err.decode()[-3000:]
 
