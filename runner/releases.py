@@ -29,7 +29,7 @@ from typing import Any, Literal, get_args
 
 from runner.deploy import Deployer, DeployError, DeployEvent, DeploySource, deploy_with_rollback
 from runner.errors import ForgeConflict, ForgeError
-from runner.forge import Forge, GitAuth, MergeMethod
+from runner.forge import Forge, GitAuth, MergeMethod, PullRequest
 from runner.gitops import GitError, run_git
 from runner.models import TaskId, TaskState
 from runner.store import Store, TaskRecord
@@ -448,9 +448,32 @@ class Releases:
             revert = await revert_on_base(self._repo, branch, merge, self._forge.git_auth())
         except GitError as exc:
             log.warning("could not revert %s on %s: %s", merge[:12], branch, exc)
-            return None, (f"the merge could NOT be reverted on {branch} ({str(exc)[:300]}): revert {merge[:12]} "
-                          "there yourself, or the next deploy ships it again")
+            refused = str(exc)[:300]
+            try:
+                pr = await self._revert_pr(branch, merge)
+            except (GitError, ForgeError) as again:
+                return None, (f"the merge could NOT be reverted on {branch} ({refused}), nor proposed as a pull "
+                              f"request ({str(again)[:200]}): revert {merge[:12]} there yourself, or the next deploy "
+                              "ships it again")
+            return None, (f"the revert could not be pushed to {branch} ({refused}), so it is pull request "
+                          f"#{pr.number}: approve it, or the next deploy ships the rolled-back change again")
         return revert, f"reverted on {branch} as {revert[:12]}"
+
+    async def _revert_pr(self, branch: str, merge: str) -> PullRequest:
+        """The revert as a pull request, for a base branch that refuses direct pushes (branch protection)."""
+        auth = self._forge.git_auth()
+        env, secrets = (auth.env, auth.secrets) if auth is not None else (None, ())
+        with tempfile.TemporaryDirectory(prefix="agent-runner-revert-") as tmp:
+            clone = Path(tmp) / "clone"
+            await run_git(["clone", "--quiet", "--branch", branch, "--", self._repo, str(clone)], env=env,
+                          secrets=secrets)
+            await run_git(["revert", "--no-edit", merge], cwd=clone)
+            head = f"agent/revert-{merge[:12]}"
+            await self._forge.push_branch(clone, head)
+        return await self._forge.open_pr(
+            f"Revert {merge[:12]}: rolled back after its deploy", f"agent-runner rolled back the release of "
+            f"{merge[:12]} and could not push its revert to `{branch}` directly. Merging this makes `{branch}` match "
+            "what runs; until then the next deploy ships the rolled-back change again.", head, branch)
 
     async def _end_watch(self, why: str) -> None:
         """The next release starts: a watch with a verdict finishes its rollback; one without one ends here."""

@@ -234,7 +234,7 @@ async def test_an_unhealthy_release_is_rolled_back_and_reverted_on_main(tmp_path
 async def test_a_rollback_stands_when_the_base_branch_refuses_the_revert(tmp_path: Path, repos: Repos,
                                                                         bot: Bot) -> None:
     """A protected branch refuses the revert push: the previous version still runs, the release says
-    rolled_back, and the owner is told to revert the merge by hand (else the next deploy ships it again)."""
+    rolled_back, and the revert becomes a pull request the owner is asked to approve."""
     hook = repos.origin / "hooks" / "pre-receive"
     hook.write_text("#!/bin/sh\nwhile read old new ref; do\n  if [ \"$ref\" = refs/heads/main ]; then\n"
                     "    echo 'main is protected' >&2; exit 1\n  fi\ndone\n")
@@ -245,10 +245,13 @@ async def test_a_rollback_stands_when_the_base_branch_refuses_the_revert(tmp_pat
         release = await d.releases.approve(number, sha, actor="owner", task=task)
         done = await settled(d, release.id)
         assert (await d.store.get_task(task.id)).state is TaskState.ROLLED_BACK
+        [revert_pr] = [pr for pr in await d.forge.list_open() if pr.head_branch.startswith("agent/revert-")]
     assert done.state == "rolled_back" and done.revert_sha is None and bot.running == before
-    assert "could NOT be reverted on main" in done.detail and "main is protected" in done.detail
-    assert repos.head("main") == done.merge_sha  # the merge is still there, as the owner is told
-    assert "revert it" not in d.told[-1] and f"revert {str(done.merge_sha)[:12]} there yourself" in d.told[-1]
+    assert "main is protected" in done.detail and f"pull request #{revert_pr.number}: approve it" in done.detail
+    assert repos.head("main") == done.merge_sha  # the merge is still there until the revert PR is approved
+    assert git("--git-dir", str(repos.origin), "diff", "--name-only", "main", revert_pr.head_sha,
+               cwd=tmp_path).split() == ["broken.py"]
+    assert f"#{revert_pr.number}: approve it" in d.told[-1]
 
 
 async def test_without_a_forge_pr_the_release_is_still_recorded_and_reported(tmp_path: Path, repos: Repos,
