@@ -382,6 +382,11 @@ class Releases:
     async def _watch(self, watching: _Watching) -> None:
         release = watching.release
         assert release.deployed_at is not None and release.watch_until is not None
+        if (condemned := await self._verdict_of(release)) is not None:  # decided before a restart: act on it
+            if self._watching is watching:
+                self._watching = None
+            await self._roll_back(release, condemned, recorded=True)
+            return
         fixed, known = await self._fingerprints(release)
         watch = watching.watch = Watch(deployed_at=release.deployed_at, until=release.watch_until,
                                        config=self._watch_config, fixed=fixed, known=known, source=self._errors)
@@ -411,8 +416,17 @@ class Releases:
         known = {t.fingerprint for t in await self._store.list_tasks(limit=100_000) if t.fingerprint} - fixed
         return frozenset(fixed), frozenset(known)
 
-    async def _roll_back(self, release: ReleaseRecord, verdict: Verdict) -> None:
-        """Return to the version before `release`, revert its merge, and tell the owner why."""
+    async def _verdict_of(self, release: ReleaseRecord) -> Verdict | None:
+        """A verdict the watch recorded (audit `watch_verdict`) but a killed supervisor never acted on."""
+        for entry in reversed(await self._store.audit_log(release.task_id, event="watch_verdict")):
+            if entry.detail.get("release") == release.id:
+                fingerprint = entry.detail.get("fingerprint")
+                return Verdict(str(entry.detail.get("reason", "")), str(fingerprint) if fingerprint else None)
+        return None
+
+    async def _roll_back(self, release: ReleaseRecord, verdict: Verdict, *, recorded: bool = False) -> None:
+        """Return to the version before `release`, revert its merge, and tell the owner why. The verdict is
+        recorded before anything is done, so a supervisor killed meanwhile finishes the rollback on start."""
         previous, merge, branch = release.previous_sha, release.merge_sha, release.base_branch
         assert merge is not None and branch is not None
         if previous is None:
@@ -421,8 +435,10 @@ class Releases:
             await self._say(release, f"PR #{release.number}: {detail}. Look now.")
             return
         self._note(release, f"post-deploy watch: {verdict.reason}; rolling back to {previous[:12]}")
-        await self._store.audit(release.task_id, "watch", "watch_verdict",
-                                {"release": release.id, "reason": verdict.reason, "fingerprint": verdict.fingerprint})
+        if not recorded:
+            await self._store.audit(release.task_id, "watch", "watch_verdict",
+                                    {"release": release.id, "reason": verdict.reason,
+                                     "fingerprint": verdict.fingerprint})
         try:
             result = await self._deployer.rollback(DeploySource(await self._source(), previous))
         except DeployError as exc:

@@ -407,3 +407,21 @@ async def test_releases_resume_at_each_step_after_a_restart(tmp_path: Path, repo
         done = await settled(d, approved.id)
     assert done.state == "rolled_back" and done.watch_until == watching.watch_until
     assert len(repos.log("main")) == 3 and bot.deploys() == [watching.merge_sha, watching.previous_sha]
+
+
+async def test_a_verdict_recorded_before_a_kill_is_acted_on_at_the_next_start(tmp_path: Path, repos: Repos,
+                                                                              bot: Bot) -> None:
+    """The watch condemned the release (from an alert, which is not in any log) and the supervisor died before
+    the rollback: the next start rolls back without waiting to hear the error again."""
+    async with desk(tmp_path, repos, bot, watch=WATCH) as d:
+        number, sha, task = await d.propose("x.py", "X = 1\n")
+        release_id = await d.approve_watched(number, sha, task)
+        before = (await d.releases.rows.get(release_id)).previous_sha
+        await d.store.audit(task.id, "watch", "watch_verdict", {"release": release_id, "fingerprint": "fp-alert",
+                                                                "reason": "a new error appeared after the deploy"})
+    async with desk(tmp_path, repos, bot, watch=WATCH) as d:
+        assert await d.releases.start() == [release_id]
+        done = await settled(d, release_id)
+        verdicts = await d.store.audit_log(task.id, event="watch_verdict")
+    assert done.state == "rolled_back" and "a new error appeared after the deploy" in done.detail
+    assert bot.running == before and len(verdicts) == 1  # acted on, not recorded twice
