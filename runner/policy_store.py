@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import sqlite3
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import policy
+from runner.sqlite import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS policy_versions (
@@ -42,26 +41,11 @@ class PolicyVersion:
     note: str
 
 
-class PolicyStore:
+class PolicyStore(Database):
     """Versions are append-only; activating one (new or old) moves a single pointer."""
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.executescript(SCHEMA)
-
-    async def aclose(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    async def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-        def work() -> list[sqlite3.Row]:
-            with self._lock:
-                return self._db.execute(sql, params).fetchall()
-
-        return await asyncio.to_thread(work)
+        super().__init__(path, SCHEMA)
 
     async def add(self, text: str, *, name: str, actor: str, note: str = "") -> PolicyVersion:
         """Record `text` as a new version and make it the active one."""

@@ -20,7 +20,6 @@ import contextlib
 import logging
 import sqlite3
 import tempfile
-import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
@@ -32,6 +31,7 @@ from runner.errors import ForgeConflict, ForgeError
 from runner.forge import Forge, GitAuth, MergeMethod, PullRequest
 from runner.gitops import GitError, run_git
 from runner.models import TaskId, TaskState
+from runner.sqlite import Database
 from runner.store import Store, TaskRecord
 from runner.watch import ErrorSource, Verdict, Watch, WatchConfig
 from runner.workspace import update_mirror
@@ -100,26 +100,11 @@ class ReleaseRecord:
         return asdict(self)
 
 
-class ReleaseStore:
+class ReleaseStore(Database):
     """The releases table, in the supervisor's SQLite file beside the tasks (its own connection)."""
 
     def __init__(self, path: Path) -> None:
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._lock = threading.Lock()
-        with self._lock:
-            self._db.executescript(SCHEMA)
-
-    async def aclose(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    async def _run(self, sql: str, params: tuple[object, ...] = ()) -> list[sqlite3.Row]:
-        def work() -> list[sqlite3.Row]:
-            with self._lock:
-                return self._db.execute(sql, params).fetchall()
-
-        return await asyncio.to_thread(work)
+        super().__init__(path, SCHEMA)
 
     async def add(self, *, number: int, head_sha: str, task_id: str | None, actor: str,
                   method: MergeMethod = "squash") -> ReleaseRecord:
