@@ -9,13 +9,11 @@ import time
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from runner.errors import TaskError
 from runner.models import TaskId, TaskState
 from runner.sqlite import Database
-
-T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
