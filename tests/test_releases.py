@@ -7,11 +7,9 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from runner.store import Store, TaskRecord
 from runner.tracebacks import extract_tracebacks
 from runner.watch import LokiErrors, WatchConfig
 from runner.webhooks import parse_auto_fix
+from tests.fakes.health import health_server
 from tests.fakes.loki import FakeLoki
 from tests.forge.repos import Repos, git
 from tests.test_autofix import service as autofix_service
@@ -62,30 +61,12 @@ def bot(tmp_path: Path, repos: Repos) -> Iterator[Bot]:
     state = tmp_path / "deployed-sha"
     broken: set[str] = set()
 
-    def unhealthy(sha: str) -> bool:
+    def judge(sha: str) -> int:
         files = git("--git-dir", str(repos.origin), "ls-tree", "--name-only", sha, cwd=tmp_path).split()
-        return sha in broken or "broken.py" in files
+        return 500 if sha in broken or "broken.py" in files else 200
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            sha = state.read_text().strip() if state.exists() else ""
-            status = 500 if unhealthy(sha) else 200
-            body = json.dumps({"version": sha}).encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield Bot(f"http://127.0.0.1:{server.server_port}/health", state, broken)
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with health_server(state, judge) as url:
+        yield Bot(url, state, broken)
 
 
 @dataclass

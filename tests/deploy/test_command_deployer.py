@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,7 @@ import pytest
 from runner.deploy import DeployEvent, DeploySource, create_deployer, deploy_with_rollback
 from runner.deploy.command import CommandDeployer
 from runner.errors import ConfigError
+from tests.fakes.health import health_server
 
 GOOD = "a" * 40
 BAD = "b" * 40
@@ -33,27 +31,8 @@ class Bot:
 @pytest.fixture
 def bot(tmp_path: Path) -> Iterator[Bot]:
     state = tmp_path / "deployed-sha"
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            sha = state.read_text().strip() if state.exists() else ""
-            status = 200 if sha and sha != BAD else (500 if sha else 503)
-            body = json.dumps({"version": sha}).encode()
-            self.send_response(status)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield Bot(f"http://127.0.0.1:{server.server_port}/health", state)
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with health_server(state, lambda sha: 200 if sha and sha != BAD else (500 if sha else 503)) as url:
+        yield Bot(url, state)
 
 
 def _deployer(bot: Bot, **kwargs: object) -> CommandDeployer:
