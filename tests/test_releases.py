@@ -29,7 +29,7 @@ from runner.watch import LokiErrors, WatchConfig
 from runner.webhooks import parse_auto_fix
 from tests.fakes.health import health_server
 from tests.fakes.loki import FakeLoki
-from tests.forge.repos import Repos, git
+from tests.forge.repos import Repos, git, make_repos
 from tests.test_autofix import service as autofix_service
 from tests.test_autofix import traceback_lines
 
@@ -104,14 +104,7 @@ class Desk:
 
 @pytest.fixture
 def repos(tmp_path: Path) -> Repos:
-    origin = tmp_path / "origin.git"
-    git("init", "-q", "--bare", "--initial-branch=main", str(origin), cwd=tmp_path)
-    clone = tmp_path / "clone"
-    git("clone", "-q", str(origin), str(clone), cwd=tmp_path)
-    r = Repos(tmp_path, origin, clone)
-    r.commit("app.py", "def greet():\n    return 'hello'\n", "initial", branch="main")
-    git("push", "-q", "origin", "main", cwd=clone)
-    return r
+    return make_repos(tmp_path)
 
 
 def deployer(bot: Bot, *, pause: float = 0.0) -> CommandDeployer:

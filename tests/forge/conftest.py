@@ -11,19 +11,12 @@ import pytest
 from runner.forge.github import GitHubForge
 from runner.forge.localgit import LocalGitForge
 from tests.fakes.github import FakeGitHub, GitHttpServer
-from tests.forge.repos import TOKEN, Repos, git
+from tests.forge.repos import TOKEN, Repos, make_repos
 
 
 @pytest.fixture
 def repos(tmp_path: Path) -> Repos:
-    origin = tmp_path / "origin.git"
-    git("init", "-q", "--bare", "--initial-branch=main", str(origin), cwd=tmp_path)
-    clone = tmp_path / "clone"
-    git("clone", "-q", str(origin), str(clone), cwd=tmp_path)
-    r = Repos(tmp_path, origin, clone)
-    r.commit("app.py", "def greet():\n    return 'hello'\n", "initial", branch="main")
-    git("push", "-q", "origin", "main", cwd=clone)
-    return r
+    return make_repos(tmp_path)
 
 
 @pytest.fixture

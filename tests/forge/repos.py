@@ -56,3 +56,15 @@ class Repos:
     def push_direct(self, branch: str) -> None:
         """Move a branch of the origin behind the forge's back (someone else pushing)."""
         git("push", "-q", "--force", str(self.origin), f"HEAD:refs/heads/{branch}", cwd=self.clone)
+
+
+def make_repos(root: Path) -> Repos:
+    """A bare origin with one commit on main (app.py), and the supervisor's clone of it, under `root`."""
+    origin = root / "origin.git"
+    git("init", "-q", "--bare", "--initial-branch=main", str(origin), cwd=root)
+    clone = root / "clone"
+    git("clone", "-q", str(origin), str(clone), cwd=root)
+    r = Repos(root, origin, clone)
+    r.commit("app.py", "def greet():\n    return 'hello'\n", "initial", branch="main")
+    git("push", "-q", "origin", "main", cwd=clone)
+    return r
