@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import shutil
 import tempfile
@@ -35,6 +36,7 @@ LABEL_ROLE = "org.agent-runner.role"
 LABEL_SERVICE = "org.agent-runner.service"
 LABEL_SHA = "org.agent-runner.sha"
 ROLE_DEPLOYED = "deployed"
+COMPOSE_SERVICE = "com.docker.compose.service"
 IMAGE_REPO_PREFIX = "agent-runner/deployed-"
 BUILD_ARG_BASE = "BASE_IMAGE"
 ENV_SHA = "AGENT_RUNNER_DEPLOY_SHA"
@@ -244,6 +246,8 @@ class DockerDeployer:
     async def _replace(self, tag: str, sha: str) -> Any:
         client = await self._docker()
         old = await self._current()
+        if old is not None and (old.labels or {}).get(COMPOSE_SERVICE) == self.service:
+            return await self._recreate(client, old, tag, sha)
         if old is not None:
             await self._call(old.stop, timeout=STOP_TIMEOUT)
             await self._call(old.remove, force=True)
@@ -266,17 +270,52 @@ class DockerDeployer:
         )
 
     async def _current(self) -> Any | None:
+        """The running release: the container named `service` that agent-runner deployed, else the one container
+        of the compose service `service` (compose's labels say whose it is)."""
         client = await self._docker()
         try:
             old = await asyncio.to_thread(client.containers.get, self.service)
         except docker.errors.NotFound:
-            return None
+            old = None
         except docker.errors.DockerException as exc:
             raise DeployError(f"Docker engine error: {short(exc)}") from exc
-        if (old.labels or {}).get(LABEL_ROLE) != ROLE_DEPLOYED or old.labels.get(LABEL_SERVICE) != self.service:
+        if old is None:
+            found = await self._call(client.containers.list, all=True,
+                                     filters={"label": f"{COMPOSE_SERVICE}={self.service}"})
+            if len(found) > 1:
+                raise DeployError(f"compose service {self.service!r} has {len(found)} containers; scale it to one "
+                                  "(or name one container) for agent-runner to replace")
+            return found[0] if found else None
+        labels = old.labels or {}
+        mine = labels.get(LABEL_ROLE) == ROLE_DEPLOYED and labels.get(LABEL_SERVICE) == self.service
+        if not mine and labels.get(COMPOSE_SERVICE) != self.service:
             # Never stop a container we did not start: the name may belong to something else.
             raise DeployError(f"a container named {self.service!r} exists that agent-runner did not deploy")
         return old
+
+    async def _recreate(self, client: Any, old: Any, tag: str, sha: str) -> Any:
+        """Replace a compose service's container with one of `tag`, as `docker compose up` would: same name,
+        compose labels, environment, ports, volumes, networks and aliases, restart policy and logging; what
+        came from the old image (its env, command, entrypoint, labels) comes from the new one instead."""
+        spec = await asyncio.to_thread(_recreation_spec, client, old.attrs, tag, sha, self.version_env)
+        name = old.name
+        await self._call(old.stop, timeout=STOP_TIMEOUT)
+        await self._call(old.rename, f"{name}-replaced-{sha[:12]}")
+        try:
+            created = await self._call(client.api.create_container, tag, name=name, **spec.create)
+            for network, endpoint in spec.more_networks.items():
+                await self._call(client.api.connect_container_to_network, created["Id"], network, **endpoint)
+            await self._call(client.api.start, created["Id"])
+        except DeployError:
+            # Put the old container back as it was: the release failed before anything new ran.
+            with contextlib.suppress(docker.errors.DockerException):
+                stale = await asyncio.to_thread(client.containers.get, name)
+                await asyncio.to_thread(stale.remove, force=True)
+            await self._call(old.rename, name)
+            await self._call(old.start)
+            raise
+        await self._call(old.remove, force=True)
+        return await self._call(client.containers.get, created["Id"])
 
     def _healthcheck(self) -> dict[str, Any] | None:
         if self.healthcheck is not None:
@@ -341,3 +380,51 @@ class DockerDeployer:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except docker.errors.DockerException as exc:
             raise DeployError(f"Docker engine error: {short(exc)}") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class _Recreation:
+    create: dict[str, Any]
+    """Keyword arguments of the engine's create-container call, besides the image and the name."""
+    more_networks: dict[str, dict[str, Any]]
+    """Networks beyond the first, with their aliases: connected before the container starts."""
+
+
+def _recreation_spec(client: Any, attrs: Mapping[str, Any], tag: str, sha: str,
+                     version_env: str | None) -> _Recreation:
+    """The old container's own settings, minus what its image gave it, for a container of the new image."""
+    config: Mapping[str, Any] = attrs.get("Config") or {}
+    try:
+        image: Mapping[str, Any] = client.images.get(attrs["Image"]).attrs.get("Config") or {}
+    except docker.errors.ImageNotFound:
+        image = {}
+    own = {key: config.get(key) for key in ("Cmd", "Entrypoint", "WorkingDir", "User", "Healthcheck")
+           if config.get(key) and config.get(key) != image.get(key)}
+    pinned = {ENV_SHA, *([version_env] if version_env else [])}
+    env = [e for e in config.get("Env") or [] if e not in (image.get("Env") or []) and e.split("=", 1)[0] not in pinned]
+    env += [f"{ENV_SHA}={sha}", *([f"{version_env}={sha}"] if version_env else [])]
+    image_labels = image.get("Labels") or {}
+    labels = {k: v for k, v in (config.get("Labels") or {}).items() if image_labels.get(k) != v}
+    labels.update({LABEL_ROLE: ROLE_DEPLOYED, LABEL_SHA: sha})
+    networks: Mapping[str, Any] = (attrs.get("NetworkSettings") or {}).get("Networks") or {}
+    short_id = str(attrs.get("Id", ""))[:12]
+
+    def endpoint(settings: Mapping[str, Any]) -> dict[str, Any]:
+        aliases = [a for a in settings.get("Aliases") or [] if a != short_id]  # the old id is no name for the new
+        return {"aliases": aliases} if aliases else {}
+
+    names = list(networks)
+    host = dict(attrs.get("HostConfig") or {})
+    first = names[0] if names and host.get("NetworkMode") not in ("host", "none") else None
+    create: dict[str, Any] = {
+        "command": own.get("Cmd"), "entrypoint": own.get("Entrypoint"), "working_dir": own.get("WorkingDir"),
+        "user": own.get("User"), "healthcheck": own.get("Healthcheck"), "environment": env, "labels": labels,
+        "ports": [(int(port), proto) for port, _, proto in (p.partition("/") for p in config.get("ExposedPorts") or {})]
+        or None,
+        "host_config": host, "stop_signal": config.get("StopSignal"),
+    }
+    if first is not None:
+        create["networking_config"] = client.api.create_networking_config(
+            {first: client.api.create_endpoint_config(**endpoint(networks[first]))})
+    return _Recreation({k: v for k, v in create.items() if v is not None},
+                       {n: endpoint(networks[n]) for n in names if n != first and first is not None})

@@ -221,3 +221,62 @@ async def test_docker_deployer_build_failure_keeps_old_container(
     assert "left as it was" in outcome.deployed.detail
     assert outcome.status == "rolled_back"
     assert await _version(http_deployer.port) == sample.v1
+
+
+@pytest.mark.docker
+async def test_docker_deployer_replaces_a_compose_services_container_keeping_its_settings(
+        sample: SampleRepo, docker_client: Any, tmp_path: Path) -> None:
+    """The shipped stack runs the bot as a compose service: a deploy replaces compose's container as
+    `docker compose up` would (name, compose labels, environment, port, network alias, healthcheck), and a
+    rollback does it again with the previous version."""
+    import shutil
+    import subprocess
+
+    compose = [c for c in (["docker-compose"], ["docker", "compose"])
+               if shutil.which(c[0]) and subprocess.run([*c, "version"], capture_output=True).returncode == 0][0]
+    project, port = f"arc{uuid.uuid4().hex[:8]}", _free_port()
+    context = tmp_path / "bot-src"
+    await run_git(["clone", "--quiet", str(sample.bare), str(context)])
+    (tmp_path / "compose.yaml").write_text(
+        "services:\n"
+        "  bot:\n"
+        f"    build: {{context: {context}, args: {{BASE_IMAGE: {BASE_IMAGE}}}, network: none}}\n"
+        f"    image: {project}-bot:compose\n"
+        "    environment: {PORT: '8000', BOT_GREETING: from-compose}\n"
+        f"    ports: ['127.0.0.1:{port}:8000']\n"
+        "    restart: unless-stopped\n"
+        "    healthcheck:\n"
+        "      test: [CMD, python3, -c, \"import urllib.request as u; u.urlopen('http://127.0.0.1:8000/health')\"]\n"
+        "      interval: 1s\n"
+        "    networks: {app: {aliases: [the-bot]}}\n"
+        "networks: {app: {}}\n")
+    run = [*compose, "-p", project, "-f", str(tmp_path / "compose.yaml")]
+    up = subprocess.run([*run, "up", "-d", "--build"], capture_output=True, text=True)
+    assert up.returncode == 0, up.stderr
+    try:
+        [original] = docker_client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
+        deployer = DockerDeployer("bot", build_base_image=BASE_IMAGE, port=port, health_timeout=20.0,
+                                  health_interval=0.2, build_network="none", version_env="BOT_VERSION",
+                                  work_dir=tmp_path, client=docker_client)
+        async with deployer:
+            deployed = await deployer.deploy(DeploySource(str(sample.bare), sample.v2, previous_sha=sample.v1))
+            assert deployed.ok and deployed.healthy, deployed.detail
+            assert await _version(port) == sample.v2
+            [replaced] = docker_client.containers.list(filters={"label": f"com.docker.compose.project={project}"})
+            replaced_tags = replaced.image.tags
+            rolled = await deployer.rollback(DeploySource(str(sample.bare), sample.v1))
+            assert rolled.healthy and await _version(port) == sample.v1, rolled.detail
+        listed = subprocess.run([*run, "ps", "-q"], capture_output=True, text=True).stdout.split()
+    finally:
+        subprocess.run([*run, "down", "-v", "--rmi", "local"], capture_output=True)
+        for image in docker_client.images.list(name=f"{IMAGE_REPO_PREFIX}bot"):
+            docker_client.images.remove(image.id, force=True)
+    assert replaced.name == original.name and replaced.id != original.id
+    assert replaced_tags == [f"{IMAGE_REPO_PREFIX}bot:{sample.v2[:12]}"]
+    assert replaced.labels["com.docker.compose.service"] == "bot" and replaced.labels[LABEL_SHA] == sample.v2
+    env = dict(e.split("=", 1) for e in replaced.attrs["Config"]["Env"])
+    assert env["BOT_GREETING"] == "from-compose" and env["BOT_VERSION"] == sample.v2  # compose's, and ours
+    aliases = next(iter(replaced.attrs["NetworkSettings"]["Networks"].values()))["Aliases"]
+    assert "the-bot" in aliases and "bot" in aliases
+    assert replaced.attrs["Config"]["Healthcheck"]["Interval"] == 1_000_000_000
+    assert len(listed) == 1  # compose still sees exactly one container for its service
