@@ -187,17 +187,26 @@ class ContainerLogErrors:
         try:
             if self._client is None:
                 self._client = connect()
-            container = self._client.containers.get(self._container)
-        except docker.errors.NotFound:
-            return None, ""
+            container = self._find(self._client, docker.errors.NotFound)
         except (docker.errors.DockerException, EngineUnavailable) as exc:
             raise WatchSourceError(f"cannot read the logs of container {self._container!r}: {exc}") from None
+        if container is None:
+            return None, ""
         started = datetime.fromisoformat(container.attrs["State"]["StartedAt"][:26].rstrip("Z") + "+00:00")
         try:
             raw = container.logs(stdout=True, stderr=True, since=int(start), until=int(end) + 1)
         except docker.errors.DockerException as exc:
             raise WatchSourceError(f"cannot read the logs of container {self._container!r}: {short(exc)}") from None
         return started.timestamp(), raw.decode("utf-8", "replace")
+
+    def _find(self, client: Any, not_found: type[Exception]) -> Any | None:
+        """The container named so, else the one container of the compose service so named (as the deployer
+        finds what it replaces)."""
+        try:
+            return client.containers.get(self._container)
+        except not_found:
+            found = client.containers.list(all=True, filters={"label": f"com.docker.compose.service={self._container}"})
+            return found[0] if len(found) == 1 else None
 
     async def aclose(self) -> None:
         if self._client is not None and self._owns_client:

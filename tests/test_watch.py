@@ -168,7 +168,8 @@ async def test_container_log_errors_reads_the_tracebacks_a_real_container_printe
               "time.sleep(1.5)\n"
               "handle('2')\n")
     container = docker_client.containers.run("agent-runner/base:bookworm", ["python3", "-c", script], name=name,
-                                             detach=True, network_mode="none")
+                                             detach=True, network_mode="none",
+                                             labels={"com.docker.compose.service": f"{name}-svc"})
     source = ContainerLogErrors(name)
     try:
         started = time.time()
@@ -176,6 +177,7 @@ async def test_container_log_errors_reads_the_tracebacks_a_real_container_printe
         found = await source.errors(started - 0.5, time.time() + 1)
         before = await source.errors(started - 600, started - 300)
         missing = await ContainerLogErrors(name + "-gone").errors(started, time.time())
+        by_service = await ContainerLogErrors(f"{name}-svc").errors(started - 0.5, time.time() + 1)  # compose's
     finally:
         await source.aclose()
         container.remove(force=True)
@@ -183,3 +185,4 @@ async def test_container_log_errors_reads_the_tracebacks_a_real_container_printe
     (fingerprint, summary), = found.summaries.items()
     assert "KeyError" in summary and found.counts[fingerprint] == 1
     assert before is None and missing is None
+    assert by_service is not None and by_service.counts == found.counts
