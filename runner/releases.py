@@ -182,6 +182,7 @@ class Releases:
         self._progress = progress
         self._tell = tell
         self._lock = asyncio.Lock()  # one merge and deploy at a time
+        self._admit = asyncio.Lock()
         self._jobs: set[asyncio.Task[None]] = set()
         self._watching: _Watching | None = None
 
@@ -200,12 +201,13 @@ class Releases:
         if pr.head_sha != head_sha:
             raise ForgeConflict(f"pull request #{number} head is {pr.head_sha[:12]}, not the approved "
                                 f"{head_sha[:12]}; nothing merged")
-        busy = await self.rows.find(states=IN_FLIGHT, number=number, limit=1)
-        if busy:
-            raise ForgeConflict(f"pull request #{number} is already being released (release {busy[0].id}, "
-                                f"{busy[0].state})")
-        release = await self.rows.add(number=number, head_sha=head_sha, task_id=task.id if task else None,
-                                      actor=actor, method=method)
+        async with self._admit:  # two approvals arriving together (API and Telegram): one release
+            busy = await self.rows.find(states=IN_FLIGHT, number=number, limit=1)
+            if busy:
+                raise ForgeConflict(f"pull request #{number} is already being released (release {busy[0].id}, "
+                                    f"{busy[0].state})")
+            release = await self.rows.add(number=number, head_sha=head_sha, task_id=task.id if task else None,
+                                          actor=actor, method=method)
         if task is not None:
             await self._store.transition(task.id, TaskState.APPROVED, actor=actor,
                                          reason=f"release {release.id}: merging at {head_sha[:12]}")

@@ -399,3 +399,17 @@ async def test_a_verdict_recorded_before_a_kill_is_acted_on_at_the_next_start(tm
         verdicts = await d.store.audit_log(task.id, event="watch_verdict")
     assert done.state == "rolled_back" and "a new error appeared after the deploy" in done.detail
     assert bot.running == before and len(verdicts) == 1  # acted on, not recorded twice
+
+
+async def test_two_approvals_at_once_start_one_release(tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot) as d:
+        number, sha, task = await d.propose("a.py", "A = 1\n")
+        answers = await asyncio.gather(*(d.releases.approve(number, sha, actor=who, task=task)
+                                         for who in ("owner", "telegram:owner")), return_exceptions=True)
+        [release] = [a for a in answers if not isinstance(a, BaseException)]
+        [refused] = [a for a in answers if isinstance(a, BaseException)]
+        done = await settled(d, release.id)
+        assert (await d.store.get_task(task.id)).state is TaskState.DEPLOYED
+        assert [r.id for r in await d.releases.rows.find()] == [release.id]
+    assert isinstance(refused, ForgeConflict) and "already being released" in str(refused)
+    assert done.state == "deployed" and len(repos.log("main")) == 2  # merged once
