@@ -305,10 +305,9 @@ class Releases:
         return await self._merged(release, merge.sha, pr.base_branch)
 
     async def _merged(self, release: ReleaseRecord, merge_sha: str, base_branch: str) -> ReleaseRecord:
-        previous = await self._parent(merge_sha)
         self._note(release, f"merged #{release.number} into {base_branch} as {merge_sha[:12]}")
-        return await self._set(release, "deploying", merge_sha=merge_sha, previous_sha=previous,
-                               base_branch=base_branch, detail=f"merged as {merge_sha[:12]}")
+        return await self._set(release, "deploying", merge_sha=merge_sha, base_branch=base_branch,
+                               detail=f"merged as {merge_sha[:12]}")
 
     async def _source(self) -> str:
         """Where deployers read the release from: the supervisor's mirror, just fetched (a local path, whatever
@@ -319,29 +318,32 @@ class Releases:
             log.warning("deploying from %s: its mirror could not be updated: %s", self._repo, exc)
             return self._repo
 
-    async def _parent(self, merge_sha: str) -> str | None:
-        """What ran before the merge (its first parent), read from the mirror: with GitHub, `repo` is a URL.
-        None when the mirror cannot be had; the release is then deployed with nothing to roll back to."""
+    async def _parent(self, source: str, merge_sha: str) -> str | None:
+        """What ran before the merge (its first parent), read from `source` (the mirror: with GitHub, `repo` is
+        a URL). None when it cannot be read; the release is then deployed with nothing to roll back to."""
         try:
-            mirror = await update_mirror(self._home, self._repo, self._forge.git_auth())
-            return (await run_git(["rev-parse", "--verify", f"{merge_sha}^1"], cwd=mirror)).out
-        except GitError as exc:
+            return (await run_git(["rev-parse", "--verify", f"{merge_sha}^1"], cwd=source)).out
+        except (GitError, OSError) as exc:
             log.warning("no previous version for %s: %s", merge_sha[:12], exc)
             return None
 
     async def _deploy(self, release: ReleaseRecord) -> ReleaseRecord:
-        assert release.merge_sha is not None and release.base_branch is not None
+        merge, branch = release.merge_sha, release.base_branch
+        assert merge is not None and branch is not None
 
         def on_event(event: DeployEvent) -> None:
             self._note(release, f"deploy: {event.kind} {event.sha[:12]}{' - ' + event.detail if event.detail else ''}")
 
-        source = await self._source()
+        source = await self._source()  # one fetch: it holds the merge, and the parent a rollback returns to
+        if release.previous_sha is None:
+            previous = await self._parent(source, merge)
+            release = await self.rows.update(release.id, "deploying", previous_sha=previous)  # before it is used
         outcome = await deploy_with_rollback(
-            self._deployer, DeploySource(source, release.merge_sha, previous_sha=release.previous_sha),
+            self._deployer, DeploySource(source, merge, previous_sha=release.previous_sha),
             on_event=on_event)
-        merged = f"PR #{release.number} merged as {release.merge_sha[:12]}"
+        merged = f"PR #{release.number} merged as {merge[:12]}"
         if outcome.status == "rolled_back":
-            revert, reverted = await self._revert(release.base_branch, release.merge_sha)
+            revert, reverted = await self._revert(branch, merge)
             release = await self._set(release, "rolled_back", revert_sha=revert,
                                       detail=f"unhealthy after the deploy ({outcome.deployed.detail}); the previous "
                                              f"version answers again; {reverted}")
