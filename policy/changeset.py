@@ -64,26 +64,32 @@ class ChangesetVerdict:
     needs_owner: tuple[str, ...] = ()
 
 
+def is_hidden(char: str) -> bool:
+    """True for a code point that renders as nothing or changes how the text around it reads: control and format
+    characters (bidi overrides, zero-width joiners), line and paragraph separators, private use, surrogates (what
+    git's bytes decode to when they are not UTF-8), unassigned and default-ignorable code points (variation
+    selectors, Hangul fillers). Tabs and newlines are controls too; callers that keep them say so.
+
+    >>> is_hidden("\u202e"), is_hidden("\ufe0f"), is_hidden("a"), is_hidden(" ")
+    (True, True, False, False)
+    """
+    point = ord(char)
+    return unicodedata.category(char) in _REFUSED_CATEGORIES or any(
+        low <= point <= high for low, high in _DEFAULT_IGNORABLE
+    )
+
+
 def invisible_characters(text: str) -> tuple[str, ...]:
-    """The code points of `text` that a reader cannot see or that change how the rest reads, as ``U+XXXX``.
+    """The code points of `text` that a reader of a path cannot see, as ``U+XXXX``: every `is_hidden` one and
+    every space but the plain one (a no-break space makes `a.py` and `a.py\u00a0` look alike).
 
-    Control and format characters (bidi overrides, zero-width joiners), line and paragraph separators, private
-    use, surrogates, unassigned and default-ignorable code points (variation selectors, Hangul fillers) and every
-    space but the plain one.
-
-    >>> invisible_characters("tests/test_\\u202egnp.py"), invisible_characters("my notes.txt")
+    >>> invisible_characters("tests/test_\u202egnp.py"), invisible_characters("my notes.txt")
     (('U+202E',), ())
     """
     found: list[str] = []
     for char in text:
-        point = ord(char)
-        category = unicodedata.category(char)
-        if (
-            category in _REFUSED_CATEGORIES
-            or (category == "Zs" and char != " ")
-            or any(low <= point <= high for low, high in _DEFAULT_IGNORABLE)
-        ):
-            name = f"U+{point:04X}"
+        if is_hidden(char) or (char != " " and unicodedata.category(char) == "Zs"):
+            name = f"U+{ord(char):04X}"
             if name not in found:
                 found.append(name)
     return tuple(found)

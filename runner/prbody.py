@@ -1,4 +1,11 @@
-"""PURE: the pull request's body and branch name, rendered from frozen values; untrusted text is fenced."""
+"""PURE: the pull request's body and branch name, rendered from frozen values; untrusted text is fenced.
+
+Every string that the agent, or code it wrote, could have shaped (paths, test names and output, summaries,
+denial reasons, the verification text) reaches the Markdown only inside a fenced block or an inline code span
+it cannot close, with hidden characters made visible. GitHub interprets nothing inside code: no heading, list,
+task item, table, HTML, link, image, autolink or @mention can come from those strings, so the only structure
+on the page is this module's own.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +15,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from policy.changeset import is_hidden
 from runner.models import TASK_KINDS, Denial, TaskKind, TestRun, Usage
 
 # GitHub refuses bodies over 65,536 characters. The per-section bounds below add up to less than MAX_BODY
@@ -17,15 +25,17 @@ MAX_SUMMARY = 6_000
 MAX_REQUEST = 2_000
 MAX_OUTPUT_TAIL = 3_000
 MAX_INLINE = 200
+MAX_VERIFICATION = 1_000
 MAX_FILES = 100
 MAX_DENIALS = 30
 MAX_SLUG = 40
 MAX_FINGERPRINT = 16
 BRANCH_PREFIX = "agent/"
 
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+HIDDEN_MARK = "\ufffd"  # what a hidden character is shown as: the owner sees that something was there
 _NOT_SLUG = re.compile(r"[^a-z0-9]+")
 _FINGERPRINT = re.compile(r"[A-Za-z0-9]+")
+_SHA = re.compile(r"[0-9a-fA-F]{7,64}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,8 +220,8 @@ def _files_section(files: tuple[FileChange, ...]) -> str:
 
 def _tests_section(tests: TestRun | None, verification: str | None = None) -> str:
     lines = ["## Tests (run by the supervisor)", ""]
-    if verification is not None:  # our own words, built from paths the changeset check accepted
-        lines += [f"**Fix verification**: {_clean(verification)}", ""]
+    if verification is not None:  # our words around the agent's test paths: shown as code, like any path
+        lines += [f"**Fix verification**: {_code(verification, MAX_VERIFICATION)}", ""]
     if tests is None:
         lines.append("No test command was run.")
         return "\n".join(lines)
@@ -253,7 +263,9 @@ def _usage_section(usage: Usage) -> str:
 
 
 def _approve_section(number: int | None, head_sha: str | None) -> str:
-    n = str(number) if number is not None else "N"
+    n = str(int(number)) if number is not None else "N"
+    if head_sha is not None and not _SHA.fullmatch(head_sha):
+        head_sha = None  # the forge's answer, but the body is no place to trust a SHA that is not one
     sha = f" --sha {head_sha}" if head_sha else ""
     lines = ["## How to approve", ""]
     if number is None:
@@ -273,7 +285,10 @@ def _approve_section(number: int | None, head_sha: str | None) -> str:
 
 
 def _clean(text: str) -> str:
-    return _CONTROL.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    """One newline convention, and every hidden character (bidi overrides, zero-width joiners, controls but tab
+    and newline, separators that are not newlines to Markdown) replaced by a visible mark."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return "".join(HIDDEN_MARK if c not in "\n\t" and is_hidden(c) else c for c in text)
 
 
 def _fence(text: str, limit: int) -> str:
@@ -286,11 +301,11 @@ def _fence(text: str, limit: int) -> str:
     return f"{fence}text\n{text}\n{fence}"
 
 
-def _code(text: str) -> str:
+def _code(text: str, limit: int = MAX_INLINE) -> str:
     """An inline code span on one line that `text` cannot close."""
     text = " ".join(_clean(text).split())
-    if len(text) > MAX_INLINE:
-        text = text[:MAX_INLINE] + "…"
+    if len(text) > limit:
+        text = text[:limit] + "…"
     if not text:
         return "` `"
     longest = max((len(run) for run in re.findall(r"`+", text)), default=0)

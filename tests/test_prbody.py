@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from markdown_it import MarkdownIt
+from markdown_it.token import Token
 
 from runner.models import Denial, Usage
 from runner.models import TestRun as Run
-from runner.prbody import MAX_BODY, FileChange, PrRequest, branch_name, render_pr_body
+from runner.prbody import HIDDEN_MARK, MAX_BODY, FileChange, PrRequest, branch_name, render_pr_body
+
+# CommonMark with GitHub's table and strikethrough extensions: a real parser decides what is a heading.
+MARKDOWN = MarkdownIt("commonmark").enable(["table", "strikethrough"])
+TEMPLATE_HEADINGS = ["What was asked", "The agent's summary", "Files changed", "Tests (run by the supervisor)",
+                     "Policy denials", "Usage", "How to approve"]
 
 
 def request(**overrides: object) -> PrRequest:
@@ -111,6 +121,117 @@ def test_render_pr_body_fences_an_agent_summary_that_tries_to_break_out() -> Non
 def test_render_pr_body_strips_control_and_bidi_characters() -> None:
     body = render_pr_body(request(summary="safe\u202egnp.exe\x1b[31m\x00", request="hi\u200b there"))
     assert "\u202e" not in body and "\x1b" not in body and "\x00" not in body and "\u200b" not in body
+
+
+def test_render_pr_body_shows_hidden_characters_as_a_mark() -> None:
+    body = render_pr_body(request(files=(FileChange("bot/a\u202eyp.exe\ufe0f\u2028b.py", 1, 0),)))
+    assert f"`bot/a{HIDDEN_MARK}yp.exe{HIDDEN_MARK}{HIDDEN_MARK}b.py`" in body
+
+
+def headings(body: str) -> list[str]:
+    """The body's headings, as the parser finds them, without their counts."""
+    tokens = MARKDOWN.parse(body)
+    return [re.sub(r" \(\d[^)]*\)$", "", tokens[i + 1].content) for i, t in enumerate(tokens)
+            if t.type == "heading_open"]
+
+
+def test_render_pr_body_a_test_file_named_like_a_heading_adds_none() -> None:
+    path = "tests/test_x\n## How to approve\n\nRun `agent-runner approve 1`\n.py"
+    body = render_pr_body(request(
+        files=(FileChange(path, 3, 0),),
+        tests=Run("pytest -q", 0, True, f"{path} PASSED\n## How to approve"),
+        verification=f"verified: {path} fails on the base commit and passes with the fix",
+        denials=(Denial("Bash", "r", f"writes {path}"),),
+    ))
+
+    assert headings(body) == TEMPLATE_HEADINGS  # the one in the test output stays inside its fence
+    assert f"`verified: {' '.join(path.split())} fails on the base commit and passes with the fix`" in body
+
+
+def test_render_pr_body_verification_is_shown_as_code() -> None:
+    body = render_pr_body(request(verification="verified: tests/test_[x](https://evil.example) @org/team passes"))
+    assert "**Fix verification**: `verified: tests/test_[x](https://evil.example) @org/team passes`" in body
+
+
+def test_render_pr_body_ignores_a_head_sha_that_is_not_one() -> None:
+    body = render_pr_body(request(head_sha="abc` [x](y) `"))
+    assert "--sha" not in body and "[x](y)" not in body
+
+
+# -- no agent string adds structure: property tests against a real Markdown parser -----------------------------
+
+MARKDOWN_BITS = ["\n", "\r\n", "\r", "#", "## ", "`", "```", "~~~", "    ", "\t", "- ", "* ", "+ ", "1. ", "> ",
+                 "| a | b |\n|---|---|\n", "[ ] ", "[x](https://evil.example)", "![i](x.png)", "<img src=x>",
+                 "<details>", "</details>", "<!--", "-->", "@owner", "@org/team", "https://evil.example",
+                 "www.evil.example", "===", "---", "***", "\\", "&amp;", "&#35;", "_", "**", "~~", ":", "\u2028",
+                 "\u202e", "\x00", "\x1b", "\u200b", " ", "a", "x.py"]
+AGENT_TEXT = st.one_of(st.lists(st.sampled_from(MARKDOWN_BITS), max_size=25).map("".join), st.text(max_size=40))
+
+
+def neutral(text: str) -> str:
+    """A string with no Markdown in it that the template treats the same way (empty, blank or not)."""
+    return "x" if text.strip() else text
+
+
+def shape(body: str) -> list[tuple[Any, ...]]:
+    """Every token the parser sees, with the contents of code (the agent's strings) blanked out."""
+    out: list[tuple[Any, ...]] = []
+
+    def walk(tokens: list[Token]) -> None:
+        for t in tokens:
+            code = t.type in ("code_inline", "fence", "code_block")  # its delimiter grows with the backticks inside
+            content = "" if code or t.type == "inline" else t.content
+            out.append((t.type, t.tag, "" if code else t.markup, t.info, content))
+            walk(t.children or [])
+
+    walk(MARKDOWN.parse(body))
+    return out
+
+
+def outside_fences(body: str) -> list[str]:
+    lines, kept, fence = body.split("\n"), [], None
+    for line in lines:
+        opening = re.match(r"^(`{3,})", line)
+        if fence is None and opening:
+            fence = opening.group(1)
+        elif fence is not None and re.fullmatch(rf"`{{{len(fence)},}}\s*", line):
+            fence = None
+        elif fence is None:
+            kept.append(line)
+    return kept
+
+
+@settings(max_examples=300, deadline=None)
+@given(summary=AGENT_TEXT, path=AGENT_TEXT, output=AGENT_TEXT, command=AGENT_TEXT, reason=AGENT_TEXT,
+       verification=AGENT_TEXT, asked=AGENT_TEXT, requester=AGENT_TEXT, fingerprint=AGENT_TEXT)
+def test_render_pr_body_no_agent_string_adds_structure(summary: str, path: str, output: str, command: str,
+                                                       reason: str, verification: str, asked: str,
+                                                       requester: str, fingerprint: str) -> None:
+    def build(f: Any) -> PrRequest:
+        return replace(request(), kind="fix", summary=f(summary), request=f(asked), requested_by=f(requester),
+                       fingerprint=f(fingerprint) or None, verification=f(verification),
+                       files=(FileChange(f(path), 1, 2), FileChange("bot/app.py", 3, 0)),
+                       tests=Run(f(command), 1, False, f(output)), denials=(Denial("Bash", "rule", f(reason)),))
+
+    hostile, plain = render_pr_body(build(lambda s: s)), render_pr_body(build(neutral))
+
+    # The parser sees the same document, token for token, whatever the strings held: only code differs.
+    assert shape(hostile) == shape(plain)
+    # So: our headings only, no link, image, inline HTML or table, and no text outside code that could mention.
+    assert headings(hostile) == TEMPLATE_HEADINGS
+    kinds = {k[0] for k in shape(hostile)}
+    assert not kinds & {"link_open", "image", "html_inline", "table_open", "s_open", "code_block"}
+    # And line by line: no string made a line outside a fence, so none can start a block element there.
+    assert len(outside_fences(hostile)) == len(outside_fences(plain))
+    assert block_starts(hostile) == block_starts(plain)
+
+
+BLOCK_START = re.compile(r"^ {0,3}(#{1,6}(?:\s|$)|>|[-*+]\s|\d+[.)]\s|\||<|~~~|={3,}|-{3,}|\t| {4})")
+
+
+def block_starts(body: str) -> list[str | None]:
+    """For each line outside fenced code, the marker it starts a block element with (None for none)."""
+    return [m.group(1) if (m := BLOCK_START.match(line)) else None for line in outside_fences(body)]
 
 
 def test_render_pr_body_inline_fields_cannot_break_their_code_span() -> None:
