@@ -1,22 +1,30 @@
-"""Bash strings to simple commands: bashlex for the structure, our own scanner for every word.
+"""Bash strings to simple commands: bashlex for the structure, tree-sitter-bash where bashlex gives up, and our
+own scanner (`policy.words`) for every word.
 
-bashlex gives the tree and the position of each word, but its words are not bash's words: it keeps parameter
-expansions as text (hiding ``${X:-$(cmd)}``), mangles ``$'\\x72m'``, and does not look inside here-doc bodies.
-So each word is re-read from the source by `scan_word`, which unquotes as bash would and reports anything that
-would run or expand at run time. Whatever cannot be understood becomes a `Problem`, and a problem denies.
+bashlex is tried first: it is the stricter reader (it refuses what bash refuses), and in pure Python it is the floor
+the gate's cost is measured against. It cannot read what agents write every day (``[[ ]]``, ``case``, ``$(( ))``,
+a here-document with a quoted delimiter or inside ``$(...)``, as in Claude Code's commit idiom), so a string bashlex
+refuses, or reads only in part, goes to tree-sitter-bash (`policy.treesitter`); a tree-sitter tree with an ERROR or
+MISSING node is refused, naming the construct. Each word is re-read from the source by `scan_word`, which unquotes
+as bash would and reports anything that would run or expand at run time. Whatever cannot be understood becomes a
+`Problem`, and a problem denies.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import bashlex
 import bashlex.errors
 import bashlex.subst
 
-from policy.paths import GlobPart
+from policy import treesitter
+from policy.syntax import ParsedBash, Problem, Redirect, SimpleCommand, Word
+from policy.words import scan_word
+
+__all__ = ["ParsedBash", "Problem", "Redirect", "SimpleCommand", "Word", "parse", "scan_word"]
+Parser = Literal["auto", "bashlex", "tree-sitter"]
 
 
 def _guard_unterminated_parameter_expansion() -> None:
@@ -40,330 +48,6 @@ def _guard_unterminated_parameter_expansion() -> None:
 
 _guard_unterminated_parameter_expansion()
 
-# --- values --------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Word:
-    """One shell word. `value` is its text after quote removal when nothing in it is decided at run time
-    (glob characters included, as bash leaves an unmatched glob as is); `parts` describes it as a path pattern."""
-
-    raw: str
-    value: str | None
-    parts: tuple[GlobPart, ...]
-    glob: bool
-    dynamic: bool
-
-    @property
-    def text(self) -> str:
-        """The value, or the raw source when the value is only known at run time."""
-        return self.value if self.value is not None else self.raw
-
-
-@dataclass(frozen=True, slots=True)
-class Redirect:
-    """A redirection: `op` as written (``>``, ``>>``, ``<``, ``&>``, ``<<``...), `target` its word, if any."""
-
-    op: str
-    target: Word | None
-
-
-@dataclass(frozen=True, slots=True)
-class SimpleCommand:
-    """A simple command: assignments, words (argv), redirections, and its source text."""
-
-    text: str
-    assignments: tuple[Word, ...]
-    argv: tuple[Word, ...]
-    redirects: tuple[Redirect, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    """Something in the string the policy will not run: the check's id, a reason, and the text concerned."""
-
-    rule_id: str
-    reason: str
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ParsedBash:
-    """A bash string as simple commands in source order, plus every structural problem found."""
-
-    commands: tuple[SimpleCommand, ...]
-    problems: tuple[Problem, ...]
-
-
-# --- the word scanner ----------------------------------------------------------------------------------------------
-
-_ANSI = {"a": "\a", "b": "\b", "e": "\x1b", "E": "\x1b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v"}
-_ANSI.update({"\\": "\\", "'": "'", '"': '"', "?": "?"})
-_SPECIAL_PARAMS = set("@*#?-$!0123456789")
-_NAME_START = re.compile(r"[A-Za-z_]")
-_SAFE_PARAM = re.compile(r"#?[A-Za-z_][A-Za-z0-9_]*$|#?[0-9@*#?$!-]$")
-_PARAM_OPS = re.compile(r"([A-Za-z_][A-Za-z0-9_]*|[0-9]+)(:?[-+=?]|##?|%%?|//?|\^\^?|,,?)")
-
-
-def _decode_ansi(body: str) -> str:
-    out: list[str] = []
-    i = 0
-    while i < len(body):
-        c = body[i]
-        if c != "\\" or i + 1 >= len(body):
-            out.append(c)
-            i += 1
-            continue
-        n = body[i + 1]
-        if n in _ANSI:
-            out.append(_ANSI[n])
-            i += 2
-        elif n in "01234567":
-            m = re.match(r"[0-7]{1,3}", body[i + 1 :])
-            assert m is not None
-            out.append(chr(int(m.group(), 8) & 0xFF))
-            i += 1 + len(m.group())
-        elif n in "xuU":
-            width = {"x": 2, "u": 4, "U": 8}[n]
-            m = re.match(rf"[0-9A-Fa-f]{{1,{width}}}", body[i + 2 :])
-            if m is None:
-                out.append("\\" + n)
-                i += 2
-            else:
-                code = int(m.group(), 16)
-                out.append(chr(code) if code <= 0x10FFFF else "\ufffd")
-                i += 2 + len(m.group())
-        elif n == "c" and i + 2 < len(body):
-            out.append(chr(ord(body[i + 2]) & 0x1F))
-            i += 3
-        else:
-            out.append("\\" + n)
-            i += 2
-    return "".join(out)
-
-
-def _param_problem(content: str) -> str | None:
-    """Why a ``${...}`` expansion could run a command, or None. Arithmetic contexts (subscripts, substring
-    offsets), indirection and ``@P``-style transformations can all evaluate text as code."""
-    if "$(" in content or "`" in content or "<(" in content or ">(" in content:
-        return "a command substitution hidden inside ${...}, which the parser does not see"
-    if _SAFE_PARAM.match(content):
-        return None
-    m = _PARAM_OPS.match(content)
-    if m is None:
-        return f"the parameter expansion ${{{content}}} (indirection, subscripts or transformations)"
-    rest = content[m.end() :]
-    if "[" in rest or "$[" in rest or "$((" in rest:
-        return f"arithmetic inside the parameter expansion ${{{content}}}"
-    if "${" in rest:
-        # nested expansions are checked one by one
-        for inner in _iter_params(rest):
-            why = _param_problem(inner)
-            if why is not None:
-                return why
-    return None
-
-
-def _iter_params(text: str) -> list[str]:
-    out: list[str] = []
-    i = text.find("${")
-    while i != -1:
-        end = _match_brace(text, i + 1)
-        if end == -1:
-            out.append(text[i + 2 :])
-            break
-        out.append(text[i + 2 : end])
-        i = text.find("${", end)
-    return out
-
-
-def _match_brace(text: str, open_at: int) -> int:
-    depth = 0
-    i = open_at
-    while i < len(text):
-        c = text[i]
-        if c == "\\":
-            i += 2
-            continue
-        if c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return i
-        i += 1
-    return -1
-
-
-_BRACE = re.compile(r"\{[^{}]*(,|\.\.)[^{}]*\}")
-
-
-class _Scan:
-    __slots__ = ("value", "parts", "lit", "glob", "dynamic", "problems", "unquoted")
-
-    def __init__(self) -> None:
-        self.value: list[str] = []
-        self.parts: list[GlobPart] = []
-        self.lit: list[str] = []
-        self.glob = False
-        self.dynamic = False
-        self.problems: list[str] = []
-        self.unquoted: list[str] = []  # unquoted text, to spot brace expansion
-
-    def char(self, c: str) -> None:
-        self.value.append(c)
-        self.lit.append(c)
-
-    def flush(self) -> None:
-        if self.lit:
-            self.parts.append(GlobPart("lit", "".join(self.lit)))
-            self.lit = []
-
-    def meta(self, kind: str, text: str = "") -> None:
-        self.flush()
-        self.parts.append(GlobPart(kind, text))
-        if kind == "unknown":
-            self.dynamic = True
-        else:
-            self.glob = True
-            self.value.append(text or ("*" if kind == "star" else "?"))
-
-
-def scan_word(raw: str, subst: tuple[tuple[int, int], ...] = (), *, heredoc: bool = False) -> tuple[Word, list[str]]:
-    """Read one word as bash would: quote removal, ``$'...'`` decoding, and a note of every expansion.
-
-    `subst` holds the (start, end) offsets, within `raw`, of the command and process substitutions bashlex
-    found; any other ``$(``, backtick or ``<(`` is hidden from the parser and reported as a problem.
-    Returns the word and a list of problems (reasons).
-
-    >>> scan_word("r'm'")[0].value
-    'rm'
-    """
-    s = _Scan()
-    i = 0
-    n = len(raw)
-    quote = ""  # "" outside quotes, '"' inside double quotes
-    starts = {a: b for a, b in subst}
-    while i < n:
-        if i in starts:
-            s.meta("unknown")
-            i = starts[i]
-            continue
-        c = raw[i]
-        if quote == "" and not heredoc:
-            if c == "\\":
-                if i + 1 < n and raw[i + 1] == "\n":
-                    i += 2
-                    continue
-                if i + 1 < n:
-                    s.char(raw[i + 1])
-                i += 2
-                continue
-            if c == "'":
-                end = raw.find("'", i + 1)
-                if end == -1:
-                    s.problems.append("an unterminated single quote")
-                    end = n
-                for ch in raw[i + 1 : end]:
-                    s.char(ch)
-                i = end + 1
-                continue
-            if c == "$" and raw.startswith("$'", i):
-                j = i + 2
-                while j < n and raw[j] != "'":
-                    j += 2 if raw[j] == "\\" else 1
-                for ch in _decode_ansi(raw[i + 2 : j]):
-                    s.char(ch)
-                i = j + 1
-                continue
-            if c == '"' or (c == "$" and raw.startswith('$"', i)):
-                quote = '"'
-                i += 1 if c == '"' else 2
-                continue
-            if c == "~" and i == 0:
-                # kept as text: normalize() treats a leading ~ as outside the workspace
-                s.char(c)
-                i += 1
-                continue
-            if c in "*?":
-                if i + 1 < n and raw[i + 1] == "(":
-                    s.problems.append("an extended glob pattern")
-                s.meta("star" if c == "*" else "any")
-                i += 1
-                continue
-            if c == "[":
-                end = raw.find("]", i + 2)
-                if end != -1 and "/" not in raw[i:end]:
-                    s.meta("class", raw[i : end + 1])
-                    s.value[-1] = raw[i : end + 1]
-                    i = end + 1
-                    continue
-            if c in "<>+@!" and i + 1 < n and raw[i + 1] == "(":
-                s.problems.append("a process substitution or extended glob the parser did not see")
-            s.unquoted.append(c)
-        elif quote == '"' and not heredoc:
-            if c == '"':
-                quote = ""
-                i += 1
-                continue
-            if c == "\\" and i + 1 < n and raw[i + 1] in '$`"\\\n':
-                if raw[i + 1] != "\n":
-                    s.char(raw[i + 1])
-                i += 2
-                continue
-        # shared by unquoted, double-quoted and here-doc text: expansions
-        if c == "$" and i + 1 < n:
-            nxt = raw[i + 1]
-            if nxt == "(":
-                s.problems.append(
-                    "arithmetic expansion $(( ))"
-                    if raw.startswith("$((", i)
-                    else "a command substitution the parser did not see"
-                )
-                s.meta("unknown")
-                i += 2
-                continue
-            if nxt == "[":
-                s.problems.append("arithmetic expansion $[ ]")
-                s.meta("unknown")
-                i += 2
-                continue
-            if nxt == "{":
-                end = _match_brace(raw, i + 1)
-                content = raw[i + 2 : end] if end != -1 else raw[i + 2 :]
-                why = _param_problem(content) if end != -1 else "an unterminated ${"
-                if why is not None:
-                    s.problems.append(why)
-                s.meta("unknown")
-                i = end + 1 if end != -1 else n
-                continue
-            if _NAME_START.match(nxt):
-                j = i + 1
-                while j < n and (raw[j].isalnum() or raw[j] == "_") and raw[j].isascii():
-                    j += 1
-                s.meta("unknown")
-                i = j
-                continue
-            if nxt in _SPECIAL_PARAMS:
-                s.meta("unknown")
-                i += 2
-                continue
-        if c == "`":
-            s.problems.append("a backtick command substitution the parser did not see")
-            s.meta("unknown")
-            i += 1
-            continue
-        s.char(c)
-        i += 1
-    if quote:
-        s.problems.append("an unterminated double quote")
-    if _BRACE.search("".join(s.unquoted)):
-        s.problems.append("brace expansion (the policy does not expand {a,b}; write the names out)")
-    s.flush()
-    value = None if s.dynamic else "".join(s.value)
-    return Word(raw, value, tuple(s.parts), s.glob, s.dynamic), s.problems
-
-
 # --- the tree walker -----------------------------------------------------------------------------------------------
 
 _UNSUPPORTED = (
@@ -377,14 +61,16 @@ _UNSUPPORTED = (
     (re.compile(r"[A-Za-z0-9_]\+?=\("), "an array assignment"),
     (re.compile(r"<<-?\s*(['\"]|\\)"), "a here-document with a quoted delimiter"),
 )
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# A carriage return is allowed only as half of a CRLF line end (here-documents pasted with Windows line ends).
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)")
 
 
-def _construct(text: str, exc: BaseException) -> str:
+def construct_name(text: str, exc: BaseException | None = None) -> str:
+    """Name the construct a parser could not read, for the denial's reason."""
     for pattern, name in _UNSUPPORTED:
         if pattern.search(text):
             return name
-    if isinstance(exc, bashlex.errors.ParsingError) and "matching" in str(exc):
+    if exc is not None and isinstance(exc, bashlex.errors.ParsingError) and "matching" in str(exc):
         return "an unterminated quote or bracket"
     if isinstance(exc, RecursionError):
         return "nesting too deep"
@@ -396,6 +82,7 @@ class _Walker:
         self.text = text
         self.commands: list[SimpleCommand] = []
         self.problems: list[Problem] = []
+        self._feeder: tuple[Word, ...] = ()
 
     def problem(self, rule_id: str, reason: str, node: Any) -> None:
         start, end = node.pos
@@ -405,9 +92,19 @@ class _Walker:
         kind = node.kind
         if kind == "command":
             self.command(node)
-        elif kind in ("list", "pipeline"):
+        elif kind == "list":
             for part in node.parts:
                 self.visit(part)
+        elif kind == "pipeline":
+            feeder: tuple[Word, ...] = ()
+            for part in node.parts:
+                if part.kind == "pipe":
+                    continue
+                self._feeder = feeder
+                before = len(self.commands)
+                self.visit(part)
+                self._feeder = ()
+                feeder = self.commands[-1].argv if part.kind == "command" and len(self.commands) > before else ()
         elif kind == "compound":
             start = node.pos[0]
             if self.text.startswith("((", start):
@@ -477,6 +174,7 @@ class _Walker:
             self.commands.append(SimpleCommand(self.text[node.pos[0] : node.pos[1]], (), (), (redirect,)))
 
     def command(self, node: Any) -> None:
+        feeder, self._feeder = self._feeder, ()
         assignments: list[Word] = []
         argv: list[Word] = []
         redirects: list[Redirect] = []
@@ -490,14 +188,30 @@ class _Walker:
             else:
                 self.visit(part)
         start, end = node.pos
-        self.commands.append(SimpleCommand(self.text[start:end], tuple(assignments), tuple(argv), tuple(redirects)))
+        self.commands.append(
+            SimpleCommand(self.text[start:end], tuple(assignments), tuple(argv), tuple(redirects), feeder)
+        )
 
 
-def parse(text: str, *, max_length: int = 32768) -> ParsedBash:
+def _named(parsed: ParsedBash, text: str, exc: BaseException) -> ParsedBash:
+    """When tree-sitter cannot read it either, say what bashlex choked on too: it names constructs better."""
+    if not any(p.rule_id == "bash.parse-error" for p in parsed.problems):
+        return parsed
+    name = construct_name(text, exc)
+    problems = tuple(
+        Problem(p.rule_id, f"{p.reason}; {name}", p.text) if p.rule_id == "bash.parse-error" else p
+        for p in parsed.problems
+    )
+    return ParsedBash(parsed.commands, problems, parsed.hidden)
+
+
+def parse(text: str, *, max_length: int = 32768, parser: Parser = "auto") -> ParsedBash:
     """Parse a bash string into its simple commands (from every nesting level) and its problems.
 
-    Never raises: input too long, control characters, anything bashlex cannot parse, and any construct the
+    Never raises: input too long, control characters, anything neither parser can read, and any construct the
     policy cannot see through come back as problems. An empty `problems` means every command is in `commands`.
+    `parser` forces one parser (for the benchmark and the tests that compare them); ``auto`` is bashlex, then
+    tree-sitter-bash for what bashlex refuses.
 
     >>> [c.argv[0].value for c in parse("git status && rm -rf .").commands]
     ['git', 'rm']
@@ -510,15 +224,21 @@ def parse(text: str, *, max_length: int = 32768) -> ParsedBash:
         return ParsedBash((), (Problem("bash.control-character", f"the command contains {what}", ""),))
     if not text.strip():
         return ParsedBash((), (Problem("bash.empty", "the command is empty", ""),))
+    if parser == "tree-sitter":
+        return treesitter.parse(text)
     try:
         trees = bashlex.parse(text)
         walker = _Walker(text)
         for tree in trees:
             walker.visit(tree)
     except RecursionError as exc:
-        return ParsedBash((), (Problem("bash.parse-error", f"cannot parse: {_construct(text, exc)}", text),))
+        return ParsedBash((), (Problem("bash.parse-error", f"cannot parse: {construct_name(text, exc)}", text),))
     except Exception as exc:  # bashlex raises many types (ParsingError, NotImplementedError, AttributeError...)
+        if parser == "auto":
+            return _named(treesitter.parse(text), text, exc)
         detail = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
-        reason = f"cannot parse: {_construct(text, exc)} ({detail})"
+        reason = f"cannot parse: {construct_name(text, exc)} ({detail})"
         return ParsedBash((), (Problem("bash.parse-error", reason, text),))
+    if parser == "auto" and any(p.rule_id == "bash.unsupported" for p in walker.problems):
+        return treesitter.parse(text)  # bashlex read it, but not all of it (`((x = 1))`)
     return ParsedBash(tuple(walker.commands), tuple(walker.problems))

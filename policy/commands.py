@@ -12,10 +12,11 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from policy.bash import Word
 from policy.paths import GlobPart
+from policy.syntax import Word
 
-Mode = Literal["read", "write", "list"]
+# "stage" is `git add PATH`: the path is not written, but it is put into the change (a protected one must not be)
+Mode = Literal["read", "write", "list", "stage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,21 +38,68 @@ class Analysis:
     extra_unknown: bool = False  # xargs appends arguments nobody can see
     writes_repo: bool = False  # writes outside path arguments (git add/commit)
     lookup_only: bool = False  # `command -v x`: nothing runs
+    inner: list[str] = field(default_factory=list)  # literal shell code it runs (`sh -c 'ls'`), checked as such
+    inner_argv: list[list[Word]] = field(default_factory=list)  # commands it runs (`find -exec CMD {} +`)
+    asks: list[tuple[str, str]] = field(default_factory=list)  # (rule_id, reason) that need the owner's yes
 
     def deny(self, rule_id: str, reason: str) -> None:
         self.problems.append((rule_id, reason))
 
 
+# Programs that run code the call does not show (a script, a Makefile, code in an argument): decided by the
+# policy's `bash.interpreters` (default allow: the sandbox is sealed, and running code is what tests do anyway).
 INTERPRETERS = frozenset(
     "sh bash dash zsh ksh mksh fish csh tcsh busybox perl ruby node nodejs deno bun php lua tclsh "
-    "awk gawk mawk nawk eval source . expect watch script parallel ipython pypy pypy3 python2".split()
+    "awk gawk mawk nawk eval source . expect watch script parallel ipython pypy pypy3 python2 "
+    "make gmake npm npx yarn pnpm tox nox invoke just sqlite3".split()
 )
+SHELLS = frozenset("sh bash dash zsh ksh mksh".split())
+TASK_RUNNERS = frozenset("make gmake npm npx yarn pnpm tox nox invoke just".split())
+# Programs whose only use is the network, which the sandbox does not have.
+NETWORK = frozenset(
+    "curl wget nc ncat netcat ssh scp sftp rsync telnet ftp socat nmap ping dig nslookup aria2c http https "
+    "httpie lynx w3m".split()
+)
+NO_NETWORK = "the sandbox has no network: work with the workspace and the packages already installed"
+INSTALL_ADVICE = (
+    "the sandbox has no network and installs need the owner's yes: add the package to requirements.txt "
+    "(the owner is asked for that change) and the set-up step installs it"
+)
+_INSTALLS = {
+    "pip": frozenset("install uninstall download wheel".split()),
+    "uv": frozenset("add remove sync lock pip tool".split()),
+    "poetry": frozenset("add remove install update lock".split()),
+    "pipenv": frozenset("install uninstall update lock sync".split()),
+    "pipx": frozenset("install uninstall upgrade inject".split()),
+    "npm": frozenset("install i add ci uninstall remove update".split()),
+    "pnpm": frozenset("install i add remove update".split()),
+    "yarn": frozenset("install add remove upgrade".split()),
+    "apt": frozenset("install remove upgrade".split()),
+    "apt-get": frozenset("install remove upgrade".split()),
+    "gem": frozenset(("install",)),
+    "cargo": frozenset(("install", "add")),
+    "conda": frozenset(("install", "remove", "update", "create")),
+    "mamba": frozenset(("install", "remove", "update", "create")),
+}
 PRIVILEGED = frozenset("sudo su doas chroot unshare nsenter setpriv runuser capsh pkexec".split())
 _PYTHON = re.compile(r"python(3(\.\d+)?)?$")
 
 
 def is_python(name: str) -> bool:
     return bool(_PYTHON.match(name))
+
+
+def package_install(name: str, args: Sequence[Word]) -> bool:
+    """True when ``NAME ARGS`` installs or removes packages (``pip install``, ``uv add``, ``npm i``...)."""
+    base = "pip" if name in ("pip", "pip3") or re.match(r"pip3\.\d+$", name) else name
+    subs = _INSTALLS.get(base)
+    if subs is None:
+        return False
+    first = next((w.text for w in args if not w.text.startswith("-")), "")
+    if base == "uv" and first == "pip":
+        second = [w.text for w in args if not w.text.startswith("-")][1:2]
+        return bool(second) and second[0] in _INSTALLS["pip"] | {"sync", "compile"}
+    return first in subs
 
 
 # --- option parsing --------------------------------------------------------------------------------------------------
@@ -122,7 +170,7 @@ def split_options(
     return opts, pos
 
 
-def _value_word(opt: Opt) -> Word | None:
+def value_word(opt: Opt) -> Word | None:
     """The value of an option as a word of its own (for ``--out=FILE`` only the FILE part)."""
     if opt.value is None or opt.value_text is None:
         return None
@@ -196,7 +244,7 @@ def _grep(a: Analysis, args: list[Word]) -> None:
             pattern_given = True
         elif o.name in ("-f", "--file", "--exclude-from"):
             pattern_given = pattern_given or o.name != "--exclude-from"
-            vw = _value_word(o)
+            vw = value_word(o)
             if vw is not None:
                 a.accesses.append(Access("read", vw))
     _reads(a, pos if pattern_given else pos[1:])
@@ -221,14 +269,16 @@ def _rg(a: Analysis, args: list[Word]) -> None:
             a.deny("bash.rg", f"rg {o.name} runs other programs")
         elif o.name in ("-e", "--regexp", "--files", "--type-list", "-f", "--file"):
             pattern_given = True
-            if o.name in ("-f", "--file") and (vw := _value_word(o)) is not None:
+            if o.name in ("-f", "--file") and (vw := value_word(o)) is not None:
                 a.accesses.append(Access("read", vw))
-        elif o.name == "--ignore-file" and (vw := _value_word(o)) is not None:
+        elif o.name == "--ignore-file" and (vw := value_word(o)) is not None:
             a.accesses.append(Access("read", vw))
     _reads(a, pos if pattern_given else pos[1:])
 
 
-_FIND_DENY = frozenset("-exec -execdir -ok -okdir -delete -fprint -fprint0 -fprintf -fls".split())
+_FIND_DENY = frozenset("-fprint -fprint0 -fprintf -fls".split())
+_FIND_EXEC = frozenset("-exec -execdir -ok -okdir".split())
+UNKNOWN_PATH = Word("{}", None, (GlobPart("unknown"),), False, True, True)
 
 
 def _find(a: Analysis, args: list[Word]) -> None:
@@ -240,9 +290,24 @@ def _find(a: Analysis, args: list[Word]) -> None:
     while i < len(args) and not args[i].text.startswith(("-", "(", "!", ")")):
         paths.append(args[i])
         i += 1
-    for w in args[i:]:
+    while i < len(args):
+        w = args[i]
         if w.text in _FIND_DENY:
-            a.deny("bash.find", f"find {w.text} runs commands, deletes or writes files")
+            a.deny("bash.find", f"find {w.text} writes a file; print to stdout and redirect it instead")
+        elif w.text == "-delete":
+            a.deny("bash.find", "find -delete could delete protected files: list them with find, then rm them by name")
+        elif w.text in _FIND_EXEC:
+            # the command runs once per file found (or with many): `{}` is a path under the start points
+            j = i + 1
+            inner: list[Word] = []
+            while j < len(args) and args[j].text not in (";", "+"):
+                inner.append(UNKNOWN_PATH if "{}" in args[j].text else args[j])
+                j += 1
+            if not inner:
+                a.deny("bash.find", f"find {w.text} without a command")
+            a.inner_argv.append(inner)
+            i = j
+        i += 1
     _reads(a, paths or [], "list")
 
 
@@ -379,12 +444,10 @@ def _sort(a: Analysis, args: list[Word]) -> None:
     for o in opts:
         if _long_match(o.name, "--compress-program"):
             a.deny("bash.sort", "sort --compress-program runs another program")
-        elif o.name in ("-o", "--output") and (vw := _value_word(o)) is not None:
+        elif o.name in ("-o", "--output") and (vw := value_word(o)) is not None:
             a.accesses.append(Access("write", vw))
-        elif o.name in ("-T", "--temporary-directory") and (vw := _value_word(o)) is not None:
+        elif o.name in ("-T", "--temporary-directory") and (vw := value_word(o)) is not None:
             a.accesses.append(Access("write", vw))
-        elif o.name == "--files0-from" and (vw := _value_word(o)) is not None:
-            a.accesses.append(Access("read", vw))
     _reads(a, pos)
 
 
@@ -397,7 +460,7 @@ def _uniq(a: Analysis, args: list[Word]) -> None:
 def _cp(a: Analysis, args: list[Word]) -> None:
     _no_dynamic(a, args, "cp")
     opts, pos = split_options(args, "tS", frozenset("--target-directory --suffix".split()))
-    target = [vw for o in opts if o.name in ("-t", "--target-directory") and (vw := _value_word(o)) is not None]
+    target = [vw for o in opts if o.name in ("-t", "--target-directory") and (vw := value_word(o)) is not None]
     if target:
         _reads(a, pos)
         _reads(a, target, "write")
@@ -413,9 +476,9 @@ def _writes(short_values: str = "", long_values: str = "", skip_first: bool = Fa
         _no_dynamic(a, args, a.argv[0].text)
         opts, pos = split_options(args, short_values, lv)
         for o in opts:
-            if o.name in ("-t", "--target-directory") and (vw := _value_word(o)) is not None:
+            if o.name in ("-t", "--target-directory") and (vw := value_word(o)) is not None:
                 a.accesses.append(Access("write", vw))
-            if o.name in ("-r", "--reference") and "r" in short_values and (vw := _value_word(o)) is not None:
+            if o.name in ("-r", "--reference") and "r" in short_values and (vw := value_word(o)) is not None:
                 a.accesses.append(Access("read", vw))
         if skip_first and not any(o.name == "--reference" for o in opts):
             pos = pos[1:]
@@ -448,7 +511,7 @@ def _chmod(a: Analysis, args: list[Word]) -> None:
 def _tree(a: Analysis, args: list[Word]) -> None:
     opts, pos = split_options(args, "LIPo", frozenset())
     for o in opts:
-        if o.name == "-o" and (vw := _value_word(o)) is not None:
+        if o.name == "-o" and (vw := value_word(o)) is not None:
             a.accesses.append(Access("write", vw))
     _reads(a, pos, "list")
 
@@ -459,50 +522,6 @@ def _cd(a: Analysis, args: list[Word]) -> None:
         a.deny("bash.cd", "cd to a directory known only at run time (or home, or -) is not allowed")
         return
     _reads(a, pos, "list")
-
-
-_GIT_GLOBAL_OK = frozenset(("--no-pager", "-P", "--no-optional-locks", "--literal-pathspecs"))
-_GIT_DENY = (
-    "--ext-diff",
-    "--output",
-    "--textconv",
-    "--exec",
-    "--upload-pack",
-    "--receive-pack",
-    "--no-index",
-    "--open-files-in-pager",
-    "--template",
-    "--exec-path",
-    "--config-env",
-)
-GIT_WRITES = frozenset(("add", "commit", "rm", "mv", "restore", "checkout", "reset", "stash", "switch", "merge", "tag"))
-
-
-def _git(a: Analysis, args: list[Word], allowed: frozenset[str]) -> None:
-    _no_dynamic(a, args, "git")
-    i = 0
-    while i < len(args) and args[i].text.startswith("-"):
-        if args[i].text not in _GIT_GLOBAL_OK:
-            a.deny("bash.git", f"git {args[i].text} before the subcommand can change configuration or run a pager")
-            return
-        i += 1
-    if i >= len(args):
-        a.deny("bash.git", "git without a subcommand")
-        return
-    sub = args[i].text
-    if sub not in allowed:
-        a.deny("bash.git", f"git {sub} is not an allowed git subcommand (allowed: {', '.join(sorted(allowed))})")
-        return
-    for w in args[i + 1 :]:
-        name = w.text.partition("=")[0]
-        if name.startswith("--") and any(_long_match(name, d) for d in _GIT_DENY):
-            a.deny("bash.git", f"git {sub} {name} runs a program, writes a file or reads outside the repository")
-        elif sub == "grep" and (name == "-O" or (name.startswith("-O") and not name.startswith("--"))):
-            a.deny("bash.git", "git grep -O opens a pager")
-        elif sub == "commit" and (_long_match(name, "--file") or (name.startswith("-F") and name[:2] != "--")):
-            a.deny("bash.git", "git commit -F reads the message from a file; use -m")
-    if sub in GIT_WRITES:
-        a.writes_repo = True
 
 
 _PYTEST_DENY = ("--basetemp", "--override-ini", "--config-file", "--rootdir", "--pyargs")
@@ -521,7 +540,7 @@ def _pytest(a: Analysis, args: list[Word]) -> None:
         if o.name in ("-c", "-o") or any(_long_match(o.name, d) for d in _PYTEST_DENY):
             a.deny("bash.pytest", f"pytest {o.name} is not allowed (it can delete directories or change configuration)")
         elif any(_long_match(o.name, d) for d in _PYTEST_WRITES) or o.name == "--debug" and o.value_text:
-            vw = _value_word(o)
+            vw = value_word(o)
             if vw is not None:
                 a.accesses.append(Access("write", vw))
         elif o.name == "--cov-report" and o.value_text and ":" in o.value_text:
@@ -537,36 +556,118 @@ def _lit_part(text: str) -> GlobPart:
     return GlobPart("lit", text)
 
 
+_PY_FLAGS = frozenset("-B -u -q -O -OO -E -s -S -I -P -b -bb -d -v -R".split())
+
+
 def _python(a: Analysis, args: list[Word], modules: frozenset[str]) -> None:
     i = 0
-    while i < len(args) and args[i].text in ("-B", "-u", "-q", "-O", "-E", "-s", "-I", "-P"):
-        i += 1
-    if i + 1 < len(args) and args[i].text == "-m" and args[i + 1].value is not None:
-        module = args[i + 1].text
-        if module in modules:
-            if module == "pytest":
-                _pytest(a, args[i + 2 :])
-            else:
-                _no_dynamic(a, args[i + 2 :], module)
-                _reads(a, [w for w in args[i + 2 :] if not w.text.startswith("-")])
-            return
-        a.deny("bash.python", f"python -m {module} is not an allowed module (allowed: {', '.join(sorted(modules))})")
+    while i < len(args) and (args[i].text in _PY_FLAGS or args[i].text in ("-W", "-X")):
+        i += 2 if args[i].text in ("-W", "-X") else 1
+    rest = args[i:]
+    if not rest:
+        a.interpreter = True  # a program on stdin
+        return
+    first = rest[0].text
+    if first in ("--version", "-V", "-VV", "--help", "-h"):
+        return
+    if first == "-m" and len(rest) > 1 and rest[1].value is not None:
+        module = rest[1].text
+        if package_install("pip" if module == "pip" else module, rest[2:]):
+            a.asks.append(("bash.package-install", f"python -m {module} {rest[2].text}: {INSTALL_ADVICE}"))
+        elif module == "pytest":
+            _pytest(a, rest[2:])
+        elif module in modules:
+            _no_dynamic(a, rest[2:], module)
+            _reads(a, [w for w in rest[2:] if not w.text.startswith("-")])
+        else:
+            a.interpreter = True  # any other module runs code the call does not show
+            _reads(a, [w for w in rest[2:] if not w.text.startswith("-") and not w.dynamic])
         return
     a.interpreter = True
+    if first == "-c":
+        return  # inline code: not parsed here; `bash.interpreters` decides
+    if not first.startswith("-"):
+        _reads(a, rest[:1])  # the script
+        _reads(a, [w for w in rest[1:] if not w.text.startswith("-") and not w.dynamic])
+
+
+def _shell(a: Analysis, args: list[Word]) -> None:
+    """``sh -c 'CODE'`` with literal code is unwrapped: the engine checks CODE like any command line."""
+    i = 0
+    code_next = False
+    while i < len(args):
+        t = args[i].text
+        if t == "-c" or (t.startswith("-") and not t.startswith("--") and "c" in t[1:]):
+            code_next = True
+            i += 1
+            continue
+        if t in ("-o", "+o", "-O", "+O") and i + 1 < len(args):
+            i += 2
+            continue
+        if t.startswith(("-", "+")) and t not in ("-", "--"):
+            i += 1
+            continue
+        break
+    rest = args[i:]
+    if code_next:
+        if rest and rest[0].value is not None:
+            a.inner.append(rest[0].text)
+        else:
+            a.interpreter = True  # code known only at run time
+        return
+    a.interpreter = True
+    if rest:
+        _reads(a, rest[:1])  # a script in the workspace
+
+
+def _eval(a: Analysis, args: list[Word]) -> None:
+    if args and all(w.value is not None for w in args):
+        a.inner.append(" ".join(w.text for w in args))
+    else:
+        a.interpreter = True
+
+
+def _source(a: Analysis, args: list[Word]) -> None:
+    a.interpreter = True
+    _reads(a, args[:1])
+
+
+def _date(a: Analysis, args: list[Word]) -> None:
+    opts, _ = split_options(args, "fdrI", frozenset("--file --date --reference --iso-8601".split()))
+    for o in opts:
+        if o.name in ("-f", "--file", "-r", "--reference") and (vw := value_word(o)) is not None:
+            a.accesses.append(Access("read", vw))
+
+
+def _files0(inner: Analyser) -> Analyser:
+    """`wc`, `du` and `sort` read the names of the files to read from a file with ``--files0-from``."""
+
+    def analyse(a: Analysis, args: list[Word]) -> None:
+        if any(w.text.startswith("--files0") for w in args):
+            a.deny("bash.files0-from", "--files0-from reads file names the policy cannot see: name the files")
+            return
+        inner(a, args)
+
+    return analyse
 
 
 KNOWN: dict[str, Analyser] = {
     **{
         n: _nopaths
-        for n in "echo true false pwd sleep seq basename dirname test [ which type uname whoami date tr :".split()
+        for n in (
+            "echo true false pwd sleep seq basename dirname test [ which type uname whoami tr : export unset "
+            "declare local readonly typeset set shopt id hostname nproc ps jq column paste fold rev expand"
+        ).split()
     },
+    "date": _date,
     "printf": _printf,
     **{n: _plain("nc", "--lines --bytes") for n in ("head", "tail")},
-    **{n: _plain() for n in "cat wc nl tac comm cmp md5sum sha1sum sha256sum file realpath readlink".split()},
+    **{n: _plain() for n in "cat nl tac comm cmp md5sum sha1sum sha256sum file realpath readlink xxd od".split()},
+    "wc": _files0(_plain()),
     "cut": _plain("dfcb", "--delimiter --fields --characters --bytes"),
     "stat": _plain("c", "--format --printf"),
     "diff": _plain("UCxXI", "--unified --context --label --exclude --exclude-from --ignore-matching-lines"),
-    "du": _plain("dB", "--max-depth --block-size", "list"),
+    "du": _files0(_plain("dB", "--max-depth --block-size", "list")),
     "ls": _plain("IwT", "--ignore --hide --width --tabsize --format --sort --time-style --block-size", "list"),
     "tree": _tree,
     "grep": _grep,
@@ -575,7 +676,7 @@ KNOWN: dict[str, Analyser] = {
     "rg": _rg,
     "find": _find,
     "sed": _sed,
-    "sort": _sort,
+    "sort": _files0(_sort),
     "uniq": _uniq,
     "cp": _cp,
     "mv": _writes("tS", "--target-directory --suffix"),
@@ -588,6 +689,10 @@ KNOWN: dict[str, Analyser] = {
     "cd": _cd,
     "pytest": _pytest,
     "py.test": _pytest,
+    **{n: _shell for n in SHELLS},
+    "eval": _eval,
+    "source": _source,
+    ".": _source,
 }
 
 
@@ -626,6 +731,7 @@ class Unwrapped:
     wrappers: list[str] = field(default_factory=list)
     extra_unknown: bool = False
     lookup_only: bool = False
+    replace: str | None = None  # `xargs -I R`: R in the arguments is replaced by each input line
 
 
 def unwrap(argv: Sequence[Word]) -> Unwrapped:
@@ -649,9 +755,11 @@ def unwrap(argv: Sequence[Word]) -> Unwrapped:
                 out.problems.append(("bash.wrapper", "exec -a renames the command"))
             elif name == "command" and o.name in ("-v", "-V"):
                 out.lookup_only = True
-            elif name == "time" and o.name in ("-o", "--output") and (vw := _value_word(o)) is not None:
+            elif name == "time" and o.name in ("-o", "--output") and (vw := value_word(o)) is not None:
                 out.accesses.append(Access("write", vw))
-            elif name == "xargs" and o.name in ("-a", "--arg-file") and (vw := _value_word(o)) is not None:
+            elif name == "xargs" and o.name in ("-I", "--replace", "-i"):
+                out.replace = o.value_text if o.name == "-I" else (o.value_text or "{}")
+            elif name == "xargs" and o.name in ("-a", "--arg-file") and (vw := value_word(o)) is not None:
                 out.accesses.append(Access("read", vw))
         if any(w.dynamic for w in rest):
             out.problems.append(("bash.dynamic-argument", f"{name} with an argument known only at run time"))

@@ -8,31 +8,42 @@ and every part gets an effect. Owner rules are tried first for a part (first mat
 from __future__ import annotations
 
 import json
+import re
+import shlex
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from functools import lru_cache
 
+from policy import git
+from policy.access import PathChecker, Verdict
 from policy.bash import SimpleCommand, Word, parse
 from policy.commands import (
+    INSTALL_ADVICE,
     INTERPRETERS,
     KNOWN,
+    NETWORK,
+    NO_NETWORK,
     PRIVILEGED,
+    SHELLS,
+    TASK_RUNNERS,
+    UNKNOWN_PATH,
     Access,
     Analysis,
     Mode,
-    _git,
     _plain,
     _python,
     is_python,
+    package_install,
     unwrap,
 )
 from policy.model import Decision, Effect, Explanation, Policy, Profile, Rule, Step, ToolCall
-from policy.paths import GlobPart, Location, PatternSet, glob_nfa, normalize
+from policy.paths import GlobPart, PatternSet, normalize
 
-# A part's verdict: (effect, rule id, reason)
-Verdict = tuple[Effect, str, str]
+# Directories whose programs are the image's own (read-only root): `/usr/bin/git` is git.
+SYSTEM_BIN = frozenset(("/bin", "/usr/bin", "/usr/local/bin", "/sbin", "/usr/sbin", "/opt/venv/bin"))
+DECLARATIONS = frozenset(("export", "declare", "local", "readonly", "typeset"))
 
 _CACHE_SIZE = 8192
 _cache: OrderedDict[tuple[str, str, str, str], Explanation] = OrderedDict()
@@ -44,10 +55,6 @@ _TOOL_REASONS = {
     "WebFetch": "the agent has no network access",
     "WebSearch": "the agent has no network access",
 }
-# commands that take option-like or path arguments nobody can check when xargs appends them
-_XARGS_UNSAFE = frozenset(
-    "find git sed rg sort cp mv rm rmdir mkdir touch tee chmod pytest py.test cd uniq tree".split()
-)
 
 
 def evaluate(policy: Policy, call: ToolCall) -> Decision:
@@ -167,6 +174,11 @@ class _Ctx:
     policy: Policy
     profile: Profile
     call: ToolCall
+    depth: int = 0
+    paths: PathChecker = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.paths = PathChecker(self.policy, self.profile, self.call.kind, self.path_rule)
 
     # --- owner rules ---------------------------------------------------------------------------------------------
 
@@ -192,93 +204,13 @@ class _Ctx:
     def path_rule(self, mode: Mode, rel: str) -> Rule | None:
         for rule in self.policy.rules:
             if rule.paths and not rule.commands and self._rule_applies(rule):
-                wanted = "read" if mode == "list" else mode
+                wanted = "read" if mode == "list" else "write" if mode == "stage" else mode
                 if rule.access in ("any", wanted) and _pattern_set(rule.paths).match(rel) is not None:
                     return rule
         return None
 
-    # --- paths -----------------------------------------------------------------------------------------------------
-
     def check(self, mode: Mode, word: Word, cwds: Sequence[str] | None = None, *, literal: bool = False) -> Verdict:
-        """The verdict on one path access; `literal` for tool inputs, which are never globbed."""
-        ws = self.policy.workspace
-        verdicts: list[Verdict] = []
-        for cwd in reversed(cwds or (ws,)):  # the latest cd first: its verdict is the likeliest to be the real one
-            if literal or (word.value is not None and not word.glob):
-                verdicts.append(self._check_location(mode, word.text, normalize(word.text, ws, cwd)))
-            else:
-                verdicts.append(self._check_glob(mode, word, cwd))
-        return max(verdicts, key=lambda v: v[0].rank)
-
-    def _check_location(self, mode: Mode, text: str, loc: Location) -> Verdict:
-        paths = self.policy.paths
-        if loc.abs is None:
-            return Effect.DENY, "paths.home", f"{text!r} is in the home directory, outside the workspace"
-        if loc.rel is None:
-            allowed = paths.outside_write if mode == "write" else paths.outside_read
-            if allowed.match(loc.abs.lstrip("/")) is not None:
-                return Effect.ALLOW, "paths.outside-allowed", f"{loc.abs} is an allowed place outside the workspace"
-            verb = "writing" if mode == "write" else "reading"
-            return (
-                Effect.DENY,
-                "paths.outside-workspace",
-                f"{verb} {loc.abs} is not allowed: it is outside the workspace",
-            )
-        rel = loc.rel
-        if mode == "write":
-            hit = paths.read_protected.match_subtree(rel) or paths.write_protected.match_subtree(rel)
-            if hit is not None:
-                return (
-                    Effect.DENY,
-                    "paths.write_protected",
-                    f"writing {rel or '.'!r} is forbidden: protected by {hit!r}",
-                )
-            if self.profile.read_only:
-                return Effect.DENY, "profile.read-only", f"{self.call.kind} tasks are read-only"
-        else:
-            hit = paths.read_protected.match(rel)
-            if hit is not None:
-                return Effect.DENY, "paths.read_protected", f"reading {rel!r} is forbidden: protected by {hit!r}"
-        rule = self.path_rule(mode, rel)
-        if rule is not None:
-            return rule.effect, f"rules.{rule.id}", rule.reason
-        if mode == "write" and (hit := paths.ask_write.match(rel)) is not None:
-            return Effect.ASK, "paths.ask_write", f"changing {rel!r} needs the owner's approval ({hit!r})"
-        return Effect.ALLOW, f"paths.{mode}", f"{mode} {rel or '.'}"
-
-    def _check_glob(self, mode: Mode, word: Word, cwd: str) -> Verdict:
-        paths = self.policy.paths
-        parts = list(word.parts)
-        if mode != "write" and [p.kind for p in parts] == ["unknown"]:
-            # `cat "$f"`: nothing can be known; read-protected files are not in the sandbox at all
-            return Effect.ALLOW, "paths.read-unknown", f"{word.raw} is known only at run time"
-        if not (parts and parts[0].kind == "lit" and parts[0].text.startswith("/")):
-            parts.insert(0, GlobPart("lit", cwd + "/"))
-        prefix = parts[0].text if parts[0].kind == "lit" else ""
-        directory, _, tail = prefix.rpartition("/")
-        rest = [GlobPart("lit", tail)] if tail else []
-        rest += parts[1:]
-        if any(p.kind == "lit" and (".." in p.text.split("/")) for p in rest):
-            return Effect.DENY, "paths.glob", f"{word.raw}: '..' after a wildcard cannot be checked"
-        loc = normalize(directory or "/", self.policy.workspace)
-        if loc.rel is None or loc.abs is None:
-            allowed = paths.outside_write if mode == "write" else paths.outside_read
-            if loc.abs is not None and allowed.match(loc.abs.lstrip("/")) is not None:
-                return Effect.ALLOW, "paths.outside-allowed", f"{word.raw} is under an allowed place"
-            return Effect.DENY, "paths.outside-workspace", f"{word.raw} may name files outside the workspace"
-        nfa = glob_nfa(([GlobPart("lit", loc.rel + "/")] if loc.rel else []) + rest)
-        hit = paths.read_protected.match_glob(nfa)
-        if hit is not None:
-            return Effect.DENY, "paths.read_protected", f"{word.raw} could match a protected path ({hit!r})"
-        if mode == "write":
-            hit = paths.write_protected.match_glob(nfa)
-            if hit is not None:
-                return Effect.DENY, "paths.write_protected", f"{word.raw} could match a protected path ({hit!r})"
-            if self.profile.read_only:
-                return Effect.DENY, "profile.read-only", f"{self.call.kind} tasks are read-only"
-            if paths.ask_write.match_glob(nfa) is not None:
-                return Effect.ASK, "paths.ask_write", f"{word.raw} could change a file that needs the owner's approval"
-        return Effect.ALLOW, f"paths.{mode}", f"{mode} {word.raw}"
+        return self.paths.check(mode, word, cwds, literal=literal)
 
     # --- file tools -------------------------------------------------------------------------------------------------
 
@@ -293,12 +225,16 @@ class _Ctx:
             return [Step(tool, (), Effect.DENY, "input.invalid", f"{tool} needs {key} as a non-empty string")]
         mode: Mode = "write" if tool in _WRITE_TOOLS else ("read" if tool in ("Read", "Grep") else "list")
         verdicts = [self.check(mode, _lit(value), literal=True)]
+        base = value.rstrip("/") or "/"
         if tool == "Grep" and isinstance(data.get("glob"), str):
-            pattern = data["glob"].removeprefix("**/")
-            base = value.rstrip("/") or "/"
-            verdicts.append(self.check("read", _glob_word(f"{base}/{pattern}")))
-        if tool == "Glob" and not isinstance(data.get("pattern"), str):
-            verdicts.append((Effect.DENY, "input.invalid", "Glob needs a pattern"))
+            verdicts.append(self.check("read", _glob_word(_join(base, data["glob"].removeprefix("**/")))))
+        if tool == "Glob":
+            pattern = data.get("pattern")
+            if not isinstance(pattern, str) or not pattern:
+                verdicts.append((Effect.DENY, "input.invalid", "Glob needs a pattern"))
+            else:
+                # the pattern itself may reach out of the path (`/proc/*/environ`, `../*`)
+                verdicts.append(self.check("list", _glob_word(_join(base, pattern))))
         verdict = max(verdicts, key=lambda v: v[0].rank)
         return [Step(f"{tool} {value}", (tool, value), *verdict)]
 
@@ -308,17 +244,21 @@ class _Ctx:
         command = self.call.input.get("command")
         if not isinstance(command, str):
             return [Step("Bash", (), Effect.DENY, "input.invalid", "Bash needs command as a string")]
+        return self.bash_text(command, [self.policy.workspace])
+
+    def bash_text(self, command: str, cwds: list[str]) -> list[Step]:
         parsed = parse(command, max_length=self.policy.bash.max_command_length)
         steps = [Step(p.text or command, (), Effect.DENY, p.rule_id, p.reason) for p in parsed.problems]
+        interpreters = self.policy.bash.interpreters
+        steps += [Step(h.text, (), interpreters, h.rule_id, h.reason) for h in parsed.hidden]
         if len(parsed.commands) > self.policy.bash.max_commands:
             reason = f"more than {self.policy.bash.max_commands} commands in one call"
             return [*steps, Step(command, (), Effect.DENY, "bash.too-many-commands", reason)]
-        cwds = [self.policy.workspace]
         for sc in parsed.commands:
-            steps.append(self.simple(sc, cwds))
+            steps.extend(self.simple(sc, cwds))
         return steps
 
-    def simple(self, sc: SimpleCommand, cwds: list[str]) -> Step:
+    def simple(self, sc: SimpleCommand, cwds: list[str]) -> list[Step]:
         verdicts: list[Verdict] = []
         names = [w.text.partition("=")[0] for w in sc.assignments]
         for r in sc.redirects:
@@ -331,20 +271,26 @@ class _Ctx:
         names += un.env_names
         verdicts += [(Effect.DENY, rid, why) for rid, why in un.problems]
         verdicts += [self.check(a.mode, a.word, cwds) for a in un.accesses]
+        argv = un.argv
+        if argv and argv[0].value in DECLARATIONS:
+            names += _declared(argv[1:], verdicts)
         for name in names:
             hit = next((p for p in self.policy.bash.protected_variables if fnmatchcase(name, p)), None)
             if hit is not None:
                 verdicts.append((Effect.DENY, "bash.protected-variable", f"setting {name} can change what runs"))
-        argv = un.argv
         if not argv:
             if un.wrappers and not un.lookup_only and un.wrappers[-1] != "exec":
                 w = un.wrappers[-1]
                 if w not in self.policy.bash.allow:
                     verdicts.append((Effect.DENY, "bash.not-allowed", f"{w} without a command is not allowed"))
             verdicts.append((Effect.ALLOW, "bash.allow", "no command runs"))
-            return self._step(sc, [w.text for w in sc.argv], verdicts)
-        verdicts += self.command(argv, un.extra_unknown, cwds)
-        return self._step(sc, [w.text for w in argv], verdicts)
+            return [self._step(sc, [w.text for w in sc.argv], verdicts)]
+        if un.extra_unknown:
+            fed = fed_words(sc.feeder)
+            argv = _replaced(argv, un.replace, fed) if un.replace else argv + fed
+        inner: list[Step] = []
+        verdicts += self.command(argv, cwds, inner)
+        return [self._step(sc, [w.text for w in argv], verdicts), *inner]
 
     def _step(self, sc: SimpleCommand, argv: list[str], verdicts: list[Verdict]) -> Step:
         worst = verdicts[0]
@@ -353,7 +299,8 @@ class _Ctx:
                 worst = v
         return Step(sc.text, tuple(argv), *worst)
 
-    def command(self, argv: list[Word], extra_unknown: bool, cwds: list[str]) -> list[Verdict]:
+    def command(self, argv: list[Word], cwds: list[str], inner: list[Step]) -> list[Verdict]:
+        """Verdicts on one command line (after wrappers); commands it runs in turn add their steps to `inner`."""
         bash = self.policy.bash
         head = argv[0]
         name = head.text
@@ -361,46 +308,79 @@ class _Ctx:
             return [(Effect.DENY, "bash.dynamic-name", f"the command name {head.raw} is known only at run time")]
         if not name:
             return [(Effect.DENY, "bash.dynamic-name", "an empty command name")]
-        if "/" in name:
-            return [(Effect.DENY, "bash.path-qualified-name", f"{name} is a path, not the command it looks like")]
         if not name.isascii() or not name.isprintable():
             return [
                 (Effect.DENY, "bash.suspicious-name", f"the command name {name!r} has non-ASCII or control characters")
             ]
-        if name in PRIVILEGED:
-            return [(Effect.DENY, "bash.privilege", f"{name} is never allowed")]
+        verdicts: list[Verdict] = []
+        program = name
+        workspace_program = False
+        if "/" in name:
+            directory, _, program = name.rpartition("/")
+            if directory not in SYSTEM_BIN:
+                # a program or script the call names by path (./manage.py, .venv/bin/ruff): its code is not shown
+                workspace_program = True
+                verdicts.append(self.check("read", head, cwds))
+        if program in PRIVILEGED:
+            return [(Effect.DENY, "bash.privilege", f"{program} is never allowed")]
+        if program in NETWORK:
+            return [(Effect.DENY, "bash.network", f"{program} is not allowed: {NO_NETWORK}")]
         a = Analysis(argv)
         args = list(argv[1:])
-        if is_python(name):
+        if package_install(program, args):
+            first = next((w.text for w in args if not w.text.startswith("-")), "")
+            a.asks.append(("bash.package-install", f"{program} {first}: {INSTALL_ADVICE}"))
+        elif is_python(program):
             _python(a, args, bash.python_modules)
-        elif name in INTERPRETERS:
+        elif program == "git":
+            git.analyse(a, args, bash.git_subcommands, self.policy.workspace)
+        elif program in KNOWN:
+            KNOWN[program](a, args)
+        elif program in INTERPRETERS:
             a.interpreter = True
-        elif name == "git":
-            _git(a, args, bash.git_subcommands)
-        elif name in KNOWN:
-            KNOWN[name](a, args)
+            if program in TASK_RUNNERS:
+                _plain()(a, args)  # targets and file arguments are still checked as paths
         else:
             _plain()(a, args)
-        verdicts: list[Verdict] = [(Effect.DENY, rid, why) for rid, why in a.problems]
-        if a.interpreter:
-            effect = bash.interpreters
-            verdicts.append((effect, "bash.interpreter", f"{name} runs code given as an argument or file"))
+        verdicts += [(Effect.DENY, rid, why) for rid, why in a.problems]
+        verdicts += [(Effect.ASK, rid, why) for rid, why in a.asks]
         rule = self.command_rule([w.text for w in argv])
         if rule is not None:
             verdicts.append((rule.effect, f"rules.{rule.id}", rule.reason))
-        elif not a.interpreter:
-            if name in bash.allow:
-                verdicts.append((Effect.ALLOW, "bash.allow", f"{name} is allowed"))
-            elif name in bash.ask:
-                verdicts.append((Effect.ASK, "bash.ask", f"{name} needs the owner's approval"))
-            else:
-                verdicts.append((Effect.DENY, "bash.not-allowed", f"{name} is not on the policy's list of commands"))
-        if extra_unknown and name in _XARGS_UNSAFE:
-            verdicts.append((Effect.DENY, "bash.xargs", f"xargs would give {name} arguments nobody can check"))
+        elif a.interpreter or workspace_program:
+            rid = "bash.workspace-program" if workspace_program and not a.interpreter else "bash.interpreter"
+            verdicts.append((bash.interpreters, rid, f"{name} runs code the call does not show ({_STANCE})"))
+        elif a.asks or a.inner:
+            pass  # decided by what it asks, or by the code it runs
+        elif program in bash.allow or (program.startswith("python3") and is_python(program) and "python3" in bash.allow):
+            verdicts.append((Effect.ALLOW, "bash.allow", f"{program} is allowed"))
+        elif program in bash.ask:
+            verdicts.append((Effect.ASK, "bash.ask", f"{program} needs the owner's approval"))
+        else:
+            verdicts.append(
+                (
+                    Effect.DENY,
+                    "bash.not-allowed",
+                    f"{program} is not on the policy's list of commands (bash.allow); the owner can add it",
+                )
+            )
         if a.writes_repo and self.profile.read_only:
-            verdicts.append((Effect.DENY, "profile.read-only", f"{self.call.kind} tasks are read-only"))
+            verdicts.append(
+                (Effect.DENY, "profile.read-only", f"{self.call.kind} tasks change nothing: {git.COMMIT_ADVICE}")
+            )
         verdicts += [self.check(acc.mode, acc.word, cwds) for acc in a.accesses]
-        if name == "cd" and not a.problems:
+        for code in a.inner:
+            if self.depth >= _MAX_DEPTH:
+                verdicts.append((Effect.DENY, "bash.nesting", "shell code nested too deep"))
+                continue
+            sub = _Ctx(self.policy, self.profile, self.call, self.depth + 1)
+            inner.extend(sub.bash_text(code, list(cwds)))
+        for sub_argv in a.inner_argv:
+            if sub_argv:
+                verdicts += self.command(list(sub_argv), cwds, inner)
+        if not verdicts:
+            verdicts.append((Effect.ALLOW, "bash.allow", f"{program} is allowed"))
+        if program == "cd" and not a.problems:
             self._cd(a.accesses, cwds)
         return verdicts
 
@@ -411,6 +391,58 @@ class _Ctx:
                 loc = normalize(acc.word.text, self.policy.workspace, cwd)
                 if loc.abs is not None and loc.abs not in cwds:
                     cwds.append(loc.abs)
+
+
+def fed_words(feeder: Sequence[Word]) -> list[Word]:
+    """The arguments `xargs` appends: what an `echo`/`printf` of literal words prints, else one unknown word
+    (paths from `find`, `git ls-files`, a file... are decided like ``cat "$f"``)."""
+    if feeder and feeder[0].value in ("echo", "printf") and all(w.value is not None for w in feeder):
+        out: list[Word] = []
+        for w in feeder[1:]:
+            if feeder[0].value == "echo" and w.text in ("-n", "-e", "-E"):
+                continue
+            out.extend(_lit(t) for t in w.text.replace("\\n", "\n").split())
+        return out
+    return [UNKNOWN_PATH]
+
+
+def _replaced(argv: list[Word], replace: str, fed: list[Word]) -> list[Word]:
+    """`xargs -I R CMD ...R...`: each R becomes an input line (known when an `echo` feeds one literal word)."""
+    value = fed[0].text if len(fed) == 1 and fed[0].value is not None else None
+    code = argv[0].text in SHELLS or argv[0].text == "eval"
+    out: list[Word] = []
+    for w in argv:
+        if w.value is None or replace not in w.text:
+            out.append(w)
+        elif code:
+            # shell code: the input goes in as a quoted word, or as a variable when it is not known
+            out.append(_lit(w.text.replace(replace, shlex.quote(value) if value is not None else '"$xargs_input"')))
+        else:
+            out.append(_lit(w.text.replace(replace, value)) if value is not None else UNKNOWN_PATH)
+    return out
+
+
+def _declared(args: Sequence[Word], verdicts: list[Verdict]) -> list[str]:
+    names = []
+    for w in args:
+        if w.value is None and (m := _NAME_EQ.match(w.raw)) is not None:
+            names.append(m.group(1))  # `export PATH=/x:$PATH`: the name is literal, the value is not
+        elif w.value is None:
+            verdicts.append((Effect.DENY, "bash.dynamic-argument", f"a variable name known only at run time ({w.raw})"))
+        elif w.text in ("-n", "-f", "-F"):
+            verdicts.append((Effect.DENY, "bash.declare", f"declare {w.text} is not allowed"))
+        elif not w.text.startswith(("-", "+")):
+            names.append(w.text.partition("=")[0])
+    return names
+
+
+_MAX_DEPTH = 4
+_NAME_EQ = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\+?=")
+_STANCE = "allowed by bash.interpreters: the sandbox is sealed, and the change is checked when it is extracted"
+
+
+def _join(base: str, pattern: str) -> str:
+    return pattern if pattern.startswith(("/", "~")) else f"{base.rstrip('/')}/{pattern}"
 
 
 def _glob_word(pattern: str) -> Word:

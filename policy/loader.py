@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import os
+import re
 from collections.abc import Mapping
 from typing import Any, TypeVar, cast
 
@@ -136,19 +137,44 @@ _TOP = {
     "rules",
     "tests",
 }
-_LIMITS = {"max_turns", "max_tokens", "max_cost_usd", "wall_time_seconds", "max_changed_files", "max_diff_bytes"}
+_NUMERIC_LIMITS = {
+    "max_turns",
+    "max_tokens",
+    "max_cost_usd",
+    "wall_time_seconds",
+    "max_changed_files",
+    "max_diff_bytes",
+    "workspace_bytes",
+}
+_LIMITS = _NUMERIC_LIMITS | {"models"}
 _DEFAULT_LIMITS = Limits(40, 2_000_000, 5.0, 1800, 30, 200_000)
+_MODEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/*?\[\]-]*$")
+_MIN_WORKSPACE_BYTES = 1 << 20  # below a megabyte not even a small clone fits
 
 
 def _limits(doc: _Doc, data: Mapping[str, Any], key: str, base: Limits) -> Limits:
     doc.known(data, key, _LIMITS)
     values: dict[str, Any] = {}
-    for name in _LIMITS:
+    for name in sorted(_NUMERIC_LIMITS):
         kind: type = float if name == "max_cost_usd" else int
         value = doc.get(data, key, name, kind, getattr(base, name))
         if value <= 0:
             doc.error(f"{key}.{name}", f"{key}.{name} must be positive")
+        elif name == "workspace_bytes" and value < _MIN_WORKSPACE_BYTES:
+            doc.error(f"{key}.{name}", f"{key}.{name} must be at least {_MIN_WORKSPACE_BYTES} (1 MiB)")
         values[name] = value
+    if "models" in data and data["models"] is not None and not isinstance(data["models"], list):
+        doc.error(f"{key}.models", f"{key}.models must be a list of model-name patterns")
+        values["models"] = base.models
+    elif "models" not in data:
+        values["models"] = base.models  # a profile inherits the top-level list
+    else:
+        models = doc.strings(data, key, "models")
+        for pattern in models:
+            if not _MODEL_PATTERN.match(pattern):
+                doc.error(f"{key}.models", f"{key}.models: {pattern!r} is not a model-name pattern "
+                          "(letters, digits, . _ - : @ / and the wildcards * ? [])")
+        values["models"] = models
     return Limits(**values)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any, Literal
 
@@ -106,9 +107,20 @@ class Explanation:
     steps: tuple[Step, ...]
 
 
+DEFAULT_WORKSPACE_BYTES = 1 << 30  # 1 GiB: a clone with history is rarely past 100 MB; the rest is test output
+
+
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Budgets of one task kind; enforced by the supervisor from outside the sandbox."""
+    """Budgets of one task kind; enforced by the supervisor from outside the sandbox.
+
+    `models` are glob patterns (fnmatch) of the model names the task's model calls may use; empty means "the family
+    the supervisor is configured for" (the model gateway decides what that is). `workspace_bytes` caps the size of
+    the sandbox's workspace.
+
+    >>> Limits(40, 2_000_000, 5.0, 1800, 30, 200_000, models=("claude-sonnet-4-*",)).allows_model("claude-sonnet-4-5")
+    True
+    """
 
     max_turns: int
     max_tokens: int
@@ -116,6 +128,14 @@ class Limits:
     wall_time_seconds: int
     max_changed_files: int
     max_diff_bytes: int
+    models: tuple[str, ...] = ()
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
+
+    def allows_model(self, model: str) -> bool | None:
+        """Whether `model` matches `models`; None when `models` is empty (the caller's default family decides)."""
+        if not self.models:
+            return None
+        return any(fnmatchcase(model, pattern) for pattern in self.models)
 
 
 KNOWN_SOURCES = ("api", "telegram", "alertmanager")  # where the supervisor's tasks come from

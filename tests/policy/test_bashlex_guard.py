@@ -36,4 +36,5 @@ def test_evaluate_denies_unterminated_parameter_expansion_without_hanging(comman
     policy.clear_cache()
     decision = policy.evaluate(policy.load_default(), ToolCall("Bash", {"command": command}))
     assert deadline == []
-    assert decision.effect is Effect.DENY and "bad substitution" in decision.reason
+    # bashlex says "bad substitution"; tree-sitter, which then reads it, sees a command named `${$`: both deny
+    assert decision.effect is Effect.DENY

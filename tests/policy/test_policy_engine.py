@@ -58,7 +58,7 @@ def test_explain_lists_each_simple_command_with_its_rule() -> None:
     ex = policy.explain(POLICY, ToolCall("Bash", {"command": "git status; cat $(curl x)"}))
     assert [s.argv[:1] for s in ex.steps] == [("git",), ("curl",), ("cat",)]
     assert [s.effect for s in ex.steps] == [Effect.ALLOW, Effect.DENY, Effect.ALLOW]
-    assert ex.decision.rule_id == "bash.not-allowed"
+    assert ex.decision.rule_id == "bash.network"
 
 
 def test_is_read_protected_follows_read_rules_and_normalises() -> None:
@@ -98,8 +98,12 @@ def test_scan_word_unquotes_and_decodes_like_bash() -> None:
 
 def test_parse_reports_hidden_and_unsupported_constructs() -> None:
     assert parse("echo ${X:-`id`}").problems[0].rule_id == "bash.hidden-expansion"
-    assert "[[ ]]" in parse("[[ -f x ]]").problems[0].reason
-    assert "arithmetic" in parse("echo $((1))").problems[0].reason
+    # what bashlex cannot read, tree-sitter-bash does: the commands inside are seen, nothing is a problem
+    both = parse("[[ -f x ]] && case $a in a) ls;; esac")
+    assert [c.argv[0].value for c in both.commands] == ["ls"] and not both.problems
+    assert parse("echo $((x + 1))").hidden[0].rule_id == "bash.arithmetic"
+    assert not parse("echo $((1 + 1))").hidden
+    assert "unterminated" in parse("echo 'x").problems[0].reason
     assert parse("cat <<EOF\n$(id)\nEOF").problems[0].rule_id == "bash.heredoc-expansion"
     assert not parse("cat <<EOF\n$HOME\nEOF").problems
 
