@@ -352,7 +352,7 @@ class _Ctx:
             verdicts.append((bash.interpreters, rid, f"{name} runs code the call does not show ({_STANCE})"))
         elif a.asks or a.inner:
             pass  # decided by what it asks, or by the code it runs
-        elif program in bash.allow or (program.startswith("python3") and is_python(program) and "python3" in bash.allow):
+        elif program in bash.allow or (_PYTHON3.match(program) and "python3" in bash.allow):
             verdicts.append((Effect.ALLOW, "bash.allow", f"{program} is allowed"))
         elif program in bash.ask:
             verdicts.append((Effect.ASK, "bash.ask", f"{program} needs the owner's approval"))
@@ -437,6 +437,7 @@ def _declared(args: Sequence[Word], verdicts: list[Verdict]) -> list[str]:
 
 
 _MAX_DEPTH = 4
+_PYTHON3 = re.compile(r"python3\.\d+$")
 _NAME_EQ = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\+?=")
 _STANCE = "allowed by bash.interpreters: the sandbox is sealed, and the change is checked when it is extracted"
 
