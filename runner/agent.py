@@ -41,6 +41,7 @@ FORWARDED_ENV = (
     "DISABLE_ERROR_REPORTING",
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
     "CLAUDE_CODE_MAX_OUTPUT_TOKENS",
+    "CLAUDE_BASH_MAINTAIN_PROJECT_WORKING_DIR",
 )
 
 Stop = Literal["completed", "turn_limit", "wall_time", "budget", "error"]
@@ -219,6 +220,9 @@ async def run_agent(
             "DISABLE_AUTOUPDATER": "1",
             "DISABLE_ERROR_REPORTING": "1",
             "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+            # Every Bash call starts in /workspace, so the policy decides relative paths against the directory
+            # the command really runs in (the CLI otherwise keeps a `cd` from one call to the next).
+            "CLAUDE_BASH_MAINTAIN_PROJECT_WORKING_DIR": "1",
         },
         stderr=lambda _line: None,
     )
