@@ -22,6 +22,11 @@ KNOWN_TOOLS = (
     "LS",
     "Bash",
     "TodoWrite",
+    # the CLI's own todo list; CLI 2.1 offers these instead of TodoWrite for most models
+    "TaskCreate",
+    "TaskGet",
+    "TaskList",
+    "TaskUpdate",
 )
 
 

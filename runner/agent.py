@@ -42,6 +42,10 @@ FORWARDED_ENV = (
     "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC",
     "CLAUDE_CODE_MAX_OUTPUT_TOKENS",
     "CLAUDE_BASH_MAINTAIN_PROJECT_WORKING_DIR",
+    "GIT_AUTHOR_NAME",
+    "GIT_AUTHOR_EMAIL",
+    "GIT_COMMITTER_NAME",
+    "GIT_COMMITTER_EMAIL",
 )
 
 Stop = Literal["completed", "turn_limit", "wall_time", "budget", "error"]
@@ -223,6 +227,12 @@ async def run_agent(
             # Every Bash call starts in /workspace, so the policy decides relative paths against the directory
             # the command really runs in (the CLI otherwise keeps a `cd` from one call to the next).
             "CLAUDE_BASH_MAINTAIN_PROJECT_WORKING_DIR": "1",
+            # Agents commit as they work (Claude Code's heredoc idiom); without an identity git refuses. The
+            # supervisor makes its own commit from the extracted change, so this name never reaches the forge.
+            "GIT_AUTHOR_NAME": "agent",
+            "GIT_AUTHOR_EMAIL": "agent@sandbox.invalid",
+            "GIT_COMMITTER_NAME": "agent",
+            "GIT_COMMITTER_EMAIL": "agent@sandbox.invalid",
         },
         stderr=lambda _line: None,
     )
