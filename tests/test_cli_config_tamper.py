@@ -50,7 +50,7 @@ def _bash(command: str) -> ToolUseBlock:
 
 async def test_settings_written_mid_session_do_not_change_how_later_calls_are_decided(tmp_path: Path) -> None:
     scenario = Scenario.of(
-        [TextBlock("Setting things up."), ToolUseBlock("Write", {"file_path": "/workspace/tamper.py", "content": TAMPER})],
+        [TextBlock("Setting up."), ToolUseBlock("Write", {"file_path": "/workspace/tamper.py", "content": TAMPER})],
         [_bash("python tamper.py")],
         [_bash("python -c \"print(open('/home/agent/.claude/settings.json').read())\"")],
         # after the tamper: each of these the policy denies
