@@ -1,7 +1,11 @@
-"""Decisions per second of the policy engine against the floor of bare `bashlex.parse` on the same commands.
+"""Decisions per second of the policy engine against the floor of bare parsing on the same commands.
+
+The parser is bashlex, and tree-sitter-bash for what bashlex refuses (issue 14); the floor does exactly that too:
+`bashlex.parse`, and on its failure `tree_sitter.Parser.parse`. For the record it also runs the engine with each
+parser alone, and says how many of the ordinary and adversarial corpus cases each gets right.
 
 Run: .venv/bin/python bench/bench_policy.py [--count N] [--rounds R]
-Goal (issue 3): the engine's total cost at most 1.5x the bare parse; repeated commands hit the cache.
+Goal (issue 3, 14): the engine's total cost at most 1.5x the bare parse; repeated commands hit the cache.
 """
 
 from __future__ import annotations
@@ -14,11 +18,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 import bashlex
+import tree_sitter_bash
+import yaml
+from tree_sitter import Language, Parser
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import policy  # noqa: E402
+import policy.bash  # noqa: E402
+import policy.engine  # noqa: E402
 from policy import ToolCall  # noqa: E402
+
+CASES = Path(__file__).resolve().parents[1] / "tests" / "policy" / "cases"
 
 FILES = ["bot/main.py", "bot/handlers/balance.py", "tests/test_balance.py", "README.md", "bot/db.py", "setup.cfg"]
 DIRS = ["bot", "tests", "bot/handlers", ".", "docs"]
@@ -48,6 +59,17 @@ def realistic_commands(count: int, seed: int = 7) -> list[str]:
         lambda: f'for f in {rnd.choice(DIRS)}/*.py; do wc -l "$f"; done # {rnd.randint(0, 10**6)}',
         lambda: f"rg -n '{rnd.choice(WORDS)}' {rnd.choice(DIRS)} --max-count {rnd.randint(1, 50)}",
         lambda: f"sed -i 's/{rnd.choice(WORDS).split()[0]}/x{rnd.randint(0, 999)}/g' {rnd.choice(FILES)}",
+        # the families of issue 14: code in the workspace, venv tools, [[ ]], case, arithmetic, heredoc commits
+        lambda: f"python -c \"import bot.handlers; print({rnd.randint(0, 999)})\"",
+        lambda: f".venv/bin/ruff check {rnd.choice(DIRS)} --line-length {rnd.randint(80, 130)}",
+        lambda: f"[[ -f {rnd.choice(FILES)} ]] && wc -l {rnd.choice(FILES)} || echo missing{rnd.randint(0, 99)}",
+        lambda: f'case "$(git status --porcelain | wc -l)" in 0) echo clean{rnd.randint(0, 99)};; *) git diff;; esac',
+        lambda: f"echo $(( {rnd.randint(0, 99)} * {rnd.randint(0, 99)} ))",
+        lambda: (
+            f"git add {rnd.choice(FILES)} && git commit -m \"$(cat <<'EOF'\nFix {rnd.choice(WORDS)} "
+            f"{rnd.randint(0, 10**6)}\n\nCo-Authored-By: Claude <noreply@anthropic.com>\nEOF\n)\""
+        ),
+        lambda: f"cat > /tmp/t{rnd.randint(0, 999)}.py <<'EOF'\nimport bot\nprint(bot)\nEOF",
     ]
     seen: set[str] = set()
     while len(seen) < count:
@@ -65,6 +87,23 @@ def _rate(fn: Callable[[str], object], commands: list[str], rounds: int) -> floa
     return len(commands) / best
 
 
+def _corpus(name: str) -> list[dict[str, object]]:
+    return [c for c in yaml.safe_load((CASES / name).read_text(encoding="utf-8")) if "cmd" in c]
+
+
+def _correct(p: policy.Policy, strict: policy.Policy) -> tuple[int, int, int, int]:
+    """(ordinary allowed, ordinary, adversarial denied, adversarial expected denied) with the engine as set up."""
+    ordinary = _corpus("ordinary.yaml")
+    adversarial = [c for c in _corpus("adversarial.yaml") if c["expect"] == "deny"]
+    allowed = sum(policy.evaluate(p, ToolCall("Bash", {"command": c["cmd"]})).effect.value == "allow" for c in ordinary)
+    denied = sum(
+        policy.evaluate(strict if c.get("strict") else p, ToolCall("Bash", {"command": c["cmd"]})).effect.value
+        == "deny"
+        for c in adversarial
+    )
+    return allowed, len(ordinary), denied, len(adversarial)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--count", type=int, default=3000)
@@ -73,11 +112,13 @@ def main(argv: list[str] | None = None) -> int:
     commands = realistic_commands(args.count)
     p = policy.load_default()
 
+    ts = Parser(Language(tree_sitter_bash.language()))
+
     def parse_only(c: str) -> object:
         try:
             return bashlex.parse(c)
-        except Exception:  # the floor pays for errors too
-            return None
+        except Exception:  # the floor pays for errors too, and reads what bashlex refuses with tree-sitter
+            return ts.parse(c.encode("utf-8", "surrogatepass"))
 
     def engine_cold(c: str) -> object:
         return policy.evaluate(p, ToolCall("Bash", {"command": c}))
@@ -94,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     denied = sum(policy.evaluate(p, ToolCall("Bash", {"command": c})).effect.value != "allow" for c in commands)
 
     print(f"commands: {len(commands)} distinct ({denied} not allowed), best of {args.rounds} rounds")
-    print(f"bashlex.parse alone : {parse_rate:10.0f} commands/s")
+    print(f"bare parse          : {parse_rate:10.0f} commands/s   (bashlex; tree-sitter-bash where bashlex refuses)")
     print(
         f"engine, cold cache  : {cold_rate:10.0f} decisions/s   ratio (engine/parse cost) {parse_rate / cold_rate:.2f}x"
     )
@@ -103,6 +144,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     goal = parse_rate / cold_rate <= 1.5
     print("goal (cold <= 1.5x bare parse):", "met" if goal else "NOT met")
+
+    # the same engine with one parser only: cost, and how many corpus cases it gets right
+    strict = policy.load(policy.default_text().replace("  interpreters: allow\n", "  interpreters: deny\n", 1))
+    print("parser            decisions/s  ordinary allowed  adversarial denied")
+    original = policy.engine.parse
+    for mode in ("auto", "bashlex", "tree-sitter"):
+
+        def forced(text: str, *, max_length: int = 32768, _mode: str = mode) -> policy.bash.ParsedBash:
+            return policy.bash.parse(text, max_length=max_length, parser=_mode)  # type: ignore[arg-type]
+
+        policy.engine.parse = forced  # type: ignore[assignment]
+        try:
+            rate = _rate(run_cold, commands, 1)
+            policy.clear_cache()
+            allowed, ordinary, denied, adversarial = _correct(p, strict)
+        finally:
+            policy.engine.parse = original  # type: ignore[assignment]
+        print(f"{mode:16} {rate:12.0f}  {allowed:7}/{ordinary:<8}  {denied:7}/{adversarial}")
     return 0
 
 

@@ -112,6 +112,8 @@ def _match_brace(text: str, open_at: int) -> int:
     return -1
 
 
+# Characters that never change a word's meaning in bash (`~` only does at the start, and `=` words are fine).
+_PLAIN = re.compile(r"[A-Za-z0-9_./,:=+%@^-][A-Za-z0-9_./,:=+%@^~-]*\Z")
 _BRACE = re.compile(r"\{[^{}]*(,|\.\.)[^{}]*\}")
 
 
@@ -160,6 +162,9 @@ def scan_word(raw: str, subst: tuple[tuple[int, int], ...] = (), *, heredoc: boo
     >>> scan_word("r'm'")[0].value
     'rm'
     """
+    if not subst and _PLAIN.match(raw):
+        # most words are plain text: nothing to unquote, expand or glob
+        return Word(raw, raw, (GlobPart("lit", raw),) if raw else (), False, False), []
     s = _Scan()
     i = 0
     n = len(raw)
