@@ -10,6 +10,7 @@ Offsets: tree-sitter counts bytes of UTF-8, the scanner counts characters; `_Wal
 
 from __future__ import annotations
 
+import re
 import threading
 
 import tree_sitter_bash
@@ -288,7 +289,8 @@ class _Walker:
 
     def word(self, node: Node) -> Word:
         raw = self.node_text(node)
-        spans = self.substitutions(node)
+        # walking a word's nodes is the walker's main cost: only words that can hold a substitution need it
+        spans = self.substitutions(node) if _MAY_SUBSTITUTE.search(raw) or node.has_error else ()
         word, problems = scan_word(raw, spans)
         for why in problems:
             self.problems.append(Problem("bash.hidden-expansion", f"the word {raw!r} contains {why}", raw))
@@ -364,6 +366,9 @@ class _Walker:
                 self.test(child)
             return
         self.problem("bash.unsupported", f"cannot parse: unsupported [[ ]] part ({kind})", node)
+
+
+_MAY_SUBSTITUTE = re.compile(r"\$[(\[]|`|[<>]\(")
 
 
 def _body(node: Node) -> Node | None:
