@@ -36,10 +36,10 @@ from policy.commands import (
     _python,
     is_python,
     package_install,
-    unwrap,
 )
 from policy.model import Decision, Effect, Explanation, Policy, Profile, Rule, Step, ToolCall
 from policy.paths import GlobPart, PatternSet, normalize
+from policy.wrappers import unwrap
 
 # Directories whose programs are the image's own (read-only root): `/usr/bin/git` is git.
 SYSTEM_BIN = frozenset(("/bin", "/usr/bin", "/usr/local/bin", "/sbin", "/usr/sbin", "/opt/venv/bin"))
