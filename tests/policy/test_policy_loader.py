@@ -87,7 +87,8 @@ def test_load_rejects_duplicate_keys_and_negated_patterns() -> None:
 
 
 def test_load_rejects_writing_tool_in_read_only_profile() -> None:
-    text = _default_text().replace("    tools: [Read, Glob, Grep, LS, Bash, TodoWrite, TaskCreate", "    tools: [Read, Write, TaskCreate")
+    review_tools = "    tools: [Read, Glob, Grep, LS, Bash, TodoWrite, TaskCreate"
+    text = _default_text().replace(review_tools, "    tools: [Read, Write, TaskCreate")
     with pytest.raises(PolicyLoadError, match="read_only but allows the writing tool Write"):
         policy.load(text)
 
