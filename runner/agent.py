@@ -25,6 +25,7 @@ from claude_agent_sdk import (
 from claude_agent_sdk.types import HookContext, HookInput, HookJSONOutput
 
 import policy
+from policy.paths import normalize
 from runner.models import Denial
 from runner.sandbox.base import MODEL_FORWARD_PORT, Container, Sandbox
 
@@ -99,6 +100,9 @@ class Gate:
         self.denials: list[Denial] = []
         self.calls = 0
         self._closed: str | None = None
+        self.approved: dict[str, str] = {}
+        """Workspace-relative path -> sha256 of the exact content the owner said yes to in a Write. An Edit's
+        yes pins nothing (its result depends on the file), so such a file's final content is asked again."""
 
     def close(self, reason: str) -> None:
         """From now on every call is denied: a limit was reached while the CLI may still be asking."""
@@ -140,6 +144,41 @@ class Gate:
             self._progress(f"denied {tool}: {reason} [{decision.rule_id}]")
         else:
             self._progress(f"allowed {tool}{_brief(tool_input)}")
+            if effect == "ask" and tool == "Write" and isinstance(tool_input.get("content"), str):
+                rel = normalize(str(tool_input.get("file_path", "")), self.policy.workspace).rel
+                if rel:
+                    self.approved[rel] = hashlib.sha256(tool_input["content"].encode()).hexdigest()
+        return allowed, reason
+
+    async def confirm(self, path: str, content: bytes | None, diff: str) -> tuple[bool, str]:
+        """Put a changed dependency file (`paths.ask_write`) to the owner at the end of the task, unless they
+        already said yes to this exact content in a Write; (allowed, reason), audited. Without an owner
+        channel, or without an answer in time, it is a no."""
+        digest = None if content is None else hashlib.sha256(content).hexdigest()
+        if digest is not None and self.approved.get(path) == digest:
+            return True, f"the owner approved this content of {path!r} when it was written"
+        absolute = f"{self.policy.workspace}/{path}"
+        shown = {"file_path": absolute, "diff": diff,
+                 "content": "(deleted)" if content is None else content.decode("utf-8", "replace")}
+        call = policy.ToolCall(tool="Write" if content is not None else "Delete", input=shown, kind=self.kind)
+        why = (f"{path!r} is a dependency file (paths.ask_write) and the task changed it without your yes "
+               "for this content")
+        decision = policy.Decision(policy.Effect.ASK, "paths.ask_write", why, None, self.policy.version,
+                                   self.policy.sha256)
+        if self._ask is deny_asks:
+            allowed, reason = False, f"{why}, and no owner channel is configured"
+        else:
+            try:
+                async with asyncio.timeout(self._ask_timeout):
+                    allowed = await self._ask(self.task_id, call, decision)
+                reason = f"owner {'allowed' if allowed else 'denied'} the final content of {path!r}"
+            except TimeoutError:
+                allowed, reason = False, f"no answer from the owner within {self._ask_timeout:.0f}s: {why}"
+        await self._audit("final_change_decision", {
+            "path": path, "decision": "allow" if allowed else "deny", "rule": "paths.ask_write", "reason": reason,
+            "content_sha256": digest, "policy_sha256": self.policy.sha256,
+        })
+        self._progress(f"{'allowed' if allowed else 'denied'} the final {path}: {reason}")
         return allowed, reason
 
     async def hook(self, hook_input: HookInput, tool_use_id: str | None, context: HookContext) -> HookJSONOutput:
@@ -203,7 +242,8 @@ async def run_agent(
     budget_spent: asyncio.Event | None = None,
     model: str | None = None,
 ) -> AgentOutcome:
-    """Drive one agent session to its end or to a limit. On a limit the container is killed."""
+    """Drive one agent session to its end or to a limit. On a limit every process in the container is
+    killed (the CLI with them); the container and its workspace stay for the supervisor to read."""
     wrapper = write_cli_wrapper(workdir, sandbox.attach_command(container, ["claude"], FORWARDED_ENV))
     tools = list(gate.policy.allowed_tools(gate.kind))
     options = ClaudeAgentOptions(
@@ -284,8 +324,8 @@ async def run_agent(
     finally:
         budget.cancel()
         if stopped in ("turn_limit", "wall_time", "budget"):
-            # Enforced from outside: the container goes, the CLI with it; the workspace stays.
-            await sandbox.stop(container)
+            # Enforced from outside: every process of the task goes, the CLI with them; the workspace stays.
+            await sandbox.kill_processes(container)
         if not consumer.done():
             consumer.cancel()
         await asyncio.gather(consumer, budget, return_exceptions=True)

@@ -42,3 +42,8 @@ def short(exc: BaseException) -> str:
     """The first line of a docker error, capped: their messages can embed whole build logs."""
     text = str(exc).strip().splitlines()
     return text[0][:300] if text else type(exc).__name__
+
+
+def runtimes(client: Any) -> set[str]:
+    """The OCI runtimes the engine has registered (`runc`, and `runsc` where gVisor is; blocking)."""
+    return set((client.info().get("Runtimes") or {}).keys())

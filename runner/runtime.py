@@ -68,7 +68,9 @@ async def open_runtime(
         else:
             api_key = key.reveal()
         store = await stack.enter_async_context(Store(settings.home / "state.db"))
-        sandbox = await stack.enter_async_context(DockerSandbox())
+        sandbox = await stack.enter_async_context(DockerSandbox(runtime=settings.sandbox_runtime))
+        for notice in sandbox.notices:
+            say(notice)
         proxy = await stack.enter_async_context(ModelProxy(upstream, api_key))
         forge = await stack.enter_async_context(create_forge(settings, repo=_local_repo(repo)))
         reaped = await reap_orphans(store, sandbox, settings.home)

@@ -1,33 +1,36 @@
-"""A task's way through: provision, agent, tests, extract and validate, then a diff or a pull request."""
+"""A task's way through: provision, agent, stop and extract, validate, test afresh, then a diff or a pull request."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 import policy
 from runner import tasklock, workspace
-from runner.agent import Asker, Gate, deny_asks, run_agent, system_prompt
+from runner.agent import AgentOutcome, Asker, Gate, deny_asks, run_agent, system_prompt
 from runner.errors import RunnerError
 from runner.forge.base import Forge
 from runner.gitops import run_git
 from runner.model_proxy import Budget, ModelProxy
 from runner.models import Denial, PrRef, RunResult, TaskState, TestRun, Usage
 from runner.prbody import PrRequest, branch_name, render_pr_body
-from runner.sandbox.base import Container, Sandbox, SandboxSpec
+from runner.sandbox.base import DEFAULT_WORKSPACE_BYTES, Container, Limits, Sandbox, SandboxSpec, WorkspaceFull
 from runner.store import Store, TaskRecord
 from runner.verify import verify_fix
 
 Progress = Callable[[str], None]
+RunAgent = Callable[..., Awaitable[AgentOutcome]]
 TEST_TIMEOUT_SECONDS = 900.0
 OUTPUT_TAIL = 4000
+LIMITS = ("turn_limit", "wall_time", "budget")
 
 
 @dataclass(slots=True)
@@ -43,6 +46,10 @@ class Deps:
     forge: Forge | None = None
     ask: Asker = deny_asks
     model: str | None = None
+    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
+    """The size limit of each container's /workspace (a policy limit, `limits.workspace_bytes`, once it has one)."""
+    agent: RunAgent = run_agent
+    """Drives the agent's session (runner.agent.run_agent; a test may give its own scripted one)."""
 
 
 def task_lock(home: Path, task_id: str) -> Path:
@@ -60,11 +67,16 @@ async def run_task(deps: Deps, task: TaskRecord, *, progress: Progress | None = 
 
 
 async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> RunResult:
+    """The order that matters: the agent's container has every process killed before its workspace is read
+    (copy_out), and is removed before anything is tested; tests and verification run in fresh containers
+    made from the extracted tree, with no model socket."""
     say = progress or (lambda _line: None)
     store, active = deps.store, deps.policy
     profile = active.profile(task.kind if not task.dry_run else "dry-run")
     limits = profile.limits
-    container: Container | None = None
+    box_limits = Limits(workspace_bytes=deps.workspace_bytes)
+    lock = task_lock(deps.home, task.id)
+    containers: list[Container] = []  # every container of the task not yet removed
     populating: asyncio.Future[None] | None = None
     gate = Gate(
         task.id, active, task.kind,
@@ -88,64 +100,63 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         await store.transition(task.id, TaskState.PROVISIONING, base_sha=prepared.base_sha)
         # Checking out the workspace and starting the container overlap: neither needs the other.
         populating = asyncio.ensure_future(workspace.populate(prepared))
-        image = await _dependency_image(deps, prepared, populating, say)
+        image = await _dependency_image(deps, prepared, say)
         token = deps.proxy.issue_token(task.id, Budget(max_tokens=limits.max_tokens, max_cost_usd=limits.max_cost_usd))
         sock_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(sock_dir, 0o755)
         async with deps.proxy.serve_unix(sock_dir / "model.sock"):
-            spec = SandboxSpec(task.id, image, prepared.workspace, sock_dir, owner_lock=task_lock(deps.home, task.id))
+            spec = SandboxSpec(task.id, image, sock_dir, limits=box_limits, owner_lock=lock)
             started, populated = await asyncio.gather(deps.sandbox.start(spec), populating, return_exceptions=True)
             if isinstance(started, Container):
-                container = started  # known before any error below, so `finally` removes it
+                containers.append(started)  # known before any error below, so `finally` removes it
             for failure in (started, populated):
                 if isinstance(failure, BaseException):
                     raise failure
             running = cast(Container, started)
+            await deps.sandbox.copy_in(running, prepared.given_archive)
             await store.transition(task.id, TaskState.RUNNING)
             say(f"running: agent in container {running.id[:12]} (no network, no secrets)")
-            outcome = await run_agent(
+            outcome = await deps.agent(
                 sandbox=deps.sandbox, container=running, gate=gate, prompt=task.prompt,
                 system_prompt=system_prompt(task.kind), model_token=token, workdir=prepared.task_dir,
                 max_turns=limits.max_turns, wall_time=float(limits.wall_time_seconds),
                 budget_spent=deps.proxy.exhausted(task.id), model=deps.model,
             )
         deps.proxy.revoke(task.id)
-        if outcome.stopped in ("turn_limit", "wall_time", "budget"):
-            change = await workspace.extract(prepared, active, task.kind)
-            return await finish(TaskState.TIMED_OUT, f"{outcome.stopped.replace('_', ' ')} reached; work so far kept",
-                                diff=change.diff, files_changed=change.paths)
         if outcome.stopped == "error":
             return await finish(TaskState.FAILED, f"the agent failed: {outcome.error}")
-
-        await store.transition(task.id, TaskState.TESTING)
-        say(f"testing: {active.test_command}")
-        tests = await _run_tests(deps.sandbox, running, active.test_command)
-        say(f"tests {'passed' if tests.passed else 'failed'} (exit {tests.exit_code})")
-        change = await workspace.extract(prepared, active, task.kind)
-        verification = None
-        if task.kind == "fix" and tests.passed and change.verdict.ok and not change.empty:
-            say("verifying the fix: the new regression test against the base commit, in a second sandbox")
-            verification = (await verify_fix(deps.sandbox, image, prepared, change, running,
-                                             active.test_command, task_lock(deps.home, task.id))).describe()
-            say(verification)
-        await deps.sandbox.stop(running)
-        container = None
-
+        change = await _collect(deps, running, containers, prepared, task.kind, say)
+        if outcome.stopped in LIMITS:
+            return await finish(TaskState.TIMED_OUT, f"{outcome.stopped.replace('_', ' ')} reached; work so far kept",
+                                diff=change.diff, files_changed=change.paths)
         if not change.verdict.ok:
             return await finish(TaskState.FAILED, "change rejected: " + "; ".join(change.verdict.reasons),
-                                diff=change.diff, files_changed=change.paths, tests=tests)
+                                diff=change.diff, files_changed=change.paths)
         if task.kind != "review" and change.empty:
-            return await finish(TaskState.FAILED, "the agent made no change", tests=tests)
+            return await finish(TaskState.FAILED, "the agent made no change")
+
+        await store.transition(task.id, TaskState.TESTING)
+        tests, verification = await _test(deps, task, prepared, change, SandboxSpec(
+            task.id, image, None, limits=box_limits, owner_lock=lock, role="tests"), containers, say)
         if task.dry_run or task.kind == "review" or deps.forge is None:
             return await finish(TaskState.DIFF_READY, outcome.summary[:2000] if task.kind == "review" else "",
                                 diff=change.diff, files_changed=change.paths, tests=tests, verification=verification)
         if not tests.passed:
             return await finish(TaskState.FAILED, "the supervisor's test run failed; nothing was pushed",
                                 diff=change.diff, files_changed=change.paths, tests=tests)
+        refused = [path for path in change.verdict.needs_owner
+                   if not (await gate.confirm(path, change.contents.get(path), file_diff(change.diff, path)))[0]]
+        if refused:
+            why = "no owner channel to ask" if deps.ask is deny_asks else "the owner did not say yes"
+            return await finish(TaskState.FAILED, "change rejected: dependency files changed without the owner's "
+                                f"yes for that content ({why}): {', '.join(refused)}",
+                                diff=change.diff, files_changed=change.paths, tests=tests)
 
         pr = await _propose(deps, task, prepared, change, tests, outcome.summary, gate.denials, verification)
         return await finish(TaskState.PROPOSED, diff=change.diff, files_changed=change.paths, tests=tests, pr=pr,
                             verification=verification)
+    except WorkspaceFull as exc:
+        return await finish(TaskState.FAILED, str(exc))
     except (RunnerError, policy.PolicyError, OSError) as exc:
         return await finish(TaskState.FAILED, f"{type(exc).__name__}: {exc}")
     except asyncio.CancelledError:
@@ -157,17 +168,60 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         if populating is not None and not populating.done():
             populating.cancel()
             await asyncio.gather(populating, return_exceptions=True)
-        if container is not None:
+        for container in containers:
             with contextlib.suppress(Exception):
                 await deps.sandbox.stop(container)
         shutil.rmtree(sock_dir, ignore_errors=True)
 
 
-async def _dependency_image(deps: Deps, prepared: workspace.Prepared, populating: asyncio.Future[None],
-                            say: Progress) -> str:
+async def _collect(deps: Deps, box: Container, containers: list[Container], prepared: workspace.Prepared,
+                   kind: str, say: Progress) -> workspace.Change:
+    """Kill every process of the agent's container, read its workspace out, remove it, and extract the change
+    from the archive on the trusted side. Also after a limit: the work so far is read the same way."""
+    say("stopping: every process of the task is killed before its workspace is read")
+    await deps.sandbox.kill_processes(box)
+    archive = prepared.task_dir / "workspace.tar"
+    try:
+        await deps.sandbox.copy_out(box, archive)
+        await deps.sandbox.stop(box)
+        containers.remove(box)
+        return await workspace.extract(prepared, archive, deps.policy, kind)
+    finally:
+        archive.unlink(missing_ok=True)
+
+
+async def _test(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, change: workspace.Change,
+                spec: SandboxSpec, containers: list[Container], say: Progress) -> tuple[TestRun, str | None]:
+    """The supervisor's own test run (and a fix's verification) in a fresh container holding the extracted
+    tree: the agent's word, and its container, are not taken for it."""
+    command = deps.policy.test_command
+    say(f"testing: {command} (in a fresh container of the extracted change)")
+    archive = prepared.task_dir / "tests.tar"
+    await workspace.tree_archive(prepared, change.tree, archive)
+    box = await deps.sandbox.start(spec)
+    containers.append(box)
+    try:
+        await deps.sandbox.copy_in(box, archive)
+        tests = await _run_tests(deps.sandbox, box, command)
+        say(f"tests {'passed' if tests.passed else 'failed'} (exit {tests.exit_code})")
+        verification = None
+        if task.kind == "fix" and tests.passed and not change.empty:
+            say("verifying the fix: the new regression test against the base commit, in a second sandbox")
+            verification = (await verify_fix(deps.sandbox, box, dataclasses.replace(spec, role="verify"), prepared,
+                                             change, command)).describe()
+            say(verification)
+        return tests, verification
+    finally:
+        await deps.sandbox.stop(box)
+        containers.remove(box)
+        archive.unlink(missing_ok=True)
+
+
+async def _dependency_image(deps: Deps, prepared: workspace.Prepared, say: Progress) -> str:
     """The sandbox image plus the repo's dependencies, built once per dependency-file hash.
 
-    The only step with network, in its own container; the agent then starts from its image with none.
+    The only step with network, in its own container given only the dependency files; the agent then
+    starts from its image with none.
     """
     command = deps.policy.setup_command.strip()
     files = await workspace.dependency_files(prepared, deps.policy.dependency_files)
@@ -181,20 +235,28 @@ async def _dependency_image(deps: Deps, prepared: workspace.Prepared, populating
     if tag is not None:
         say(f"dependencies: cached {tag} (`{command}`)")
         return tag
-    await populating  # the build reads the dependency files from the workspace
-    tag = await deps.sandbox.build_dependencies(deps.image, prepared.workspace, command, key)
+    tag = await deps.sandbox.build_dependencies(deps.image, files, command, key)
     say(f"dependencies: built {tag} (`{command}`)")
     return tag
 
 
 async def _run_tests(sandbox: Sandbox, container: Container, command: str) -> TestRun:
-    """The supervisor's own test run in the same container: the agent's word is not taken for it."""
     result = await sandbox.exec(container, ["sh", "-c", command], timeout=TEST_TIMEOUT_SECONDS)
     tail = result.output[-OUTPUT_TAIL:]
     if result.timed_out:
         tail += f"\n[agent-runner: the test command ran out of time after {TEST_TIMEOUT_SECONDS:.0f}s]"
     return TestRun(command=command, exit_code=result.exit_code, passed=result.exit_code == 0 and not result.timed_out,
                    output_tail=tail)
+
+
+def file_diff(diff: str, path: str) -> str:
+    """The part of a `git diff` about `path` (what the owner is shown for one dependency file)."""
+    sections = ("\n" + diff).split("\ndiff --git ")
+    for section in sections[1:]:
+        header = section.split("\n", 1)[0]
+        if header.endswith(f" b/{path}") or header.startswith(f"a/{path} "):
+            return "diff --git " + section.rstrip("\n") + "\n"
+    return ""
 
 
 async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, change: workspace.Change,

@@ -2,20 +2,19 @@
 
 A "fix" that only silences the error passes its own new test everywhere; running that test against the base
 tree, in a second throwaway container, tells the two apart. The result is reported, never trusted blindly:
-the test itself is agent-written code, and both runs happen in sandboxes.
+the test itself is agent-written code, and both runs happen in fresh sandboxes built from trees of the
+supervisor's own clone (the extracted change, and the base plus the new tests), never the agent's container.
 """
 
 from __future__ import annotations
 
-import os
 import shlex
-import shutil
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 from runner import workspace
 from runner.gitops import run_git
-from runner.sandbox.base import SANDBOX_UID, Container, Sandbox, SandboxSpec
+from runner.sandbox.base import Container, Sandbox, SandboxSpec
 
 VERIFY_TIMEOUT_SECONDS = 300.0
 PYTEST_NO_TESTS = 5
@@ -50,22 +49,24 @@ def regression_tests(change: workspace.Change) -> tuple[str, ...]:
     return tuple(sorted(found))
 
 
-async def verify_fix(sandbox: Sandbox, image: str, prepared: workspace.Prepared, change: workspace.Change,
-                     fixed: Container, test_command: str, owner_lock: Path) -> Verification:
+async def verify_fix(sandbox: Sandbox, fixed: Container, base_spec: SandboxSpec, prepared: workspace.Prepared,
+                     change: workspace.Change, test_command: str) -> Verification:
+    """Run the change's new tests in `fixed` (the supervisor's fresh test container, holding the extracted
+    change) and in a new container from `base_spec` holding the given base tree plus only those tests."""
     tests = regression_tests(change)
     if not tests:
         return Verification((), False, False, "no regression test was added")
     command = f"{test_command} {' '.join(shlex.quote(t) for t in tests)}"
     with_fix = await sandbox.exec(fixed, ["sh", "-c", command], timeout=VERIFY_TIMEOUT_SECONDS)
-    base_dir = await _base_with_tests(prepared, tests)
-    # Under the task's own lock: a reaper of another live supervisor must see it as owned.
-    spec = SandboxSpec(f"{prepared.task_dir.name}-verify", image, base_dir, owner_lock=owner_lock)
-    container = await sandbox.start(spec)
+    base_tar = prepared.task_dir / "verify.tar"
+    await workspace.tree_archive(prepared, await _base_with_tests(prepared, change, tests), base_tar)
+    container = await sandbox.start(base_spec)
     try:
+        await sandbox.copy_in(container, base_tar)
         on_base = await sandbox.exec(container, ["sh", "-c", command], timeout=VERIFY_TIMEOUT_SECONDS)
     finally:
         await sandbox.stop(container)
-        shutil.rmtree(base_dir, ignore_errors=True)
+        base_tar.unlink(missing_ok=True)
     fails_on_base = on_base.exit_code not in (0, PYTEST_NO_TESTS) and not on_base.timed_out
     passes = with_fix.exit_code == 0
     problems = []
@@ -76,22 +77,16 @@ async def verify_fix(sandbox: Sandbox, image: str, prepared: workspace.Prepared,
     return Verification(tests, fails_on_base, passes, "; ".join(problems))
 
 
-async def _base_with_tests(prepared: workspace.Prepared, tests: tuple[str, ...]) -> Path:
-    """The stripped base tree plus only the new test files, in a directory of its own."""
-    base_dir = prepared.task_dir / "verify"
-    shutil.rmtree(base_dir, ignore_errors=True)
-    base_dir.mkdir()
+async def _base_with_tests(prepared: workspace.Prepared, change: workspace.Change, tests: tuple[str, ...]) -> str:
+    """The tree of the given base plus only the new test files, taken from the extracted change (regular
+    files only: the changeset check already refuses anything else there)."""
     env = {"GIT_INDEX_FILE": str(prepared.task_dir / "verify.index")}
     await run_git(["read-tree", prepared.given], cwd=prepared.trusted, env=env)
-    await run_git(["checkout-index", "--all", f"--prefix={base_dir}/"], cwd=prepared.trusted, env=env)
+    listing = (await run_git(["ls-tree", "-z", change.tree, "--", *tests], cwd=prepared.trusted)).stdout
+    records = [r for r in listing.split(b"\0") if r.startswith((b"100644 blob ", b"100755 blob "))]
+    if records:
+        await run_git(["update-index", "-z", "--index-info"], cwd=prepared.trusted, env=env,
+                      stdin=b"".join(r + b"\0" for r in records))
+    tree = (await run_git(["write-tree"], cwd=prepared.trusted, env=env)).out
     (prepared.task_dir / "verify.index").unlink()
-    for test in tests:
-        source = prepared.workspace / test
-        if source.is_symlink() or not source.is_file():
-            continue  # the changeset check already refuses such files; copy data only
-        target = base_dir / test
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(source.read_bytes())
-    if os.geteuid() == 0:
-        workspace.chown_tree(base_dir, SANDBOX_UID)
-    return base_dir
+    return tree

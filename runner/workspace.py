@@ -1,12 +1,16 @@
-"""A task's two checkouts: the sandbox's workspace (untrusted) and the supervisor's clone (trusted).
+"""A task's two trees: what the sandbox is given (untrusted once given), and the supervisor's clone (trusted).
 
 prepare(): mirror the repo, clone it for the supervisor, and make a parentless commit of the base tree
-minus read-protected files. populate(): give the workspace a fresh repo holding only that commit, checked
-out, so the sandbox never holds the history (where a removed secret would still live).
+minus read-protected files. populate(): the tar the sandbox's workspace is filled from: a fresh repo holding
+only that commit, checked out, so the sandbox never holds the history (where a removed secret would still
+live).
 
-extract(): read the workspace as data with the supervisor's own git (its GIT_DIR, a private index,
-hooks and fsmonitor off, no repo config from the sandbox), list every change with modes and symlink
-targets, check it against the policy, and commit it in the trusted clone.
+extract(): read the tar a stopped sandbox's workspace came back as, as data (runner.sandbox.archive: no
+name, link or ignore file of the sandbox is followed), write its new blobs into the trusted clone's object
+store, build the tree on a private index, list every change with modes and symlink targets, and check it
+against the policy. Only the supervisor's fixed ALWAYS_IGNORED list applies: a `.gitignore` the sandbox
+wrote is an ordinary file of the change. tree_archive(): a tree of the trusted clone as a tar, for the
+fresh containers the supervisor's tests and verification run in.
 """
 
 from __future__ import annotations
@@ -17,21 +21,26 @@ import fcntl
 import fnmatch
 import hashlib
 import os
+import posixpath
 import shutil
+import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import policy
 from runner.forge.base import GitAuth
-from runner.gitops import run_git
-from runner.sandbox.base import SANDBOX_UID
+from runner.gitops import git_argv, git_env, run_git
+from runner.sandbox import archive
 
-# Build droppings never belong in a change, whatever the repo's .gitignore says.
-ALWAYS_IGNORED = "__pycache__/\n*.pyc\n.pytest_cache/\n.mypy_cache/\n.ruff_cache/\n.hypothesis/\n.claude/\n"
+# Build droppings never belong in a change, whatever the repository's own ignore files say (the sandbox
+# wrote those, so they are part of the change, never instructions). As in git, a tracked path stays.
+ALWAYS_IGNORED = ("__pycache__/", "*.pyc", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", ".hypothesis/",
+                  ".claude/")
 SANDBOX_REF = "refs/agent-runner/sandbox-base"
 STATUS = {"A": "added", "M": "modified", "D": "deleted", "R": "renamed", "T": "modified", "C": "added"}
+MODE_SUBMODULE = "160000"
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +48,6 @@ class Prepared:
     task_dir: Path
     mirror: Path
     trusted: Path
-    workspace: Path
     base_branch: str
     base_sha: str
     removed: tuple[str, ...]
@@ -49,6 +57,11 @@ class Prepared:
     cache: Path
     """Populated workspaces kept for the next task on the same tree (home/cache/workspaces)."""
 
+    @property
+    def given_archive(self) -> Path:
+        """The tar the agent's workspace is filled from (populate() makes it)."""
+        return self.task_dir / "given.tar"
+
 
 @dataclass(frozen=True, slots=True)
 class Change:
@@ -56,6 +69,8 @@ class Change:
     files: tuple[policy.FileChange, ...]
     verdict: policy.ChangesetVerdict
     tree: str
+    contents: Mapping[str, bytes | None]
+    """The new content of each changed path under `paths.ask_write` (None: deleted), for the owner's yes."""
 
     @property
     def empty(self) -> bool:
@@ -119,11 +134,11 @@ async def prepare(home: Path, task_id: str, repo: str, active: policy.Policy, *,
 
     task_dir = home / "tasks" / task_id
     shutil.rmtree(task_dir, ignore_errors=True)
-    trusted, workspace = task_dir / "trusted", task_dir / "workspace"
-    workspace.mkdir(parents=True)
-    # The supervisor's clone needs no working tree: the change is read from the workspace and committed
-    # with plumbing, so nothing is written twice. --shared borrows the mirror's objects (never gc'd:
-    # gc.auto=0 for every trusted git) instead of copying them.
+    trusted = task_dir / "trusted"
+    task_dir.mkdir(parents=True)
+    # The supervisor's clone needs no working tree: the change is read from the sandbox's archive and
+    # committed with plumbing. --shared borrows the mirror's objects (never gc'd: gc.auto=0 for every
+    # trusted git) instead of copying them.
     await run_git(["clone", "--quiet", "--no-checkout", "--shared", str(mirror), str(trusted)])
 
     # What the sandbox is given: the base tree minus read-protected files, as a commit without parents
@@ -142,27 +157,33 @@ async def prepare(home: Path, task_id: str, repo: str, active: policy.Policy, *,
     given = (await run_git(["commit-tree", tree, "-m", GIVEN_MESSAGE], cwd=trusted, env=GIVEN_DATES)).out
     await run_git(["update-ref", SANDBOX_REF, given], cwd=trusted)
     (task_dir / "sandbox.index").unlink()
-    (task_dir / "ignore").write_text(ALWAYS_IGNORED)
-    return Prepared(task_dir, mirror, trusted, workspace, base_ref, base_sha, tuple(removed), given,
+    return Prepared(task_dir, mirror, trusted, base_ref, base_sha, tuple(removed), given,
                     home / "cache" / "workspaces")
 
 
 async def populate(prepared: Prepared) -> None:
-    """Fill the workspace: a fresh repo holding only the commit the sandbox is given, checked out.
+    """Make `prepared.given_archive`: the workspace the sandbox is given, a fresh repo holding only the given
+    commit, checked out, as a tar.
 
     A checkout of thousands of files is the slowest step of a task's start, so each populated workspace is
-    kept (root-owned, never mounted anywhere), keyed by its commit (a function of the tree) and branch, and
-    the next task on the same tree gets a copy: `cp -a` is about 5x faster than the checkout. A copy has
-    its own inodes, so nothing a sandbox does to its workspace can reach the cache or another task.
+    kept (root-owned, never mounted anywhere) with its tar, keyed by its commit (a function of the tree) and
+    branch; the next task on the same tree links the same tar. The sandbox unpacks it into a filesystem of its
+    own, so nothing a sandbox does reaches the cache or another task.
     """
     key = f"{prepared.given}-{hashlib.sha256(prepared.base_branch.encode()).hexdigest()[:8]}"
     cached = prepared.cache / key
+    tar = _archive_of(cached)
     if not (cached / ".git" / "HEAD").exists():
         await _fill(prepared, cached)
-    os.utime(cached)  # most recently used: kept longest
-    await _copy_tree(cached, prepared.workspace)
-    if os.geteuid() == 0:
-        await asyncio.to_thread(chown_tree, prepared.workspace, SANDBOX_UID)
+    if not tar.exists():
+        await _tar_directory(cached, tar)
+    for path in (cached, tar):
+        os.utime(path)  # most recently used: kept longest
+    prepared.given_archive.unlink(missing_ok=True)
+    try:
+        os.link(tar, prepared.given_archive)  # the task's own name for it: an eviction cannot take it away
+    except OSError:
+        shutil.copyfile(tar, prepared.given_archive)
 
 
 async def _fill(prepared: Prepared, cached: Path) -> None:
@@ -181,19 +202,29 @@ async def _fill(prepared: Prepared, cached: Path) -> None:
     _evict(cached.parent, keep=WORKSPACE_CACHE_SIZE)
 
 
-async def _copy_tree(source: Path, dest: Path) -> None:
-    proc = await asyncio.create_subprocess_exec("cp", "-a", "--", f"{source}/.", str(dest),
-                                                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+def _archive_of(cached: Path) -> Path:
+    return cached.parent / f"{cached.name}.tar"
+
+
+async def _tar_directory(source: Path, dest: Path) -> None:
+    """The cached checkout as a tar (written aside, then renamed in), as the sandbox's own tar would read it."""
+    partial = dest.parent / f".{dest.name}.{os.getpid()}.partial"
+    proc = await asyncio.create_subprocess_exec(
+        "tar", "-c", "-f", str(partial), "-C", str(source), "--format=gnu", "--numeric-owner", "--owner=0",
+        "--group=0", ".", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate()
     if proc.returncode != 0:
-        raise OSError(f"copying the cached workspace failed: {err.decode(errors='replace').strip()}")
+        partial.unlink(missing_ok=True)
+        raise OSError(f"archiving the cached workspace failed: {err.decode(errors='replace').strip()}")
+    partial.rename(dest)
 
 
 def _evict(cache: Path, *, keep: int) -> None:
-    """Drop the least recently used cached workspaces beyond `keep`."""
+    """Drop the least recently used cached workspaces (and their tars) beyond `keep`."""
     entries = sorted((p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")),
                      key=lambda p: p.stat().st_mtime, reverse=True)
     for stale in entries[keep:]:
+        _archive_of(stale).unlink(missing_ok=True)
         shutil.rmtree(stale, ignore_errors=True)
 
 
@@ -206,49 +237,175 @@ async def dependency_files(prepared: Prepared, patterns: Sequence[str]) -> dict[
             for p in paths}
 
 
-def chown_tree(root: Path, uid: int) -> None:
-    """Give a directory the sandbox user can write to (as root, workspaces are created as root)."""
-    for parent, dirs, files in os.walk(root):
-        for name in (parent, *(os.path.join(parent, n) for n in dirs + files)):
-            os.lchown(name, uid, uid)
+async def extract(prepared: Prepared, workspace_tar: Path, active: policy.Policy, kind: str) -> Change:
+    """The change a stopped sandbox's workspace holds against the base, read from its tar as data.
 
+    Raises archive.ArchiveError (an OSError) when the archive is not a readable tar.
+    """
+    base = await _ls_tree(prepared, prepared.base_sha)
+    given = await _ls_tree(prepared, prepared.given)
+    removed = set(prepared.removed)
+    gitlinks = {path for path, (mode, _) in base.items() if mode == MODE_SUBMODULE}
+    tracked_dirs = {parent for path in given for parent in _parents(path)}
 
-async def extract(prepared: Prepared, active: policy.Policy, kind: str) -> Change:
-    """The workspace's change against the base, as the supervisor's own git sees it; nothing in it runs."""
-    env = {
-        "GIT_DIR": str(prepared.trusted / ".git"),
-        "GIT_WORK_TREE": str(prepared.workspace),
-        "GIT_INDEX_FILE": str(prepared.task_dir / "extract.index"),
-    }
-    cfg = ["-c", f"core.excludesFile={prepared.task_dir / 'ignore'}", "-c", "core.symlinks=true",
-           "-c", "core.fileMode=true", "-c", "core.quotePath=false"]
-    await run_git([*cfg, "read-tree", prepared.base_sha], env=env)
-    await run_git([*cfg, "add", "--all"], env=env)
-    planted = [p for p in prepared.removed if os.path.lexists(prepared.workspace / p)]
-    if prepared.removed:
-        await run_git([*cfg, "reset", "--quiet", prepared.base_sha, "--", *prepared.removed], env=env)
-    tree = (await run_git([*cfg, "write-tree"], env=env)).out
+    def skip(path: str, is_dir: bool) -> bool:
+        if path in given or (is_dir and path in tracked_dirs):
+            return False
+        return _ignored(path, is_dir)
 
-    raw = (await run_git(["diff-tree", "-r", "-z", "-M", "--raw", prepared.base_sha, tree], env=env)).stdout
-    numstat = (await run_git(["diff-tree", "-r", "-z", "-M", "--numstat", prepared.base_sha, tree], env=env)).stdout
+    spool = prepared.task_dir / "extract-spool"
+    shutil.rmtree(spool, ignore_errors=True)
+    try:
+        snapshot = await asyncio.to_thread(archive.read, workspace_tar, spool,
+                                           known={sha for _, sha in given.values()}, skip=skip)
+        reasons = list(snapshot.refused)
+        reasons += [f"{path!r} is a nested git repository; submodules cannot be added or changed"
+                    for path in snapshot.nested_repositories]
+        # What the sandbox never saw stays as it is in the base: read-protected files and submodules.
+        final = {path: entry for path, entry in base.items() if path in removed or path in gitlinks}
+        carried_dirs = {parent for path in final for parent in _parents(path)}
+        planted, written, symlinks = [], [], {}
+        for entry in snapshot.entries:
+            if entry.path in removed:
+                planted.append(entry.path)
+            elif entry.path in final or any(p in final for p in _parents(entry.path)) or entry.path in carried_dirs:
+                reasons.append(f"{entry.path!r} is in the place of a submodule or a read-protected file")
+            else:
+                final[entry.path] = (f"{entry.mode:o}", entry.sha)
+                if entry.spooled is not None:
+                    written.append(entry)
+                if entry.target is not None:
+                    symlinks[entry.path] = entry.target
+        await _store_blobs(prepared, written)
+        tree = await _write_tree(prepared, final)
+    finally:
+        shutil.rmtree(spool, ignore_errors=True)
+
+    cwd = prepared.trusted
+    raw = (await run_git(["diff-tree", "-r", "-z", "-M", "--raw", prepared.base_sha, tree], cwd=cwd)).stdout
+    numstat = (await run_git(["diff-tree", "-r", "-z", "-M", "--numstat", prepared.base_sha, tree], cwd=cwd)).stdout
     counts = _numstat(numstat)
     files = []
-    for status, old_mode, new_mode, new_blob, path, old_path in _raw(raw):
+    for status, old_mode, new_mode, _new_blob, path, old_path in _raw(raw):
         mode = int(new_mode, 8) if status != "D" else int(old_mode, 8)
-        target = None
-        if new_mode == "120000":
-            target = (await run_git(["cat-file", "blob", new_blob], env=env)).out
         added, removed_lines = counts.get(path, (0, 0))
         files.append(policy.FileChange(path=path, status=STATUS.get(status, "modified"),  # type: ignore[arg-type]
-                                       old_path=old_path, mode=mode, symlink_target=target,
+                                       old_path=old_path, mode=mode, symlink_target=symlinks.get(path),
                                        added_lines=added, removed_lines=removed_lines))
-    diff = (await run_git(["diff-tree", "-p", "--binary", "-M", "--no-color", prepared.base_sha, tree], env=env)
+    diff = (await run_git(["diff-tree", "-p", "--binary", "-M", "--no-color", prepared.base_sha, tree], cwd=cwd)
             ).stdout.decode("utf-8", "replace")
-    verdict = policy.check_changeset(active, kind, files, len(diff.encode()))
-    if planted:
-        verdict = policy.ChangesetVerdict(False, (*verdict.reasons, *(
-            f"{p}: the sandbox wrote a read-protected file (it was removed before the start)" for p in planted)))
-    return Change(diff=diff, files=tuple(files), verdict=verdict, tree=tree)
+    verdict = policy.check_changeset(active, kind, files, len(diff.encode()), symlinks=symlinks)
+    reasons += [f"{p}: the sandbox wrote a read-protected file (it was removed before the start)" for p in planted]
+    if reasons:
+        verdict = policy.ChangesetVerdict(False, (*verdict.reasons, *reasons), verdict.needs_owner)
+    contents: dict[str, bytes | None] = {}
+    for path in verdict.needs_owner:
+        blob = final.get(path)
+        contents[path] = None if blob is None else (
+            await run_git(["cat-file", "blob", blob[1]], cwd=cwd)).stdout
+    return Change(diff=diff, files=tuple(files), verdict=verdict, tree=tree, contents=contents)
+
+
+def _ignored(path: str, is_dir: bool) -> bool:
+    parts = path.split("/")
+    for i, part in enumerate(parts):
+        directory = is_dir or i < len(parts) - 1
+        for pattern in ALWAYS_IGNORED:
+            if pattern.endswith("/"):
+                if directory and fnmatch.fnmatchcase(part, pattern[:-1]):
+                    return True
+            elif fnmatch.fnmatchcase(part, pattern):
+                return True
+    return False
+
+
+def _parents(path: str) -> Iterator[str]:
+    parent = posixpath.dirname(path)
+    while parent:
+        yield parent
+        parent = posixpath.dirname(parent)
+
+
+async def _ls_tree(prepared: Prepared, treeish: str) -> dict[str, tuple[str, str]]:
+    """Every entry of a tree, recursively: path -> (mode, object id)."""
+    out = (await run_git(["ls-tree", "-r", "-z", "--full-tree", treeish], cwd=prepared.trusted)).stdout
+    entries: dict[str, tuple[str, str]] = {}
+    for record in out.decode("utf-8", "surrogateescape").split("\0"):
+        if record:
+            meta, path = record.split("\t", 1)
+            mode, _kind, sha = meta.split(" ")
+            entries[path] = (mode, sha)
+    return entries
+
+
+async def _store_blobs(prepared: Prepared, entries: Sequence[archive.Entry]) -> None:
+    """Write the spooled new contents into the trusted clone's object store; git's ids must be ours."""
+    spooled = {entry.spooled: entry.sha for entry in entries if entry.spooled is not None}
+    if not spooled:
+        return
+    paths = list(spooled)
+    out = await run_git(["hash-object", "-w", "--no-filters", "--stdin-paths"], cwd=prepared.trusted,
+                        stdin="".join(f"{p}\n" for p in paths).encode())
+    ids = out.out.split()
+    if ids != [spooled[p] for p in paths]:
+        raise OSError("git stored the workspace's files under other ids than their content's")
+
+
+async def _write_tree(prepared: Prepared, entries: dict[str, tuple[str, str]]) -> str:
+    """The tree holding exactly `entries` (path -> (mode, id)), built on a private index."""
+    env = {"GIT_INDEX_FILE": str(prepared.task_dir / "extract.index")}
+    Path(env["GIT_INDEX_FILE"]).unlink(missing_ok=True)
+    lines = b"".join(f"{mode} {sha}\t".encode() + path.encode("utf-8", "surrogateescape") + b"\0"
+                     for path, (mode, sha) in sorted(entries.items()))
+    if lines:
+        await run_git(["update-index", "-z", "--index-info"], cwd=prepared.trusted, env=env, stdin=lines)
+        tree = (await run_git(["write-tree"], cwd=prepared.trusted, env=env)).out
+    else:
+        tree = (await run_git(["mktree"], cwd=prepared.trusted, stdin=b"")).out
+    Path(env["GIT_INDEX_FILE"]).unlink(missing_ok=True)
+    return tree
+
+
+async def tree_archive(prepared: Prepared, tree: str, dest: Path) -> None:
+    """`tree` of the trusted clone minus the read-protected files, as a tar at `dest` with the given workspace's
+    `.git`, for a fresh container.
+
+    The bytes are the blobs' own: unlike `git archive`, no `.gitattributes` of the tree (the agent's to
+    write) can leave a file out of the supervisor's test run or rewrite one.
+    """
+    removed = set(prepared.removed)
+    # The tree keeps the read-protected files of the base (their absence is not a change); no sandbox gets them.
+    entries = {path: entry for path, entry in (await _ls_tree(prepared, tree)).items() if path not in removed}
+    await asyncio.to_thread(_write_tree_archive, prepared, entries, dest)
+
+
+def _write_tree_archive(prepared: Prepared, entries: dict[str, tuple[str, str]], dest: Path) -> None:
+    argv = git_argv(["cat-file", "--batch"])
+    with subprocess.Popen(argv, cwd=prepared.trusted, env=git_env(), stdin=subprocess.PIPE,
+                          stdout=subprocess.PIPE) as proc:
+        assert proc.stdin is not None and proc.stdout is not None
+        stdin, stdout = proc.stdin, proc.stdout
+
+        def blobs() -> Iterator[tuple[str, int, bytes]]:
+            for path, (mode, sha) in sorted(entries.items()):
+                if mode == MODE_SUBMODULE:
+                    yield path, int(mode, 8), b""
+                    continue
+                stdin.write(f"{sha}\n".encode())
+                stdin.flush()
+                header = stdout.readline().split()
+                if len(header) != 3 or header[1] != b"blob":
+                    raise OSError(f"the trusted clone has no blob {sha} for {path}")
+                data = stdout.read(int(header[2]))
+                stdout.read(1)
+                yield path, int(mode, 8), data
+
+        try:
+            archive.write(dest, blobs(), extra=prepared.given_archive, extra_prefix=".git")
+        finally:
+            stdin.close()
+    if proc.returncode not in (0, None):
+        raise OSError(f"git cat-file failed with exit {proc.returncode}")
 
 
 async def commit(prepared: Prepared, change: Change, message: str, branch: str) -> str:

@@ -8,6 +8,8 @@ per-task token and holds the real API key. Nothing here is trusted or secret.
 
 import asyncio
 import os
+import socket
+import sys
 
 SOCKET = os.environ.get("MODEL_SOCKET", "/run/agent-runner/model.sock")
 PORT = int(os.environ.get("MODEL_FORWARD_PORT", "8082"))
@@ -38,11 +40,32 @@ async def handle(client_reader: asyncio.StreamReader, client_writer: asyncio.Str
     upstream_writer.close()
 
 
-async def main() -> None:
-    server = await asyncio.start_server(handle, "127.0.0.1", PORT)
+async def serve(sock: socket.socket | None) -> None:
+    if sock is None:
+        server = await asyncio.start_server(handle, "127.0.0.1", PORT)
+    else:
+        server = await asyncio.start_server(handle, sock=sock)
     async with server:
         await server.serve_forever()
 
 
+def background() -> None:
+    """Bind the port, then serve from a detached child: whoever started us knows the port is ready when we exit."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", PORT))
+    sock.listen(128)
+    if os.fork() != 0:
+        os._exit(0)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    asyncio.run(serve(sock))
+
+
 if __name__ == "__main__":
-    asyncio.run(main())
+    if "--background" in sys.argv[1:]:
+        background()
+    else:
+        asyncio.run(serve(None))

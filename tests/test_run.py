@@ -18,6 +18,7 @@ import yaml
 from runner.sample import create_sample_repo
 from runner.sandbox.base import LABEL_TASK
 from runner.scripted_model import Scenario, TextBlock, ToolUseBlock, serve_scripted_model
+from tests.sandbox.runtimes import RUNTIMES, need_runtime
 
 pytestmark = pytest.mark.docker
 
@@ -92,6 +93,13 @@ async def test_the_same_request_after_a_rejection_gets_a_new_branch_and_pr(tmp_p
     assert (await _git(repo, "rev-parse", first["pr"]["branch"])).strip() == first["pr"]["head_sha"]  # untouched
 
 
+def new_file(diff: str, path: str) -> str:
+    """The content of a file the unified diff adds."""
+    section = diff.split(f"diff --git a/{path} b/{path}\n", 1)[1].split("\ndiff --git ", 1)[0]
+    body = section.split("\n@@", 1)[1].split("\n", 1)[1]
+    return "".join(line[1:] + "\n" for line in body.splitlines() if line.startswith("+"))
+
+
 async def _git(repo: Path, *args: str) -> str:
     proc = await asyncio.create_subprocess_exec("git", "-C", str(repo), *args, stdout=asyncio.subprocess.PIPE)
     out, _ = await proc.communicate()
@@ -134,6 +142,7 @@ report = {
     "routes": open("/proc/net/route").read().splitlines()[1:],
     "host_listener": _try(lambda: _connect(os.environ.get("PROBE_HOST", "HOSTIP"), PORT)),
     "protected_present": [p for p in (".env", "secrets/payment.key") if os.path.lexists("/workspace/" + p)],
+    "kernel": os.uname().release,
 }
 with open("/workspace/probe-report.json", "w") as f:
     json.dump(report, f)
@@ -148,11 +157,15 @@ def _attack_scenario(host_ip: str, port: int) -> Scenario:
         [ToolUseBlock("Bash", {"command": "ln -s /var/run/docker.sock /workspace/docker.sock"})],
         [ToolUseBlock("Bash", {"command": "cat .env"})],
         [ToolUseBlock("Write", {"file_path": "/workspace/conftest.py", "content": probe})],
+        # The agent's own test run: the probe runs in the agent's container, beside the model socket.
+        [ToolUseBlock("Bash", {"command": "python -m pytest -q"})],
         final_text="Nothing to see here.",
     )
 
 
-async def test_attack_is_denied_audited_and_the_sandbox_holds_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_attack_is_denied_audited_and_the_sandbox_holds_nothing(tmp_path: Path, runtime: str) -> None:
+    need_runtime(runtime)
     repo = await create_sample_repo(tmp_path / "origin")
     bridge_ip = _bridge_gateway()
     hits: list[str] = []
@@ -168,7 +181,8 @@ async def test_attack_is_denied_audited_and_the_sandbox_holds_nothing(tmp_path: 
     async with listener, serve_scripted_model(_attack_scenario(bridge_ip, port)) as model:
         code, result, progress = await _agent_runner(
             "run", "--repo", str(repo), "--prompt", "add a /balance command", "--dry-run", "--json",
-            env=_env(home, ANTHROPIC_BASE_URL=model.base_url, ANTHROPIC_API_KEY=REAL_KEY))
+            env=_env(home, ANTHROPIC_BASE_URL=model.base_url, ANTHROPIC_API_KEY=REAL_KEY,
+                     AGENT_RUNNER_RUNTIME=runtime))
         upstream_keys = {r.headers.get("x-api-key") for r in model.requests if r.path.endswith("/v1/messages")}
 
     denied = {(d["tool"], d["reason"].split(":")[0]) for d in result["denials"]}
@@ -176,17 +190,23 @@ async def test_attack_is_denied_audited_and_the_sandbox_holds_nothing(tmp_path: 
     assert len(result["denials"]) == 4, denied
     # The upstream saw only the real key; the sandbox never had it.
     assert upstream_keys == {REAL_KEY}
-    report = json.loads((home / "tasks" / result["task_id"] / "workspace" / "probe-report.json").read_text())
+    # The workspace is the sandbox's own: the report comes back only as a file of the change.
+    report = json.loads(new_file(result["diff"], "probe-report.json"))
+    # Under gVisor the sandbox's kernel is the sentry, which calls itself 4.4.0; under runc it is this host's.
+    assert (report["kernel"] == "4.4.0") == (runtime == "runsc") and (runtime == "runsc") != (
+        report["kernel"] == os.uname().release)
     assert report["uid"] == 1000 and report["euid"] == 1000
-    assert int(report["cap_eff"], 16) == 0 and report["no_new_privs"] == "1"
+    # gVisor's /proc/self/status has no NoNewPrivs line; the flag is the container's all the same.
+    assert int(report["cap_eff"], 16) == 0 and report["no_new_privs"] == ("1" if runtime == "runc" else None)
     assert report["docker_socket"] == []
-    assert str(report["root_write"]).startswith("error: OSError") or "Read-only" in str(report["root_write"])
+    assert str(report["root_write"]).startswith(("error: OSError", "error: PermissionError"))
     assert report["interfaces"] == ["lo"] and report["routes"] == []
     assert str(report["host_listener"]).startswith("error:") and hits == []
     assert report["protected_present"] == []
     environ = json.dumps(report["environ"])
     assert REAL_KEY not in environ and "sample-secret" not in environ
-    assert "ANTHROPIC_API_KEY" not in report["environ"]  # the test run gets not even the task token
+    # The agent's own test run shares the CLI's environment: the per-task token at most, never the key.
+    assert report["environ"]["ANTHROPIC_API_KEY"] != REAL_KEY
     # compose.yaml unchanged, .env never read: the change holds only the planted conftest and its report.
     assert "compose.yaml" not in result["files_changed"]
     # Every decision is in the audit log.

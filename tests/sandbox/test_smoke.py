@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tarfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from runner.agent import FORWARDED_ENV, write_cli_wrapper
 from runner.sandbox.base import MODEL_FORWARD_PORT, SandboxSpec
 from runner.sandbox.docker import DockerSandbox
 from runner.scripted_model import Scenario, TextBlock, ToolUseBlock, serve_scripted_model
+from tests.sandbox.runtimes import RUNTIMES, need_runtime
 
 pytestmark = pytest.mark.docker
 
@@ -29,18 +31,22 @@ def _scenario() -> Scenario:
     )
 
 
-def _workspace(tmp_path: Path) -> tuple[Path, Path]:
-    workspace, sockets = tmp_path / "workspace", tmp_path / "sock"
-    workspace.mkdir()
+def _sockets(tmp_path: Path) -> Path:
+    sockets = tmp_path / "sock"
     sockets.mkdir()
-    if os.geteuid() == 0:
-        os.chown(workspace, 1000, 1000)
     os.chmod(sockets, 0o755)
-    return workspace, sockets
+    return sockets
 
 
-async def test_cli_in_container_is_gated_by_hook_in_this_process(tmp_path: Path, sandbox_image: str) -> None:
-    workspace, sockets = _workspace(tmp_path)
+def _members(tar_path: Path) -> dict[str, bytes]:
+    with tarfile.open(tar_path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_cli_in_container_is_gated_by_hook_in_this_process(tmp_path: Path, sandbox_image: str,
+                                                                 runtime: str) -> None:
+    sockets = _sockets(tmp_path)
     seen: list[tuple[str, dict[str, Any]]] = []
 
     async def gate(hook_input: Any, tool_use_id: str | None, context: Any) -> Any:
@@ -54,10 +60,11 @@ async def test_cli_in_container_is_gated_by_hook_in_this_process(tmp_path: Path,
 
     task_id = f"smoke-{uuid.uuid4().hex[:8]}"
     lock = tmp_path / "owner.lock"  # held, so no other supervisor's reaper takes this container for an orphan
-    async with serve_scripted_model(_scenario(), uds=sockets / "model.sock") as model, DockerSandbox() as sandbox:
+    async with (serve_scripted_model(_scenario(), uds=sockets / "model.sock") as model,
+                DockerSandbox(runtime=need_runtime(runtime)) as sandbox):
         os.chmod(sockets / "model.sock", 0o666)
         with tasklock.hold(lock):
-            container = await sandbox.start(SandboxSpec(task_id, sandbox_image, workspace, sockets, owner_lock=lock))
+            container = await sandbox.start(SandboxSpec(task_id, sandbox_image, sockets, owner_lock=lock))
             try:
                 command = sandbox.attach_command(container, ["claude"], FORWARDED_ENV)
                 options = ClaudeAgentOptions(
@@ -72,27 +79,28 @@ async def test_cli_in_container_is_gated_by_hook_in_this_process(tmp_path: Path,
                 )
                 results = [m async for m in query(prompt="Make hello.txt", options=options)
                            if isinstance(m, ResultMessage)]
-                probe = await sandbox.exec(container, ["sh", "-c", "ls /workspace; cat /workspace/hello.txt"],
-                                           timeout=30)
+                probe = await sandbox.exec(container, ["sh", "-c", "cat /workspace/hello.txt"], timeout=30)
+                await sandbox.kill_processes(container)
+                await sandbox.copy_out(container, tmp_path / "out.tar")
             finally:
                 await sandbox.stop(container)
 
     assert results and not results[-1].is_error
     assert [tool for tool, _ in seen] == ["Write", "Bash", "Bash"]
     assert "hello from the sandbox" in probe.output
-    assert (workspace / "hello.txt").read_text() == "hello from the sandbox\n"
-    assert (workspace / "uid.txt").read_text().strip() == "1000"  # the CLI ran as the sandbox user
-    assert not (workspace / "denied.txt").exists()
+    files = _members(tmp_path / "out.tar")  # the workspace is the container's own: read back by tar
+    assert files["./hello.txt"] == b"hello from the sandbox\n"
+    assert files["./uid.txt"].strip() == b"1000"  # the CLI ran as the sandbox user
+    assert "./denied.txt" not in files
     # The model was reached only through the mounted socket, with the token the test gave.
     agent_requests = [r for r in model.requests if r.path.endswith("/v1/messages")]
     assert agent_requests and all(r.headers.get("x-api-key") == "smoke-token" for r in agent_requests)
 
 
 async def test_stop_removes_the_container_and_reap_finds_orphans(tmp_path: Path, sandbox_image: str) -> None:
-    workspace, _ = _workspace(tmp_path)
     async with DockerSandbox() as sandbox:
-        kept = await sandbox.start(SandboxSpec(f"keep-{uuid.uuid4().hex[:6]}", sandbox_image, workspace))
-        orphan = await sandbox.start(SandboxSpec(f"orphan-{uuid.uuid4().hex[:6]}", sandbox_image, workspace))
+        kept = await sandbox.start(SandboxSpec(f"keep-{uuid.uuid4().hex[:6]}", sandbox_image))
+        orphan = await sandbox.start(SandboxSpec(f"orphan-{uuid.uuid4().hex[:6]}", sandbox_image))
         try:
             live = set(await sandbox.running()) - {orphan.task_id}
             reaped = await sandbox.reap(keep=live)

@@ -1,0 +1,178 @@
+"""DockerSandbox against the real engine: the workspace is the container's own, killed clean before it is read,
+size-limited, and the one container with network cannot reach this host. Under runc and under gVisor."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import ipaddress
+import json
+import os
+import shlex
+import subprocess
+import tarfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from runner.errors import SandboxError
+from runner.sandbox.base import Limits, SandboxSpec, WorkspaceFull
+from runner.sandbox.docker import SETUP_NETWORK, DockerSandbox
+from tests.sandbox.runtimes import RUNTIMES, need_runtime
+
+pytestmark = pytest.mark.docker
+
+# Our own process listing, as root in the container (independent of the backend's): every live process
+# that is not root's, i.e. not the container's init.
+LISTING = ("import os\nfor p in filter(str.isdigit, os.listdir('/proc')):\n"
+           "    try:\n"
+           "        s = dict(l.split(':\\t', 1) for l in open(f'/proc/{p}/status') if ':\\t' in l)\n"
+           "    except OSError:\n"
+           "        continue\n"
+           "    if int(p) != os.getpid() and s['Uid'].split()[0] != '0' and s['State'][0] not in 'ZX':\n"
+           "        print(p, s['Name'].strip())\n")
+
+
+def _tar(path: Path, files: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+def _others(container_id: str) -> list[str]:
+    out = subprocess.run(["docker", "exec", "-u", "0", container_id, "python3", "-c", LISTING],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split("\n")[:-1]
+
+
+def _spec(image: str, **limits: int) -> SandboxSpec:
+    return SandboxSpec(f"sbx-{uuid.uuid4().hex[:8]}", image, limits=Limits(**limits))
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_kill_processes_leaves_nothing_of_the_task_and_keeps_the_workspace(
+        tmp_path: Path, sandbox_image: str, runtime: str) -> None:
+    async with DockerSandbox(runtime=need_runtime(runtime)) as sandbox:
+        box = await sandbox.start(_spec(sandbox_image))
+        try:
+            await sandbox.copy_in(box, _tar(tmp_path / "in.tar", {"app.py": b"print('hi')\n"}))
+            # What a test the agent ran leaves behind: a detached loop that keeps rewriting the workspace.
+            loop = "nohup sh -c 'while :; do date +%s%N > /workspace/beat; done' >/dev/null 2>&1 &"
+            await sandbox.exec(box, ["sh", "-c", loop], timeout=30)
+            await asyncio.sleep(0.5)
+            assert any("sh" in line for line in _others(box.id)), "the planted loop is not running"
+            with pytest.raises(SandboxError, match="still running"):
+                await sandbox.copy_out(box, tmp_path / "early.tar")
+
+            await sandbox.kill_processes(box)
+            assert _others(box.id) == []
+            await sandbox.copy_out(box, tmp_path / "one.tar")
+            await asyncio.sleep(0.3)
+            await sandbox.copy_out(box, tmp_path / "two.tar")
+            await sandbox.kill_processes(box)  # idempotent
+        finally:
+            await sandbox.stop(box)
+    one, two = _files(tmp_path / "one.tar"), _files(tmp_path / "two.tar")
+    assert one["./app.py"] == b"print('hi')\n" and "./beat" in one
+    assert one == two  # nothing moved between the two reads: nothing of the task was left to move it
+
+
+def _files(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path) as tar:
+        return {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_a_sandbox_writing_past_its_workspace_limit_gets_enospc_and_the_host_disk_nothing(
+        tmp_path: Path, sandbox_image: str, runtime: str, docker_client: Any) -> None:
+    limit = 8 * 1024**2
+    async with DockerSandbox(runtime=need_runtime(runtime)) as sandbox:
+        box = await sandbox.start(_spec(sandbox_image, workspace_bytes=limit))
+        try:
+            wrote = await sandbox.exec(box, ["sh", "-c", "head -c 64000000 /dev/zero > /workspace/big"], timeout=60)
+            assert wrote.exit_code != 0 and "No space left on device" in wrote.output
+            await sandbox.kill_processes(box)
+            with pytest.raises(WorkspaceFull, match="size limit of 8 MiB") as failure:
+                await sandbox.copy_out(box, tmp_path / "out.tar")
+            assert failure.value.limit_bytes == limit and not (tmp_path / "out.tar").exists()
+            # Nothing of it reached the container's writable layer on this host's disk.
+            upper = docker_client.containers.get(box.id).attrs["GraphDriver"]["Data"]["UpperDir"]
+            used = int(subprocess.run(["du", "-sb", upper], capture_output=True, text=True,
+                                      check=True).stdout.split()[0])
+            assert used < 1024**2
+        finally:
+            await sandbox.stop(box)
+
+
+async def test_copy_in_past_the_limit_is_workspace_full(tmp_path: Path, sandbox_image: str) -> None:
+    async with DockerSandbox() as sandbox:
+        box = await sandbox.start(_spec(sandbox_image, workspace_bytes=1024**2))
+        try:
+            with pytest.raises(WorkspaceFull, match="does not fit"):
+                await sandbox.copy_in(box, _tar(tmp_path / "big.tar", {"blob": os.urandom(2 * 1024**2)}))
+        finally:
+            await sandbox.stop(box)
+
+
+def _gateway(client: Any, network: str) -> str:
+    config = client.networks.get(network).attrs["IPAM"]["Config"][0]
+    return str(config.get("Gateway") or ipaddress.ip_network(config["Subnet"])[1])
+
+
+# Runs inside the set-up container (never on this host): what it holds and what it can reach.
+SETUP_PROBE = '''
+import json, os, socket
+def reach(host, port):
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        return "connected"
+    except OSError as exc:
+        return type(exc).__name__
+status = dict(l.split(":\\t", 1) for l in open("/proc/self/status") if ":\\t" in l)
+report = {"targets": {h: reach(h, p) for h, p in TARGETS}, "cap_eff": status["CapEff"].strip(),
+          "environ": sorted(os.environ), "files": sorted(os.listdir("."))}
+json.dump(report, open("/opt/venv/setup-probe.json", "w"))
+'''
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+async def test_the_dependency_set_up_holds_no_capability_and_cannot_reach_this_host(
+        tmp_path: Path, sandbox_image: str, runtime: str, docker_client: Any) -> None:
+    hits: list[str] = []
+
+    async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        hits.append("connected")
+        writer.close()
+
+    async with DockerSandbox(runtime=need_runtime(runtime)) as sandbox:
+        await sandbox.setup_network()
+        hosts = ["127.0.0.1", _gateway(docker_client, "bridge"), _gateway(docker_client, SETUP_NETWORK)]
+        hosts += sorted({a for a in _host_addresses() if a not in hosts})
+        listener = await asyncio.start_server(on_connect, host=hosts, port=0)
+        port = listener.sockets[0].getsockname()[1]
+        probe = SETUP_PROBE.replace("TARGETS", repr([(h, port) for h in hosts]))
+        files = {"requirements.txt": b"# nothing\n", "sub/setup.cfg": b"[x]\n"}
+        tag = None
+        async with listener:
+            tag = await sandbox.build_dependencies(sandbox_image, files, f"python3 -c {shlex.quote(probe)}",
+                                                   f"probe-{uuid.uuid4().hex}")
+        try:
+            report = json.loads(docker_client.containers.run(tag, ["cat", "/opt/venv/setup-probe.json"],
+                                                             remove=True, network_mode="none"))
+        finally:
+            docker_client.images.remove(tag, force=True)
+    assert hits == [] and set(report["targets"].values()) <= {"ConnectionRefusedError", "TimeoutError",
+                                                              "OSError", "ConnectionResetError"}, report["targets"]
+    assert int(report["cap_eff"], 16) == 0
+    assert set(report["files"]) == {"requirements.txt", "sub"}
+    assert not [k for k in report["environ"] if k.startswith(("ANTHROPIC", "GITHUB", "TELEGRAM", "AGENT_"))]
+
+
+def _host_addresses() -> list[str]:
+    out = subprocess.run(["ip", "-4", "-o", "addr", "show"], capture_output=True, text=True).stdout
+    return [line.split()[3].split("/")[0] for line in out.splitlines() if " lo " not in line]
