@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,6 +66,9 @@ class Settings:
     """Webhook mode: Telegram posts updates to this public URL (ending in /telegram/webhook); else long polling."""
     telegram_webhook_secret: Secret | None = None
     sandbox_image: str = DEFAULT_SANDBOX_IMAGE
+    sandbox_runtime: str | None = None
+    """The OCI runtime of every container a task starts (AGENT_RUNNER_RUNTIME); None: gVisor's runsc when the
+    engine has it, else runc with a warning at start."""
     policy_path: Path | None = None
     max_sandboxes: int = DEFAULT_MAX_SANDBOXES
     host: str = DEFAULT_HOST
@@ -139,6 +143,10 @@ class Settings:
         elif deployer == "docker" and deploy_service is None:
             problems.append("AGENT_RUNNER_DEPLOYER=docker needs AGENT_RUNNER_DEPLOY_SERVICE")
 
+        runtime = environ.get("AGENT_RUNNER_RUNTIME") or None
+        if runtime is not None and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", runtime):
+            problems.append(f"AGENT_RUNNER_RUNTIME must be the name of a Docker runtime (runsc, runc), got {runtime!r}")
+
         settings = cls(
             home=home.expanduser().resolve(),
             anthropic_base_url=url("ANTHROPIC_BASE_URL", DEFAULT_ANTHROPIC_BASE_URL) or "",
@@ -155,6 +163,7 @@ class Settings:
             telegram_webhook_url=url("TELEGRAM_WEBHOOK_URL", None),
             telegram_webhook_secret=secret("TELEGRAM_WEBHOOK_SECRET"),
             sandbox_image=environ.get("AGENT_RUNNER_SANDBOX_IMAGE") or DEFAULT_SANDBOX_IMAGE,
+            sandbox_runtime=runtime,
             policy_path=Path(policy) if policy else None,
             max_sandboxes=integer("AGENT_RUNNER_MAX_SANDBOXES", DEFAULT_MAX_SANDBOXES, low=1)
             or DEFAULT_MAX_SANDBOXES,
