@@ -12,7 +12,10 @@
     │   └── ForgeRateLimited        secondary rate limit; carries retry_after seconds
     ├── NotifyError                 the notifier (Telegram) failed
     ├── UpstreamError               the model API failed or refused
-    └── TaskError                   a task cannot do what was asked (unknown id, wrong state)
+    ├── TaskError                   a task cannot do what was asked (unknown id, wrong state)
+    └── StateError                  the state file (SQLite) failed; the message names the file
+        ├── StateFull               its disk is full: nothing more can be recorded until space is freed
+        └── StateCorrupt            it is damaged (truncated, overwritten, not a database): restore a backup
 
 Each backend maps its library's exceptions at its boundary (`raise ForgeNotFound(...) from exc`),
 so callers handle these and never a third-party type.
@@ -75,3 +78,19 @@ class UpstreamError(RunnerError):
 
 class TaskError(RunnerError):
     """A task operation is not possible (unknown task, wrong state)."""
+
+
+class StateError(RunnerError):
+    """The supervisor's state file could not be read or written; `path` is the file."""
+
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.path = path
+
+
+class StateFull(StateError):
+    """The state file's disk is full: the write was refused, and nothing more can be recorded until space is freed."""
+
+
+class StateCorrupt(StateError):
+    """The state file is damaged (its integrity check failed, it was truncated or is not a database)."""

@@ -6,8 +6,15 @@ supervisor's SQLite file, written before each step is acted on, so a supervisor 
 
     approved  -> merge                         (the forge merges only at the approved head)
     merging   -> merge, unless the forge already did (a pull request is never merged twice)
-    deploying -> deploy the merge again         (deploy and health check are idempotent)
+    deploying -> settle the step in flight, then finish the deploy (see below)
     watching  -> watch out the rest of the window, or end it if the window passed meanwhile
+
+Each deploy step (the deploy, a rollback) is fenced: the row records what runs it (`fence`, from the deployer)
+before it starts, and the deploy's result once it is known. A resumed release first settles the fence: waits for
+a step a previous process left running (a deploy command outlives a SIGKILLed supervisor), or stops it once its
+timeout has passed, and keeps its result when the deployer can tell it (the command's exit status, the
+container's image); only otherwise is the step run again. So no two steps of a release ever run at once, and a
+deploy that finished is not repeated.
 
 One release at a time merges and deploys. A release's watch ends when the next release starts, since a
 rollback can only go back one step; a watch that has already condemned its release finishes its rollback first.
@@ -17,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import sqlite3
 import tempfile
@@ -26,7 +34,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from runner.deploy import Deployer, DeployError, DeployEvent, DeploySource, deploy_with_rollback
+from runner.deploy import (
+    DeployAction,
+    Deployer,
+    DeployError,
+    DeployEvent,
+    DeployResult,
+    DeploySource,
+    Fence,
+    deploy_with_rollback,
+)
 from runner.errors import ForgeConflict, ForgeError
 from runner.forge import Forge, GitAuth, MergeMethod, PullRequest
 from runner.gitops import GitError, run_git
@@ -65,10 +82,14 @@ CREATE TABLE IF NOT EXISTS releases (
     deployed_at REAL,
     watch_until REAL,
     created_at REAL NOT NULL,
-    updated_at REAL NOT NULL
+    updated_at REAL NOT NULL,
+    fence TEXT,
+    deployed TEXT
 );
 CREATE INDEX IF NOT EXISTS releases_state ON releases(state);
 """
+# Columns added after the first files were written: older files get them when opened.
+COLUMNS = {"releases": {"fence": "TEXT", "deployed": "TEXT"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +112,10 @@ class ReleaseRecord:
     watch_until: float | None
     created_at: float
     updated_at: float
+    fence: Fence | None = None
+    """The deploy step in flight (deploy or rollback) and what runs it; None between steps."""
+    deployed: DeployResult | None = None
+    """The deploy step's result, once it is known."""
 
     @property
     def in_flight(self) -> bool:
@@ -104,7 +129,7 @@ class ReleaseStore(Database):
     """The releases table, in the supervisor's SQLite file beside the tasks (its own connection)."""
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA)
+        super().__init__(path, SCHEMA, columns=COLUMNS)
 
     async def add(self, *, number: int, head_sha: str, task_id: str | None, actor: str,
                   method: MergeMethod = "squash") -> ReleaseRecord:
@@ -115,11 +140,13 @@ class ReleaseStore(Database):
         return await self.get(int(rows[0]["id"]))
 
     async def update(self, release_id: int, state: ReleaseState, **fields: object) -> ReleaseRecord:
-        allowed = {"detail", "base_branch", "merge_sha", "previous_sha", "revert_sha", "deployed_at", "watch_until"}
+        allowed = {"detail", "base_branch", "merge_sha", "previous_sha", "revert_sha", "deployed_at", "watch_until",
+                   "fence", "deployed"}
         assert set(fields) <= allowed, set(fields) - allowed
+        values = [json.dumps(v.to_json()) if isinstance(v, Fence | DeployResult) else v for v in fields.values()]
         sets = ", ".join(f"{name} = ?" for name in ("state", "updated_at", *fields))
         await self._run(f"UPDATE releases SET {sets} WHERE id = ?",
-                        (state, time.time(), *fields.values(), release_id))
+                        (state, time.time(), *values, release_id))
         return await self.get(release_id)
 
     async def get(self, release_id: int) -> ReleaseRecord:
@@ -153,7 +180,10 @@ class ReleaseStore(Database):
 
 
 def _record(row: sqlite3.Row) -> ReleaseRecord:
-    return ReleaseRecord(**{key: row[key] for key in row.keys()})  # noqa: SIM118 - sqlite3.Row is not a dict
+    fields = {key: row[key] for key in row.keys()}  # noqa: SIM118 - sqlite3.Row is not a dict
+    fence, deployed = fields.pop("fence"), fields.pop("deployed")
+    return ReleaseRecord(**fields, fence=Fence.from_json(json.loads(fence)) if fence else None,
+                         deployed=DeployResult.from_json(json.loads(deployed)) if deployed else None)
 
 
 Progress = Callable[[str | None, str], None]
@@ -235,7 +265,9 @@ class Releases:
         for release in sorted(await self.rows.find(states=(*IN_FLIGHT, "watching"), limit=10_000),
                               key=lambda r: r.id):
             if release.state == "watching":
-                if release.watch_until is not None and release.watch_until > time.time():
+                window_open = release.watch_until is not None and release.watch_until > time.time()
+                # A rollback decided (or begun) before the stop is finished whatever the clock says now.
+                if window_open or release.fence is not None or await self._verdict_of(release) is not None:
                     self._start_watch(release)
                 else:
                     await self._set(release, "deployed",
@@ -338,9 +370,12 @@ class Releases:
         if release.previous_sha is None:
             previous = await self._parent(source, merge)
             release = await self.rows.update(release.id, "deploying", previous_sha=previous)  # before it is used
+        release, left = await self._settle(release, source)
+        steps = _Steps(self, release, left)
         outcome = await deploy_with_rollback(
             self._deployer, DeploySource(source, merge, previous_sha=release.previous_sha),
-            on_event=on_event)
+            on_event=on_event, step=steps.run)
+        release = steps.release
         merged = f"PR #{release.number} merged as {merge[:12]}"
         if outcome.status == "rolled_back":
             revert, reverted = await self._revert(branch, merge)
@@ -360,6 +395,25 @@ class Releases:
             release = await self._set(release, "deployed", deployed_at=time.time(), detail="deployed and healthy")
         await self._say(release, f"{merged}; deploy {outcome.status}: {release.detail}")
         return release
+
+    async def _settle(self, release: ReleaseRecord, source: str) -> tuple[ReleaseRecord, _Left | None]:
+        """The step a previous process left in flight: wait until nothing of it runs, and keep its result if the
+        deployer can tell it. Its fence is cleared once it is settled."""
+        fence = release.fence
+        if fence is None:
+            return release, None
+        line = (f"waiting for the {fence.action} of {fence.sha[:12]} that a previous supervisor process began "
+                f"(step {fence.key}) to end")
+        self._note(release, line)
+        release = await self.rows.update(release.id, release.state, detail=line)
+        result = await self._deployer.settle(fence, DeploySource(source, fence.sha))
+        said = "ended; its result stands" if result is not None else "is over; it runs again"
+        self._note(release, f"the {fence.action} of {fence.sha[:12]} begun before the restart {said}")
+        fields: dict[str, object] = {"fence": None}
+        if result is not None and fence.action == "deploy":
+            fields["deployed"] = result
+        release = await self.rows.update(release.id, release.state, **fields)
+        return release, _Left(fence, result)
 
     # the watch ----------------------------------------------------------------------------------------------
 
@@ -429,7 +483,11 @@ class Releases:
                                     {"release": release.id, "reason": verdict.reason,
                                      "fingerprint": verdict.fingerprint})
         try:
-            result = await self._deployer.rollback(DeploySource(await self._source(), previous))
+            source = await self._source()
+            release, left = await self._settle(release, source)
+            steps = _Steps(self, release, left)
+            result = await steps.run("rollback", DeploySource(source, previous))
+            release = steps.release
         except DeployError as exc:
             detail = f"post-deploy watch: {verdict.reason}; the rollback failed: {exc}"
             release = await self._set(release, "failed", detail=detail)
@@ -539,6 +597,45 @@ class Condemned:
 
     release: ReleaseRecord
     verdict: Verdict
+
+
+@dataclass(frozen=True, slots=True)
+class _Left:
+    """A step a previous process left in flight, settled: its fence, and its result if the deployer could tell."""
+
+    fence: Fence
+    result: DeployResult | None
+
+
+class _Steps:
+    """Runs a release's deploy steps, each under a fence recorded before it starts; a step whose result is known
+    (recorded, or read from the step a previous process left) is not run again."""
+
+    def __init__(self, releases: Releases, release: ReleaseRecord, left: _Left | None) -> None:
+        self.release = release
+        self._releases = releases
+        self._left = left
+
+    async def run(self, action: DeployAction, source: DeploySource) -> DeployResult:
+        release, rows, deployer = self.release, self._releases.rows, self._releases._deployer
+        if action == "deploy" and release.deployed is not None and release.deployed.version == source.sha:
+            return release.deployed
+        left = self._left
+        if left is not None and left.result is not None and (left.fence.action, left.fence.sha) == \
+                (action, source.sha):
+            return left.result
+        fence = deployer.fence(f"release-{release.id}-{action}-{time.time_ns()}", action, source.sha)
+        self.release = release = await rows.update(release.id, release.state, fence=fence)
+        try:
+            result = await (deployer.deploy(source, fence=fence) if action == "deploy"
+                            else deployer.rollback(source, fence=fence))
+        except DeployError:
+            # The machinery failed (nothing of the step runs): the caller reports it; a restart tries again.
+            self.release = await rows.update(release.id, release.state, fence=None)
+            raise
+        done: dict[str, object] = {"fence": None, **({"deployed": result} if action == "deploy" else {})}
+        self.release = await rows.update(release.id, release.state, **done)
+        return result
 
 
 @dataclass(slots=True)

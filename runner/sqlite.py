@@ -2,31 +2,76 @@
 
 Store (tasks, audit), PolicyStore (policy versions) and ReleaseStore (releases) each build on Database:
 same file, WAL mode, one lock per connection, autocommit statements.
+
+The file is guarded at this boundary: `sqlite3` errors never leave it, they become the StateError tree
+(runner.errors), each naming the file. A damaged file is refused rather than used: `PRAGMA quick_check` runs
+when the file is opened for the tasks (once per start) and again after any I/O or corruption error, because
+SQLite only notices a damaged page when a query happens to read it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Self
 
+from runner.errors import StateCorrupt, StateError, StateFull
+
+# Where an owner finds the steps; every refusal of a damaged file points there.
+RESTORE_STEPS = "README, Troubleshooting: 'The state file is damaged' has the backup and restore steps"
+# quick_check lists at most this many problems; the first is enough to name the damage.
+CHECK_PROBLEMS = 5
+
+# Primary result codes (the low byte of an extended code, e.g. SQLITE_IOERR_WRITE = 778).
+_FULL, _CORRUPT, _NOTADB, _IOERR = 13, 11, 26, 10
+
 
 class Database:
-    """A connection to `path` with `schema` applied (idempotent `CREATE ... IF NOT EXISTS` statements)."""
+    """A connection to `path` with `schema` applied (idempotent `CREATE ... IF NOT EXISTS` statements).
 
-    def __init__(self, path: Path, schema: str) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    `check` runs the integrity check before anything else touches the file (the Store does; the other
+    stores open the same file after it). `columns` adds columns a newer schema has to an older file:
+    `{"releases": {"fence": "TEXT"}}`.
+    """
+
+    def __init__(self, path: Path, schema: str, *, check: bool = False,
+                 columns: Mapping[str, Mapping[str, str]] | None = None) -> None:
         self.path = path
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
         self._lock = threading.Lock()
-        with self._lock:
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.executescript(schema)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise _os_error(path, exc) from exc
+        _refuse_empty(path)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None, timeout=30)
+        except sqlite3.Error as exc:
+            raise _mapped(path, exc, None) from exc
+        self._db.row_factory = sqlite3.Row
+        try:
+            with self._lock:
+                if check:
+                    _check(path, self._db)
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(schema)
+                for table, wanted in (columns or {}).items():
+                    have = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+                    for name, declaration in wanted.items():
+                        if name not in have:
+                            self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+        except sqlite3.Error as exc:
+            error = _mapped(path, exc, self._db)
+            self._db.close()
+            raise error from exc
+        except StateError:
+            self._db.close()
+            raise
 
     async def __aenter__(self) -> Self:
         return self
@@ -38,9 +83,99 @@ class Database:
         with self._lock:
             self._db.close()
 
-    async def _run(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
-        def work() -> list[sqlite3.Row]:
-            with self._lock:
+    def _execute(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        """One statement, blocking, with the file's errors mapped (for a thread, or for start-up work)."""
+        with self._lock:
+            try:
                 return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise _mapped(self.path, exc, self._db) from exc
 
-        return await asyncio.to_thread(work)
+    def _execute_all(self, statements: Sequence[tuple[str, Sequence[Any]]]) -> None:
+        """Statements in one transaction: all of them are recorded, or none."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    for sql, params in statements:
+                        self._db.execute(sql, params)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    if self._db.in_transaction:  # SQLite may have rolled back already (a full disk does)
+                        self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise _mapped(self.path, exc, self._db) from exc
+
+    async def _run(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        return await asyncio.to_thread(self._execute, sql, params)
+
+
+def check_file(path: Path) -> None:
+    """Refuse a damaged state file before anything uses it: StateCorrupt (or StateError) naming it.
+
+    A file that does not exist yet passes: it will be created.
+    """
+    if not path.exists():
+        return
+    _refuse_empty(path)
+    try:
+        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, isolation_level=None, timeout=30)
+    except sqlite3.Error as exc:
+        raise _mapped(path, exc, None) from exc
+    try:
+        _check(path, db)
+    except sqlite3.Error as exc:
+        raise _mapped(path, exc, None) from exc
+    finally:
+        db.close()
+
+
+def _check(path: Path, db: sqlite3.Connection) -> None:
+    problems = [str(row[0]) for row in db.execute(f"PRAGMA quick_check({CHECK_PROBLEMS})").fetchall()]
+    if problems != ["ok"]:
+        first = " ".join(problems[0].split()) if problems else "no answer"
+        raise StateCorrupt(f"the state file {path} is damaged (its integrity check says: {first}); agent-runner "
+                           f"will not use it. {RESTORE_STEPS}", str(path))
+
+
+def _refuse_empty(path: Path) -> None:
+    # SQLite takes an empty file for a new database and would start over silently: the tasks, releases and
+    # audit log it held would be gone without a word. agent-runner never leaves its file empty.
+    try:
+        empty = path.stat().st_size == 0
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise _os_error(path, exc) from exc
+    if empty:
+        raise StateCorrupt(f"the state file {path} is empty (truncated?); agent-runner will not start over on it. "
+                           f"{RESTORE_STEPS} (delete the file only to start with no history)", str(path))
+
+
+def _mapped(path: Path, exc: sqlite3.Error, db: sqlite3.Connection | None) -> StateError:
+    """The StateError for `exc`, raised by a statement on `db` (checked again after an I/O error)."""
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    if code == _FULL:
+        return StateFull(f"the state file {path} cannot be written: its disk is full ({exc}); free space on "
+                         f"{path.parent} and start again", str(path))
+    if code in (_CORRUPT, _NOTADB):
+        return StateCorrupt(f"the state file {path} is damaged ({exc}); agent-runner will not use it. "
+                            f"{RESTORE_STEPS}", str(path))
+    if code == _IOERR and db is not None:
+        try:
+            _check(path, db)
+        except StateCorrupt as damaged:
+            return damaged
+        except sqlite3.Error:
+            pass  # the check itself failed to read: the I/O error stands
+        return StateError(f"the state file {path} could not be read or written ({exc}); it passed its integrity "
+                          "check, so look at the disk under it", str(path))
+    return StateError(f"the state file {path} failed: {exc}", str(path))
+
+
+def _os_error(path: Path, exc: OSError) -> StateError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StateFull(f"the state file {path} cannot be written: its disk is full ({os.strerror(exc.errno)}); "
+                         f"free space on {path.parent} and start again", str(path))
+    return StateError(f"the state file {path} cannot be opened: {exc}", str(path))

@@ -1,4 +1,9 @@
-"""SQLite state: tasks and their transitions, and the append-only audit log. Schema and queries only."""
+"""SQLite state: tasks and their transitions, and the append-only audit log. Schema and queries only.
+
+Errors are the StateError tree (runner.sqlite maps them). A transition the file refuses is kept as a note
+beside it (runner.unrecorded) and recorded when the Store next opens the file, so the next start says what
+really happened to the task rather than "the supervisor stopped".
+"""
 
 from __future__ import annotations
 
@@ -11,9 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.errors import TaskError
+from runner.errors import StateError, TaskError
 from runner.models import TaskId, TaskState
 from runner.sqlite import Database
+from runner.unrecorded import Notes, Unrecorded
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
@@ -99,16 +105,64 @@ class DurationTotals:
     seconds: float
 
 
+_STATES = frozenset(s.value for s in TaskState)
+
+
 def new_task_id() -> TaskId:
     # Sortable by creation time, unguessable enough to be a container name.
     return TaskId(time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3))
 
 
 class Store(Database):
-    """Tasks and their transitions, and the append-only audit log."""
+    """Tasks and their transitions, and the append-only audit log.
+
+    Opening checks the file's integrity (StateCorrupt when damaged) and records the transitions a previous
+    process could not (StateFull while the disk still is).
+    """
 
     def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA)
+        super().__init__(path, SCHEMA, check=True)
+        self.notes = Notes(path.parent / "unrecorded")
+        try:
+            self.recorded_late = self._record_notes()
+        except StateError:
+            self._db.close()
+            raise
+
+    def _record_notes(self) -> list[Unrecorded]:
+        """Record what the notes hold (blocking: it runs once, as the file is opened)."""
+        notes, blank = self.notes.pending()
+        recorded = []
+        for note in notes:
+            rows = self._execute("SELECT state, updated_at FROM tasks WHERE id = ?", (note.task_id,))
+            if rows and rows[0]["updated_at"] >= note.at:
+                self.notes.forget(note.task_id)  # the task moved on after the note: it was recorded after all
+                continue
+            if rows:
+                state = TaskState(note.state) if note.state in _STATES else TaskState.FAILED
+                if state.terminal:
+                    reason = f"{note.reason} [recorded at the next start: the state file refused it at the time: " \
+                             f"{note.error}]"
+                else:
+                    state, reason = TaskState.FAILED, (f"the task stopped because the state file could not record "
+                                                       f"its move to {note.state}: {note.error}")
+                sets, params = "state = ?, updated_at = ?, reason = ?", [state.value, time.time(), reason]
+                if note.result is not None:
+                    sets += ", result = ?"
+                    params.append(json.dumps(note.result))
+                detail = json.dumps({"state": state.value, "reason": reason, "noted_at": note.at}, sort_keys=True)
+                self._execute_all([
+                    (f"UPDATE tasks SET {sets} WHERE id = ?", (*params, note.task_id)),
+                    ("INSERT INTO audit (at, task_id, actor, event, detail) VALUES (?, ?, ?, ?, ?)",
+                     (time.time(), note.task_id, "supervisor", "state", detail)),
+                ])
+                recorded.append(note)
+            self.notes.forget(note.task_id)
+        for task_id in blank:
+            rows = self._execute("SELECT state FROM tasks WHERE id = ?", (task_id,))
+            if not rows or not TaskState(rows[0]["state"]).sandbox_phase:
+                self.notes.forget(task_id)
+        return recorded
 
     async def create_task(
         self,
@@ -143,7 +197,11 @@ class Store(Database):
         result: Mapping[str, Any] | None = None,
         actor: str = "supervisor",
     ) -> TaskRecord:
-        """Persist a state change (before it is acted on) and audit it."""
+        """Persist a state change (before it is acted on) and audit it.
+
+        Raises StateError (StateFull, StateCorrupt) when the file refuses; the transition is then kept as a
+        note that the next start records.
+        """
         sets = ["state = ?", "updated_at = ?"]
         params: list[Any] = [state.value, time.time()]
         if reason is not None:
@@ -155,8 +213,16 @@ class Store(Database):
         if result is not None:
             sets.append("result = ?")
             params.append(json.dumps(result))
-        await self._run(f"UPDATE tasks SET {', '.join(sets)} WHERE id = ?", (*params, task_id))
-        await self.audit(task_id, actor, "state", {"state": state.value, "reason": reason or ""})
+        try:
+            await self._run(f"UPDATE tasks SET {', '.join(sets)} WHERE id = ?", (*params, task_id))
+            await self.audit(task_id, actor, "state", {"state": state.value, "reason": reason or ""})
+        except StateError as exc:
+            self.notes.keep(Unrecorded(task_id, state.value, reason or "", str(exc), time.time(), result))
+            raise
+        if state.sandbox_phase:
+            self.notes.reserve(task_id)  # room for a note while the disk still has some
+        else:
+            self.notes.forget(task_id)
         return await self.get_task(task_id)
 
     async def get_task(self, task_id: str) -> TaskRecord:

@@ -1,11 +1,11 @@
 """The real `agent-runner serve`, SIGKILLed in the middle of a release: the release resumes where it was,
-nothing is merged twice, and the resumed post-deploy watch still rolls back on an error."""
+nothing is merged twice, the deploy command it left running is waited for (never run alongside a second one,
+never repeated once it ended), and the resumed post-deploy watch still rolls back on an error."""
 
 from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,19 @@ async def propose(repo: Path, home: Path, work: Path) -> tuple[int, str, str]:
     return pr.number, sha, task.id
 
 
+def runs_of(log: str) -> list[tuple[str, str, float, float | None]]:
+    """(action, sha, start, end) of each run the deploy script logged, in the order they started."""
+    runs: list[tuple[str, str, float, float | None]] = []
+    for line in log.splitlines():
+        edge, action, sha, at = line.split()
+        if edge == "start":
+            runs.append((action, sha, float(at), None))
+        else:
+            index = next(i for i, r in enumerate(runs) if r[:2] == (action, sha) and r[3] is None)
+            runs[index] = (action, sha, runs[index][2], float(at))
+    return runs
+
+
 async def until(client: httpx.AsyncClient, path: str, check: Any, timeout: float = 60) -> dict[str, Any]:
     async with asyncio.timeout(timeout):
         while True:
@@ -64,10 +77,11 @@ async def test_serve_killed_mid_deploy_and_mid_watch_resumes_merges_once_and_sti
     before = git("--git-dir", str(repo), "rev-parse", "main", cwd=tmp_path)
     log, slow, running = tmp_path / "deploys.log", tmp_path / "slow", tmp_path / "running"
     slow.touch()
-    # The operator's deploy command: logs each call, hangs while `slow` exists (so the test can kill the
-    # supervisor mid-deploy), and records what runs. Health is its exit status.
-    deploy = (f'echo "$AGENT_RUNNER_DEPLOY_ACTION $AGENT_RUNNER_DEPLOY_SHA $$" >> {log}; '
-              f'while [ -e {slow} ]; do sleep 0.1; done; echo "$AGENT_RUNNER_DEPLOY_SHA" > {running}')
+    # The operator's deploy command: logs its start and end with times, hangs while `slow` exists (so the test
+    # can kill the supervisor mid-deploy), and records what runs. Health is its exit status.
+    deploy = (f'echo "start $AGENT_RUNNER_DEPLOY_ACTION $AGENT_RUNNER_DEPLOY_SHA $(date +%s.%N)" >> {log}; '
+              f'while [ -e {slow} ]; do sleep 0.1; done; echo "$AGENT_RUNNER_DEPLOY_SHA" > {running}; '
+              f'echo "end $AGENT_RUNNER_DEPLOY_ACTION $AGENT_RUNNER_DEPLOY_SHA $(date +%s.%N)" >> {log}')
     # No alert may start a fix task here (it would want a model): auto-fixes are off, so an alert that does
     # not condemn the release is refused (429), and one that does is answered `rolled_back` before any limit.
     strict = tmp_path / "policy.yaml"
@@ -91,14 +105,16 @@ async def test_serve_killed_mid_deploy_and_mid_watch_resumes_merges_once_and_sti
             async with asyncio.timeout(30):
                 while not log.exists():
                     await asyncio.sleep(0.05)
-            proc.kill()  # SIGKILL: no shutdown code runs
+            proc.kill()  # SIGKILL: no shutdown code runs; the deploy command (its own session) runs on
             await proc.wait()
-        first_call = log.read_text().split()
-        os.killpg(int(first_call[2]), signal.SIGKILL)  # the orphaned deploy command (its own process group)
-        slow.unlink()
 
-        # 2. restarted: the release resumes at `deploying`, deploys the same merge again, and watches.
+        # 2. restarted while that deploy still runs: the release waits for it, starts no second one, and keeps
+        #    its result once it ends.
         async with _serve_process(env, port) as proc:
+            waiting = await until(client, release_path, lambda r: "waiting for the deploy" in r["detail"])
+            await asyncio.sleep(1.5)  # long enough for a second deploy to have started, were one started
+            starts_while_waiting = [line for line in log.read_text().splitlines() if line.startswith("start")]
+            slow.unlink()  # the orphaned deploy ends
             watching = await until(client, release_path, lambda r: r["state"] == "watching")
             task = (await client.get(f"/tasks/{task_id}", headers=OWNER)).json()
             proc.kill()
@@ -118,9 +134,16 @@ async def test_serve_killed_mid_deploy_and_mid_watch_resumes_merges_once_and_sti
             after = (await client.get(f"/tasks/{task_id}", headers=OWNER)).json()
             metrics = (await client.get("/metrics")).text
     merge = deploying["merge_sha"]
-    calls = [line.split()[:2] for line in log.read_text().splitlines()]
-    assert calls == [["deploy", merge], ["deploy", merge], ["rollback", before]]
-    assert watching["merge_sha"] == merge and task["state"] == "deployed"
+    runs = runs_of(log.read_text())
+    assert [(action, sha) for action, sha, _, _ in runs] == [("deploy", merge), ("rollback", before)]
+    ends = [end for _, _, _, end in runs]
+    assert None not in ends  # every run went to its end
+    assert all(end is not None and end <= later[2]  # none began before the one before it ended
+               for end, later in zip(ends, runs[1:], strict=False))
+    assert len(starts_while_waiting) == 1 and waiting["fence"]["action"] == "deploy"
+    assert watching["merge_sha"] == merge and task["state"] == "deployed" and watching["fence"] is None
+    assert watching["deployed"]["ok"] and "begun by a previous supervisor process ran to its end" in \
+        watching["deployed"]["detail"]
     assert resumed["watch_until"] == watching["watch_until"]  # the same window, not a new one
     main_log = git("--git-dir", str(repo), "log", "--format=%s", "main", cwd=tmp_path).splitlines()
     assert len(main_log) == 3 and main_log[0].startswith("Revert")  # one merge, never two, then its revert

@@ -5,14 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Literal
 
 from runner.deploy.base import (
+    DeployAction,
     Deployer,
     DeployError,
     DeployEvent,
     DeployResult,
     DeploySource,
     EventSink,
+    Fence,
     Outcome,
+    Step,
     deploy_with_rollback,
+    failed_result,
 )
 from runner.errors import ConfigError
 
@@ -21,6 +25,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEPLOYER_KINDS",
+    "DeployAction",
     "DeployError",
     "DeployEvent",
     "DeployResult",
@@ -28,10 +33,13 @@ __all__ = [
     "Deployer",
     "DeployerKind",
     "EventSink",
+    "Fence",
     "Outcome",
+    "Step",
     "create_deployer",
     "deployer_from_settings",
     "deploy_with_rollback",
+    "failed_result",
 ]
 
 DeployerKind = Literal["none", "command", "docker"]
@@ -70,7 +78,7 @@ def deployer_from_settings(settings: Settings) -> Deployer:
     """The deployer AGENT_RUNNER_DEPLOYER names (`none` by default)."""
     if settings.deployer == "command":
         return create_deployer("command", deploy_command=settings.deploy_command or "",
-                               health_url=settings.health_url)
+                               health_url=settings.health_url, runs=settings.home / "deploys")
     if settings.deployer == "docker":
         if settings.deploy_base_image is None:
             raise ConfigError("AGENT_RUNNER_DEPLOYER=docker needs AGENT_RUNNER_DEPLOY_BASE_IMAGE")

@@ -5,16 +5,21 @@
 
 An unhealthy release is not an error: it is a `DeployResult` with `healthy=False`, which
 `deploy_with_rollback` answers by redeploying the previous version.
+
+Each step can run under a `Fence`: what carries it out, recorded by the caller before the step starts. A
+supervisor killed mid-step may leave the step running (the command deployer's process group outlives it), so the
+next one settles the fence first (`Deployer.settle`: wait for it, or stop it once its timeout has passed) and
+keeps its result when the deployer can tell it: a deploy runs once, and never alongside another.
 """
 
 from __future__ import annotations
 
 import inspect
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal, Protocol, Self
+from typing import Any, Literal, Protocol, Self
 
 from runner.errors import RunnerError
 
@@ -47,6 +52,37 @@ class DeploySource:
         return DeploySource(repo=self.repo, sha=self.previous_sha, previous_sha=None)
 
 
+DeployAction = Literal["deploy", "rollback"]
+
+
+@dataclass(frozen=True, slots=True)
+class Fence:
+    """What carries out one deploy step: `action` of `sha`, begun at `started_at` (wall clock; its timeout counts
+    from then), named `key` by the caller (unique per step).
+
+    `place` is where the deployer keeps the step's traces: the command deployer's directory holding the lock its
+    process group holds while it runs, its pid, exit status and output. None when nothing of the step can outlive
+    the supervisor (a docker deploy is API calls; the service's container then says what runs).
+    """
+
+    key: str
+    action: DeployAction
+    sha: str
+    started_at: float
+    place: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key": self.key, "action": self.action, "sha": self.sha, "started_at": self.started_at,
+                "place": self.place}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Fence:
+        action: DeployAction = "rollback" if data.get("action") == "rollback" else "deploy"
+        place = data.get("place")
+        return cls(str(data["key"]), action, str(data["sha"]), float(data["started_at"]),
+                   str(place) if place is not None else None)
+
+
 @dataclass(frozen=True, slots=True)
 class DeployResult:
     """How one deploy or rollback went. `ok`: the release step ran; `healthy`: the service then passed its check."""
@@ -61,6 +97,15 @@ class DeployResult:
     @property
     def succeeded(self) -> bool:
         return self.ok and self.healthy
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "version": self.version, "healthy": self.healthy, "detail": self.detail,
+                "duration_seconds": self.duration_seconds, "logs_tail": self.logs_tail}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DeployResult:
+        return cls(bool(data["ok"]), str(data["version"]), bool(data["healthy"]), str(data["detail"]),
+                   float(data["duration_seconds"]), str(data.get("logs_tail", "")))
 
 
 DeployEventKind = Literal["deploying", "deployed", "unhealthy", "rolling_back", "rolled_back", "rollback_failed"]
@@ -113,16 +158,33 @@ class Deployer(Protocol):
                 await d.rollback(DeploySource("/srv/bot.git", old))
     """
 
-    async def deploy(self, checkout: DeploySource) -> DeployResult:
+    async def deploy(self, checkout: DeploySource, *, fence: Fence | None = None) -> DeployResult:
         """Release `checkout.sha` and wait for it to be healthy within the deployer's timeout.
 
         Returns `ok=False` when the release step itself failed (command exit, image build), `healthy=False`
         when it ran but the health check did not pass in time; `logs_tail` holds the end of what it printed.
+        With `fence` (from `self.fence`, recorded by the caller first) the step runs under it.
         """
         ...
 
-    async def rollback(self, previous: DeploySource) -> DeployResult:
+    async def rollback(self, previous: DeploySource, *, fence: Fence | None = None) -> DeployResult:
         """Return to `previous.sha` (a version deployed before) and wait for it to be healthy again."""
+        ...
+
+    def fence(self, key: str, action: DeployAction, sha: str) -> Fence:
+        """The fence the step `key` will run under, to record before passing it to `deploy` or `rollback`."""
+        ...
+
+    async def settle(self, fence: Fence, source: DeploySource) -> DeployResult | None:
+        """The step `fence` names, begun by a supervisor process that is gone: wait until nothing of it runs
+        (stopping it once the deployer's timeout has passed since `fence.started_at`), then its result, the
+        service's health checked now, when the deployer can tell how it ended; None when it cannot, and the step
+        must run again. `source` is where `fence.sha` is read from.
+
+            result = await deployer.settle(recorded_fence, DeploySource(repo, recorded_fence.sha))
+            if result is None:
+                result = await deployer.deploy(DeploySource(repo, recorded_fence.sha), fence=new_fence)
+        """
         ...
 
     async def aclose(self) -> None:
@@ -147,31 +209,42 @@ async def _emit(on_event: EventSink | None, event: DeployEvent) -> None:
         await result
 
 
-def _failed(source: DeploySource, exc: DeployError, started: float) -> DeployResult:
+def failed_result(source: DeploySource, exc: DeployError, started: float) -> DeployResult:
+    """A step whose machinery failed, as a result (`started`: time.monotonic() when it began)."""
     return DeployResult(
         ok=False, version=source.sha, healthy=False, detail=str(exc), duration_seconds=time.monotonic() - started
     )
 
 
+Step = Callable[[DeployAction, DeploySource], Awaitable[DeployResult]]
+"""Runs one step: the release's fenced runner, or by default `deployer.deploy` / `deployer.rollback`."""
+
+
 async def deploy_with_rollback(
-    deployer: Deployer, source: DeploySource, *, on_event: EventSink | None = None
+    deployer: Deployer, source: DeploySource, *, on_event: EventSink | None = None, step: Step | None = None
 ) -> Outcome:
     """Deploy `source`; if it is not healthy, roll back to `source.previous_sha` and report both.
 
     A `DeployError` from the deploy becomes a failed result and still triggers the rollback, because the
     service may be half-replaced. A `DeployError` from the rollback becomes a failed rollback result:
-    the caller gets one `Outcome` either way. `on_event` (sync or async) hears each step.
+    the caller gets one `Outcome` either way. `on_event` (sync or async) hears each step. `step` runs each
+    step instead of calling the deployer directly (to fence it, or to reuse a result recorded before a restart).
 
         outcome = await deploy_with_rollback(deployer, DeploySource(repo, merge_sha, previous_sha=base_sha))
         if outcome.status == "rolled_back":
             await forge.revert(...)  # the supervisor's job
     """
+
+    async def direct(action: DeployAction, target: DeploySource) -> DeployResult:
+        return await (deployer.deploy(target) if action == "deploy" else deployer.rollback(target))
+
+    run = step or direct
     await _emit(on_event, DeployEvent("deploying", source.sha))
     started = time.monotonic()
     try:
-        deployed = await deployer.deploy(source)
+        deployed = await run("deploy", source)
     except DeployError as exc:
-        deployed = _failed(source, exc, started)
+        deployed = failed_result(source, exc, started)
     if deployed.succeeded:
         await _emit(on_event, DeployEvent("deployed", source.sha, deployed.detail))
         return Outcome(deployed)
@@ -182,9 +255,9 @@ async def deploy_with_rollback(
     await _emit(on_event, DeployEvent("rolling_back", previous.sha))
     started = time.monotonic()
     try:
-        rolled_back = await deployer.rollback(previous)
+        rolled_back = await run("rollback", previous)
     except DeployError as exc:
-        rolled_back = _failed(previous, exc, started)
+        rolled_back = failed_result(previous, exc, started)
     kind: DeployEventKind = "rolled_back" if rolled_back.succeeded else "rollback_failed"
     await _emit(on_event, DeployEvent(kind, previous.sha, rolled_back.detail))
     return Outcome(deployed, rolled_back)

@@ -1,27 +1,42 @@
-"""CommandDeployer: an operator's own shell command ships the bot; we wait for it to be healthy."""
+"""CommandDeployer: an operator's own shell command ships the bot; we wait for it to be healthy.
+
+Each deploy or rollback runs under a fence, a directory of its own under `runs`: a small wrapper shell holds
+the directory's lock (an flock the kernel drops when the wrapper exits, even if the supervisor was SIGKILLed
+meanwhile) for exactly as long as the operator's command runs, and leaves its pid (the run's process group),
+the command's exit status and its output there. A run of a supervisor that is gone is therefore visible: the
+next run of this deployer waits for it, or kills its process group once the timeout has passed since it
+began, before it starts; `settle` does the same for one fence and reads how that run ended.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import json
 import os
+import shutil
 import signal
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Literal
 
 import httpx
 
+from runner import tasklock
 from runner.deploy.base import (
     DEFAULT_DEPLOY_TIMEOUT,
     DEFAULT_HEALTH_INTERVAL,
     DEFAULT_HEALTH_TIMEOUT,
     LOGS_TAIL_CHARS,
+    DeployAction,
     DeployError,
     DeployResult,
     DeploySource,
+    Fence,
     tail,
 )
 from runner.deploy.health import Verdict, health_client, probe_http, wait_healthy
@@ -32,6 +47,13 @@ ENV_ACTION = "AGENT_RUNNER_DEPLOY_ACTION"
 # The command is the operator's, but it gets none of the supervisor's secrets (model key, forge token):
 # only these are inherited, plus what the operator configures in `env`.
 INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR", "USER")
+# The wrapper holds the lock on its stdin and gives the command /dev/null instead, so that nothing the command
+# leaves running in the background (a server started with `&`) keeps the run looking alive. $1 is the command,
+# $2 the run's directory: arguments, never spliced into the script.
+WRAPPER = 'echo $$ > "$2/pid"; /bin/sh -c "$1" </dev/null; status=$?; echo $status > "$2/status"; exit $status'
+SETTLE_POLL = 0.2  # how often a run left by a previous supervisor is looked at
+STOP_GRACE = 10.0  # how long a killed process group may take to let go of its lock
+KEEP_RUNS = 20  # finished runs' directories kept for inspection
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,12 +62,17 @@ class _Run:
     output: str
 
 
+Ending = Literal["finished", "stopped", "gone"]
+
+
 class CommandDeployer:
     """Runs `deploy_command` through /bin/sh with the SHA and repository in its environment, then waits healthy.
 
     Health is an HTTP probe of `health_url` (2xx), else `health_command` exiting 0, else the deploy command's
     own exit status. A rollback runs the same command for the previous SHA with `AGENT_RUNNER_DEPLOY_ACTION=rollback`.
-    The command runs in its own process group, so a timeout kills everything it started.
+    The command runs in its own process group, so a timeout kills everything it started. `runs` is where runs
+    leave their traces (AGENT_RUNNER_HOME/deploys for the service); without it, a directory of this deployer's
+    own that goes with it, so nothing of a run is found after a restart.
     """
 
     def __init__(
@@ -59,6 +86,8 @@ class CommandDeployer:
         health_interval: float = DEFAULT_HEALTH_INTERVAL,
         env: Mapping[str, str] | None = None,
         cwd: Path | str | None = None,
+        runs: Path | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         if not deploy_command.strip():
             raise DeployError("the command deployer needs a deploy command")
@@ -70,7 +99,11 @@ class CommandDeployer:
         self.health_interval = health_interval
         self._env = dict(env or {})
         self._cwd = cwd
+        self._runs = runs
+        self._scratch: Path | None = None
+        self._clock = clock
         self._http: httpx.AsyncClient | None = None
+        self._one = asyncio.Lock()  # one command at a time: two would race over the one service
 
     async def __aenter__(self) -> CommandDeployer:
         return self
@@ -82,19 +115,61 @@ class CommandDeployer:
         if self._http is not None:
             await self._http.aclose()
             self._http = None
+        if self._scratch is not None:
+            shutil.rmtree(self._scratch, ignore_errors=True)
+            self._scratch = None
 
-    async def deploy(self, checkout: DeploySource) -> DeployResult:
-        return await self._release(checkout, "deploy")
+    @property
+    def runs(self) -> Path:
+        if self._runs is None:
+            self._scratch = self._runs = Path(tempfile.mkdtemp(prefix="agent-runner-deploys-"))
+        return self._runs
 
-    async def rollback(self, previous: DeploySource) -> DeployResult:
-        return await self._release(previous, "rollback")
+    def fence(self, key: str, action: DeployAction, sha: str) -> Fence:
+        assert key and "/" not in key and not key.startswith("."), key
+        return Fence(key, action, sha, self._clock(), str(self.runs / key))
 
-    async def _release(self, source: DeploySource, action: str) -> DeployResult:
+    async def deploy(self, checkout: DeploySource, *, fence: Fence | None = None) -> DeployResult:
+        return await self._release(checkout, "deploy", fence)
+
+    async def rollback(self, previous: DeploySource, *, fence: Fence | None = None) -> DeployResult:
+        return await self._release(previous, "rollback", fence)
+
+    async def settle(self, fence: Fence, source: DeploySource) -> DeployResult | None:
+        place = Path(fence.place) if fence.place else None
+        if place is None or not (place / "lock").exists():
+            return None  # the step never started its command (or its traces are gone): run it
+        async with self._one:
+            ending = await self._wait_for(place, fence.started_at)
+        if ending != "finished":
+            return None
         started = time.monotonic()
+        output = _read_tail_of(place / "output")
+        status = int((place / "status").read_text().strip() or "1")
+        by = "begun by a previous supervisor process"
+        if status != 0:
+            return DeployResult(ok=False, version=fence.sha, healthy=False,
+                                detail=f"{fence.action} command {by} exited {status}",
+                                duration_seconds=time.monotonic() - started, logs_tail=tail(output))
+        healthy, health_detail = await self._health(self._environment(source, fence.action))
+        return DeployResult(ok=True, version=fence.sha, healthy=healthy,
+                            detail=f"{fence.action} command {by} ran to its end; {health_detail}",
+                            duration_seconds=time.monotonic() - started, logs_tail=tail(output))
+
+    def _environment(self, source: DeploySource, action: str) -> dict[str, str]:
         env = {key: os.environ[key] for key in INHERITED if key in os.environ}
         env.update(self._env)
         env.update({ENV_SHA: source.sha, ENV_REPO: source.repo, ENV_ACTION: action})
-        run = await self._shell(self.deploy_command, env, self.timeout)
+        return env
+
+    async def _release(self, source: DeploySource, action: DeployAction, fence: Fence | None) -> DeployResult:
+        async with self._one:
+            await self._wait_for_others()
+            fence = fence or self.fence(f"{action}-{time.time_ns()}", action, source.sha)
+            assert fence.place is not None
+            started = time.monotonic()
+            env = self._environment(source, action)
+            run = await self._fenced(Path(fence.place), fence, env)
         if run.returncode != 0:
             why = f"timed out after {self.timeout:g}s" if run.returncode is None else f"exited {run.returncode}"
             return DeployResult(
@@ -106,14 +181,7 @@ class CommandDeployer:
                 logs_tail=tail(run.output),
             )
         command_seconds = time.monotonic() - started
-        if self.health_url is None and self.health_command is None:
-            health_detail, healthy = "no health check configured; the command's exit 0 stands for it", True
-        else:
-            health = await wait_healthy(
-                lambda: self._check(env), timeout=self.health_timeout, interval=self.health_interval
-            )
-            healthy = health.healthy
-            health_detail = f"{'healthy' if healthy else 'unhealthy'} after {health.seconds:.2f}s: {health.detail}"
+        healthy, health_detail = await self._health(env)
         return DeployResult(
             ok=True,
             version=source.sha,
@@ -122,6 +190,14 @@ class CommandDeployer:
             duration_seconds=time.monotonic() - started,
             logs_tail=tail(run.output),
         )
+
+    async def _health(self, env: Mapping[str, str]) -> tuple[bool, str]:
+        if self.health_url is None and self.health_command is None:
+            return True, "no health check configured; the command's exit 0 stands for it"
+        health = await wait_healthy(lambda: self._check(env), timeout=self.health_timeout,
+                                    interval=self.health_interval)
+        return health.healthy, f"{'healthy' if health.healthy else 'unhealthy'} after {health.seconds:.2f}s: " \
+                               f"{health.detail}"
 
     async def _check(self, env: Mapping[str, str]) -> tuple[Verdict, str]:
         if self.health_url is not None:
@@ -135,35 +211,119 @@ class CommandDeployer:
             return "healthy", f"health command exited 0: {run.output.strip()[-200:]}"
         return "waiting", f"health command exited {run.returncode}: {run.output.strip()[-200:]}"
 
+    # runs under a fence -------------------------------------------------------------------------------------
+
+    async def _fenced(self, place: Path, fence: Fence, env: Mapping[str, str]) -> _Run:
+        try:
+            place.mkdir(parents=True)
+            (place / "run.json").write_text(json.dumps(fence.to_json()))
+            lock = os.open(place / "lock", os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise DeployError(f"could not prepare the deploy's run directory {place}: {exc}") from exc
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a new directory: nobody else holds it
+            with open(place / "output", "wb") as output:
+                proc = await self._spawn(["/bin/sh", "-c", WRAPPER, "agent-runner-deploy", self.deploy_command,
+                                          str(place)], env, stdin=lock, stdout=output)
+        finally:
+            os.close(lock)  # the wrapper holds it now: the lock lasts exactly as long as the wrapper
+        returncode = await self._wait(proc, self.timeout)
+        return _Run(returncode, _read_tail_of(place / "output"))
+
+    async def _wait_for_others(self) -> None:
+        """Runs of a previous supervisor that still hold their lock: wait for them, or stop them at their timeout."""
+        if not self.runs.is_dir():
+            return
+        finished = []
+        for place in sorted(p for p in self.runs.iterdir() if p.is_dir()):
+            if tasklock.is_held(place / "lock"):
+                await self._wait_for(place, _started_at(place))
+            finished.append(place)
+        for old in sorted(finished, key=lambda p: p.stat().st_mtime)[:-KEEP_RUNS]:
+            shutil.rmtree(old, ignore_errors=True)
+
+    async def _wait_for(self, place: Path, started_at: float) -> Ending:
+        """Until nothing of the run at `place` holds its lock. Killed (its whole process group) once `timeout`
+        seconds have passed since `started_at`, as the supervisor that began it would have done."""
+        lock = place / "lock"
+        while tasklock.is_held(lock):
+            if self._clock() >= started_at + self.timeout:
+                await self._stop(place)
+                return "stopped"
+            await asyncio.sleep(SETTLE_POLL)
+        return "finished" if (place / "status").exists() else "gone"
+
+    async def _stop(self, place: Path) -> None:
+        for pid in _holders(place):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+        deadline = time.monotonic() + STOP_GRACE
+        while tasklock.is_held(place / "lock"):
+            if time.monotonic() > deadline:
+                raise DeployError(f"the deploy run at {place} (begun by a previous supervisor process) still runs "
+                                  f"{STOP_GRACE:g}s after it was killed; stop it, then retry")
+            await asyncio.sleep(0.05)
+
+    # plain commands -----------------------------------------------------------------------------------------
+
     async def _shell(self, command: str, env: Mapping[str, str], timeout: float) -> _Run:
         # Output goes to a file, not a pipe: a server the command starts in the background without
         # redirecting would hold a pipe open, and asyncio waits for every pipe before it reports the exit.
         with tempfile.TemporaryFile() as output:
-            try:
-                proc = await asyncio.create_subprocess_shell(
-                    command,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=output,
-                    stderr=asyncio.subprocess.STDOUT,
-                    env=dict(env),
-                    cwd=self._cwd,
-                    start_new_session=True,
-                )
-            except OSError as exc:
-                raise DeployError(f"could not start the deploy command: {exc}") from exc
-            returncode: int | None
-            try:
-                async with asyncio.timeout(timeout):
-                    returncode = await proc.wait()
-            except TimeoutError:
-                _kill_group(proc)
-                await proc.wait()
-                returncode = None
-            except BaseException:
-                _kill_group(proc)
-                await proc.wait()
-                raise
+            proc = await self._spawn(["/bin/sh", "-c", command], env, stdin=asyncio.subprocess.DEVNULL,
+                                     stdout=output)
+            returncode = await self._wait(proc, timeout)
             return _Run(returncode, _read_tail(output))
+
+    async def _spawn(self, argv: list[str], env: Mapping[str, str], *, stdin: int,
+                     stdout: IO[bytes]) -> asyncio.subprocess.Process:
+        try:
+            return await asyncio.create_subprocess_exec(
+                *argv, stdin=stdin, stdout=stdout, stderr=asyncio.subprocess.STDOUT, env=dict(env), cwd=self._cwd,
+                start_new_session=True)
+        except OSError as exc:
+            raise DeployError(f"could not start the deploy command: {exc}") from exc
+
+    async def _wait(self, proc: asyncio.subprocess.Process, timeout: float) -> int | None:
+        try:
+            async with asyncio.timeout(timeout):
+                return await proc.wait()
+        except TimeoutError:
+            _kill_group(proc)
+            await proc.wait()
+            return None
+        except BaseException:
+            _kill_group(proc)
+            await proc.wait()
+            raise
+
+
+def _started_at(place: Path) -> float:
+    try:
+        return float(json.loads((place / "run.json").read_text())["started_at"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return (place / "lock").stat().st_mtime
+
+
+def _holders(place: Path) -> set[int]:
+    """The run's process group leader (the wrapper wrote its pid), else whoever has its lock file open."""
+    with contextlib.suppress(OSError, ValueError):
+        return {int((place / "pid").read_text().strip())}
+    lock = str((place / "lock").resolve())
+    found = set()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == lock for fd in fd_dir.iterdir()):
+                found.add(int(fd_dir.parent.name))
+    return found
+
+
+def _read_tail_of(path: Path) -> str:
+    try:
+        with open(path, "rb") as file:
+            return _read_tail(file)
+    except OSError:
+        return ""
 
 
 def _read_tail(file: IO[bytes]) -> str:

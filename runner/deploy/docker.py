@@ -21,9 +21,11 @@ from runner.deploy.base import (
     DEFAULT_DEPLOY_TIMEOUT,
     DEFAULT_HEALTH_INTERVAL,
     DEFAULT_HEALTH_TIMEOUT,
+    DeployAction,
     DeployError,
     DeployResult,
     DeploySource,
+    Fence,
     tail,
 )
 from runner.deploy.health import Verdict, health_client, probe_http, wait_healthy
@@ -82,6 +84,9 @@ class DockerDeployer:
     `http://127.0.0.1:<port><health_path>` when `port` is published. Without a port, a HEALTHCHECK probing
     `health_path` with the image's python3 is added (or `healthcheck`, a CMD argv, when given).
     Images are kept, so a rollback to a SHA deployed before starts its image again without building.
+
+    Nothing of a step outlives the supervisor (it is API calls; the engine drops a build whose client went
+    away), so a fence needs no place: `settle` reads what the service's container runs instead.
     """
 
     def __init__(
@@ -142,11 +147,36 @@ class DockerDeployer:
             await asyncio.to_thread(self._client.close)
             self._client = None
 
-    async def deploy(self, checkout: DeploySource) -> DeployResult:
+    async def deploy(self, checkout: DeploySource, *, fence: Fence | None = None) -> DeployResult:
         return await self._release(checkout, "deploy")
 
-    async def rollback(self, previous: DeploySource) -> DeployResult:
+    async def rollback(self, previous: DeploySource, *, fence: Fence | None = None) -> DeployResult:
         return await self._release(previous, "rollback")
+
+    def fence(self, key: str, action: DeployAction, sha: str) -> Fence:
+        return Fence(key, action, sha, time.time())
+
+    async def settle(self, fence: Fence, source: DeploySource) -> DeployResult | None:
+        """The step's result when the service's container already runs `fence.sha` (health checked now); None
+        when it runs something else or nothing, and the step must run again."""
+        async with self._lock:
+            started = time.monotonic()
+            container = await self._current()
+            if container is None or (container.labels or {}).get(LABEL_SHA) != fence.sha:
+                return None
+            health = await wait_healthy(
+                lambda: self._check(container), timeout=self.health_timeout, interval=self.health_interval
+            )
+            verdict = "healthy" if health.healthy else "unhealthy"
+            return DeployResult(
+                ok=True,
+                version=fence.sha,
+                healthy=health.healthy,
+                detail=(f"{fence.action} {fence.sha[:12]} found running as {self.service} (begun by a previous "
+                        f"supervisor process); {verdict} after {health.seconds:.2f}s: {health.detail}"),
+                duration_seconds=time.monotonic() - started,
+                logs_tail=tail(await self._logs(container)),
+            )
 
     async def _release(self, source: DeploySource, action: str) -> DeployResult:
         if not _SHA.match(source.sha):

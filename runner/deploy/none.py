@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from runner.deploy.base import DeployResult, DeploySource
+import time
+
+from runner.deploy.base import DeployAction, DeployResult, DeploySource, Fence
 
 NONE_DETAIL = "no deployer configured"
 
@@ -16,11 +18,18 @@ class NoneDeployer:
     async def __aexit__(self, *exc: object) -> None:
         await self.aclose()
 
-    async def deploy(self, checkout: DeploySource) -> DeployResult:
+    async def deploy(self, checkout: DeploySource, *, fence: Fence | None = None) -> DeployResult:
         return DeployResult(ok=True, version=checkout.sha, healthy=True, detail=NONE_DETAIL, duration_seconds=0.0)
 
-    async def rollback(self, previous: DeploySource) -> DeployResult:
+    async def rollback(self, previous: DeploySource, *, fence: Fence | None = None) -> DeployResult:
         return DeployResult(ok=True, version=previous.sha, healthy=True, detail=NONE_DETAIL, duration_seconds=0.0)
+
+    def fence(self, key: str, action: DeployAction, sha: str) -> Fence:
+        return Fence(key, action, sha, time.time())
+
+    async def settle(self, fence: Fence, source: DeploySource) -> DeployResult | None:
+        # Nothing ran, so nothing can still run: the step's result is what it always is.
+        return await self.deploy(source)
 
     async def aclose(self) -> None:
         return None

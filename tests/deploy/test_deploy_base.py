@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from runner.deploy import DeployError, DeployEvent, DeployResult, DeploySource, Outcome, deploy_with_rollback
+from runner.deploy import (
+    DeployAction,
+    DeployError,
+    DeployEvent,
+    DeployResult,
+    DeploySource,
+    Fence,
+    Outcome,
+    deploy_with_rollback,
+)
 from runner.deploy.command import CommandDeployer
 
 OLD = "0" * 40
@@ -24,10 +34,16 @@ class BrokenEngineDeployer:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    async def deploy(self, checkout: DeploySource) -> DeployResult:
+    async def deploy(self, checkout: DeploySource, *, fence: Fence | None = None) -> DeployResult:
         raise DeployError("no Docker engine answers")
 
-    async def rollback(self, previous: DeploySource) -> DeployResult:
+    def fence(self, key: str, action: DeployAction, sha: str) -> Fence:
+        return Fence(key, action, sha, time.time())
+
+    async def settle(self, fence: Fence, source: DeploySource) -> DeployResult | None:
+        return None
+
+    async def rollback(self, previous: DeploySource, *, fence: Fence | None = None) -> DeployResult:
         self.rolled_back_to.append(previous.sha)
         if self.rollback_fails:
             raise DeployError("still no Docker engine")
