@@ -378,3 +378,21 @@ async def test_fix_is_verified_by_running_its_regression_test_on_the_base(tmp_pa
     assert code == 0 and result["status"] == "diff_ready", progress
     assert result["verification"].startswith(expected), result["verification"]
     assert "verifying the fix" in progress
+
+
+async def test_a_per_directory_gitignore_hides_nothing_from_the_change(tmp_path: Path) -> None:
+    """The agent's own ignore file used to hide itself and a conftest.py (code every test run executes) from the
+    change while the PR said the tests passed; now both are files of the change like any other."""
+    scenario = Scenario.of(
+        [ToolUseBlock("Write", {"file_path": "/workspace/tests/.gitignore", "content": "conftest.py\n.gitignore\n"})],
+        [ToolUseBlock("Write", {"file_path": "/workspace/tests/conftest.py", "content": "import os  # planted\n"})],
+        final_text="Done.")
+    repo = await create_sample_repo(tmp_path / "origin")
+    script = tmp_path / "scenario.yaml"
+    script.write_text(yaml.safe_dump(_scenario_dict(scenario)))
+    code, result, progress = await _agent_runner(
+        "run", "--repo", str(repo), "--prompt", "work", "--dry-run", "--json", "--scenario", str(script),
+        env=_env(tmp_path / "home"))
+    assert code == 0 and result["status"] == "diff_ready", progress
+    assert sorted(result["files_changed"]) == ["tests/.gitignore", "tests/conftest.py"]
+    assert "+import os  # planted" in result["diff"] and "+conftest.py" in result["diff"]

@@ -1,0 +1,488 @@
+"""The supervisor's order of work, with a FakeSandbox that keeps a workspace and records every call.
+
+The fake is faithful to the Sandbox protocol (a tar in, a tar out, processes that run until killed,
+copy_out refusing while one is alive, the workspace limit), so a supervisor that read the workspace before
+killing the task's processes, or tested in the agent's container, fails these tests. The agent is a scripted
+coroutine given as `Deps.agent`: it acts on the fake's workspace and asks the Gate as the CLI's hook would.
+The end-to-end versions with the real daemon and the real CLI are the docker tests at the bottom.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import policy
+from runner.agent import AgentOutcome, Gate
+from runner.errors import SandboxError
+from runner.forge.localgit import LocalGitForge
+from runner.model_proxy import ModelProxy
+from runner.sample import create_sample_repo
+from runner.sandbox.base import Container, ExecResult, SandboxSpec, WorkspaceFull
+from runner.store import Store
+from runner.supervisor import Deps, file_diff, run_task
+
+Files = dict[str, tuple[int, bytes]]  # path -> (git mode, content or link target)
+Process = Callable[[Files], None]  # one step of a process the agent left running
+
+
+@dataclass
+class Box:
+    container: Container
+    role: str
+    files: Files = field(default_factory=dict)
+    processes: list[Process] = field(default_factory=list)
+    received: list[set[str]] = field(default_factory=list)
+
+
+class FakeSandbox:
+    """A Sandbox whose containers are dictionaries; `calls` is every call made, in order, with the role."""
+
+    def __init__(self, *, on_exec: Callable[[Box, Sequence[str]], ExecResult] | None = None) -> None:
+        self.calls: list[tuple[str, str]] = []
+        self.boxes: dict[str, Box] = {}
+        self.gone: dict[str, Box] = {}
+        self.built: list[Mapping[str, bytes]] = []
+        self._on_exec = on_exec or (lambda box, argv: ExecResult(0, "1 passed", 0.1))
+
+    def _box(self, container: Container) -> Box:
+        box = self.boxes.get(container.id)
+        if box is None:
+            raise SandboxError(f"no container {container.id}")
+        for step in box.processes:  # what is still running keeps acting between our calls
+            step(box.files)
+        return box
+
+    async def start(self, spec: SandboxSpec) -> Container:
+        container = Container(f"fake-{uuid.uuid4().hex[:8]}", f"agent-runner-{spec.task_id}", spec.task_id,
+                              spec.limits.workspace_bytes)
+        self.boxes[container.id] = Box(container, spec.role)
+        self.calls.append(("start", spec.role))
+        return container
+
+    async def copy_in(self, container: Container, archive: Path) -> None:
+        box = self._box(container)
+        self.calls.append(("copy_in", box.role))
+        with tarfile.open(archive) as tar:
+            for member in tar:
+                name = member.name.removeprefix("./")
+                if member.issym():
+                    box.files[name] = (0o120000, member.linkname.encode())
+                elif member.isfile():
+                    box.files[name] = (0o100755 if member.mode & 0o100 else 0o100644,
+                                       tar.extractfile(member).read())  # type: ignore[union-attr]
+        box.received.append(set(box.files))
+        if _used(box.files) > container.workspace_bytes:
+            raise WorkspaceFull("the repository does not fit the workspace", container.workspace_bytes)
+
+    async def exec(self, container: Container, argv: Sequence[str], *, timeout: float,
+                   env: Mapping[str, str] | None = None, workdir: str = "/workspace") -> ExecResult:
+        box = self._box(container)
+        self.calls.append(("exec", box.role))
+        return self._on_exec(box, argv)
+
+    def attach_command(self, container: Container, argv: Sequence[str], env_names: Sequence[str]) -> list[str]:
+        return ["false"]  # the scripted agent never starts a CLI
+
+    async def kill_processes(self, container: Container) -> None:
+        box = self._box(container)
+        self.calls.append(("kill_processes", box.role))
+        box.processes.clear()
+
+    async def copy_out(self, container: Container, dest: Path) -> None:
+        box = self._box(container)
+        self.calls.append(("copy_out", box.role))
+        if box.processes:
+            raise SandboxError("processes of the task are still running")
+        if _used(box.files) >= container.workspace_bytes:
+            raise WorkspaceFull(f"the sandbox filled its workspace: it reached the size limit of "
+                                f"{container.workspace_bytes} bytes", container.workspace_bytes)
+        with tarfile.open(dest, "w") as tar:
+            for name, (mode, data) in box.files.items():
+                info = tarfile.TarInfo(f"./{name}")
+                if mode == 0o120000:
+                    info.type, info.linkname = tarfile.SYMTYPE, data.decode()
+                    tar.addfile(info)
+                else:
+                    info.size, info.mode = len(data), 0o755 if mode == 0o100755 else 0o644
+                    tar.addfile(info, io.BytesIO(data))
+
+    async def stop(self, container: Container) -> None:
+        box = self.boxes.pop(container.id, None)
+        if box is not None:
+            self.calls.append(("stop", box.role))
+            self.gone[container.id] = box
+
+    async def running(self) -> dict[str, str]:
+        return {box.container.task_id: "" for box in self.boxes.values()}
+
+    async def reap(self, keep: set[str]) -> list[str]:
+        reaped = [b.container for b in self.boxes.values() if b.container.task_id not in keep]
+        for container in reaped:
+            await self.stop(container)
+        return [c.task_id for c in reaped]
+
+    async def cached_dependencies(self, base_image: str, key: str) -> str | None:
+        return None
+
+    async def build_dependencies(self, base_image: str, files: Mapping[str, bytes], command: str, key: str) -> str:
+        self.calls.append(("build_dependencies", "dependencies"))
+        self.built.append(dict(files))
+        return f"fake/deps:{key}"
+
+    async def aclose(self) -> None:
+        return None
+
+
+def _used(files: Files) -> int:
+    return sum(len(data) for _, data in files.values())
+
+
+Agent = Callable[[FakeSandbox, Container, Gate], Awaitable[str]]
+
+
+@pytest.fixture
+async def world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    repo = await create_sample_repo(tmp_path / "origin")
+    async with Store(tmp_path / "home" / "state.db") as store, ModelProxy("http://127.0.0.1:9", "unused") as proxy:
+        yield {"repo": repo, "store": store, "proxy": proxy, "home": tmp_path / "home"}
+
+
+async def _run(world: dict[str, Any], sandbox: FakeSandbox, agent: Agent, *, kind: str = "feature",
+               dry_run: bool = True, ask: Any = None, stopped: str = "completed",
+               active: policy.Policy | None = None, **deps: Any) -> dict[str, Any]:
+    async def scripted(*, sandbox: FakeSandbox, container: Container, gate: Gate, **_: Any) -> AgentOutcome:
+        summary = await agent(sandbox, container, gate)
+        return AgentOutcome(stopped, 3, summary, tuple(gate.denials), gate.calls)  # type: ignore[arg-type]
+
+    extra = {"ask": ask} if ask is not None else {}
+    forge = None if dry_run else LocalGitForge(world["repo"], world["home"] / "forge.db")
+    store: Store = world["store"]
+    task = await store.create_task(kind=kind, prompt="do it", repo=str(world["repo"]), source="cli",
+                                   requested_by="test", dry_run=dry_run)
+    result = await run_task(Deps(home=world["home"], store=store, sandbox=sandbox, proxy=world["proxy"],
+                                 policy=active or policy.load_default(), image="agent-runner/sandbox:latest",
+                                 forge=forge, agent=scripted, **extra, **deps), task)
+    return result.to_json()
+
+
+def _write(sandbox: FakeSandbox, container: Container, path: str, data: bytes, mode: int = 0o100644) -> None:
+    sandbox.boxes[container.id].files[path] = (mode, data)
+
+
+async def test_every_process_is_killed_before_the_workspace_is_read_and_tests_run_in_a_fresh_container(
+        world: dict[str, Any]) -> None:
+    sandbox = FakeSandbox()
+
+    async def agent(fake: FakeSandbox, box: Container, gate: Gate) -> str:
+        _write(fake, box, "bot/new.py", b"X = 1\n")
+
+        def swapper(files: Files) -> None:  # a background process of the agent's tests, swapping a file
+            files["bot/new.py"] = (0o120000, b"/etc/passwd") if files["bot/new.py"][0] != 0o120000 else (
+                0o100644, b"X = 1\n")
+
+        fake.boxes[box.id].processes.append(swapper)
+        return "done"
+
+    result = await _run(world, sandbox, agent)
+    agent_calls = [call for call, role in sandbox.calls if role == "agent"]
+    assert agent_calls == ["start", "copy_in", "kill_processes", "copy_out", "stop"]
+    assert ("copy_out", "agent") in sandbox.calls
+    assert ("exec", "agent") not in sandbox.calls  # no test ran where the agent's processes lived
+    # Frozen where the kill found it: a file (proposed as such) or a link (refused), never read through.
+    assert result["files_changed"] == ["bot/new.py"]
+    assert ("+X = 1" in result["diff"] and result["status"] == "diff_ready") or (
+        "points at the absolute path '/etc/passwd'" in result["reason"] and result["status"] == "failed")
+
+
+async def test_tests_run_in_a_fresh_container_after_the_agents_is_gone(world: dict[str, Any]) -> None:
+    sandbox = FakeSandbox()
+
+    async def agent(fake: FakeSandbox, box: Container, gate: Gate) -> str:
+        _write(fake, box, "bot/new.py", b"X = 1\n")
+        return "done"
+
+    result = await _run(world, sandbox, agent)
+    assert result["status"] == "diff_ready", result["reason"]
+    tests_start = sandbox.calls.index(("start", "tests"))
+    assert sandbox.calls.index(("stop", "agent")) < tests_start  # the agent's container is gone first
+    assert sandbox.calls[tests_start:] == [("start", "tests"), ("copy_in", "tests"), ("exec", "tests"),
+                                           ("stop", "tests")]
+    assert result["tests"]["passed"] and result["files_changed"] == ["bot/new.py"]
+
+
+async def test_the_test_container_gets_the_extracted_tree_without_the_read_protected_files(
+        world: dict[str, Any]) -> None:
+    sandbox = FakeSandbox()
+
+    async def agent(fake: FakeSandbox, box: Container, gate: Gate) -> str:
+        _write(fake, box, "bot/ledger.py", b"# rewritten\n")
+        _write(fake, box, "tests/.gitignore", b"conftest.py\n")
+        _write(fake, box, "tests/conftest.py", b"import os\n")
+        return "done"
+
+    result = await _run(world, sandbox, agent)
+    [tests_box] = [b for b in sandbox.gone.values() if b.role == "tests"]
+    [given] = [b for b in sandbox.gone.values() if b.role == "agent"][0].received
+    received = tests_box.received[0]
+    assert {"tests/conftest.py", "tests/.gitignore"} <= received and ".env" not in received
+    assert not any(name.startswith("secrets/") for name in received)
+    assert received - {"tests/conftest.py", "tests/.gitignore"} == given  # the given tree plus the change
+    assert sorted(result["files_changed"]) == ["bot/ledger.py", "tests/.gitignore", "tests/conftest.py"]
+
+
+async def test_a_limit_still_kills_reads_and_removes_in_that_order(world: dict[str, Any]) -> None:
+    sandbox = FakeSandbox()
+
+    async def agent(fake: FakeSandbox, box: Container, gate: Gate) -> str:
+        _write(fake, box, "one.txt", b"one\n")
+        fake.boxes[box.id].processes.append(lambda files: files.__setitem__("late.txt", (0o100644, b"late\n")))
+        return ""
+
+    result = await _run(world, sandbox, agent, stopped="wall_time")
+    assert result["status"] == "timed_out" and "work so far kept" in result["reason"]
+    assert [c for c, role in sandbox.calls if role == "agent"] == ["start", "copy_in", "kill_processes",
+                                                                   "copy_out", "stop"]
+    assert "one.txt" in result["files_changed"]
+    assert ("start", "tests") not in sandbox.calls
+
+
+async def test_a_full_workspace_fails_the_task_naming_the_limit(world: dict[str, Any]) -> None:
+    sandbox = FakeSandbox()
+
+    async def agent(fake: FakeSandbox, box: Container, gate: Gate) -> str:
+        _write(fake, box, "big.bin", b"\0" * (box.workspace_bytes - _used(fake.boxes[box.id].files)))
+        return "done"
+
+    result = await _run(world, sandbox, agent, workspace_bytes=4 * 1024**2)
+    assert result["status"] == "failed" and "size limit of 4194304 bytes" in result["reason"]
+    assert not sandbox.boxes  # every container removed
+
+
+def _requirements(body: bytes) -> Agent:
+    async def agent(fake: FakeSandbox, box: Container, gate: Gate) -> str:
+        _write(fake, box, "bot/new.py", b"X = 1\n")
+        _write(fake, box, "requirements.txt", body)
+        return "done"
+    return agent
+
+
+async def test_a_dependency_file_changed_without_a_yes_is_rejected_when_no_owner_can_answer(
+        world: dict[str, Any]) -> None:
+    result = await _run(world, FakeSandbox(), _requirements(b"requests==2.0\n"), dry_run=False)
+    assert result["status"] == "failed" and result["pr"] is None
+    assert "requirements.txt" in result["reason"] and "no owner channel" in result["reason"]
+
+
+async def test_a_dependency_file_changed_by_code_is_put_to_the_owner_with_its_diff(world: dict[str, Any]) -> None:
+    asked: list[tuple[str, Mapping[str, Any]]] = []
+
+    async def owner(task_id: str, call: policy.ToolCall, decision: policy.Decision) -> bool:
+        asked.append((decision.rule_id, call.input))
+        return True
+
+    result = await _run(world, FakeSandbox(), _requirements(b"requests==2.0\n"), dry_run=False, ask=owner)
+    assert result["status"] == "proposed", result["reason"]
+    [(rule, shown)] = asked
+    assert rule == "paths.ask_write" and shown["file_path"] == "/workspace/requirements.txt"
+    assert "+requests==2.0" in shown["diff"] and shown["content"] == "requests==2.0\n"
+
+
+async def test_the_owner_saying_no_at_the_end_rejects_the_change(world: dict[str, Any]) -> None:
+    async def owner(task_id: str, call: policy.ToolCall, decision: policy.Decision) -> bool:
+        return False
+
+    result = await _run(world, FakeSandbox(), _requirements(b"evil==1\n"), dry_run=False, ask=owner)
+    assert result["status"] == "failed" and "the owner did not say yes" in result["reason"]
+
+
+async def test_a_write_the_owner_approved_is_not_asked_again_unless_its_content_changed(
+        world: dict[str, Any]) -> None:
+    asked: list[str] = []
+
+    async def owner(task_id: str, call: policy.ToolCall, decision: policy.Decision) -> bool:
+        asked.append(str(call.input.get("content")))
+        return True
+
+    def agent(then: bytes | None) -> Agent:
+        async def act(fake: FakeSandbox, box: Container, gate: Gate) -> str:
+            content = "requests==2.0\n"
+            allowed, _ = await gate.decide("Write", {"file_path": "/workspace/requirements.txt", "content": content})
+            assert allowed
+            _write(fake, box, "requirements.txt", content.encode())
+            if then is not None:  # the agent's code changes it afterwards
+                _write(fake, box, "requirements.txt", then)
+            return "done"
+        return act
+
+    result = await _run(world, FakeSandbox(), agent(None), dry_run=False, ask=owner)
+    assert result["status"] == "proposed" and asked == ["requests==2.0\n"]  # the Write's ask only
+    asked.clear()
+    result = await _run(world, FakeSandbox(), agent(b"requests==2.0\nevil==1\n"), dry_run=False, ask=owner)
+    assert result["status"] == "proposed" and asked == ["requests==2.0\n", "requests==2.0\nevil==1\n"]
+
+
+async def test_the_dependency_set_up_gets_the_dependency_files_by_copy(world: dict[str, Any]) -> None:
+    sandbox = FakeSandbox()
+
+    async def agent(fake: FakeSandbox, box: Container, gate: Gate) -> str:
+        _write(fake, box, "bot/new.py", b"X = 1\n")
+        return "done"
+
+    result = await _run(world, sandbox, agent)
+    assert result["status"] == "diff_ready"
+    [files] = sandbox.built
+    assert set(files) == {"requirements.txt"}
+    assert sandbox.calls[0] == ("build_dependencies", "dependencies")
+
+
+def test_file_diff_picks_one_files_section() -> None:
+    diff = ("diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-a\n+b\n"
+            "diff --git a/requirements.txt b/requirements.txt\n@@ -0,0 +1 @@\n+x\n")
+    wanted = "diff --git a/requirements.txt b/requirements.txt\n@@ -0,0 +1 @@\n+x\n"
+    assert file_diff(diff, "requirements.txt") == wanted
+    assert file_diff(diff, "missing.txt") == ""
+
+
+# --- the same, for real: the daemon, the image, the bundled CLI, the scripted model --------------------------------
+
+# Planted by the scripted agent and run by its own `python -m pytest` inside the sandbox (never on this host):
+# a detached process that keeps swapping README.md between a file and a link to /etc/passwd, the race that
+# put host bytes in a change when the trusted side read a live bind mount.
+SWAPPER = """
+import os, time
+
+def _swap():
+    os.makedirs("/workspace/__pycache__", exist_ok=True)
+    while True:
+        try:
+            os.symlink("/etc/passwd", "/workspace/__pycache__/l")
+            os.replace("/workspace/__pycache__/l", "/workspace/README.md")
+            with open("/workspace/__pycache__/f", "w") as f:
+                f.write("race file\\n")
+            os.replace("/workspace/__pycache__/f", "/workspace/README.md")
+            time.sleep(0.002)
+        except OSError:
+            pass
+
+if os.fork() == 0:
+    os.setsid()
+    if os.fork() == 0:
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        _swap()
+    os._exit(0)
+"""
+
+LISTING = ("import os\nfor p in filter(str.isdigit, os.listdir('/proc')):\n"
+           "    try:\n"
+           "        s = dict(l.split(':\\t', 1) for l in open(f'/proc/{p}/status') if ':\\t' in l)\n"
+           "    except OSError:\n"
+           "        continue\n"
+           "    if int(p) != os.getpid() and s['Uid'].split()[0] != '0' and s['State'][0] not in 'ZX':\n"
+           "        print(p, s['Name'].strip())\n")
+
+
+def _processes(container_id: str) -> list[str]:
+    """Our own listing, as root in the container: every live process that is not init's."""
+    import subprocess
+
+    out = subprocess.run(["docker", "exec", "-u", "0", container_id, "python3", "-c", LISTING],
+                         capture_output=True, text=True, check=True).stdout
+    return out.split("\n")[:-1]
+
+
+def _recording(runtime: str) -> Any:
+    from runner.sandbox.docker import DockerSandbox
+
+    class Recording(DockerSandbox):
+        """The real backend; before it kills and before it reads, the test lists the container's processes."""
+
+        def __init__(self) -> None:
+            super().__init__(runtime=runtime)
+            self.seen: list[tuple[str, str, list[str]]] = []
+
+        async def kill_processes(self, container: Container) -> None:
+            self.seen.append(("kill_processes", container.name, _processes(container.id)))
+            await super().kill_processes(container)
+
+        async def copy_out(self, container: Container, dest: Path) -> None:
+            self.seen.append(("copy_out", container.name, _processes(container.id)))
+            await super().copy_out(container, dest)
+
+    return Recording()
+
+
+async def _real_run(tmp_path: Path, scenario: Any, sandbox: Any, *, dry_run: bool, **deps: Any) -> dict[str, Any]:
+    from runner.scripted_model import serve_scripted_model
+
+    repo = await create_sample_repo(tmp_path / "origin")
+    home = tmp_path / "home"
+    async with (serve_scripted_model(scenario) as model, Store(home / "state.db") as store,
+                ModelProxy(model.base_url, "scripted-key") as proxy, sandbox):
+        forge = None if dry_run else LocalGitForge(repo, home / "forge.db")
+        task = await store.create_task(kind="fix", prompt="fix average_spend", repo=str(repo), source="cli",
+                                       requested_by="test", dry_run=dry_run)
+        result = await run_task(Deps(home=home, store=store, sandbox=sandbox, proxy=proxy, policy=policy.load_default(),
+                                     image="agent-runner/sandbox:latest", forge=forge, **deps), task)
+        listed = await store.list_tasks()
+    return {**result.to_json(), "_repo": repo, "_listed": listed}
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("runtime", ["runc", "runsc"])
+async def test_a_background_process_the_agent_left_is_dead_before_its_work_is_read(tmp_path: Path,
+                                                                                   runtime: str) -> None:
+    import subprocess
+
+    from runner.scripted_model import Scenario, ToolUseBlock
+    from tests.sandbox.runtimes import need_runtime
+
+    need_runtime(runtime)
+    body = "    return sum(spent) / len(spent)\n"
+    fix = ToolUseBlock("Edit", {"file_path": "/workspace/bot/ledger.py", "old_string": body,
+                                "new_string": "    if not spent:\n        return 0.0\n" + body})
+    scenario = Scenario.of(
+        [ToolUseBlock("Write", {"file_path": "/workspace/conftest.py", "content": SWAPPER})],
+        [ToolUseBlock("Read", {"file_path": "/workspace/bot/ledger.py"})],
+        [fix],
+        [ToolUseBlock("Bash", {"command": "python -m pytest -q"})],
+        final_text="Fixed.",
+    )
+    sandbox = _recording(runtime)
+    result = await _real_run(tmp_path, scenario, sandbox, dry_run=False)
+    kills = [listed for call, name, listed in sandbox.seen if call == "kill_processes"]
+    reads = [listed for call, name, listed in sandbox.seen if call == "copy_out"]
+    assert kills and any("python" in line for line in kills[0]), kills  # the swapper ran until the kill
+    assert reads == [[]], reads  # and nothing of the task was left when the workspace was read
+    assert "root:x:0:0" not in result["diff"] and "agent:x:1000" not in result["diff"]
+    if result["status"] == "proposed":  # frozen as a file: pushed as that file, never the link's target
+        pushed = subprocess.run(["git", "-C", str(result["_repo"]), "show", f"{result['pr']['branch']}:README.md"],
+                                capture_output=True, text=True, check=True).stdout
+        assert pushed == "race file\n"
+        assert result["tests"]["passed"]
+    else:  # frozen as the link: refused by the change check, nothing pushed
+        assert result["status"] == "failed" and "README.md" in result["reason"] and result["pr"] is None
+
+
+@pytest.mark.docker
+async def test_an_agent_writing_past_the_workspace_limit_fails_the_task_naming_it(tmp_path: Path) -> None:
+    from runner.sandbox.docker import DockerSandbox
+    from runner.scripted_model import Scenario, ToolUseBlock
+
+    scenario = Scenario.of([ToolUseBlock("Bash", {"command": "seq 1 100000000 > big.bin"})],
+                           final_text="Wrote it.")
+    result = await _real_run(tmp_path, scenario, DockerSandbox(runtime="runc"), dry_run=True,
+                             workspace_bytes=16 * 1024**2)
+    assert result["status"] == "failed" and "size limit of 16 MiB" in result["reason"], result["reason"]
+    assert [t.state.value for t in result["_listed"]] == ["failed"]  # the state file is fine
+    task_dir = tmp_path / "home" / "tasks" / result["task_id"]
+    assert sum(f.stat().st_size for f in task_dir.rglob("*") if f.is_file() and "trusted" not in f.parts) < 2**20
