@@ -1,9 +1,11 @@
 """Sandbox start-up overhead and memory, against the floor of `docker run --rm IMAGE true` in the same run.
 
-Run: .venv/bin/python bench/bench_sandbox.py [--files 5000] [--rounds 3]
-Measures, on a repository of about --files files: the time from `agent-runner run` starting to the agent's
-first model request (mirror + clone + strip + container + CLI start), the bare container floor, their ratio
-(goal, issue 4: at most 3x), and peak memory of one sandbox (its cgroup) and of the supervisor process.
+Run: .venv/bin/python bench/bench_sandbox.py [--files 5000] [--rounds 3] [--runtime runc --runtime runsc]
+Measures, on a repository of about --files files and for each OCI runtime the engine has (runc, and gVisor's
+runsc when registered): the time from `agent-runner run` starting to the agent's first model request (mirror
++ clone + strip + container + the workspace's tar copied in + forwarder + CLI start), the bare container floor
+under the same runtime, their ratio (goal, issue 4: at most 3x), and peak memory of one sandbox (its cgroup)
+and of the supervisor process.
 """
 
 from __future__ import annotations
@@ -43,11 +45,23 @@ def make_repo(root: Path, files: int) -> Path:
     return bare
 
 
-def docker_floor(image: str) -> float:
+def docker_floor(image: str, runtime: str) -> float:
     started = time.perf_counter()
-    subprocess.run(["docker", "run", "--rm", "--network", "none", image, "true"], check=True,
+    subprocess.run(["docker", "run", "--rm", "--runtime", runtime, "--network", "none", image, "true"], check=True,
                    stdout=subprocess.DEVNULL)
     return time.perf_counter() - started
+
+
+def engine_runtimes() -> list[str]:
+    import docker
+
+    from runner.docker_engine import runtimes
+
+    client = docker.from_env()
+    try:
+        return [r for r in ("runc", "runsc") if r in runtimes(client)]
+    finally:
+        client.close()
 
 
 def cgroup_peak(container_id: str) -> int:
@@ -60,7 +74,7 @@ def cgroup_peak(container_id: str) -> int:
     return 0
 
 
-async def first_request_time(repo: Path, home: Path) -> tuple[float, float, int, int]:
+async def first_request_time(repo: Path, home: Path, runtime: str) -> tuple[float, float, int, int]:
     """Seconds to the first model request from the process start and from the task start (the supervisor's
     "provisioning" line: what a running `serve` pays per task), peak sandbox bytes, peak supervisor bytes."""
     import docker
@@ -69,7 +83,7 @@ async def first_request_time(repo: Path, home: Path) -> tuple[float, float, int,
     scenario = Scenario.of([TextBlock("benchmark")], final_text="done")
     async with serve_scripted_model(scenario) as model:
         env = {**os.environ, "AGENT_RUNNER_HOME": str(home), "ANTHROPIC_BASE_URL": model.base_url,
-               "ANTHROPIC_API_KEY": "bench-key"}
+               "ANTHROPIC_API_KEY": "bench-key", "AGENT_RUNNER_RUNTIME": runtime}
         started = time.perf_counter()
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "runner.cli", "run", "--repo", str(repo), "--prompt", "bench", "--dry-run",
@@ -107,30 +121,33 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--runtime", action="append", help="runc, runsc (default: each the engine has)")
     parser.add_argument("--image", default=os.environ.get("AGENT_RUNNER_SANDBOX_IMAGE", DEFAULT_SANDBOX_IMAGE))
     args = parser.parse_args()
+    print(f"repository: {args.files} files; rounds: {args.rounds} (medians)")
     with tempfile.TemporaryDirectory(prefix="agent-runner-bench-") as tmp:
         root = Path(tmp)
         repo = make_repo(root, args.files)
-        docker_floor(args.image)  # warm the engine's caches for both sides
-        floors, firsts, in_task, sandbox_peaks, supervisor_peaks = [], [], [], [], []
-        for _ in range(args.rounds):
-            floors.append(docker_floor(args.image))
-            # One home for all rounds: the mirror is warm after the first, as in a running supervisor.
-            first, task_first, sandbox_peak, supervisor_peak = asyncio.run(first_request_time(repo, root / "home"))
-            firsts.append(first)
-            in_task.append(task_first)
-            sandbox_peaks.append(sandbox_peak)
-            supervisor_peaks.append(supervisor_peak)
-    floor, first, task_first = statistics.median(floors), statistics.median(firsts), statistics.median(in_task)
-    print(f"repository: {args.files} files; rounds: {args.rounds} (medians)")
-    print(f"docker run --rm IMAGE true (floor):             {floor:6.2f} s")
-    print(f"task start -> first model request:              {task_first:6.2f} s   {task_first / floor:6.2f}x"
-          " (goal <= 3x)")
-    print(f"process start -> first model request:           {first:6.2f} s   {first / floor:6.2f}x"
-          " (adds the interpreter and imports)")
-    print(f"peak memory, one sandbox (cgroup):              {max(sandbox_peaks) / 2**20:6.0f} MiB")
-    print(f"peak memory, supervisor process (maxrss):       {max(supervisor_peaks) / 2**20:6.0f} MiB")
+        for runtime in args.runtime or engine_runtimes():
+            docker_floor(args.image, runtime)  # warm the engine's caches for both sides
+            floors, firsts, in_task, sandbox_peaks, supervisor_peaks = [], [], [], [], []
+            for _ in range(args.rounds):
+                floors.append(docker_floor(args.image, runtime))
+                # One home for all rounds: the mirror is warm after the first, as in a running supervisor.
+                first, task_first, sandbox_peak, supervisor_peak = asyncio.run(
+                    first_request_time(repo, root / f"home-{runtime}", runtime))
+                firsts.append(first)
+                in_task.append(task_first)
+                sandbox_peaks.append(sandbox_peak)
+                supervisor_peaks.append(supervisor_peak)
+            floor, first, task_first = statistics.median(floors), statistics.median(firsts), statistics.median(in_task)
+            print(f"[{runtime}] docker run --rm IMAGE true (floor):     {floor:6.2f} s")
+            print(f"[{runtime}] task start -> first model request:      {task_first:6.2f} s   "
+                  f"{task_first / floor:6.2f}x (goal <= 3x)")
+            print(f"[{runtime}] process start -> first model request:   {first:6.2f} s   {first / floor:6.2f}x"
+                  " (adds the interpreter and imports)")
+            print(f"[{runtime}] peak memory, one sandbox (cgroup):      {max(sandbox_peaks) / 2**20:6.0f} MiB")
+            print(f"[{runtime}] peak memory, supervisor (maxrss):       {max(supervisor_peaks) / 2**20:6.0f} MiB")
     return 0
 
 
