@@ -27,11 +27,11 @@ runsc_net_args='["--platform=ptrace", "--network=host"]'
 register_runsc() {
     [ "${AGENT_RUNNER_NO_RUNSC:-0}" = 1 ] && return 0
     [ "$(id -u)" = 0 ] || return 0
-    if ! command -v runsc >/dev/null 2>&1; then
+    if ! command -v runsc >/dev/null 2>&1 || ! command -v jq >/dev/null 2>&1; then
         command -v apt-get >/dev/null 2>&1 || return 0
-        say "installing runsc (gVisor) with apt-get"
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc >/dev/null 2>&1 \
-            || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc >/dev/null; } \
+        say "installing runsc (gVisor) and jq with apt-get"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc jq >/dev/null 2>&1 \
+            || { apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq runsc jq >/dev/null; } \
             || { say "could not install runsc; sandboxes will use runc"; return 0; }
     fi
     command -v jq >/dev/null 2>&1 || { say "no jq to edit $daemon_json; sandboxes will use runc"; return 0; }
@@ -53,7 +53,10 @@ register_runsc() {
 reload_engine() {
     local pid
     pid=$(cat /var/run/docker.pid 2>/dev/null || true)
-    [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 0
+    if [ -z "$pid" ] || ! kill -0 "$pid" 2>/dev/null; then
+        say "registered runsc in $daemon_json; restart dockerd (or SIGHUP it) to use it"
+        return 0
+    fi
     kill -HUP "$pid"
     for _ in $(seq 1 50); do
         docker info --format '{{json .Runtimes}}' 2>/dev/null | grep -q '"runsc-net"' && { say "runsc registered"; return 0; }
@@ -61,10 +64,6 @@ reload_engine() {
     done
     say "dockerd did not pick up runsc from $daemon_json; sandboxes will use runc"
 }
-
-if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && ! command -v jq >/dev/null 2>&1; then
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq jq >/dev/null 2>&1 || true
-fi
 
 if answers; then
     if [ "$(register_runsc)" = changed ]; then

@@ -449,7 +449,7 @@ class DockerSandbox:
                 raw.commit,
                 repository=repository,
                 tag=tag_key,
-                changes=[f"USER {SANDBOX_USER}", f"WORKDIR {WORKSPACE}", f"CMD {_json_list(FORWARDER_CMD)}"],
+                changes=[f"USER {SANDBOX_USER}", f"WORKDIR {WORKSPACE}", f"CMD {_json_list(IDLE_CMD)}"],
             )
         finally:
             await self._remove(raw.id)
