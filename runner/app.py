@@ -21,6 +21,7 @@ from runner.deploy import Deployer, deployer_from_settings
 from runner.errors import ConfigError
 from runner.forge import default_repo
 from runner.forge.base import Forge
+from runner.forge.workflows import push_notice
 from runner.loki import LokiClient
 from runner.models import TaskId
 from runner.notify.base import Notifier
@@ -95,6 +96,8 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with contextlib.AsyncExitStack() as stack:
             rt = await stack.enter_async_context(open_backends())
+            if (exposure := await push_notice(rt.deps.forge)) is not None:
+                note(exposure)  # where agent branches go, and which of the bot's workflows run them with secrets
             active = await stack.enter_async_context(chosen)
             notifier = await telegram.open_notifier(stack, settings)
             if notifier is not None:

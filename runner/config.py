@@ -59,6 +59,9 @@ class Settings:
     github_token: Secret | None = None
     github_repository: str | None = None
     github_api_url: str = DEFAULT_GITHUB_API_URL
+    github_fork: str | None = None
+    """Fork mode (GITHUB_FORK, owner/name): agent branches are pushed to this fork of GITHUB_REPOSITORY, created
+    if missing, and pull requests are opened from it, so the bot's workflows never run them with its secrets."""
     telegram_bot_token: Secret | None = None
     telegram_api_base: str | None = None
     owner_telegram_id: int | None = None
@@ -132,6 +135,14 @@ class Settings:
         github_token = secret("GITHUB_TOKEN")
         if github_token is not None and repository is None:
             problems.append("GITHUB_TOKEN is set but GITHUB_REPOSITORY (owner/name) is not")
+        fork = environ.get("GITHUB_FORK") or None
+        if fork is not None:
+            if fork.count("/") != 1 or not all(fork.split("/")):
+                problems.append(f"GITHUB_FORK must be owner/name, got {fork!r}")
+            elif github_token is None or repository is None:
+                problems.append("GITHUB_FORK is set but GITHUB_TOKEN and GITHUB_REPOSITORY are not")
+            elif fork.lower() == repository.lower():
+                problems.append("GITHUB_FORK must name a fork, not GITHUB_REPOSITORY itself")
         policy = environ.get("AGENT_RUNNER_POLICY")
         deployer = environ.get("AGENT_RUNNER_DEPLOYER") or DEFAULT_DEPLOYER
         deploy_command = environ.get("AGENT_RUNNER_DEPLOY_COMMAND") or None
@@ -157,6 +168,7 @@ class Settings:
             github_token=github_token,
             github_repository=repository,
             github_api_url=url("GITHUB_API_URL", DEFAULT_GITHUB_API_URL) or "",
+            github_fork=fork,
             telegram_bot_token=secret("TELEGRAM_BOT_TOKEN"),
             telegram_api_base=url("TELEGRAM_API_BASE", None),
             owner_telegram_id=integer("OWNER_TELEGRAM_ID", None, low=1),

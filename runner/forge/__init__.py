@@ -65,7 +65,8 @@ def create_forge(settings: Settings, *, repo: str | Path | None = None) -> Forge
     if settings.github_token is not None and settings.github_repository:
         from runner.forge.github import GitHubForge
 
-        return GitHubForge(settings.github_repository, settings.github_token.reveal(), api_url=settings.github_api_url)
+        return GitHubForge(settings.github_repository, settings.github_token.reveal(), api_url=settings.github_api_url,
+                           fork=settings.github_fork)
     if repo is None:
         from runner.errors import ConfigError
 

@@ -29,6 +29,9 @@ class PullRequest:
     head_sha: str
     state: PrState
     merge_sha: str | None = None
+    head_repo: str | None = None
+    """The repository holding the head branch (owner/name): a fork's for a pull request from a fork; None when
+    the forge does not say (the local forge, a deleted fork)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +53,7 @@ class GitAuth:
     """
 
     url: str
+    """The repository's URL (what the mirror is cloned from); `env` may scope the header to a fork's URL too."""
     env: Mapping[str, str] = field(repr=False)
     secrets: tuple[str, ...] = field(default=(), repr=False)
 
@@ -90,18 +94,22 @@ class Forge(Protocol):
     async def push_branch(self, clone: Path, branch: str) -> str:
         """Push HEAD of the supervisor's trusted `clone` to `branch`; return the pushed SHA.
 
+        The branch goes where pull requests are opened from: the repository itself, or the supervisor's fork
+        of it (GitHub's fork mode), so that the repository's CI never runs the agent's code with its secrets.
+
         Refuses (ForgeConflict) a branch outside `agent/`, the base (default) branch, and the branch of
         any open pull request. Never force-pushes: a diverged existing branch is a ForgeConflict too.
         """
         ...
 
     async def open_pr(self, title: str, body: str, head: str, base: str) -> PullRequest:
-        """Open a pull request from `head` into `base`; if one is already open for `head`, return it."""
+        """Open a pull request from the pushed branch `head` into `base`; if one is already open for `head`,
+        return it."""
         ...
 
     def git_auth(self) -> GitAuth | None:
-        """How the supervisor's own git reaches the repository (mirror fetches, a rollback's revert push);
-        None when no credential is needed (the local forge)."""
+        """How the supervisor's own git reaches the repository (mirror fetches, a rollback's revert push) and
+        the fork it pushes agent branches to; None when no credential is needed (the local forge)."""
         ...
 
     async def get_pr(self, number: int) -> PullRequest:
@@ -130,7 +138,8 @@ class Forge(Protocol):
         ...
 
     async def close(self, number: int) -> PullRequest:
-        """Close pull request `number` without merging; return it as closed."""
+        """Close pull request `number` without merging; return it as closed. A branch the supervisor pushed to
+        its fork goes with it (nothing else shows it: the supervisor's mirror is of the repository)."""
         ...
 
     async def aclose(self) -> None:

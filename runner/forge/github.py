@@ -1,21 +1,28 @@
-"""GitHubForge: pull requests over GitHub's REST API (httpx), branches over git's smart HTTP."""
+"""GitHubForge: pull requests over GitHub's REST API (httpx), branches over git's smart HTTP.
+
+Fork mode (`fork="owner/name"`, GITHUB_FORK): agent branches are pushed to a fork the supervisor owns and the
+pull requests are opened from it (`head: "forkowner:branch"`), so the bot's workflows run on them without its
+secrets. Everything that reads a pull request works the same for both; a fork's branch is deleted once its
+pull request is merged or closed.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import logging
 import re
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import urlsplit
 
 import httpx
 
-from runner.errors import ForgeAuthError, ForgeConflict, ForgeError, ForgeNotFound, ForgeRateLimited
+from runner.errors import ForgeAuthError, ForgeConflict, ForgeError, ForgeNotFound
 from runner.forge.base import (
+    AGENT_BRANCH_PREFIX,
     MERGE_METHODS,
     Comment,
     GitAuth,
@@ -26,31 +33,37 @@ from runner.forge.base import (
     PullRequest,
     check_pushable,
 )
+from runner.forge.fork import DEFAULT_FORK_WAIT, Clock, Fork, Sleep, ensure_fork
+from runner.forge.github_api import (
+    DEFAULT_API_URL,
+    DEFAULT_BACKOFF,
+    DEFAULT_RETRIES,
+    DEFAULT_TIMEOUT,
+    GitHubApi,
+    default_git_url,
+    json_object,
+    messages,
+    require_safe_url,
+)
+from runner.forge.workflows import WORKFLOW_DIR, WorkflowFiles
 from runner.gitops import GitTimeout, head_sha, redact, run_git, secret_forms
+
+__all__ = ["DEFAULT_API_URL", "GitHubForge", "default_git_url"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_API_URL = "https://api.github.com"
-DEFAULT_TIMEOUT = 30.0
 DEFAULT_PUSH_TIMEOUT = 300.0
-DEFAULT_RETRIES = 3
-DEFAULT_BACKOFF = 0.5
-DEFAULT_RATE_LIMIT_WAIT = 60.0
-API_VERSION = "2022-11-28"
-PAGE_SIZE = 100
-MAX_PAGES = 50
+MAX_WORKFLOW_FILES = 100
 
 _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
-_LOOPBACK = ("127.0.0.1", "localhost", "::1")
-_RETRYABLE = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 
 
 class GitHubForge:
-    """A GitHub (or GitHub Enterprise) repository as a Forge.
+    """A GitHub (or GitHub Enterprise) repository as a Forge, optionally pushing to a fork of it.
 
     The token goes only into an `Authorization` header: the API client's default header, and for `git push`
-    an `http.<url>.extraHeader` handed to git through GIT_CONFIG_* environment variables, so it is never in
-    a URL, an argv, a `.git/config`, a log line or an exception message.
+    an `http.<url>.extraHeader` per repository URL handed to git through GIT_CONFIG_* environment variables, so
+    it is never in a URL, an argv, a `.git/config`, a log line or an exception message.
     """
 
     def __init__(
@@ -61,41 +74,45 @@ class GitHubForge:
         api_url: str = DEFAULT_API_URL,
         transport: httpx.AsyncBaseTransport | None = None,
         git_url: str | None = None,
+        fork: str | None = None,
+        fork_git_url: str | None = None,
+        fork_wait: float = DEFAULT_FORK_WAIT,
         timeout: float = DEFAULT_TIMEOUT,
         push_timeout: float = DEFAULT_PUSH_TIMEOUT,
         retries: int = DEFAULT_RETRIES,
         backoff: float = DEFAULT_BACKOFF,
+        sleep: Sleep = asyncio.sleep,
+        clock: Clock = time.monotonic,
     ) -> None:
-        if not _REPOSITORY.match(repository):
-            raise ForgeError(f"GitHub repository must be owner/name, got {repository!r}")
+        for name in (repository, fork):
+            if name is not None and not _REPOSITORY.match(name):
+                raise ForgeError(f"GitHub repository must be owner/name, got {name!r}")
+        if fork is not None and fork.lower() == repository.lower():
+            raise ForgeError(f"the fork {fork} is the repository itself")
         if not token:
             raise ForgeAuthError("no GitHub token given")
         self.repository = repository
         self.owner = repository.split("/", 1)[0]
+        self.fork = fork
         self.api_url = api_url.rstrip("/")
         self.git_url = git_url or default_git_url(self.api_url, repository)
-        for url in (self.api_url, self.git_url):
-            _require_safe_url(url)
+        self.fork_git_url = (fork_git_url or default_git_url(self.api_url, fork)) if fork else None
+        for url in (self.api_url, self.git_url, self.fork_git_url):
+            if url is not None:
+                require_safe_url(url)
         self._token = token
-        self._timeout = timeout
         self._push_timeout = push_timeout
-        self._retries = retries
-        self._backoff = backoff
-        self._client = httpx.AsyncClient(
-            base_url=self.api_url,
-            transport=transport,
-            timeout=timeout,
-            follow_redirects=False,
-            headers={
-                "Authorization": f"Bearer {token}",
-                "Accept": "application/vnd.github+json",
-                "X-GitHub-Api-Version": API_VERSION,
-                "User-Agent": "agent-runner",
-            },
-        )
+        self._fork_wait = fork_wait
+        self._sleep = sleep
+        self._clock = clock
+        self._fork: Fork | None = None
+        self._fork_lock = asyncio.Lock()
+        self._api = GitHubApi(self.api_url, token, transport=transport, timeout=timeout, retries=retries,
+                              backoff=backoff)
 
     def __repr__(self) -> str:
-        return f"GitHubForge({self.repository!r}, api_url={self.api_url!r})"
+        fork = f", fork={self.fork!r}" if self.fork else ""
+        return f"GitHubForge({self.repository!r}, api_url={self.api_url!r}{fork})"
 
     async def __aenter__(self) -> Self:
         return self
@@ -106,44 +123,70 @@ class GitHubForge:
         await self.aclose()
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._api.aclose()
+
+    @property
+    def push_repository(self) -> str:
+        """Where agent branches are pushed: the fork in fork mode, else the repository."""
+        return self.fork or self.repository
+
+    async def prepare_fork(self) -> str | None:
+        """In fork mode, the fork (created and waited for if it does not exist yet); None without one."""
+        if self.fork is None:
+            return None
+        async with self._fork_lock:  # two tasks pushing at once create one fork
+            if self._fork is None:
+                self._fork = await ensure_fork(self._api, self.repository, self.fork, wait=self._fork_wait,
+                                               sleep=self._sleep, clock=self._clock)
+        return self._fork.repository
 
     # -- pull requests ---------------------------------------------------------------------------------
 
     async def open_pr(self, title: str, body: str, head: str, base: str) -> PullRequest:
-        payload = {"title": title, "body": body, "head": head, "base": base}
-        response = await self._request("POST", self._repo("/pulls"), json=payload, allow=(422,))
+        payload: dict[str, Any] = {"title": title, "body": body, "head": head, "base": base}
+        label = f"{self.owner}:{head}"
+        if self.fork is not None:
+            fork = await self.prepare_fork()
+            assert fork is not None
+            label = f"{fork.split('/', 1)[0]}:{head}"
+            # head_repo is required when the fork belongs to the same organization; the maintainers of the bot's
+            # repository get no push to the agent's branch: what the owner approves is only what we pushed.
+            payload.update(head=label, head_repo=fork, maintainer_can_modify=False)
+        response = await self._api.request("POST", self._repo("/pulls"), json=payload, allow=(422,))
         if response.status_code == 422:
-            if "pull request already exists" not in _messages(response).lower():
-                raise ForgeError(f"GitHub refused to open the pull request: {_messages(response)}")
-            existing = await self._find_open(head)
+            if "pull request already exists" not in messages(response).lower():
+                raise ForgeError(f"GitHub refused to open the pull request: {messages(response)}")
+            existing = await self._find_open(label)
             if existing is None:
-                raise ForgeError(f"GitHub says a pull request exists for {head!r} but none is open")
-            logger.info("reusing pull request #%d for %s", existing.number, head)
+                raise ForgeError(f"GitHub says a pull request exists for {label!r} but none is open")
+            logger.info("reusing pull request #%d for %s", existing.number, label)
             return existing
-        pr = _pull_request(_json(response))
-        logger.info("opened pull request #%d (%s -> %s)", pr.number, head, base)
+        pr = _pull_request(json_object(response))
+        logger.info("opened pull request #%d (%s -> %s)", pr.number, label, base)
         return pr
 
     async def get_pr(self, number: int) -> PullRequest:
         return _pull_request(await self._get_pr_json(number))
 
     async def list_open(self) -> tuple[PullRequest, ...]:
-        prs = [_pull_request(item) for item in await self._pages(self._repo("/pulls"), {"state": "open"})]
+        prs = [_pull_request(item) for item in await self._api.pages(self._repo("/pulls"), {"state": "open"})]
         return tuple(sorted(prs, key=lambda pr: pr.number))
 
     async def comment(self, number: int, body: str) -> Comment:
-        response = await self._request("POST", self._repo(f"/issues/{int(number)}/comments"), json={"body": body})
-        return _comment(number, _json(response))
+        response = await self._api.request("POST", self._repo(f"/issues/{int(number)}/comments"),
+                                           json={"body": body})
+        return _comment(number, json_object(response))
 
     async def list_comments(self, number: int) -> tuple[Comment, ...]:
-        items = await self._pages(self._repo(f"/issues/{int(number)}/comments"), {})
+        items = await self._api.pages(self._repo(f"/issues/{int(number)}/comments"), {})
         return tuple(_comment(number, item) for item in items)
 
     async def close(self, number: int) -> PullRequest:
-        response = await self._request("PATCH", self._repo(f"/pulls/{int(number)}"), json={"state": "closed"})
+        response = await self._api.request("PATCH", self._repo(f"/pulls/{int(number)}"), json={"state": "closed"})
         logger.info("closed pull request #%d", number)
-        return _pull_request(_json(response))
+        pr = _pull_request(json_object(response))
+        await self._drop_fork_branch(pr)
+        return pr
 
     async def merge(self, number: int, expected_head_sha: str, method: MergeMethod = "squash") -> MergeResult:
         if method not in MERGE_METHODS:
@@ -160,17 +203,19 @@ class GitHubForge:
         if data.get("mergeable") is False:
             state = data.get("mergeable_state", "dirty")
             raise MergeConflict(f"pull request #{number} does not merge cleanly into {pr.base_branch} ({state})")
-        # `sha` makes GitHub itself refuse (409) if the head moves between our check and the merge.
+        # `sha` makes GitHub itself refuse (409) if the head moves between our check and the merge; for a pull
+        # request from a fork, GitHub merges the head it holds in refs/pull/N/head, the fork's commit.
         payload = {
             "sha": expected_head_sha,
             "merge_method": method,
             "commit_title": f"{pr.title} (#{number})",
         }
-        response = await self._request("PUT", self._repo(f"/pulls/{int(number)}/merge"), json=payload)
-        result = _json(response)
+        response = await self._api.request("PUT", self._repo(f"/pulls/{int(number)}/merge"), json=payload)
+        result = json_object(response)
         if result.get("merged") is not True or not isinstance(result.get("sha"), str):
             raise ForgeConflict(f"GitHub did not merge pull request #{number}: {result.get('message', '')}")
         logger.info("merged pull request #%d at %s as %s", number, expected_head_sha[:12], result["sha"][:12])
+        await self._drop_fork_branch(pr)
         return MergeResult(
             number=number,
             merged=True,
@@ -183,7 +228,7 @@ class GitHubForge:
     # -- branches --------------------------------------------------------------------------------------
 
     async def push_branch(self, clone: Path, branch: str) -> str:
-        repo = _json(await self._request("GET", self._repo("")))
+        repo = await self._api.get_object(self._repo(""))
         default_branch = repo.get("default_branch")
         open_prs = await self.list_open()
         check_pushable(
@@ -192,11 +237,16 @@ class GitHubForge:
             open_pr_branches=[pr.head_branch for pr in open_prs],
         )
         await self._refuse_url_rewrites(clone)
+        target = self.git_url
+        if self.fork is not None:
+            await self.prepare_fork()
+            assert self.fork_git_url is not None
+            target = self.fork_git_url
         sha = await head_sha(clone)
         auth = self.git_auth()
         try:
             result = await run_git(
-                ["push", "--porcelain", "--no-verify", self.git_url, f"{sha}:refs/heads/{branch}"],
+                ["push", "--porcelain", "--no-verify", target, f"{sha}:refs/heads/{branch}"],
                 cwd=clone,
                 env=auth.env,
                 secrets=auth.secrets,
@@ -204,26 +254,73 @@ class GitHubForge:
                 check=False,
             )
         except GitTimeout as exc:
-            raise ForgeError(f"git push of {branch} to {self.repository} timed out") from exc
+            raise ForgeError(f"git push of {branch} to {self.push_repository} timed out") from exc
         if result.returncode != 0:
             output = redact(f"{result.out}\n{result.stderr}", secret_forms(self._token))
-            raise _push_error(branch, self.repository, output)
-        logger.info("pushed %s to %s at %s", sha[:12], branch, self.repository)
+            raise _push_error(branch, self.push_repository, output)
+        logger.info("pushed %s to %s at %s", sha[:12], branch, self.push_repository)
         return sha
 
     def git_auth(self) -> GitAuth:
-        # Scoped to the repository's URL: should anything rewrite a URL, git would not send the header elsewhere.
+        # One header per repository URL: should anything rewrite a URL, git would not send it elsewhere.
         credential = base64.b64encode(f"x-access-token:{self._token}".encode()).decode()
-        return GitAuth(self.git_url, {
-            "GIT_CONFIG_COUNT": "1",
-            "GIT_CONFIG_KEY_0": f"http.{self.git_url}.extraHeader",
-            "GIT_CONFIG_VALUE_0": f"Authorization: Basic {credential}",
-        }, (self._token, credential))
+        urls = [self.git_url, *([self.fork_git_url] if self.fork_git_url else [])]
+        env = {"GIT_CONFIG_COUNT": str(len(urls))}
+        for i, url in enumerate(urls):
+            env[f"GIT_CONFIG_KEY_{i}"] = f"http.{url}.extraHeader"
+            env[f"GIT_CONFIG_VALUE_{i}"] = f"Authorization: Basic {credential}"
+        return GitAuth(self.git_url, env, (self._token, credential))
 
     async def _refuse_url_rewrites(self, clone: Path) -> None:
         found = await run_git(["config", "--get-regexp", r"^url\..*insteadof$"], cwd=clone, check=False)
         if found.out:
             raise ForgeError("refusing to push: the clone's git config rewrites URLs (url.*.insteadOf)")
+
+    async def _drop_fork_branch(self, pr: PullRequest) -> None:
+        """Delete a finished pull request's branch from our fork. GitHub keeps its commits in the repository's
+        refs/pull/N/head; on the fork the branch would only collide with a later task's branch of that name,
+        and the supervisor's mirror, which is of the repository, cannot see it to avoid it."""
+        if self.fork is None or pr.head_repo is None or pr.head_repo.lower() != self.push_repository.lower():
+            return
+        if not pr.head_branch.startswith(AGENT_BRANCH_PREFIX):
+            return
+        try:
+            await self._api.request("DELETE", f"/repos/{pr.head_repo}/git/refs/heads/{pr.head_branch}",
+                                    allow=(404, 422))  # 422: "Reference does not exist"
+        except ForgeError as exc:  # the pull request is done; a leftover branch is not worth failing it
+            logger.warning("could not delete %s from the fork %s: %s", pr.head_branch, pr.head_repo, exc)
+        else:
+            logger.info("deleted %s from the fork %s", pr.head_branch, pr.head_repo)
+
+    # -- workflows -------------------------------------------------------------------------------------
+
+    async def workflow_files(self) -> WorkflowFiles:
+        """The repository's workflow files at its default branch (the contents API), and which of them GitHub
+        will not run (the Actions API, when the token may read it)."""
+        repo = await self._api.get_object(self._repo(""))
+        branch = str(repo.get("default_branch") or "main")
+        listing = await self._api.request("GET", self._repo(f"/contents/{WORKFLOW_DIR}"), params={"ref": branch},
+                                          allow=(404,))
+        entries = listing.json() if listing.status_code != 404 else []
+        if not isinstance(entries, list):
+            raise ForgeError(f"GitHub sent {WORKFLOW_DIR} as a {type(entries).__name__}, not a directory")
+        paths = sorted(str(e["path"]) for e in entries if isinstance(e, dict) and e.get("type") == "file"
+                       and str(e.get("name", "")).endswith((".yml", ".yaml")))[:MAX_WORKFLOW_FILES]
+        files = {}
+        for path in paths:
+            data = await self._api.get_object(self._repo(f"/contents/{path}"), params={"ref": branch})
+            try:
+                files[path] = base64.b64decode(str(data.get("content", ""))).decode("utf-8", "replace")
+            except (binascii.Error, ValueError) as exc:
+                raise ForgeError(f"GitHub sent {path} in an unexpected encoding") from exc
+        disabled: set[str] = set()
+        try:
+            for workflow in await self._api.pages(self._repo("/actions/workflows"), {}, key="workflows"):
+                if str(workflow.get("state", "active")) != "active":
+                    disabled.add(str(workflow.get("path", "")))
+        except (ForgeAuthError, ForgeNotFound) as exc:  # no actions:read: every file counts as running
+            logger.info("workflow states of %s unknown: %s", self.repository, exc)
+        return WorkflowFiles(branch, files, frozenset(disabled))
 
     # -- HTTP ------------------------------------------------------------------------------------------
 
@@ -231,154 +328,14 @@ class GitHubForge:
         return f"/repos/{self.repository}{suffix}"
 
     async def _get_pr_json(self, number: int) -> dict[str, Any]:
-        return _json(await self._request("GET", self._repo(f"/pulls/{int(number)}")))
+        return await self._api.get_object(self._repo(f"/pulls/{int(number)}"))
 
-    async def _find_open(self, head: str) -> PullRequest | None:
-        response = await self._request(
-            "GET", self._repo("/pulls"), params={"state": "open", "head": f"{self.owner}:{head}"}
-        )
+    async def _find_open(self, label: str) -> PullRequest | None:
+        response = await self._api.request("GET", self._repo("/pulls"), params={"state": "open", "head": label})
         items = response.json()
         prs = [_pull_request(item) for item in items] if isinstance(items, list) else []
-        return next((pr for pr in prs if pr.head_branch == head), None)
-
-    async def _pages(self, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
-        # Numbered pages rather than following Link headers, so the token only ever goes to api_url.
-        items: list[dict[str, Any]] = []
-        for page in range(1, MAX_PAGES + 1):
-            response = await self._request(
-                "GET", path, params={**params, "per_page": str(PAGE_SIZE), "page": str(page)}
-            )
-            batch = response.json()
-            if not isinstance(batch, list):
-                raise ForgeError(f"GitHub GET {path}: expected a list, got {type(batch).__name__}")
-            items.extend(item for item in batch if isinstance(item, dict))
-            if len(batch) < PAGE_SIZE:
-                break
-        return items
-
-    async def _request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json: dict[str, Any] | None = None,
-        params: dict[str, str] | None = None,
-        allow: tuple[int, ...] = (),
-    ) -> httpx.Response:
-        for attempt in range(self._retries + 1):
-            last = attempt == self._retries
-            try:
-                async with asyncio.timeout(self._timeout):
-                    response = await self._client.request(method, path, json=json, params=params)
-            except (TimeoutError, *_RETRYABLE) as exc:
-                what = "timed out" if isinstance(exc, TimeoutError | httpx.TimeoutException) else "failed"
-                if last:
-                    raise ForgeError(
-                        f"GitHub {method} {path} {what} after {attempt + 1} attempts ({type(exc).__name__})"
-                    ) from None
-                logger.warning("GitHub %s %s %s (%s); retrying", method, path, what, type(exc).__name__)
-                await asyncio.sleep(self._backoff * 2**attempt)
-                continue
-            if response.status_code >= 500 and not last:
-                logger.warning("GitHub %s %s answered %d; retrying", method, path, response.status_code)
-                await asyncio.sleep(self._backoff * 2**attempt)
-                continue
-            if response.is_success or response.status_code in allow:
-                return response
-            raise _status_error(method, path, response)
-        raise AssertionError("unreachable")
-
-
-def default_git_url(api_url: str, repository: str) -> str:
-    """Where git pushes go: github.com for the public API, the same host for GitHub Enterprise (/api/v3)."""
-    parts = urlsplit(api_url)
-    if parts.hostname == "api.github.com":
-        return f"https://github.com/{repository}.git"
-    root = parts.path.removesuffix("/").removesuffix("/api/v3")
-    return f"{parts.scheme}://{parts.netloc}{root}/{repository}.git"
-
-
-def _require_safe_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.username or parts.password:
-        raise ForgeError("forge URLs must not carry credentials; the token is sent in a header")
-    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in _LOOPBACK):
-        return
-    raise ForgeError(f"refusing to send the token to {parts.scheme}://{parts.hostname}: https is required")
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        data = response.json()
-    except ValueError:
-        data = None
-    if not isinstance(data, dict):
-        raise ForgeError(f"GitHub answered {response.status_code} without a JSON object")
-    return data
-
-
-def _messages(response: httpx.Response) -> str:
-    """GitHub's `message` and any `errors[].message`, joined and bounded."""
-    try:
-        data = response.json()
-    except ValueError:
-        return response.reason_phrase
-    if not isinstance(data, dict):
-        return response.reason_phrase
-    parts = [str(data.get("message", ""))]
-    for error in data.get("errors") or ():
-        if isinstance(error, dict) and error.get("message"):
-            parts.append(str(error["message"]))
-        elif isinstance(error, str):
-            parts.append(error)
-    return "; ".join(p for p in parts if p)[:300] or response.reason_phrase
-
-
-def _retry_after(response: httpx.Response) -> float | None:
-    headers = response.headers
-    if "retry-after" in headers:
-        try:
-            return max(0.0, float(headers["retry-after"]))
-        except ValueError:
-            return DEFAULT_RATE_LIMIT_WAIT
-    if headers.get("x-ratelimit-remaining") == "0":
-        try:
-            return max(0.0, float(headers.get("x-ratelimit-reset", "")) - time.time())
-        except ValueError:
-            return DEFAULT_RATE_LIMIT_WAIT
-    if response.status_code == 429:
-        return DEFAULT_RATE_LIMIT_WAIT
-    return None
-
-
-def _status_error(method: str, path: str, response: httpx.Response) -> ForgeError:
-    status = response.status_code
-    what = f"GitHub {method} {path} -> {status}: {_messages(response)}"
-    if status in (403, 429):
-        retry_after = _retry_after(response)
-        if retry_after is not None:
-            return ForgeRateLimited(f"{what}; rate limited, retry after {retry_after:.0f}s", retry_after)
-    if status == 401:
-        return ForgeAuthError(f"{what}; the token is invalid or expired")
-    if status == 403:
-        needed = response.headers.get("x-accepted-github-permissions", "")
-        accepted = response.headers.get("x-accepted-oauth-scopes", "")
-        has = response.headers.get("x-oauth-scopes")
-        hints = []
-        if needed:
-            hints.append(f"the token needs permission {needed}")
-        if accepted:
-            hints.append(f"accepted OAuth scopes: {accepted}")
-        if has is not None:
-            hints.append(f"the token has scopes: {has or '(none)'}")
-        return ForgeAuthError(f"{what}; " + ("; ".join(hints) or "the token lacks a needed permission or scope"))
-    if status == 404:
-        return ForgeNotFound(f"{what}; no such repository or pull request, or the token cannot see it")
-    if status == 405 and "not mergeable" in what.lower():
-        return MergeConflict(what)
-    if status in (405, 409):
-        return ForgeConflict(what)
-    return ForgeError(what)
+        branch = label.split(":", 1)[1]
+        return next((pr for pr in prs if pr.head_branch == branch), None)
 
 
 def _push_error(branch: str, repository: str, output: str) -> ForgeError:
@@ -399,6 +356,7 @@ def _pull_request(data: Any) -> PullRequest:
         state: PrState = "merged" if merged else "open" if data["state"] == "open" else "closed"
         if data["state"] not in ("open", "closed"):
             raise ValueError(data["state"])
+        head_repo = data["head"].get("repo")  # null once the fork is deleted
         return PullRequest(
             number=int(data["number"]),
             url=str(data["html_url"]),
@@ -410,6 +368,8 @@ def _pull_request(data: Any) -> PullRequest:
             state=state,
             # For an open pull request GitHub's merge_commit_sha is a test merge, not a merge.
             merge_sha=str(data["merge_commit_sha"]) if merged and data.get("merge_commit_sha") else None,
+            head_repo=str(head_repo["full_name"]) if isinstance(head_repo, dict) and head_repo.get("full_name")
+            else None,
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ForgeError(f"GitHub sent a pull request in an unexpected shape ({type(exc).__name__}: {exc})") from None

@@ -1,5 +1,9 @@
 """A stand-in GitHub: the REST subset the forge uses (Starlette, in-memory) and git's smart HTTP (http-backend).
 
+The REST side holds the bot's repository and its forks: pull requests from a fork (`head: "owner:branch"`),
+`POST /repos/{o}/{r}/forks` (asynchronous, as GitHub's: the new fork's refs answer 404 for a while), refs,
+contents and `GET /actions/workflows`, read from the repositories' bare git directories.
+
 `FakeGitHub.app` answers with GitHub's JSON shapes and status codes and checks the `Authorization` header
 of every request (401 "Bad credentials" without it). Tests script failures with `fail()` and delays with
 `delay()`. `GitHttpServer` is a real HTTP server on 127.0.0.1 running `git http-backend` as a CGI behind a
@@ -49,8 +53,45 @@ class Scripted:
     delay: float = 0.0
 
 
+@dataclass
+class FakeRepo:
+    """One repository on the fake: the bot's, or a fork of it (`parent`), its branches in `git_dir` if given."""
+
+    full_name: str
+    default_branch: str = "main"
+    git_dir: Path | None = None
+    parent: str | None = None
+    ready_polls: int = 0
+    """A new fork's git refs answer 404 this many times, as GitHub's do while it is still forking."""
+    push: bool = True
+    branches: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def owner(self) -> str:
+        return self.full_name.split("/")[0]
+
+    @property
+    def name(self) -> str:
+        return self.full_name.split("/")[1]
+
+
+def _git(git_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1",
+           "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "GitHub",
+           "GIT_AUTHOR_EMAIL": "noreply@github.com", "GIT_COMMITTER_NAME": "GitHub",
+           "GIT_COMMITTER_EMAIL": "noreply@github.com"}
+    return subprocess.run(["git", "--git-dir", str(git_dir), *args], env=env, capture_output=True, text=True,
+                          check=False)
+
+
 class FakeGitHub:
-    """One repository's worth of GitHub: pull requests, comments and merges, in memory."""
+    """The bot's repository and its forks on GitHub: pull requests (from a fork too), comments, merges, forks,
+    refs, contents and the Actions workflow list, in memory and in the repositories' bare git directories.
+
+    Pull requests from a fork work as on GitHub: `head` is `forkowner:branch` (with `head_repo` for a fork in
+    the same organization), `head.repo` is the fork, the head commit is fetched into the repository's
+    `refs/pull/N/head`, and a merge lands that commit on the repository's base branch.
+    """
 
     def __init__(
         self,
@@ -59,23 +100,40 @@ class FakeGitHub:
         *,
         default_branch: str = "main",
         git_dir: Path | None = None,
+        login: str = "agent-runner-bot",
+        fork_root: Path | None = None,
+        fork_delay: int = 2,
     ) -> None:
         self.token = token
         self.repository = repository
         self.owner = repository.split("/")[0]
         self.default_branch = default_branch
         self.git_dir = git_dir
-        self.branches: dict[str, str] = {}
+        self.login = login
+        self.fork_root = fork_root
+        """Where POST /forks puts a new fork's bare repository (<name>.git), e.g. the GitHttpServer's root."""
+        self.fork_delay = fork_delay
+        self.repos: dict[str, FakeRepo] = {repository.lower(): FakeRepo(repository, default_branch, git_dir)}
+        self.branches = self.repos[repository.lower()].branches
         self.pulls: dict[int, dict[str, Any]] = {}
+        self.pull_requests_sent: list[dict[str, Any]] = []
         self.comments: dict[int, list[dict[str, Any]]] = {}
         self.merges: list[int] = []
+        self.forks_created: list[dict[str, Any]] = []
+        self.workflow_states: dict[str, str] = {}
         self.requests: list[Recorded] = []
         self.scripted: list[Scripted] = []
         self._ids = itertools.count(1001)
         base = "/repos/{owner}/{repo}"
         self.app = Starlette(
             routes=[
+                Route("/user", self._user_route, methods=["GET"]),
                 Route(base, self._repo, methods=["GET"]),
+                Route(base + "/forks", self._forks, methods=["POST"]),
+                Route(base + "/git/ref/{ref:path}", self._get_ref, methods=["GET"]),
+                Route(base + "/git/refs/{ref:path}", self._delete_ref, methods=["DELETE"]),
+                Route(base + "/contents/{path:path}", self._contents, methods=["GET"]),
+                Route(base + "/actions/workflows", self._workflows, methods=["GET"]),
                 Route(base + "/pulls", self._pulls, methods=["GET", "POST"]),
                 Route(base + "/pulls/{number:int}", self._pull, methods=["GET", "PATCH"]),
                 Route(base + "/pulls/{number:int}/merge", self._merge, methods=["PUT"]),
@@ -96,7 +154,8 @@ class FakeGitHub:
         headers: dict[str, str] | None = None,
         times: int = 1,
     ) -> None:
-        """Answer the next `times` requests to `method path` (path after /repos/o/r) with this response."""
+        """Answer the next `times` requests to `method path` (path after /repos/o/r of the bot's repository, or
+        a whole path for any other) with this response."""
         self.scripted.append(
             Scripted(
                 method,
@@ -112,46 +171,78 @@ class FakeGitHub:
         """Hold the next `times` requests to `method path` for `seconds` before answering them."""
         self.scripted.append(Scripted(method, path, 0, {}, {}, times, seconds))
 
+    def add_fork(self, full_name: str, git_dir: Path | None = None, *, parent: str | None = None,
+                 ready_polls: int = 0, push: bool = True) -> FakeRepo:
+        """A repository that already exists: by default a fork of the bot's (`parent=""` for one that is not)."""
+        repo = FakeRepo(full_name, self.default_branch, git_dir, self.repository if parent is None else parent or None,
+                        ready_polls, push)
+        self.repos[full_name.lower()] = repo
+        return repo
+
     def set_mergeable(self, number: int, mergeable: bool | None) -> None:
         pr = self.pulls[number]
         pr["mergeable"] = mergeable
         pr["mergeable_state"] = {True: "clean", False: "dirty", None: "unknown"}[mergeable]
 
-    def head_of(self, branch: str) -> str | None:
-        if self.git_dir is not None:
-            out = subprocess.run(
-                [
-                    "git",
-                    "--git-dir",
-                    str(self.git_dir),
-                    "rev-parse",
-                    "--verify",
-                    "-q",
-                    f"refs/heads/{branch}",
-                ],
-                capture_output=True,
-                text=True,
-                check=False,
-            )
+    def head_of(self, branch: str, repository: str | None = None) -> str | None:
+        """The tip of `branch` in the bot's repository, or in `repository` (a fork)."""
+        repo = self.repos[(repository or self.repository).lower()]
+        if repo.git_dir is not None:
+            out = _git(repo.git_dir, "rev-parse", "--verify", "-q", f"refs/heads/{branch}^{{commit}}")
             return out.stdout.strip() or None
-        return self.branches.get(branch)
+        return repo.branches.get(branch)
 
     # -- shapes ------------------------------------------------------------------------------------
 
-    def _url(self, suffix: str) -> str:
-        return f"https://api.github.com/repos/{self.repository}{suffix}"
+    def _url(self, suffix: str, repository: str | None = None) -> str:
+        return f"https://api.github.com/repos/{repository or self.repository}{suffix}"
 
-    def _html(self, suffix: str) -> str:
-        return f"https://github.com/{self.repository}{suffix}"
+    def _html(self, suffix: str, repository: str | None = None) -> str:
+        return f"https://github.com/{repository or self.repository}{suffix}"
 
     def _user(self, login: str = "agent-runner[bot]") -> dict[str, Any]:
         return {"login": login, "id": 41898282, "type": "Bot"}
 
+    def _repo_view(self, repo: FakeRepo) -> dict[str, Any]:
+        view: dict[str, Any] = {
+            "id": 1296269 + list(self.repos).index(repo.full_name.lower()),
+            "name": repo.name,
+            "full_name": repo.full_name,
+            "owner": {"login": repo.owner, "type": "Organization" if repo.owner == self.owner else "User"},
+            "private": True,
+            "html_url": self._html("", repo.full_name),
+            "default_branch": repo.default_branch,
+            "fork": repo.parent is not None,
+            "permissions": {"admin": repo.parent is not None, "push": repo.push, "pull": True},
+        }
+        if repo.parent is not None:
+            parent = self.repos.get(repo.parent.lower())
+            short = {"full_name": repo.parent, "name": repo.parent.split("/")[1],
+                     "default_branch": parent.default_branch if parent else "main"}
+            view.update(parent=short, source=short)
+        return view
+
+    def _head_repo(self, pr: dict[str, Any]) -> FakeRepo:
+        return self.repos[str(pr["head"]["repo"]["full_name"]).lower()]
+
+    def _live_head(self, pr: dict[str, Any]) -> str:
+        head = self.head_of(pr["head"]["ref"], self._head_repo(pr).full_name) or pr["head"]["sha"]
+        if pr["state"] == "open":
+            self._sync_pull_ref(pr)
+        return head
+
+    def _sync_pull_ref(self, pr: dict[str, Any]) -> None:
+        """GitHub keeps every pull request's head in the base repository as refs/pull/N/head."""
+        repo, upstream = self._head_repo(pr), self.repos[self.repository.lower()]
+        if upstream.git_dir is None or repo.git_dir is None or repo is upstream:
+            return
+        _git(upstream.git_dir, "fetch", "--quiet", "--no-tags", str(repo.git_dir),
+             f"+refs/heads/{pr['head']['ref']}:refs/pull/{pr['number']}/head")
+
     def _view(self, pr: dict[str, Any], *, full: bool) -> dict[str, Any]:
         view = dict(pr)
-        head_sha = self.head_of(pr["head"]["ref"]) or pr["head"]["sha"]
         if pr["state"] == "open":
-            view["head"] = {**pr["head"], "sha": head_sha}
+            view["head"] = {**pr["head"], "sha": self._live_head(pr)}
         if not full:  # list items carry no merge fields, as on GitHub
             for key in ("merged", "mergeable", "mergeable_state", "merged_by", "comments", "commits"):
                 view.pop(key, None)
@@ -159,27 +250,131 @@ class FakeGitHub:
 
     # -- routes ------------------------------------------------------------------------------------
 
+    def _find(self, request: Request) -> FakeRepo | None:
+        return self.repos.get(f"{request.path_params['owner']}/{request.path_params['repo']}".lower())
+
     def _check_repo(self, request: Request) -> JSONResponse | None:
-        if f"{request.path_params['owner']}/{request.path_params['repo']}" != self.repository:
+        """Routes only the bot's repository answers here (its pulls, merges, comments, forks)."""
+        if f"{request.path_params['owner']}/{request.path_params['repo']}".lower() != self.repository.lower():
             return _error(404, "Not Found")
         return None
 
+    async def _user_route(self, request: Request) -> Response:
+        return JSONResponse({"login": self.login, "id": 7, "type": "User"})
+
     async def _repo(self, request: Request) -> Response:
+        repo = self._find(request)
+        if repo is None:
+            return _error(404, "Not Found")
+        return JSONResponse(self._repo_view(repo))
+
+    async def _forks(self, request: Request) -> Response:
         if (missing := self._check_repo(request)) is not None:
             return missing
-        name = self.repository.split("/")[1]
-        return JSONResponse(
-            {
-                "id": 1296269,
-                "name": name,
-                "full_name": self.repository,
-                "owner": {"login": self.owner, "type": "Organization"},
-                "private": True,
-                "html_url": self._html(""),
-                "default_branch": self.default_branch,
-                "permissions": {"admin": False, "push": True, "pull": True},
-            }
-        )
+        data = await request.json() if await request.body() else {}
+        owner = data.get("organization") or self.login
+        for repo in self.repos.values():  # one fork per account: GitHub answers with the one there is
+            if repo.parent == self.repository and repo.owner.lower() == owner.lower():
+                return JSONResponse(self._repo_view(repo), status_code=202)
+        name = data.get("name") or self.repository.split("/")[1]
+        self.forks_created.append(dict(data))
+        git_dir = None
+        upstream = self.repos[self.repository.lower()]
+        if self.fork_root is not None and upstream.git_dir is not None:
+            git_dir = self.fork_root / f"{name}.git"
+            only = ["--single-branch", "--branch", self.default_branch] if data.get("default_branch_only") else []
+            subprocess.run(["git", "clone", "--quiet", "--bare", *only, str(upstream.git_dir), str(git_dir)],
+                           capture_output=True, check=True)
+        repo = self.add_fork(f"{owner}/{name}", git_dir, ready_polls=self.fork_delay)
+        return JSONResponse(self._repo_view(repo), status_code=202)
+
+    async def _get_ref(self, request: Request) -> Response:
+        repo = self._find(request)
+        ref = request.path_params["ref"]
+        if repo is None or not ref.startswith("heads/"):
+            return _error(404, "Not Found")
+        if repo.ready_polls > 0:
+            repo.ready_polls -= 1
+            return _error(404, "Not Found")
+        sha = self.head_of(ref.removeprefix("heads/"), repo.full_name)
+        if sha is None:
+            return _error(404, "Not Found")
+        return JSONResponse({"ref": f"refs/{ref}", "url": self._url(f"/git/refs/{ref}", repo.full_name),
+                             "object": {"sha": sha, "type": "commit"}})
+
+    async def _delete_ref(self, request: Request) -> Response:
+        repo = self._find(request)
+        ref = request.path_params["ref"]
+        if repo is None:
+            return _error(404, "Not Found")
+        branch = ref.removeprefix("heads/")
+        if not ref.startswith("heads/") or self.head_of(branch, repo.full_name) is None:
+            return _error(422, "Reference does not exist")
+        if repo.git_dir is not None:
+            _git(repo.git_dir, "update-ref", "-d", f"refs/heads/{branch}")
+        repo.branches.pop(branch, None)
+        return Response(status_code=204)
+
+    async def _contents(self, request: Request) -> Response:
+        repo = self._find(request)
+        if repo is None or repo.git_dir is None:
+            return _error(404, "Not Found")
+        path = request.path_params["path"].strip("/")
+        ref = request.query_params.get("ref") or repo.default_branch
+        kind = _git(repo.git_dir, "cat-file", "-t", f"{ref}:{path}").stdout.strip()
+        if kind == "tree":
+            listing = _git(repo.git_dir, "ls-tree", "-z", f"{ref}:{path}").stdout
+            entries = []
+            for item in filter(None, listing.split("\0")):
+                meta, name = item.split("\t", 1)
+                _mode, type_, sha = meta.split()
+                entries.append({"type": "dir" if type_ == "tree" else "file", "name": name,
+                                "path": f"{path}/{name}", "sha": sha})
+            return JSONResponse(entries)
+        if kind != "blob":
+            return _error(404, "Not Found")
+        content = subprocess.run(["git", "--git-dir", str(repo.git_dir), "cat-file", "blob", f"{ref}:{path}"],
+                                 capture_output=True, check=True).stdout
+        encoded = base64.encodebytes(content).decode()  # GitHub wraps its base64 in lines too
+        return JSONResponse({"type": "file", "encoding": "base64", "size": len(content), "name": path.split("/")[-1],
+                             "path": path, "content": encoded,
+                             "sha": _git(repo.git_dir, "rev-parse", f"{ref}:{path}").stdout.strip()})
+
+    async def _workflows(self, request: Request) -> Response:
+        repo = self._find(request)
+        if repo is None:
+            return _error(404, "Not Found")
+        items = []
+        if repo.git_dir is not None:
+            listing = _git(repo.git_dir, "ls-tree", "-z", "--name-only", f"{repo.default_branch}:.github/workflows")
+            for i, name in enumerate(sorted(filter(None, listing.stdout.split("\0")))):
+                if name.endswith((".yml", ".yaml")):
+                    path = f".github/workflows/{name}"
+                    items.append({"id": 161335 + i, "node_id": f"MDg6V29ya2Zsb3cx{i}", "name": name, "path": path,
+                                  "state": self.workflow_states.get(path, "active"), "created_at": NOW,
+                                  "updated_at": NOW})
+        per_page = int(request.query_params.get("per_page", "30"))
+        page = int(request.query_params.get("page", "1"))
+        return JSONResponse({"total_count": len(items), "workflows": items[(page - 1) * per_page : page * per_page]})
+
+    def _head_of_request(self, head: str, head_repo: Any) -> tuple[FakeRepo, str] | None:
+        """Which repository and branch a pull request's `head` names: `branch`, or `owner:branch` for a fork."""
+        owner, _, branch = head.rpartition(":")
+        owner = owner or self.owner
+        if isinstance(head_repo, str) and head_repo:
+            repo = self.repos.get(head_repo.lower())
+            if repo is None or repo.owner.lower() != owner.lower():
+                return None
+        elif owner.lower() == self.owner.lower():
+            repo = self.repos[self.repository.lower()]  # a fork in the same organization needs head_repo
+        else:
+            repo = next((r for r in self.repos.values()
+                         if r.parent == self.repository and r.owner.lower() == owner.lower()), None)
+            if repo is None:
+                return None
+        if repo.full_name != self.repository and repo.parent != self.repository:
+            return None  # not in the repository's network
+        return repo, branch
 
     async def _pulls(self, request: Request) -> Response:
         if (missing := self._check_repo(request)) is not None:
@@ -195,6 +390,7 @@ class FakeGitHub:
             chunk = items[(page - 1) * per_page : page * per_page]
             return JSONResponse([self._view(p, full=False) for p in chunk])
         data = await request.json()
+        self.pull_requests_sent.append(dict(data))
         for key in ("title", "head", "base"):
             if not isinstance(data.get(key), str) or not data[key]:
                 return _error(
@@ -202,22 +398,30 @@ class FakeGitHub:
                     "Validation Failed",
                     [{"resource": "PullRequest", "field": key, "code": "missing_field"}],
                 )
-        head, base = data["head"], data["base"]
-        head_sha = self.head_of(head)
-        if head_sha is None:
+        base = data["base"]
+        found = self._head_of_request(data["head"], data.get("head_repo"))
+        head_sha = self.head_of(found[1], found[0].full_name) if found is not None else None
+        if found is None or head_sha is None:
             return _error(422, "Validation Failed", [{"resource": "PullRequest", "field": "head", "code": "invalid"}])
+        head_repo, head = found
         if base != self.default_branch and self.head_of(base) is None:
             return _error(422, "Validation Failed", [{"resource": "PullRequest", "field": "base", "code": "invalid"}])
+        label = f"{head_repo.owner}:{head}"
         for pr in self.pulls.values():
-            if pr["state"] == "open" and pr["head"]["ref"] == head:
-                message = f"A pull request already exists for {self.owner}:{head}."
+            if pr["state"] == "open" and pr["head"]["label"] == label:
+                message = f"A pull request already exists for {label}."
                 return _error(
                     422,
                     "Validation Failed",
                     [{"resource": "PullRequest", "code": "custom", "message": message}],
                 )
         number = len(self.pulls) + 1
-        repo = {"full_name": self.repository, "name": self.repository.split("/")[1]}
+        upstream = self.repos[self.repository.lower()]
+
+        def short(repo: FakeRepo) -> dict[str, Any]:
+            return {"full_name": repo.full_name, "name": repo.name, "fork": repo.parent is not None,
+                    "owner": {"login": repo.owner}}
+
         self.pulls[number] = {
             "url": self._url(f"/pulls/{number}"),
             "id": next(self._ids),
@@ -233,13 +437,15 @@ class FakeGitHub:
             "closed_at": None,
             "merged_at": None,
             "merge_commit_sha": hashlib.sha1(f"test-merge-{number}".encode()).hexdigest(),
-            "head": {"label": f"{self.owner}:{head}", "ref": head, "sha": head_sha, "repo": repo},
+            "head": {"label": label, "ref": head, "sha": head_sha, "repo": short(head_repo),
+                     "user": {"login": head_repo.owner}},
             "base": {
                 "label": f"{self.owner}:{base}",
                 "ref": base,
                 "sha": self.head_of(base) or "0" * 40,
-                "repo": repo,
+                "repo": short(upstream),
             },
+            "maintainer_can_modify": bool(data.get("maintainer_can_modify", head_repo is not upstream)),
             "draft": False,
             "merged": False,
             "mergeable": True,
@@ -259,7 +465,7 @@ class FakeGitHub:
         if request.method == "PATCH":
             data = await request.json()
             if data.get("state") == "closed" and pr["state"] == "open":
-                pr["head"]["sha"] = self.head_of(pr["head"]["ref"]) or pr["head"]["sha"]
+                pr["head"]["sha"] = self._live_head(pr)
                 pr.update(state="closed", closed_at=NOW, updated_at=NOW)
             if "title" in data:
                 pr["title"] = data["title"]
@@ -282,9 +488,9 @@ class FakeGitHub:
                 "Validation Failed",
                 [{"resource": "PullRequest", "field": "merge_method", "code": "invalid"}],
             )
-        head_sha = self.head_of(pr["head"]["ref"]) or pr["head"]["sha"]
         if pr["state"] != "open" or pr["mergeable"] is False:
             return _error(405, "Pull Request is not mergeable")
+        head_sha = self._live_head(pr)  # a fork's head is fetched into refs/pull/N/head first
         if data.get("sha") is not None and data["sha"] != head_sha:
             return _error(409, "Head branch was modified. Review and try the merge again.")
         if self.git_dir is not None:  # land it for real, as GitHub does: the merge commit is on the base branch
@@ -310,23 +516,14 @@ class FakeGitHub:
         """Merge `head_sha` into `base` in the bare repository (one parent for squash and rebase, two for a
         merge commit); None when it does not merge cleanly."""
         assert self.git_dir is not None
-
-        def git(*args: str) -> subprocess.CompletedProcess[str]:
-            env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "GIT_CONFIG_NOSYSTEM": "1",
-                   "GIT_CONFIG_GLOBAL": "/dev/null", "GIT_AUTHOR_NAME": "GitHub",
-                   "GIT_AUTHOR_EMAIL": "noreply@github.com", "GIT_COMMITTER_NAME": "GitHub",
-                   "GIT_COMMITTER_EMAIL": "noreply@github.com"}
-            return subprocess.run(["git", "--git-dir", str(self.git_dir), *args], env=env, capture_output=True,
-                                  text=True, check=False)
-
         base_sha = self.head_of(base)
         assert base_sha is not None
-        tree = git("merge-tree", "--write-tree", base_sha, head_sha)
+        tree = _git(self.git_dir, "merge-tree", "--write-tree", base_sha, head_sha)
         if tree.returncode != 0:
             return None
         parents = ["-p", base_sha] + (["-p", head_sha] if method == "merge" else [])
-        commit = git("commit-tree", tree.stdout.split()[0], *parents, "-m", title).stdout.strip()
-        if git("update-ref", f"refs/heads/{base}", commit, base_sha).returncode != 0:
+        commit = _git(self.git_dir, "commit-tree", tree.stdout.split()[0], *parents, "-m", title).stdout.strip()
+        if _git(self.git_dir, "update-ref", f"refs/heads/{base}", commit, base_sha).returncode != 0:
             return None
         return commit
 
