@@ -1,5 +1,6 @@
 """GitHub with a private repository, end to end: the supervisor's own git (mirror fetches, a rollback's revert
-push) authenticates with the forge's token, scoped to the repository's URL, and never stores it.
+push) authenticates with the forge's token, scoped to the repository's URL, and never stores it. In fork mode
+(the recommended set-up) the same runs push agent branches to the fork and open the pull request from it.
 
 The repository is served by `git http-backend` behind a server that refuses any request without GitHub's
 Basic `x-access-token` header; the REST API is the fake GitHub, which lands merges in that same repository.
@@ -50,8 +51,27 @@ def server(bare: Path) -> Iterator[GitHttpServer]:
         yield running
 
 
+@pytest.fixture(params=["own repository", "fork"])
+async def github(request: pytest.FixtureRequest, bare: Path,
+                 server: GitHttpServer) -> AsyncIterator[tuple[GitHubForge, FakeGitHub]]:
+    fake = FakeGitHub(TOKEN, "octo/bot", git_dir=bare, fork_root=bare.parent, fork_delay=1)
+    fork = {"fork": "agent-runner-bot/bot", "fork_git_url": server.url("bot.git")} if request.param == "fork" else {}
+    forge = GitHubForge("octo/bot", TOKEN, api_url="https://api.github.test",
+                        transport=httpx.ASGITransport(app=fake.app), git_url=server.url("sample-bot.git"),
+                        **fork)  # type: ignore[arg-type]
+    async with forge:
+        yield forge, fake
+
+
+def agent_branches(bare: Path, repository: str | None = None) -> list[str]:
+    """The agent/* branches of the served bare repository `bare` (or of the fork beside it)."""
+    where = bare if repository is None else bare.parent / "bot.git"
+    return git("--git-dir", str(where), "for-each-ref", "--format=%(refname:strip=2)", "refs/heads/agent/",
+               cwd=bare.parent).split()
+
+
 @pytest.fixture
-async def github(bare: Path, server: GitHttpServer) -> AsyncIterator[tuple[GitHubForge, FakeGitHub]]:
+async def own_repository(bare: Path, server: GitHttpServer) -> AsyncIterator[tuple[GitHubForge, FakeGitHub]]:
     fake = FakeGitHub(TOKEN, "octo/bot", git_dir=bare)
     forge = GitHubForge("octo/bot", TOKEN, api_url="https://api.github.test",
                         transport=httpx.ASGITransport(app=fake.app), git_url=server.url("sample-bot.git"))
@@ -60,8 +80,8 @@ async def github(bare: Path, server: GitHttpServer) -> AsyncIterator[tuple[GitHu
 
 
 async def test_a_private_repository_is_mirrored_with_the_forge_token_and_it_is_stored_nowhere(
-        tmp_path: Path, github: tuple[GitHubForge, FakeGitHub], server: GitHttpServer) -> None:
-    forge, _ = github
+        tmp_path: Path, own_repository: tuple[GitHubForge, FakeGitHub], server: GitHttpServer) -> None:
+    forge, _ = own_repository
     url = forge.git_url
     with pytest.raises(Exception, match="401|Authentication|could not read"):
         await update_mirror(tmp_path / "anonymous", url)  # what every task did before: no credential
@@ -87,6 +107,7 @@ async def test_a_github_release_rolled_back_reverts_the_merge_on_the_private_rep
     git("commit", "-q", "-m", "broken", cwd=work)
     sha = await forge.push_branch(work, "agent/broken")
     pr = await forge.open_pr("Break it", "body", "agent/broken", "main")
+    assert agent_branches(bare) == ([] if forge.fork else ["agent/broken"])
     before = git("--git-dir", str(bare), "rev-parse", "main", cwd=tmp_path)
     deployed = tmp_path / "deployed"
     # Health is the deploy command's exit status: the new version fails, the rollback succeeds.
@@ -114,7 +135,7 @@ async def test_a_github_release_rolled_back_reverts_the_merge_on_the_private_rep
 
 @pytest.mark.docker
 async def test_a_task_on_a_private_github_repository_becomes_a_pull_request(
-        tmp_path: Path, github: tuple[GitHubForge, FakeGitHub]) -> None:
+        tmp_path: Path, bare: Path, github: tuple[GitHubForge, FakeGitHub]) -> None:
     forge, fake = github
     async with serve_scripted_model(Scenario.from_file(FIX_SCENARIO)) as model, \
             Store(tmp_path / "state.db") as store, DockerSandbox() as sandbox, \
@@ -127,3 +148,10 @@ async def test_a_task_on_a_private_github_repository_becomes_a_pull_request(
     assert result.status is TaskState.PROPOSED, result.reason
     assert result.pr is not None and result.pr.number in fake.pulls
     assert tuple(result.files_changed) == ("bot/ledger.py",)
+    pr = await forge.get_pr(result.pr.number)
+    if forge.fork:  # the bot's repository never held the agent's code before approval: its CI had nothing to run
+        assert pr.head_repo == forge.fork and agent_branches(bare) == []
+        assert agent_branches(bare, forge.fork) == [result.pr.branch]
+        assert fake.pull_requests_sent[-1]["head"] == f"agent-runner-bot:{result.pr.branch}"
+    else:
+        assert pr.head_repo == "octo/bot" and agent_branches(bare) == [result.pr.branch]
