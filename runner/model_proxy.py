@@ -1,18 +1,23 @@
-"""The supervisor's model proxy: sandboxes reach the Anthropic Messages API only through it.
+"""The sandbox's model gateway: per-task token in, real key out, only checked Messages calls, budget reserved.
 
-A sandbox holds a per-task token, never the real key. The proxy listens on a Unix socket mounted
-into the container, checks the token (`x-api-key` or `Authorization: Bearer`), forwards `/v1/*`
-upstream with the real `ANTHROPIC_API_KEY`, streams the answer back chunk by chunk, and counts
-the task's tokens and cost from the answer itself (SSE `message_start` / `message_delta` usage, or
-the JSON `usage`). When a task's budget is spent, further requests are refused and the supervisor
-is told (a callback and a per-task `asyncio.Event`), so it can stop the container.
+A sandbox holds a per-task token, never the real key, and code the agent runs holds that token too. The
+proxy listens on a Unix socket mounted into the container and, for each request: checks the token
+(`x-api-key` or `Authorization: Bearer`), the route and the body (runner.model_gateway: anything else is
+refused in Anthropic's error shape, audited through `on_refusal`, and never forwarded), reserves the
+request's worst case against the task's budget (runner.metering), forwards it with the real
+`ANTHROPIC_API_KEY`, streams the answer back chunk by chunk, and settles the reservation from the answer's
+usage. A revoked token or a passed deadline cuts requests in flight at their next chunk. Upstream failures
+are kept per task as a typed value (`upstream_failures`), so a task's reason can name them.
 
-    proxy = ModelProxy(settings.anthropic_base_url, settings.anthropic_api_key)
-    token = proxy.issue_token(task_id, Budget(max_tokens=2_000_000, max_cost_usd=5.0))
+    proxy = ModelProxy(settings.anthropic_base_url, settings.anthropic_api_key, on_refusal=audit)
+    token = proxy.issue_token(task_id, Budget(max_cost_usd=5.0), models=model_patterns("claude-sonnet-4-5"),
+                              time_limit=1800)
     async with proxy.serve_unix(socket_dir / "model.sock"):
         ...                    # container runs with ANTHROPIC_API_KEY=<token>
-    proxy.revoke(task_id)      # the token is refused (401) from now on
+    proxy.revoke(task_id)      # refused (401) from now on, streams in flight cut
     proxy.usage(task_id)       # Usage(input_tokens=..., cost_usd=..., requests=...)
+    proxy.refusals(task_id)    # (Refusal(status=400, field="mcp_servers", reason=...), ...)
+    proxy.upstream_failures(task_id).describe()   # "the model upstream answered 500 8 times"
 """
 
 from __future__ import annotations
@@ -25,20 +30,42 @@ import logging
 import os
 import secrets
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Literal, TypeVar
 
 import httpx
 import uvicorn
-from starlette.applications import Starlette
-from starlette.background import BackgroundTask
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from runner.errors import UpstreamError
+from runner.metering import (
+    DEFAULT_MAX_EVENT,
+    DEFAULT_PRICES,
+    Account,
+    Budget,
+    MessageUsage,
+    Price,
+    PriceTable,
+    Reservation,
+    SSEUsageParser,
+    Usage,
+    reservation_for,
+)
+from runner.model_gateway import (
+    API_VERSION,
+    Checked,
+    Endpoint,
+    Refusal,
+    check_body,
+    filter_betas,
+    match_route,
+    model_patterns,
+)
 
 __all__ = [
     "DEFAULT_PRICES",
@@ -46,25 +73,34 @@ __all__ = [
     "ModelProxy",
     "Price",
     "PriceTable",
+    "Refusal",
+    "UpstreamFailures",
     "Usage",
+    "model_patterns",
 ]
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 DEFAULT_UPSTREAM_URL = "https://api.anthropic.com"
 # Time to connect and get the response headers; the CLI itself allows 600 s per request.
 DEFAULT_REQUEST_TIMEOUT = 600.0
-# Longest silence between two chunks of a streamed answer (Anthropic pings every few seconds).
+# Longest silence between two chunks of a streamed answer (Anthropic pings every few seconds), or of the body.
 DEFAULT_IDLE_TIMEOUT = 120.0
 DEFAULT_MAX_BODY = 32 * 1024 * 1024
+# Refusals kept and audited per task; past this a sandbox hammering the gateway is only counted.
+DEFAULT_MAX_REFUSALS = 500
 
-# Only these request headers reach the upstream; everything else (cookies, hop-by-hop headers,
-# the sandbox's token, tracking headers) stays behind.
-FORWARDED_REQUEST_HEADERS = frozenset(
-    {"anthropic-version", "anthropic-beta", "content-type", "accept", "user-agent", "x-app"}
-)
+# Only these request headers reach the upstream (anthropic-beta filtered, the body's type and version set
+# by the proxy); everything else (cookies, hop-by-hop headers, the sandbox's token) stays behind.
+FORWARDED_REQUEST_HEADERS = frozenset({"accept", "user-agent", "x-app"})
 FORWARDED_RESPONSE_HEADERS = frozenset({"content-type", "request-id", "retry-after", "x-should-retry", "cache-control"})
 FORWARDED_RESPONSE_PREFIXES = ("anthropic-ratelimit-",)
+
+FailureKind = Literal["status", "unreachable", "timeout", "broken"]
+RefusalSink = Callable[[str, Refusal], Awaitable[None]]
+UNLIMITED = Budget()
+_NO_COST = Reservation(model="", input_tokens=0, output_tokens=0, cost_usd=0.0)
 
 
 def bind_unix(path: Path) -> socket.socket:
@@ -99,118 +135,71 @@ class EmbeddedServer(uvicorn.Server):
 
 
 @dataclass(frozen=True, slots=True)
-class Price:
-    """USD per million tokens."""
+class UpstreamFailures:
+    """How a task's model upstream has been failing. `repeats`: failures in a row ending like the last one
+    (reset by an answer); `status`: the upstream's HTTP status when it answered; `waited_seconds`: how long
+    the last request that timed out waited."""
 
-    input: float
-    output: float
-    cache_write: float
-    cache_read: float
+    count: int = 0
+    repeats: int = 0
+    last_kind: FailureKind | None = None
+    last_status: int | None = None
+    waited_seconds: float | None = None
 
+    def describe(self) -> str:
+        """One clause for a task's reason, e.g. "the model upstream answered 500 8 times"."""
+        times = "once" if self.repeats == 1 else f"{self.repeats} times"
+        if self.last_kind is None:
+            return "the model upstream answered every request"
+        if self.repeats == 0:
+            return f"the model upstream failed {self.count} time(s), then answered"
+        if self.last_kind == "status":
+            return f"the model upstream answered {self.last_status} {times}"
+        if self.last_kind == "timeout":
+            return f"the model upstream did not answer within {self.waited_seconds or 0:.0f} s ({times})"
+        if self.last_kind == "unreachable":
+            return f"the model upstream could not be reached ({times})"
+        return f"the model upstream broke off its answer mid-stream ({times})"
 
-@dataclass(frozen=True, slots=True)
-class PriceTable:
-    """Prices by model family: the first family whose name is in the model id wins."""
+    def failed(self, kind: FailureKind, status: int | None = None, waited: float | None = None) -> UpstreamFailures:
+        same = self.repeats > 0 and self.last_kind == kind and self.last_status == status
+        return UpstreamFailures(self.count + 1, self.repeats + 1 if same else 1, kind, status, waited)
 
-    families: Mapping[str, Price]
-    default: Price
-
-    def for_model(self, model: str) -> Price:
-        lowered = model.lower()
-        for family, price in self.families.items():
-            if family in lowered:
-                return price
-        return self.default
-
-
-DEFAULT_PRICES = PriceTable(
-    families={
-        "opus": Price(input=5.0, output=25.0, cache_write=6.25, cache_read=0.50),
-        "sonnet": Price(input=3.0, output=15.0, cache_write=3.75, cache_read=0.30),
-        "haiku": Price(input=1.0, output=5.0, cache_write=1.25, cache_read=0.10),
-    },
-    # An unknown model is billed as the dearest family, so a budget errs on the safe side.
-    default=Price(input=5.0, output=25.0, cache_write=6.25, cache_read=0.50),
-)
-
-
-@dataclass(frozen=True, slots=True)
-class Budget:
-    """What a task may spend; None means no limit on that axis. Tokens count input, output and cache."""
-
-    max_tokens: int | None = None
-    max_cost_usd: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Usage:
-    input_tokens: int = 0
-    output_tokens: int = 0
-    cache_creation_input_tokens: int = 0
-    cache_read_input_tokens: int = 0
-    cost_usd: float = 0.0
-    requests: int = 0
-
-    @property
-    def total_tokens(self) -> int:
-        return self.input_tokens + self.output_tokens + self.cache_creation_input_tokens + self.cache_read_input_tokens
-
-    def exceeds(self, budget: Budget) -> bool:
-        return (budget.max_tokens is not None and self.total_tokens >= budget.max_tokens) or (
-            budget.max_cost_usd is not None and self.cost_usd >= budget.max_cost_usd
-        )
-
-
-@dataclass(slots=True)
-class _MessageUsage:
-    """Usage of one model answer, assembled from the stream (message_delta values are cumulative)."""
-
-    model: str = ""
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def update(self, usage: Any) -> None:
-        if isinstance(usage, dict):
-            for key in ("input_tokens", "output_tokens", "cache_creation_input_tokens", "cache_read_input_tokens"):
-                value = usage.get(key)
-                if isinstance(value, int) and value >= 0:
-                    self.counts[key] = value
-
-    def feed_event(self, event: Any) -> None:
-        if not isinstance(event, dict):
-            return
-        if event.get("type") == "message_start" and isinstance(event.get("message"), dict):
-            message = event["message"]
-            if isinstance(message.get("model"), str):
-                self.model = message["model"]
-            self.update(message.get("usage"))
-        elif event.get("type") == "message_delta":
-            self.update(event.get("usage"))
+    def answered(self) -> UpstreamFailures:
+        return replace(self, repeats=0)
 
 
 @dataclass(slots=True)
 class _TaskState:
     task_id: str
-    budget: Budget
-    usage: Usage = field(default_factory=Usage)
+    account: Account
+    models: tuple[str, ...]
+    deadline: float | None
     exhausted: asyncio.Event = field(default_factory=asyncio.Event)
+    stop: asyncio.Event = field(default_factory=asyncio.Event)
     revoked: bool = False
+    refusals: list[Refusal] = field(default_factory=list)
+    refused: int = 0
+    failures: UpstreamFailures = field(default_factory=UpstreamFailures)
 
 
-class _SSEUsageParser:
-    """Reads usage out of an SSE byte stream without holding more than one event in memory."""
+class _Cut(Exception):
+    """A wait ended by the task (revoked, past its deadline) or by silence (idle)."""
 
-    def __init__(self, message: _MessageUsage) -> None:
-        self._message = message
-        self._buffer = b""
+    def __init__(self, kind: Literal["revoked", "deadline", "idle"], waited: float) -> None:
+        super().__init__(kind)
+        self.kind = kind
+        self.waited = waited
 
-    def feed(self, chunk: bytes) -> None:
-        self._buffer += chunk.replace(b"\r\n", b"\n")
-        while b"\n\n" in self._buffer:
-            raw, self._buffer = self._buffer.split(b"\n\n", 1)
-            data = b"\n".join(line[5:].lstrip() for line in raw.split(b"\n") if line.startswith(b"data:"))
-            if data:
-                with contextlib.suppress(ValueError):
-                    self._message.feed_event(json.loads(data))
+
+@dataclass(slots=True)
+class _Exchange:
+    """One request's loose ends, tied off whatever way the request ends (even a client that went away)."""
+
+    state: _TaskState
+    handle: int | None = None
+    upstream: httpx.Response | None = None
+    message: MessageUsage = field(default_factory=MessageUsage)
 
 
 def _digest(token: str) -> bytes:
@@ -225,6 +214,12 @@ def _error(status: int, kind: str, message: str, *, retry: bool | None = None) -
     )
 
 
+def _sse_error(kind: str, message: str) -> bytes:
+    # How the Messages API reports an error after the status line: the SDK raises it as an APIError.
+    data = json.dumps({"type": "error", "error": {"type": kind, "message": message}})
+    return f"event: error\ndata: {data}\n\n".encode()
+
+
 def _presented_token(request: Request) -> str | None:
     if token := request.headers.get("x-api-key"):
         return token
@@ -235,7 +230,7 @@ def _presented_token(request: Request) -> str | None:
 
 
 class ModelProxy:
-    """Per-task authenticated, budgeted pass-through to the Anthropic Messages API."""
+    """Per-task authenticated, checked, budgeted gateway to the Anthropic Messages API."""
 
     def __init__(
         self,
@@ -245,17 +240,27 @@ class ModelProxy:
         transport: httpx.AsyncBaseTransport | None = None,
         prices: PriceTable = DEFAULT_PRICES,
         on_exhausted: Callable[[str, Usage], None] | None = None,
+        on_refusal: RefusalSink | None = None,
+        default_models: Sequence[str] | None = None,
+        clock: Callable[[], float] = time.monotonic,
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         idle_timeout: float = DEFAULT_IDLE_TIMEOUT,
         max_body: int = DEFAULT_MAX_BODY,
+        max_event: int = DEFAULT_MAX_EVENT,
+        max_refusals: int = DEFAULT_MAX_REFUSALS,
     ) -> None:
         self._upstream = httpx.URL(upstream_url.rstrip("/"))
         self._api_key = api_key
         self._prices = prices
         self._on_exhausted = on_exhausted
+        self._on_refusal = on_refusal
+        self._default_models = tuple(default_models) if default_models is not None else model_patterns(None)
+        self._clock = clock
         self._request_timeout = request_timeout
         self._idle_timeout = idle_timeout
         self._max_body = max_body
+        self._max_event = max_event
+        self._max_refusals = max_refusals
         self._tasks: dict[str, _TaskState] = {}
         self._by_token: dict[bytes, _TaskState] = {}
         self._client = httpx.AsyncClient(
@@ -264,201 +269,321 @@ class ModelProxy:
             follow_redirects=False,
             trust_env=False,
         )
-        self.app = Starlette(routes=[Route("/{path:path}", self._handle, methods=["GET", "POST"])])
 
     def __repr__(self) -> str:
         return f"ModelProxy(upstream_url={str(self._upstream)!r}, tasks={len(self._tasks)})"
 
     # Task bookkeeping -------------------------------------------------------------------------
 
-    def issue_token(self, task_id: str, budget: Budget = Budget()) -> str:
-        """A fresh token for `task_id`; a task holds one token at a time, reissuing replaces it."""
+    def issue_token(self, task_id: str, budget: Budget = UNLIMITED, *, models: Sequence[str] | None = None,
+                    time_limit: float | None = None) -> str:
+        """A fresh token for `task_id`; a task holds one token at a time, reissuing replaces it.
+
+        `models`: glob patterns of the models the task may call (default: the proxy's `default_models`).
+        `time_limit`: seconds from now after which requests in flight are cut and new ones refused.
+        """
         state = self._tasks.get(task_id)
+        patterns = tuple(models) if models is not None else self._default_models
+        deadline = None if time_limit is None else self._clock() + time_limit
         if state is None or state.revoked:
-            state = _TaskState(task_id=task_id, budget=budget)
+            state = _TaskState(task_id=task_id, account=Account(budget), models=patterns, deadline=deadline)
             self._tasks[task_id] = state
         else:
-            state.budget = budget
+            state.account.budget, state.models, state.deadline = budget, patterns, deadline
         self._drop_tokens(state)
         token = secrets.token_urlsafe(32)
         self._by_token[_digest(token)] = state
         return token
 
     def revoke(self, task_id: str) -> None:
-        """Refuse the task's token from now on (401); its usage stays readable."""
+        """Refuse the task's token from now on (401) and cut its streams in flight; its records stay readable."""
         state = self._tasks.get(task_id)
         if state is not None:
             state.revoked = True
+            state.stop.set()
             self._drop_tokens(state)
 
     def usage(self, task_id: str) -> Usage:
         state = self._tasks.get(task_id)
-        return state.usage if state is not None else Usage()
+        return state.account.usage if state is not None else Usage()
+
+    def refusals(self, task_id: str) -> tuple[Refusal, ...]:
+        """The task's refused requests, oldest first (the first `max_refusals` of them)."""
+        state = self._tasks.get(task_id)
+        return tuple(state.refusals) if state is not None else ()
+
+    def upstream_failures(self, task_id: str) -> UpstreamFailures:
+        state = self._tasks.get(task_id)
+        return state.failures if state is not None else UpstreamFailures()
 
     def exhausted(self, task_id: str) -> asyncio.Event:
-        """Set once the task's budget is spent."""
-        return self._state(task_id).exhausted
+        """Set once the task's budget is spent, or cannot pay for the request it needs next."""
+        try:
+            return self._tasks[task_id].exhausted
+        except KeyError:
+            raise KeyError(f"no token was issued for task {task_id!r}") from None
 
     def forget(self, task_id: str) -> None:
         """Revoke and drop everything known about the task."""
         self.revoke(task_id)
         self._tasks.pop(task_id, None)
 
-    def _state(self, task_id: str) -> _TaskState:
-        try:
-            return self._tasks[task_id]
-        except KeyError:
-            raise KeyError(f"no token was issued for task {task_id!r}") from None
-
     def _drop_tokens(self, state: _TaskState) -> None:
         for digest in [d for d, s in self._by_token.items() if s is state]:
             del self._by_token[digest]
 
-    def _charge(self, state: _TaskState, message: _MessageUsage | None) -> None:
-        counts = message.counts if message is not None else {}
-        price = self._prices.for_model(message.model if message is not None else "")
-        input_tokens = counts.get("input_tokens", 0)
-        output_tokens = counts.get("output_tokens", 0)
-        cache_write = counts.get("cache_creation_input_tokens", 0)
-        cache_read = counts.get("cache_read_input_tokens", 0)
-        cost = (
-            input_tokens * price.input
-            + output_tokens * price.output
-            + cache_write * price.cache_write
-            + cache_read * price.cache_read
-        ) / 1_000_000
-        usage = state.usage
-        state.usage = replace(
-            usage,
-            input_tokens=usage.input_tokens + input_tokens,
-            output_tokens=usage.output_tokens + output_tokens,
-            cache_creation_input_tokens=usage.cache_creation_input_tokens + cache_write,
-            cache_read_input_tokens=usage.cache_read_input_tokens + cache_read,
-            cost_usd=usage.cost_usd + cost,
-        )
-        self._check_budget(state)
+    def _mark_exhausted(self, state: _TaskState) -> None:
+        if state.exhausted.is_set():
+            return
+        state.exhausted.set()
+        usage = state.account.usage
+        logger.warning("model budget spent: task=%s tokens=%d cost_usd=%.4f", state.task_id, usage.total_tokens,
+                       usage.cost_usd)
+        if self._on_exhausted is not None:
+            self._on_exhausted(state.task_id, usage)
 
-    def _check_budget(self, state: _TaskState) -> bool:
-        if not state.usage.exceeds(state.budget):
-            return False
-        if not state.exhausted.is_set():
-            state.exhausted.set()
-            logger.warning(
-                "model budget spent: task=%s tokens=%d cost_usd=%.4f",
-                state.task_id,
-                state.usage.total_tokens,
-                state.usage.cost_usd,
-            )
-            if self._on_exhausted is not None:
-                self._on_exhausted(state.task_id, state.usage)
-        return True
+    def _settle(self, exchange: _Exchange) -> None:
+        if exchange.handle is None:
+            return
+        handle, exchange.handle = exchange.handle, None
+        state = exchange.state
+        state.account.settle(handle, exchange.message, self._prices)
+        if state.account.usage.exceeds(state.account.budget):
+            self._mark_exhausted(state)
+
+    def _release(self, exchange: _Exchange) -> None:
+        if exchange.handle is not None:
+            exchange.state.account.release(exchange.handle)
+            exchange.handle = None
+
+    async def _refuse(self, state: _TaskState, refusal: Refusal) -> Response:
+        state.refused += 1
+        logger.info("model request refused: task=%s %s %s field=%s: %s", state.task_id, refusal.method,
+                    refusal.path, refusal.field, refusal.reason)
+        if len(state.refusals) < self._max_refusals:
+            state.refusals.append(refusal)
+            if self._on_refusal is not None:
+                try:
+                    await self._on_refusal(state.task_id, refusal)
+                except Exception:  # the sink's failure must not turn a refusal into a forward or a crash
+                    logger.exception("recording a model refusal failed: task=%s", state.task_id)
+        elif state.refused == self._max_refusals + 1:
+            logger.warning("task %s: over %d model refusals; further ones are only counted", state.task_id,
+                           self._max_refusals)
+        # x-should-retry: the CLI's SDK would otherwise retry a refusal that cannot change.
+        return _error(refusal.status, refusal.error_type, refusal.reason, retry=False)
+
+    def _time_left(self, state: _TaskState) -> float | None:
+        return None if state.deadline is None else state.deadline - self._clock()
+
+    async def _wait(self, state: _TaskState, awaitable: Awaitable[T], limit: float) -> T:
+        """`awaitable`'s result, unless the task is revoked, passes its deadline, or `limit` seconds pass."""
+        left = self._time_left(state)
+        if state.stop.is_set():
+            raise _Cut("revoked", 0.0)
+        if left is not None and left <= 0:
+            raise _Cut("deadline", 0.0)
+        timeout = limit if left is None else min(limit, left)
+        started = time.monotonic()
+        work = asyncio.ensure_future(awaitable)
+        stop = asyncio.ensure_future(state.stop.wait())
+        try:
+            await asyncio.wait({work, stop}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            if not work.done():
+                work.cancel()
+                await asyncio.gather(work, return_exceptions=True)
+        if work.done() and not work.cancelled():
+            return work.result()
+        waited = time.monotonic() - started
+        if state.stop.is_set():
+            raise _Cut("revoked", waited)
+        raise _Cut("deadline" if left is not None and left <= limit else "idle", waited)
 
     # HTTP -------------------------------------------------------------------------------------
 
-    async def _handle(self, request: Request) -> Response:
+    async def app(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The ASGI app: no router, so every path, method and encoding reaches the gateway's own checks."""
+        if scope["type"] != "http":
+            return
+        request = Request(scope, receive)
         token = _presented_token(request)
         state = self._by_token.get(_digest(token)) if token else None
         if state is None or state.revoked:
-            logger.info("model request refused: unknown or revoked token, path=%s", request.url.path)
-            return _error(401, "authentication_error", "invalid x-api-key", retry=False)
-        if not request.url.path.startswith("/v1/"):
-            return _error(404, "not_found_error", f"Not found: {request.url.path}")
-        if self._check_budget(state):
-            logger.info("model request refused: task=%s budget spent", state.task_id)
-            # 429 keeps the CLI's message about limits; x-should-retry stops its SDK from retrying.
-            return _error(429, "rate_limit_error", "this task's model budget is spent", retry=False)
-        body = await request.body()
-        if len(body) > self._max_body:
-            return _error(413, "request_too_large", "request body too large")
-        state.usage = replace(state.usage, requests=state.usage.requests + 1)
-        try:
-            upstream = await self._send(request, body)
-        except UpstreamError as exc:
-            logger.warning("model upstream failed: task=%s path=%s: %s", state.task_id, request.url.path, exc)
-            return _error(502, "api_error", "the model upstream could not be reached")
-        logger.info(
-            "model request: task=%s %s %s -> %d", state.task_id, request.method, request.url.path, upstream.status_code
-        )
-        headers = {
-            k: v
-            for k, v in upstream.headers.items()
-            if k in FORWARDED_RESPONSE_HEADERS or k.startswith(FORWARDED_RESPONSE_PREFIXES)
-        }
-        content_type = upstream.headers.get("content-type", "")
-        if content_type.startswith("text/event-stream"):
-            return StreamingResponse(
-                self._relay_stream(state, upstream),
-                status_code=upstream.status_code,
-                headers=headers,
-                background=BackgroundTask(upstream.aclose),
-            )
-        try:
-            content = await self._read_all(upstream)
-        except UpstreamError as exc:
-            logger.warning("model upstream failed: task=%s path=%s: %s", state.task_id, request.url.path, exc)
-            return _error(502, "api_error", "the model upstream failed while answering")
-        finally:
-            await upstream.aclose()
-        if upstream.is_success and content_type.startswith("application/json"):
-            self._charge_json(state, content)
-        return Response(content, status_code=upstream.status_code, headers=headers)
-
-    async def _send(self, request: Request, body: bytes) -> httpx.Response:
-        headers = {k: v for k, v in request.headers.items() if k in FORWARDED_REQUEST_HEADERS}
-        headers["x-api-key"] = self._api_key
-        # Uncompressed answers let the proxy read usage out of the stream as it passes.
-        headers["accept-encoding"] = "identity"
-        url = self._upstream.copy_with(
-            raw_path=self._upstream.raw_path.rstrip(b"/")
-            + request.url.path.encode()
-            + (b"?" + request.url.query.encode() if request.url.query else b"")
-        )
-        upstream_request = self._client.build_request(request.method, url, headers=headers, content=body)
-        try:
-            async with asyncio.timeout(self._request_timeout):
-                return await self._client.send(upstream_request, stream=True)
-        except (httpx.HTTPError, TimeoutError) as exc:
-            raise UpstreamError(f"{request.method} {request.url.path}: {type(exc).__name__}") from exc
-
-    async def _read_all(self, upstream: httpx.Response) -> bytes:
-        try:
-            async with asyncio.timeout(self._request_timeout):
-                return await upstream.aread()
-        except (httpx.HTTPError, TimeoutError) as exc:
-            raise UpstreamError(f"reading the answer: {type(exc).__name__}") from exc
-
-    async def _relay_stream(self, state: _TaskState, upstream: httpx.Response) -> AsyncIterator[bytes]:
-        message = _MessageUsage()
-        parser = _SSEUsageParser(message)
-        chunks = upstream.aiter_bytes()
-        try:
-            while True:
-                try:
-                    async with asyncio.timeout(self._idle_timeout):
-                        chunk = await anext(chunks)
-                except StopAsyncIteration:
-                    break
-                except (httpx.HTTPError, TimeoutError) as exc:
-                    # The status line is gone already: end the stream short, the client retries.
-                    logger.warning("model stream broken: task=%s: %s", state.task_id, type(exc).__name__)
-                    break
-                parser.feed(chunk)
-                yield chunk
-        finally:
-            # Charged even when the client went away mid-stream: the upstream billed it anyway.
-            if upstream.is_success:
-                self._charge(state, message)
-            await upstream.aclose()
-
-    def _charge_json(self, state: _TaskState, content: bytes) -> None:
-        try:
-            data = json.loads(content)
-        except ValueError:
+            logger.info("model request refused: unknown or revoked token, %s %r", request.method,
+                        scope.get("raw_path", b"")[:200])
+            await _error(401, "authentication_error", "invalid x-api-key", retry=False)(scope, receive, send)
             return
-        if isinstance(data, dict) and isinstance(data.get("usage"), dict):
-            message = _MessageUsage(model=data["model"] if isinstance(data.get("model"), str) else "")
-            message.update(data["usage"])
-            self._charge(state, message)
+        exchange = _Exchange(state)
+        try:
+            response = await self._handle(request, exchange)
+            await response(scope, receive, send)
+        finally:
+            # Whatever way it ended: an answer still held is charged what is known (its reservation at most).
+            self._settle(exchange)
+            if exchange.upstream is not None:
+                await exchange.upstream.aclose()
+
+    async def _handle(self, request: Request, exchange: _Exchange) -> Response:
+        state = exchange.state
+        scope = request.scope
+        route = match_route(request.method, scope.get("raw_path") or scope["path"].encode(),
+                            scope.get("query_string", b""))
+        if isinstance(route, Refusal):
+            return await self._refuse(state, route)
+        post = route.value
+        left = self._time_left(state)
+        if left is not None and left <= 0:
+            return await self._refuse(state, Refusal(403, "permission_error", "deadline",
+                                                     "this task's time is up: no more model requests", "POST", post))
+        if state.exhausted.is_set():
+            return await self._refuse(state, Refusal(429, "rate_limit_error", "budget",
+                                                     "this task's model budget is spent", "POST", post))
+        try:
+            raw = await self._read_body(request, state)
+        except _Cut as cut:
+            return await self._cut_response(state, cut, post, reading=True)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        if raw is None:
+            return await self._refuse(state, Refusal(413, "request_too_large", "body",
+                                                     f"request body over {self._max_body} bytes", "POST", post))
+        checked = check_body(route, raw, allowed_models=state.models)
+        if isinstance(checked, Refusal):
+            return await self._refuse(state, checked)
+        reservation = (_NO_COST if route is Endpoint.COUNT_TOKENS else
+                       reservation_for(checked.model, max_tokens=checked.max_tokens, body_size=len(raw),
+                                       prices=self._prices))
+        exchange.handle = state.account.reserve(reservation)
+        if exchange.handle is None:
+            return await self._refuse_over_budget(state, reservation, post)
+        return await self._forward(request, exchange, checked)
+
+    async def _refuse_over_budget(self, state: _TaskState, reservation: Reservation, post: str) -> Response:
+        account = state.account
+        budget, usage = account.budget, account.usage
+        reason = (f"this task's model budget cannot cover the request: it reserves {reservation.total_tokens} tokens "
+                  f"(${reservation.cost_usd:.4f}); spent {usage.total_tokens} tokens (${usage.cost_usd:.4f}) of "
+                  f"{budget.max_tokens if budget.max_tokens is not None else 'unlimited'} tokens "
+                  f"(${budget.max_cost_usd if budget.max_cost_usd is not None else 'unlimited'}), "
+                  f"{account.in_flight} request(s) in flight")
+        if account.in_flight == 0:
+            # Nothing in flight will free room: the task cannot make its next call, so it is over.
+            self._mark_exhausted(state)
+        return await self._refuse(state, Refusal(429, "rate_limit_error", "budget", reason, "POST", post))
+
+    async def _read_body(self, request: Request, state: _TaskState) -> bytes | None:
+        """The body, read chunk by chunk and abandoned past `max_body` (None), never buffered whole first."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self._max_body:
+            return None
+        parts: list[bytes] = []
+        size = 0
+        chunks = request.stream()
+        while True:
+            try:
+                chunk = await self._wait(state, anext(chunks), self._idle_timeout)
+            except StopAsyncIteration:
+                break
+            size += len(chunk)
+            if size > self._max_body:
+                return None
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def _cut_response(self, state: _TaskState, cut: _Cut, post: str, *, reading: bool = False) -> Response:
+        if cut.kind == "revoked":
+            return _error(401, "authentication_error", "invalid x-api-key", retry=False)
+        if cut.kind == "deadline":
+            return await self._refuse(state, Refusal(403, "permission_error", "deadline",
+                                                     "this task's time ran out during the request", "POST", post))
+        if reading:
+            return _error(408, "invalid_request_error", f"no request body for {self._idle_timeout:.0f} s")
+        return _error(504, "timeout_error", f"the model upstream did not answer within {cut.waited:.0f} s")
+
+    async def _forward(self, request: Request, exchange: _Exchange, checked: Checked) -> Response:
+        state = exchange.state
+        post = checked.endpoint.value
+        headers = {k: v for k, v in request.headers.items() if k in FORWARDED_REQUEST_HEADERS}
+        betas, dropped = filter_betas(request.headers.getlist("anthropic-beta"))
+        if dropped:
+            logger.info("model request: task=%s dropped beta flag(s) %s", state.task_id, ",".join(dropped)[:300])
+        if betas:
+            headers["anthropic-beta"] = ",".join(betas)
+        headers.update({"anthropic-version": API_VERSION, "content-type": "application/json",
+                        "x-api-key": self._api_key,
+                        # Uncompressed answers let the proxy read usage out of the stream as it passes.
+                        "accept-encoding": "identity"})
+        query = request.scope.get("query_string", b"")
+        url = self._upstream.copy_with(raw_path=self._upstream.raw_path.rstrip(b"/") + post.encode()
+                                       + (b"?" + query if query else b""))
+        upstream_request = self._client.build_request("POST", url, headers=headers, content=checked.body)
+        try:
+            upstream = await self._wait(state, self._client.send(upstream_request, stream=True),
+                                        self._request_timeout)
+        except _Cut as cut:
+            self._release(exchange)
+            if cut.kind != "revoked":
+                state.failures = state.failures.failed("timeout", waited=cut.waited)
+            return await self._cut_response(state, cut, post)
+        except httpx.HTTPError as exc:
+            self._release(exchange)
+            state.failures = state.failures.failed("unreachable")
+            logger.warning("model upstream failed: task=%s %s: %s", state.task_id, post, type(exc).__name__)
+            return _error(502, "api_error", "the model upstream could not be reached")
+        exchange.upstream = upstream
+        logger.info("model request: task=%s POST %s -> %d", state.task_id, post, upstream.status_code)
+        response_headers = {k: v for k, v in upstream.headers.items()
+                            if k in FORWARDED_RESPONSE_HEADERS or k.startswith(FORWARDED_RESPONSE_PREFIXES)}
+        if not upstream.is_success:
+            # Not billed: the reservation goes back; the status is the task's failure cause if it persists.
+            self._release(exchange)
+            state.failures = state.failures.failed("status", status=upstream.status_code)
+        else:
+            state.failures = state.failures.answered()
+        if upstream.is_success and upstream.headers.get("content-type", "").startswith("text/event-stream"):
+            return StreamingResponse(self._relay(exchange, upstream), status_code=upstream.status_code,
+                                     headers=response_headers)
+        try:
+            content = await self._wait(state, upstream.aread(), self._request_timeout)
+        except _Cut as cut:
+            return await self._cut_response(state, cut, post)
+        except httpx.HTTPError as exc:
+            state.failures = state.failures.failed("broken")
+            logger.warning("model upstream failed: task=%s %s: %s", state.task_id, post, type(exc).__name__)
+            return _error(502, "api_error", "the model upstream failed while answering")
+        if upstream.is_success and checked.endpoint is Endpoint.MESSAGES:
+            exchange.message.feed_json(content)
+        elif upstream.is_success:
+            self._release(exchange)  # count_tokens is free
+        return Response(content, status_code=upstream.status_code, headers=response_headers)
+
+    async def _relay(self, exchange: _Exchange, upstream: httpx.Response) -> AsyncIterator[bytes]:
+        state = exchange.state
+        parser = SSEUsageParser(exchange.message, max_event=self._max_event)
+        chunks = upstream.aiter_bytes()
+        while True:
+            try:
+                chunk = await self._wait(state, anext(chunks), self._idle_timeout)
+            except StopAsyncIteration:
+                break
+            except _Cut as cut:
+                if cut.kind == "idle":
+                    state.failures = state.failures.failed("timeout", waited=cut.waited)
+                # The status line is gone: say why in the stream, as the API does, then end it.
+                why = {"revoked": "this task's model access was revoked",
+                       "deadline": "this task's time ran out",
+                       "idle": f"the model upstream went silent for {cut.waited:.0f} s"}[cut.kind]
+                logger.warning("model stream cut: task=%s: %s", state.task_id, why)
+                yield _sse_error("permission_error" if cut.kind != "idle" else "timeout_error", why)
+                break
+            except httpx.HTTPError as exc:
+                state.failures = state.failures.failed("broken")
+                logger.warning("model stream broken: task=%s: %s", state.task_id, type(exc).__name__)
+                break
+            parser.feed(chunk)
+            yield chunk
 
     # Lifecycle --------------------------------------------------------------------------------
 
@@ -476,7 +601,8 @@ class ModelProxy:
         """Serve on a Unix socket (mode 0666, so the container's non-root user can connect)."""
         socket_path = Path(path)
         socket_path.parent.mkdir(parents=True, exist_ok=True)
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off", ws="none")
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off", ws="none",
+                                interface="asgi3")
         server = EmbeddedServer(config)
         sock = bind_unix(socket_path)
         task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -494,3 +620,4 @@ class ModelProxy:
             sock.close()
             with contextlib.suppress(FileNotFoundError):
                 socket_path.unlink()
+
