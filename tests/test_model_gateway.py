@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+from claude_agent_sdk import ClaudeAgentOptions, ClaudeSDKError, query
 
 from runner.model_gateway import (
     ALLOWED_BETAS,
@@ -19,6 +23,7 @@ from runner.model_gateway import (
     model_allowed,
     model_patterns,
 )
+from runner.scripted_model import Scenario, ToolUseBlock, serve_scripted_model
 
 MODELS = model_patterns("claude-sonnet-4-5")
 TOOL = {"name": "Bash", "description": "run a command", "input_schema": {"type": "object"}}
@@ -224,3 +229,49 @@ def test_model_allowed_matches_family_not_prefix() -> None:
     assert model_allowed("claude-sonnet-4-6", patterns) and model_allowed("claude-sonnet-4", patterns)
     assert not model_allowed("claude-sonnet-45", patterns) and not model_allowed("claude-haiku-4-5", patterns)
     assert model_allowed(CLI_DEFAULT_MODEL, model_patterns(None))
+
+
+# What the bundled CLI really sends ------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["claude-sonnet-4-5", None], ids=["sonnet-4-5", "cli-default"])
+async def test_gateway_passes_everything_the_bundled_cli_sends(tmp_path: Path, model: str | None) -> None:
+    """Record the bundled CLI against the scripted model (main turns, tool-use summaries, count_tokens from a big
+    Read) and replay each request through the gateway's checks: none may be refused and no beta flag dropped.
+    Fails when an SDK bump makes the CLI send a new flag or field: re-record ALLOWED_BETAS and the key sets."""
+    workspace = tmp_path / "workspace"
+    workspace.mkdir()
+    (workspace / "big.txt").write_text("".join(f"line {i} lorem ipsum dolor sit amet\n" for i in range(3000)))
+    scenario = Scenario.of(
+        [ToolUseBlock("Read", {"file_path": str(workspace / "big.txt")})],
+        [ToolUseBlock("Bash", {"command": "echo hi", "description": "say hi"})],
+        final_text="done",
+    )
+    async with serve_scripted_model(scenario) as upstream:
+        env = {"ANTHROPIC_BASE_URL": upstream.base_url, "ANTHROPIC_API_KEY": "recording",
+               "CLAUDE_CONFIG_DIR": str(tmp_path / "cfg"), "DISABLE_TELEMETRY": "1", "DISABLE_AUTOUPDATER": "1",
+               "DISABLE_ERROR_REPORTING": "1", "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+               "CLAUDE_CODE_EMIT_TOOL_USE_SUMMARIES": "1"}
+        options = ClaudeAgentOptions(cwd=str(workspace), env=env, tools=["Read", "Bash"],
+                                     allowed_tools=["Read", "Bash"], setting_sources=[], system_prompt="be brief",
+                                     model=model, max_turns=5)
+        async with asyncio.timeout(180):
+            with contextlib.suppress(ClaudeSDKError):
+                async for _ in query(prompt="read big.txt, then say hi", options=options):
+                    pass
+    recorded = upstream.requests
+    paths = {r.path for r in recorded}
+    assert paths == {"/v1/messages", "/v1/messages/count_tokens"}, paths
+    assert {r.kind for r in recorded if r.path == "/v1/messages"} == {"agent", "side"}
+    patterns = model_patterns(model)
+    sent_betas: set[str] = set()
+    for request in recorded:
+        endpoint = match_route(request.method, request.path.encode(), request.query.encode())
+        assert isinstance(endpoint, Endpoint), endpoint
+        checked = check_body(endpoint, json.dumps(request.json).encode(), allowed_models=patterns)
+        assert isinstance(checked, Checked), (checked, sorted(request.json))
+        kept, dropped = filter_betas([request.headers.get("anthropic-beta", "")])
+        assert dropped == (), dropped
+        sent_betas.update(kept)
+    assert {"claude-code-20250219", "token-counting-2024-11-01"} <= sent_betas <= ALLOWED_BETAS
