@@ -22,7 +22,7 @@ from runner.gitops import run_git
 from runner.model_proxy import Budget, ModelProxy
 from runner.models import Denial, PrRef, RunResult, TaskState, TestRun, Usage
 from runner.prbody import PrRequest, branch_name, render_pr_body
-from runner.sandbox.base import DEFAULT_WORKSPACE_BYTES, Container, Limits, Sandbox, SandboxSpec, WorkspaceFull
+from runner.sandbox.base import Container, Limits, Sandbox, SandboxSpec, WorkspaceFull
 from runner.store import Store, TaskRecord
 from runner.verify import verify_fix
 
@@ -46,8 +46,6 @@ class Deps:
     forge: Forge | None = None
     ask: Asker = deny_asks
     model: str | None = None
-    workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
-    """The size limit of each container's /workspace (a policy limit, `limits.workspace_bytes`, once it has one)."""
     agent: RunAgent = run_agent
     """Drives the agent's session (runner.agent.run_agent; a test may give its own scripted one)."""
 
@@ -74,7 +72,7 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
     store, active = deps.store, deps.policy
     profile = active.profile(task.kind if not task.dry_run else "dry-run")
     limits = profile.limits
-    box_limits = Limits(workspace_bytes=deps.workspace_bytes)
+    box_limits = Limits(workspace_bytes=limits.workspace_bytes)  # each container's /workspace
     lock = task_lock(deps.home, task.id)
     containers: list[Container] = []  # every container of the task not yet removed
     populating: asyncio.Future[None] | None = None

@@ -173,6 +173,15 @@ async def _run(world: dict[str, Any], sandbox: FakeSandbox, agent: Agent, *, kin
     return result.to_json()
 
 
+def _limited(**limits: int) -> policy.Policy:
+    """The default policy with global limits changed (every profile inherits them)."""
+    text = policy.default_text()
+    for key, value in limits.items():
+        line = next(line for line in text.splitlines() if line.startswith(f"  {key}:"))
+        text = text.replace(line, f"  {key}: {value}", 1)
+    return policy.load(text)
+
+
 def _write(sandbox: FakeSandbox, container: Container, path: str, data: bytes, mode: int = 0o100644) -> None:
     sandbox.boxes[container.id].files[path] = (mode, data)
 
@@ -261,7 +270,7 @@ async def test_a_full_workspace_fails_the_task_naming_the_limit(world: dict[str,
         _write(fake, box, "big.bin", b"\0" * (box.workspace_bytes - _used(fake.boxes[box.id].files)))
         return "done"
 
-    result = await _run(world, sandbox, agent, workspace_bytes=4 * 1024**2)
+    result = await _run(world, sandbox, agent, active=_limited(workspace_bytes=4 * 1024**2))
     assert result["status"] == "failed" and "size limit of 4194304 bytes" in result["reason"]
     assert not sandbox.boxes  # every container removed
 
@@ -421,7 +430,8 @@ def _recording(runtime: str) -> Any:
     return Recording()
 
 
-async def _real_run(tmp_path: Path, scenario: Any, sandbox: Any, *, dry_run: bool, **deps: Any) -> dict[str, Any]:
+async def _real_run(tmp_path: Path, scenario: Any, sandbox: Any, *, dry_run: bool,
+                    active: policy.Policy | None = None) -> dict[str, Any]:
     from runner.scripted_model import serve_scripted_model
 
     repo = await create_sample_repo(tmp_path / "origin")
@@ -431,8 +441,9 @@ async def _real_run(tmp_path: Path, scenario: Any, sandbox: Any, *, dry_run: boo
         forge = None if dry_run else LocalGitForge(repo, home / "forge.db")
         task = await store.create_task(kind="fix", prompt="fix average_spend", repo=str(repo), source="cli",
                                        requested_by="test", dry_run=dry_run)
-        result = await run_task(Deps(home=home, store=store, sandbox=sandbox, proxy=proxy, policy=policy.load_default(),
-                                     image="agent-runner/sandbox:latest", forge=forge, **deps), task)
+        result = await run_task(Deps(home=home, store=store, sandbox=sandbox, proxy=proxy,
+                                     policy=active or policy.load_default(), image="agent-runner/sandbox:latest",
+                                     forge=forge), task)
         listed = await store.list_tasks()
     return {**result.to_json(), "_repo": repo, "_listed": listed}
 
@@ -481,7 +492,7 @@ async def test_an_agent_writing_past_the_workspace_limit_fails_the_task_naming_i
     scenario = Scenario.of([ToolUseBlock("Bash", {"command": "seq 1 100000000 > big.bin"})],
                            final_text="Wrote it.")
     result = await _real_run(tmp_path, scenario, DockerSandbox(runtime="runc"), dry_run=True,
-                             workspace_bytes=16 * 1024**2)
+                             active=_limited(workspace_bytes=16 * 1024**2))
     assert result["status"] == "failed" and "size limit of 16 MiB" in result["reason"], result["reason"]
     assert [t.state.value for t in result["_listed"]] == ["failed"]  # the state file is fine
     task_dir = tmp_path / "home" / "tasks" / result["task_id"]
