@@ -27,22 +27,18 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import secrets
-import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TypeVar
 
 import httpx
-import uvicorn
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from runner.errors import UpstreamError
 from runner.metering import (
     DEFAULT_MAX_EVENT,
     DEFAULT_PRICES,
@@ -66,6 +62,7 @@ from runner.model_gateway import (
     match_route,
     model_patterns,
 )
+from runner.unix_server import serve_unix
 
 __all__ = [
     "DEFAULT_PRICES",
@@ -101,37 +98,6 @@ FailureKind = Literal["status", "unreachable", "timeout", "broken"]
 RefusalSink = Callable[[str, Refusal], Awaitable[None]]
 UNLIMITED = Budget()
 _NO_COST = Reservation(model="", input_tokens=0, output_tokens=0, cost_usd=0.0)
-
-
-def bind_unix(path: Path) -> socket.socket:
-    """A listening Unix socket at `path`, however deep: bind() takes at most 107 bytes of path, so it binds
-    through the directory's /proc/self/fd entry (a deep AGENT_RUNNER_HOME would otherwise fail every task)."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
-        sock.bind(f"/proc/self/fd/{directory}/{path.name}")
-        sock.listen(128)
-    except OSError:
-        sock.close()
-        raise
-    finally:
-        os.close(directory)
-    return sock
-
-
-class EmbeddedServer(uvicorn.Server):
-    """A uvicorn server inside another's process: the signals belong to the process's own server.
-
-    uvicorn's `serve()` installs its SIGTERM/SIGINT handlers and restores the previous ones when it ends;
-    servers that end out of order (two tasks' proxies) leave a dead server's handler installed, and the
-    supervisor then ignores SIGTERM.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
 
 
 @dataclass(frozen=True, slots=True)
@@ -596,28 +562,6 @@ class ModelProxy:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
 
-    @contextlib.asynccontextmanager
-    async def serve_unix(self, path: str | Path) -> AsyncIterator[Path]:
+    def serve_unix(self, path: str | Path) -> contextlib.AbstractAsyncContextManager[Path]:
         """Serve on a Unix socket (mode 0666, so the container's non-root user can connect)."""
-        socket_path = Path(path)
-        socket_path.parent.mkdir(parents=True, exist_ok=True)
-        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off", ws="none",
-                                interface="asgi3")
-        server = EmbeddedServer(config)
-        sock = bind_unix(socket_path)
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        try:
-            while not server.started:
-                if task.done():
-                    task.result()
-                    raise UpstreamError(f"model proxy did not start on {socket_path}")
-                await asyncio.sleep(0.01)
-            os.chmod(socket_path, 0o666)
-            yield socket_path
-        finally:
-            server.should_exit = True
-            await task
-            sock.close()
-            with contextlib.suppress(FileNotFoundError):
-                socket_path.unlink()
-
+        return serve_unix(self.app, path)

@@ -35,12 +35,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from runner.model_proxy import EmbeddedServer
+from runner.unix_server import EmbeddedServer
 
 __all__ = [
     "Block",
     "RecordedRequest",
     "Scenario",
+    "ScenarioError",
     "ScriptedModel",
     "ScriptedServer",
     "TextBlock",
@@ -70,6 +71,10 @@ class ToolUseBlock:
 
 
 Block = TextBlock | ToolUseBlock
+
+
+class ScenarioError(ValueError):
+    """A scenario file that cannot be played: unreadable, not YAML, or not the scenario shape."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,11 +112,25 @@ class Scenario:
 
     @classmethod
     def from_file(cls, path: str | Path) -> Scenario:
-        """Load a scenario from YAML or JSON (JSON is YAML, so one parser reads both)."""
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        """Load a scenario from YAML or JSON (JSON is YAML, so one parser reads both).
+
+        Raises ScenarioError (a ValueError) naming the file, and the line when the YAML itself is broken.
+        """
+        try:
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ScenarioError(f"scenario {path}: cannot be read: {exc}") from exc
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ScenarioError(f"scenario {path}{where}: not valid YAML: {problem}") from exc
         if not isinstance(data, dict):
-            raise ValueError(f"scenario {path}: expected a mapping at the top level")
-        return cls.from_dict(data)
+            raise ScenarioError(f"scenario {path}: expected a mapping at the top level")
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ScenarioError(f"scenario {path}: {str(exc).removeprefix('scenario: ')}") from exc
 
     def turn_for(self, tool_results: int) -> int | None:
         """Index of the turn to play when the conversation holds `tool_results` results; None past the end."""
