@@ -79,12 +79,13 @@ async def test_fork_push_goes_to_the_fork_and_the_pr_comes_from_it(
 async def test_fork_pr_merge_lands_the_forks_commit_on_the_base_and_drops_the_branch(
         forked: GitHubForge, fake_github: FakeGitHub, repos: Repos, fork_dir: Path) -> None:
     sha, number = await open_fork_pr(forked, repos)
+    before = repos.head("main")
 
     result = await forked.merge(number, sha, "merge")
 
     assert result.merged and fake_github.merges == [number]
     assert repos.show("main", "balance.py") == "def balance():\n    return 0"
-    assert repos.log("main")[0].split("|")[0].split()[1:] == [repos.log("main")[1].split()[0], sha]
+    assert repos.log("main")[0].split("|")[0].split() == [result.sha, before, sha]  # the fork's commit, merged
     assert (await forked.get_pr(number)).state == "merged"
     assert fork_head(fork_dir, BRANCH) is None  # a later task may use the name again
 
