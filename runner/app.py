@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -13,12 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
 import policy
 from runner import autofix, telegram
 from runner.config import Settings, settings_from_os
 from runner.deploy import Deployer, deployer_from_settings
-from runner.errors import ConfigError
+from runner.errors import ConfigError, StateError
 from runner.forge import default_repo
 from runner.forge.base import Forge
 from runner.forge.workflows import push_notice
@@ -28,7 +31,7 @@ from runner.notify.base import Notifier
 from runner.notify.log import LogNotifier
 from runner.policy_store import PolicyDesk, PolicyStore
 from runner.releases import Releases, ReleaseStore
-from runner.runtime import Runtime, open_runtime
+from runner.runtime import Housekeeper, Housekeeping, Runtime, open_runtime, preflight, reap_orphans
 from runner.scheduler import Progress, Scheduler
 from runner.store import Store, TaskRecord
 from runner.supervisor import run_task
@@ -68,9 +71,11 @@ def create_app(
     runtime: RuntimeFactory | None = None,
     deployer: Deployer | None = None,
     say: Progress | None = None,
+    housekeeping: Housekeeping | None = None,
 ) -> Starlette:
     """The service. `runtime` opens the backends (default: `open_runtime` on AGENT_RUNNER_REPO, which also
-    reaps orphan containers and fails tasks caught mid-flight); `deployer` defaults to the configured one.
+    reaps orphan containers and fails tasks caught mid-flight); `deployer` defaults to the configured one;
+    `housekeeping` is how often orphaned sandboxes are reaped while it runs.
     """
     from runner.routes import routes
 
@@ -121,6 +126,9 @@ def create_app(
             scheduler = Scheduler(rt.store, run, max_running=settings.max_sandboxes,
                                   limits=rt.deps.policy.rate_limits)
             stack.push_async_callback(scheduler.aclose)
+            keeper = Housekeeper(lambda: reap_orphans(rt.store, rt.deps.sandbox, rt.deps.home),
+                                 config=housekeeping or Housekeeping(), say=note)
+            stack.push_async_callback(_stopped, asyncio.create_task(keeper.run(), name="housekeeping"))
             resumed = await scheduler.start()
             if resumed:
                 note(f"resumed {len(resumed)} queued task(s): {', '.join(resumed)}")
@@ -132,7 +140,19 @@ def create_app(
                 await telegram.start_front_end(stack, service, notifier, app.router.routes)
             yield
 
-    return Starlette(routes=routes(), lifespan=lifespan)
+    return Starlette(routes=routes(), lifespan=lifespan, exception_handlers={StateError: _state_failed})
+
+
+async def _state_failed(request: Request, exc: Exception) -> Response:
+    # The state file refused (full disk, damage): say so in one line, instead of a bare 500 per request.
+    log.error("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse({"error": "state_unavailable", "detail": str(exc)}, status_code=503)
+
+
+async def _stopped(job: asyncio.Task[None]) -> None:
+    job.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await job
 
 
 async def open_releases(stack: contextlib.AsyncExitStack, rt: Runtime, deployer: Deployer, scheduler: Scheduler,
@@ -196,6 +216,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from_os()
     if settings.api_token is None:
         raise ConfigError("serve needs AGENT_API_TOKEN: the owner's bearer token for the API")
+    preflight(settings)  # a full disk, a damaged state file, a bad policy: one line here, not a lifespan traceback
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[agent-runner] %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the model proxy logs its own requests
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")

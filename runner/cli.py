@@ -11,7 +11,7 @@ from pathlib import Path
 
 from policy import PolicyError
 from runner.config import Settings, settings_from_os
-from runner.errors import ConfigError, RunnerError
+from runner.errors import ConfigError, RunnerError, StateCorrupt, StateFull
 from runner.models import TASK_KINDS, RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNIMPLEMENTED = 0, 1, 2, 3
@@ -30,6 +30,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         sys.exit(EXIT_USAGE)
     except PolicyError as exc:
         print(f"agent-runner: the policy is not valid: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USAGE)
+    except (StateCorrupt, StateFull) as exc:  # nothing can run until the owner restores the file or frees space
+        print(f"agent-runner: {exc}", file=sys.stderr)
         sys.exit(EXIT_USAGE)
     except RunnerError as exc:  # the engine is down, git failed...: one clear line, not a traceback
         print(f"agent-runner: {exc}", file=sys.stderr)

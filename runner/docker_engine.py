@@ -8,12 +8,61 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests
 
 from runner.errors import RunnerError
+
+START_HINT = "start one with scripts/docker-engine.sh"
 
 
 class EngineUnavailable(RunnerError):
     """No Docker engine answers; each backend maps this to its own error."""
+
+
+class EngineGone(EngineUnavailable, docker.errors.DockerException):  # type: ignore[misc]
+    """The engine stopped answering a client that had reached it (its socket refuses, or is gone).
+
+    docker-py lets `requests`' ConnectionError through for this, which no backend's `except DockerException`
+    catches; raised as both, every backend maps it as it maps the engine's other errors, and its message says
+    what happened.
+    """
+
+
+class _Api(docker.APIClient):  # type: ignore[misc]
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        try:
+            return super().send(request, **kwargs)
+        except requests.exceptions.ConnectionError as exc:
+            raise EngineGone(f"no Docker engine answers ({_cause(exc)}); {START_HINT}") from exc
+
+
+class _Client(docker.DockerClient):  # type: ignore[misc]
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.api = _Api(*args, **kwargs)
+
+
+def _gone_in(exc: BaseException) -> EngineGone | None:
+    """The EngineGone behind `exc` (docker-py wraps the one its version probe met)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None or isinstance(seen, EngineGone):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost OS error's words ("Connection refused"), else the first line of `exc`."""
+    seen: BaseException | None = exc
+    found = ""
+    for _ in range(10):
+        if seen is None:
+            break
+        for arg in (seen, *getattr(seen, "args", ())):
+            if isinstance(arg, OSError) and arg.strerror:
+                found = arg.strerror
+        seen = seen.__cause__ or seen.__context__
+    return found or short(exc)
 
 
 def connect(timeout: int = 60) -> Any:
@@ -25,16 +74,18 @@ def connect(timeout: int = 60) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ResourceWarning)
         try:
-            client = docker.from_env(timeout=timeout)
+            client = _Client.from_env(timeout=timeout)
             client.ping()
         except docker.errors.DockerException as exc:
-            failure = short(exc)
+            gone = _gone_in(exc)
+            failure = str(gone) if gone is not None else short(exc)
             if client is not None:
                 client.close()
         if failure:
             gc.collect()  # the traceback's reference cycle holds the socket
     if failure:
-        raise EngineUnavailable(f"no Docker engine answers ({failure}); start one with scripts/docker-engine.sh")
+        raise EngineUnavailable(failure if failure.endswith(START_HINT) else
+                                f"no Docker engine answers ({failure}); {START_HINT}")
     return client
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from policy.model import RateLimits
-from runner.errors import TaskError
+from runner.errors import StateError, TaskError
 from runner.models import TERMINAL_STATES, TaskId, TaskState
 from runner.store import Store, TaskRecord
 
@@ -305,6 +305,13 @@ class Scheduler:
                         not current.state.terminal or current.state is TaskState.CANCELLED):
                     await self.store.transition(task.id, TaskState.FAILED,
                                                 reason="the supervisor shut down while the task was running")
+        except StateError as exc:
+            # The state file refused a step (full disk, damage). Recording the failure will likely be refused
+            # too; the Store then keeps it as a note, and the next start records this cause.
+            log.error("task %s stopped: %s", task.id, exc)
+            with contextlib.suppress(Exception):
+                await self.store.transition(task.id, TaskState.FAILED,
+                                            reason=f"the task stopped: the state file failed: {exc}")
         except Exception as exc:  # a bug below must not leave the task open forever
             log.exception("task %s crashed", task.id)
             with contextlib.suppress(Exception):

@@ -27,6 +27,7 @@ from runner.store import Store, TaskRecord
 from runner.tracebacks import extract_tracebacks
 from runner.watch import LokiErrors, WatchConfig
 from runner.webhooks import parse_auto_fix
+from tests.deploy.orphans import alive, orphan, overlap_guarded
 from tests.fakes.health import health_server
 from tests.fakes.loki import FakeLoki
 from tests.forge.repos import Repos, git, make_repos
@@ -107,15 +108,19 @@ def repos(tmp_path: Path) -> Repos:
     return make_repos(tmp_path)
 
 
-def deployer(bot: Bot, *, pause: float = 0.0) -> CommandDeployer:
-    command = (f"sleep {pause}; echo \"$AGENT_RUNNER_DEPLOY_SHA\" > {bot.state}; "
-               f"echo \"$AGENT_RUNNER_DEPLOY_SHA\" >> {bot.state.with_suffix('.log')}")
-    return CommandDeployer(command, health_url=bot.url, health_timeout=0.6, health_interval=0.05)
+def deploy_command(bot: Bot, *, pause: float = 0.0) -> str:
+    return (f"sleep {pause}; echo \"$AGENT_RUNNER_DEPLOY_SHA\" > {bot.state}; "
+            f"echo \"$AGENT_RUNNER_DEPLOY_SHA\" >> {bot.state.with_suffix('.log')}")
+
+
+def deployer(bot: Bot, *, pause: float = 0.0, command: str | None = None, **options: Any) -> CommandDeployer:
+    return CommandDeployer(command or deploy_command(bot, pause=pause), health_url=bot.url, health_timeout=0.6,
+                           health_interval=0.05, **options)
 
 
 @contextlib.asynccontextmanager
 async def desk(tmp_path: Path, repos: Repos, bot: Bot, *, watch: WatchConfig = NO_WATCH, loki: FakeLoki | None = None,
-               pause: float = 0.0) -> AsyncIterator[Desk]:
+               pause: float = 0.0, active: CommandDeployer | None = None) -> AsyncIterator[Desk]:
     """Releases over the real pieces; leaving the block stops its jobs as a shutdown would (rows stay)."""
     told: list[str] = []
     progress: list[tuple[str | None, str]] = []
@@ -127,7 +132,7 @@ async def desk(tmp_path: Path, repos: Repos, bot: Bot, *, watch: WatchConfig = N
     async with contextlib.AsyncExitStack() as stack:
         store = await stack.enter_async_context(Store(tmp_path / "state.db"))
         forge = await stack.enter_async_context(LocalGitForge(repos.origin, tmp_path / "forge.sqlite3"))
-        active = await stack.enter_async_context(deployer(bot, pause=pause))
+        active = await stack.enter_async_context(active or deployer(bot, pause=pause))
         rows = ReleaseStore(tmp_path / "state.db")
         stack.push_async_callback(rows.aclose)
         errors = None
@@ -413,3 +418,35 @@ async def test_two_approvals_at_once_start_one_release(tmp_path: Path, repos: Re
         assert [r.id for r in await d.releases.rows.find()] == [release.id]
     assert isinstance(refused, ForgeConflict) and "already being released" in str(refused)
     assert done.state == "deployed" and len(repos.log("main")) == 2  # merged once
+
+
+async def test_a_deploy_a_killed_process_left_running_is_stopped_at_its_timeout_then_deployed_again_alone(
+        tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    """The supervisor died mid-deploy and its deploy command hangs on: the next start waits for it until its
+    timeout (counted from when it began), kills its process group, and only then deploys again."""
+    log, runs, stuck = tmp_path / "deploys.log", tmp_path / "runs", tmp_path / "stuck"
+    stuck.touch()  # the first run hangs (and takes the file, so the next one does not)
+    command = overlap_guarded(f"if [ -e {stuck} ]; then rm {stuck}; sleep 60; fi; {deploy_command(bot)}", log,
+                              tmp_path / "exclusive")
+    async with desk(tmp_path, repos, bot) as d:
+        number, sha, task = await d.propose("m.py", "M = 1\n")
+        row = await d.releases.rows.add(number=number, head_sha=sha, task_id=task.id, actor="owner")
+        merged = await d.forge.merge(number, sha)
+        await d.releases.rows.update(row.id, "deploying", merge_sha=merged.sha, base_branch="main",
+                                     previous_sha=repos.log("main")[1].split()[0])
+        # What the dead process did last: record the step's fence, start the command under it, die.
+        left = deployer(bot, command=command, runs=runs).fence(f"release-{row.id}-deploy-1", "deploy", merged.sha)
+        await d.releases.rows.update(row.id, "deploying", fence=left)
+        orphan(left, command, runs, repo=str(repos.origin))
+    async with desk(tmp_path, repos, bot, active=deployer(bot, command=command, runs=runs, timeout=2.0)) as d:
+        assert await d.releases.start() == [row.id]
+        done = await settled(d, row.id)
+        progress = [line for _, line in d.progress]
+    starts = [line.split()[:3] for line in log.read_text().splitlines()]
+    assert starts == [["start", "deploy", merged.sha], ["start", "deploy", merged.sha], ["end", "deploy", merged.sha]]
+    assert not alive(left)
+    assert done.state == "deployed" and done.fence is None and bot.running == merged.sha
+    assert done.deployed is not None and done.deployed.succeeded and "begun by" not in done.deployed.detail
+    assert any(line.startswith(f"waiting for the deploy of {merged.sha[:12]}") for line in progress)
+    assert any("begun before the restart is over; it runs again" in line for line in progress)
+    assert len(repos.log("main")) == 2 and bot.deploys() == [merged.sha]  # merged once; deployed to its end once

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 from runner.deploy import DeployEvent, DeploySource, create_deployer, deploy_with_rollback
 from runner.deploy.command import CommandDeployer
 from runner.errors import ConfigError
+from tests.deploy.orphans import alive, orphan, overlap_guarded
 from tests.fakes.health import health_server
 
 GOOD = "a" * 40
@@ -148,3 +150,80 @@ def test_create_deployer_builds_command_and_rejects_bad_options() -> None:
         create_deployer("command", deploy_command="true", nonsense=1)
     with pytest.raises(ConfigError, match="unknown deployer 'kubernetes'"):
         create_deployer("kubernetes")
+
+
+# ----------------------------------------------------------------------------------- runs a killed supervisor left
+
+
+def lines(log: Path) -> list[list[str]]:
+    return [line.split()[:3] for line in log.read_text().splitlines()] if log.exists() else []
+
+
+async def test_settle_waits_for_a_run_left_by_a_killed_supervisor_and_keeps_its_result(tmp_path: Path,
+                                                                                       bot: Bot) -> None:
+    log, slow, runs = tmp_path / "deploys.log", tmp_path / "slow", tmp_path / "runs"
+    slow.touch()
+    command = overlap_guarded(f'while [ -e {slow} ]; do sleep 0.05; done; echo "$AGENT_RUNNER_DEPLOY_SHA" > '
+                              f'{bot.state}; echo deployed it', log, tmp_path / "exclusive")
+    deployer = CommandDeployer(command, health_url=bot.url, health_timeout=2.0, health_interval=0.05, runs=runs)
+    fence = deployer.fence("release-1-deploy-1", "deploy", GOOD)
+    orphan(fence, command, runs)
+    assert alive(fence)
+    async with deployer:
+        settling = asyncio.ensure_future(deployer.settle(fence, DeploySource("/srv/bot.git", GOOD)))
+        await asyncio.sleep(0.5)
+        assert not settling.done()  # it waits: the run goes on
+        slow.unlink()
+        result = await asyncio.wait_for(settling, 10)
+    assert result is not None and result.succeeded, result
+    assert "begun by a previous supervisor process ran to its end" in result.detail and "deployed it" in \
+        result.logs_tail
+    assert lines(log) == [["start", "deploy", GOOD], ["end", "deploy", GOOD]]  # it ran once
+
+
+async def test_settle_stops_a_run_past_its_timeout_and_a_new_run_never_overlaps_it(tmp_path: Path) -> None:
+    log, runs = tmp_path / "deploys.log", tmp_path / "runs"
+    command = overlap_guarded("sleep 60", log, tmp_path / "exclusive")
+    deployer = CommandDeployer(command, timeout=1.0, runs=runs)
+    fence = deployer.fence("release-1-deploy-1", "deploy", GOOD)
+    orphan(fence, command, runs)
+    async with deployer:
+        started = time.monotonic()
+        assert await deployer.settle(fence, DeploySource("/srv/bot.git", GOOD)) is None  # stopped: run it again
+        assert time.monotonic() - started < 5 and not alive(fence)
+    assert lines(log) == [["start", "deploy", GOOD]]  # killed before its end
+
+
+async def test_a_plain_deploy_waits_for_a_run_a_killed_supervisor_left(tmp_path: Path) -> None:
+    """Even without its fence, a new run of the deployer waits for (here: stops, at its timeout) a run still
+    holding its lock: two deploy commands never run at once."""
+    log, runs, slow = tmp_path / "deploys.log", tmp_path / "runs", tmp_path / "slow"
+    slow.touch()
+    command = overlap_guarded(f"while [ -e {slow} ]; do sleep 0.05; done", log, tmp_path / "exclusive")
+    deployer = CommandDeployer(command, timeout=1.5, runs=runs)
+    orphan(deployer.fence("left", "deploy", OLD), command, runs)
+    slow.unlink()  # the next run (a new one) must not wait: only the orphan is slow... were it not gone already
+    slow.touch()
+    async with deployer:
+        deploying = asyncio.ensure_future(deployer.deploy(DeploySource("/srv/bot.git", GOOD)))
+        await asyncio.sleep(0.5)
+        assert lines(log) == [["start", "deploy", OLD]]
+        slow.unlink()
+        result = await asyncio.wait_for(deploying, 10)
+    assert result.succeeded
+    assert lines(log) == [["start", "deploy", OLD], ["end", "deploy", OLD], ["start", "deploy", GOOD],
+                          ["end", "deploy", GOOD]]
+
+
+async def test_settle_reads_a_failed_run_and_knows_nothing_of_a_step_that_never_ran(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    command = "echo no way >&2; exit 3"
+    deployer = CommandDeployer(command, runs=runs)
+    fence = deployer.fence("release-1-deploy-1", "deploy", GOOD)
+    orphan(fence, f"sleep 0.3; {command}", runs)
+    async with deployer:
+        failed = await deployer.settle(fence, DeploySource("/srv/bot.git", GOOD))
+        never = await deployer.settle(deployer.fence("never-ran", "deploy", GOOD), DeploySource("r", GOOD))
+    assert failed is not None and not failed.ok and failed.detail.endswith("exited 3")
+    assert "no way" in failed.logs_tail
+    assert never is None

@@ -280,3 +280,20 @@ async def test_docker_deployer_replaces_a_compose_services_container_keeping_its
     assert "the-bot" in aliases and "bot" in aliases
     assert replaced.attrs["Config"]["Healthcheck"]["Interval"] == 1_000_000_000
     assert len(listed) == 1  # compose still sees exactly one container for its service
+
+
+async def test_docker_deployer_settles_a_step_from_what_the_service_container_runs(
+    http_deployer: DockerDeployer, sample: SampleRepo
+) -> None:
+    """After a restart, a deploy whose container already runs its SHA is not repeated; one of another SHA is."""
+    repo = str(sample.bare)
+    before = await http_deployer.deploy(DeploySource(repo, sample.v1))
+    assert before.succeeded, before
+    done = http_deployer.fence("release-1-deploy-1", "deploy", sample.v1)
+    adopted = await http_deployer.settle(done, DeploySource(repo, sample.v1))
+    assert adopted is not None and adopted.succeeded, adopted
+    assert "found running as" in adopted.detail and "begun by a previous supervisor process" in adopted.detail
+    assert done.place is None  # nothing of a docker step outlives its supervisor
+    elsewhere = await http_deployer.settle(http_deployer.fence("k", "deploy", sample.v2), DeploySource(repo, sample.v2))
+    assert elsewhere is None
+    assert await _version(http_deployer.port) == sample.v1  # settling changed nothing
