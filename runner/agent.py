@@ -280,11 +280,14 @@ async def run_agent(
     summary = ""
     stopped: Stop = "completed"
     error = ""
+    # What the session itself ended with. Kept apart from `stopped`: after a limit is decided the consumer
+    # may still read a message or two while it is cancelled, and must not overwrite the decision.
+    session_end: tuple[Stop, str] = ("completed", "")
 
     seen: set[str] = set()
 
     async def consume() -> None:
-        nonlocal turns, summary, stopped, error
+        nonlocal turns, summary, session_end
         async for message in query(prompt=prompt, options=options):
             if isinstance(message, AssistantMessage):
                 # The CLI may stream one turn as several messages (a block each); a turn is a model message id.
@@ -299,10 +302,10 @@ async def run_agent(
                 if any(isinstance(b, ToolUseBlock) for b in message.content) and turns >= max_turns:
                     # No turn is left to see the tools' results: they do not run.
                     gate.close(f"the turn limit ({max_turns}) is reached")
-                    stopped = "turn_limit"
+                    session_end = ("turn_limit", "")
                     return
             elif isinstance(message, ResultMessage) and message.is_error:
-                stopped, error = "error", str(message.result or message.subtype)
+                session_end = ("error", str(message.result or message.subtype))
 
     async def watch_budget() -> None:
         if budget_spent is None:
@@ -316,8 +319,11 @@ async def run_agent(
         done, _ = await asyncio.wait({consumer, budget}, timeout=wall_time, return_when=asyncio.FIRST_COMPLETED)
         if consumer in done:
             exc = consumer.exception()
-            if exc is not None:
-                stopped, error = "error", f"{type(exc).__name__}: {exc}"
+            stopped, error = ("error", f"{type(exc).__name__}: {exc}") if exc is not None else session_end
+            if stopped == "error" and budget_spent is not None and budget_spent.is_set():
+                # The gateway refused a call the budget could not cover and the CLI gave up on it: that is the
+                # budget, not an agent failure.
+                stopped, error = "budget", ""
         else:
             stopped = "budget" if budget in done else "wall_time"
             gate.close(f"the task's {'token/cost budget' if stopped == 'budget' else 'wall time'} is spent")

@@ -15,6 +15,7 @@ from runner import tasklock
 from runner.config import Settings
 from runner.errors import ConfigError, StateFull
 from runner.forge import create_forge
+from runner.model_gateway import Refusal
 from runner.model_proxy import ModelProxy
 from runner.models import RunResult, TaskState
 from runner.sandbox.base import Sandbox
@@ -110,7 +111,7 @@ async def open_runtime(
         sandbox = await stack.enter_async_context(DockerSandbox(runtime=settings.sandbox_runtime))
         for notice in sandbox.notices:
             say(notice)
-        proxy = await stack.enter_async_context(ModelProxy(upstream, api_key))
+        proxy = await stack.enter_async_context(ModelProxy(upstream, api_key, on_refusal=audit_refusals(store)))
         forge = await stack.enter_async_context(create_forge(settings, repo=_local_repo(repo)))
         reaped = await reap_orphans(store, sandbox, settings.home)
         if reaped:
@@ -118,6 +119,14 @@ async def open_runtime(
         deps = Deps(home=settings.home, store=store, sandbox=sandbox, proxy=proxy, policy=active,
                     image=settings.sandbox_image, forge=forge)
         yield Runtime(settings, deps, say)
+
+
+def audit_refusals(store: Store) -> Callable[[str, Refusal], Awaitable[None]]:
+    """Each request the gateway refused lands in the task's audit log with its reason (it never reached the
+    upstream)."""
+    async def audit(task_id: str, refusal: Refusal) -> None:
+        await store.audit(task_id, "model_proxy", "model_refusal", refusal.to_json())
+    return audit
 
 
 async def reap_orphans(store: Store, sandbox: Sandbox, home: Path) -> list[str]:

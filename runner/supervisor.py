@@ -19,6 +19,7 @@ from runner.agent import AgentOutcome, Asker, Gate, deny_asks, run_agent, system
 from runner.errors import RunnerError
 from runner.forge.base import Forge
 from runner.gitops import run_git
+from runner.model_gateway import model_patterns
 from runner.model_proxy import Budget, ModelProxy
 from runner.models import Denial, PrRef, RunResult, TaskState, TestRun, Usage
 from runner.prbody import PrRequest, branch_name, render_pr_body
@@ -99,7 +100,13 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         # Checking out the workspace and starting the container overlap: neither needs the other.
         populating = asyncio.ensure_future(workspace.populate(prepared))
         image = await _dependency_image(deps, prepared, say)
-        token = deps.proxy.issue_token(task.id, Budget(max_tokens=limits.max_tokens, max_cost_usd=limits.max_cost_usd))
+        # The gateway enforces what the policy says of the model channel: which models (limits.models; empty
+        # means the configured model's family) and until when (the wall time, so a hung upstream cannot
+        # outlast the task).
+        token = deps.proxy.issue_token(
+            task.id, Budget(max_tokens=limits.max_tokens, max_cost_usd=limits.max_cost_usd),
+            models=limits.models or (model_patterns(deps.model) if deps.model else None),
+            time_limit=float(limits.wall_time_seconds))
         sock_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(sock_dir, 0o755)
         async with deps.proxy.serve_unix(sock_dir / "model.sock"):

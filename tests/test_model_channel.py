@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import policy
 from runner.model_proxy import ModelProxy, Refusal, model_patterns
 from runner.models import TaskState
+from runner.runtime import audit_refusals
 from runner.sample import create_sample_repo
 from runner.sandbox.docker import DockerSandbox
 from runner.scripted_model import Scenario, TextBlock, ToolUseBlock, create_scripted_model
@@ -196,12 +197,9 @@ async def test_planted_code_cannot_use_the_model_channel_for_anything_but_messag
         Store(home / "state.db") as store,
         DockerSandbox() as sandbox,
     ):
-        async def audit(task_id: str, refusal: Refusal) -> None:
-            await store.audit(task_id, "model_proxy", "model_refusal", refusal.to_json())
-
-        # What the supervisor will wire: the audit sink, and the CLI's default model family (no model is set).
+        # As open_runtime wires it: the task's audit log as the refusal sink, the CLI's default model family.
         async with ModelProxy("http://upstream", REAL_KEY, transport=httpx.AsyncHTTPTransport(uds=str(up)),
-                              on_refusal=audit, default_models=model_patterns(None)) as proxy:
+                              on_refusal=audit_refusals(store), default_models=model_patterns(None)) as proxy:
             deps = Deps(home=home, store=store, sandbox=sandbox, proxy=proxy, policy=policy.load_default(),
                         image=sandbox_image)
             task = await store.create_task(kind="feature", prompt="add a test helper", repo=str(repo),
