@@ -208,7 +208,11 @@ def _archive_of(cached: Path) -> Path:
 
 async def _tar_directory(source: Path, dest: Path) -> None:
     """The cached checkout as a tar (written aside, then renamed in), as the sandbox's own tar would read it."""
-    partial = dest.parent / f".{dest.name}.{os.getpid()}.partial"
+    # Named per call, not per process: two tasks of one `serve` on the same tree tar it at once, and with a
+    # shared name the loser's rename found its file already taken (FileNotFoundError; seen under load).
+    handle, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".partial", dir=dest.parent)
+    os.close(handle)
+    partial = Path(name)
     proc = await asyncio.create_subprocess_exec(
         "tar", "-c", "-f", str(partial), "-C", str(source), "--format=gnu", "--numeric-owner", "--owner=0",
         "--group=0", ".", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)

@@ -233,6 +233,20 @@ async def test_the_next_task_on_the_same_tree_gets_the_cached_archive(
     assert (cached / "bot" / "ledger.py").read_text() != "tampered\n"
 
 
+async def test_concurrent_first_populates_of_one_tree_all_get_the_archive(tmp_path: Path) -> None:
+    """Tasks of one `serve` that start together on one tree all archive the cached checkout; they used to
+    share one partial file name per process, and all but the first failed with FileNotFoundError."""
+    import asyncio
+
+    repo = str(await create_sample_repo(tmp_path / "origin"))
+    home = tmp_path / "home"
+    tasks = [await workspace.prepare(home, f"t{i}", repo, policy.load_default()) for i in range(6)]
+    await asyncio.gather(*(workspace.populate(task) for task in tasks))
+    for task in tasks:
+        assert tarfile.is_tarfile(task.given_archive)
+    assert not [p for p in tasks[0].cache.iterdir() if p.name.endswith(".partial")]
+
+
 def test_the_workspace_cache_keeps_the_most_recently_used(tmp_path: Path) -> None:
     import time
 
