@@ -28,3 +28,19 @@ def test_bad_watch_settings_are_all_named_in_one_error() -> None:
     assert "AGENT_RUNNER_WATCH_SECONDS must be an integer" in message
     assert "AGENT_RUNNER_WATCH_INTERVAL must be at least 1" in message
     assert "AGENT_RUNNER_WATCH_SELECTOR: logql: not a stream selector with line filters" in message
+
+
+def test_every_setting_is_in_the_env_example_and_compose() -> None:
+    """An owner configures through .env.example and compose.yaml: a setting missing there cannot be set."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    source = (root / "runner" / "config.py").read_text()
+    names = set(re.findall(r'"((?:AGENT|ANTHROPIC|GITHUB|TELEGRAM|LOKI|ALERT|OWNER)_[A-Z0-9_]+)"', source))
+    assert {"GITHUB_FORK", "AGENT_RUNNER_RUNTIME", "TELEGRAM_WEBHOOK_SECRET"} <= names
+    example, compose = (root / ".env.example").read_text(), (root / "compose.yaml").read_text()
+    # Fixed inside the container by compose.yaml: the listening address and Loki's service name.
+    fixed = {"AGENT_RUNNER_HOST", "AGENT_RUNNER_PORT", "LOKI_URL"}
+    assert sorted(n for n in names - fixed if f"{n}=" not in example) == []
+    assert sorted(n for n in names if f"{n}:" not in compose) == []
