@@ -51,10 +51,12 @@ class Analysis:
 INTERPRETERS = frozenset(
     "sh bash dash zsh ksh mksh fish csh tcsh busybox perl ruby node nodejs deno bun php lua tclsh "
     "awk gawk mawk nawk eval source . expect watch script parallel ipython pypy pypy3 python2 "
-    "make gmake npm npx yarn pnpm tox nox invoke just sqlite3".split()
+    "make gmake npm npx yarn pnpm tox nox invoke just sqlite3 uv uvx poetry pdm hatch pipenv rye".split()
 )
 SHELLS = frozenset("sh bash dash zsh ksh mksh".split())
-TASK_RUNNERS = frozenset("make gmake npm npx yarn pnpm tox nox invoke just".split())
+# Run the project's own scripts or environments (`make test`, `uv run pytest`, `poetry run ...`); their
+# installs are package installs (asked) before they are this.
+TASK_RUNNERS = frozenset("make gmake npm npx yarn pnpm tox nox invoke just uv uvx poetry pdm hatch pipenv rye".split())
 # Programs whose only use is the network, which the sandbox does not have.
 NETWORK = frozenset(
     "curl wget nc ncat netcat ssh scp sftp rsync telnet ftp socat nmap ping dig nslookup aria2c http https "
