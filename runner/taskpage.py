@@ -138,7 +138,7 @@ main{max-width:1100px;margin:0 auto;padding:16px 20px 40px}
 h1{font-size:20px;margin:8px 0}h2{font-size:16px;margin:24px 0 8px;border-bottom:1px solid #d0d7de}
 section{background:#fff;border:1px solid #d0d7de;border-radius:6px;padding:8px 14px;margin:12px 0}
 table{border-collapse:collapse;width:100%}td,th{text-align:left;vertical-align:top;padding:3px 8px}
-th{font-weight:600;color:#57606a}tr.deny td{background:#ffebe9}
+th{font-weight:600;color:#57606a}td.t{white-space:nowrap;color:#57606a}tr.deny td{background:#ffebe9}
 .badge{display:inline-block;padding:1px 8px;border-radius:10px;background:#ddf4ff;font-weight:600}
 .badge.bad{background:#ffebe9;color:#a40e26}.badge.good{background:#dafbe1;color:#116329}
 pre{white-space:pre-wrap;word-break:break-word;margin:4px 0;font:12px/1.4 ui-monospace,monospace}
@@ -207,15 +207,19 @@ def render(view: TaskView) -> str:
     parts.append(_releases(view.releases))
     if view.notes:
         parts.append("<section id=notes><h2>Other events</h2><table>" + "".join(
-            f"<tr><td>{_e(_when(n.at))}</td><td>{_e(n.state)}</td><td>{_e(_clip(n.detail, 2000))}</td></tr>"
+            f"<tr><td class=t>{_e(_when(n.at))}</td><td>{_e(n.state)}</td><td>{_e(_clip(n.detail, 2000))}</td></tr>"
             for n in view.notes) + "</table></section>")
     parts.append("</main></body></html>")
     return "".join(parts)
 
 
+def _step_row(step: ReleaseStep) -> str:
+    return (f"<tr><td class=t>{_e(_when(step.at))}</td><td>{_badge(step.state)}</td>"
+            f"<td>{_e(_clip(step.detail, 2000))}</td></tr>")
+
+
 def _states(states: Sequence[ReleaseStep]) -> str:
-    rows = "".join(f"<tr><td>{_e(_when(s.at))}</td><td>{_badge(s.state)}</td><td>{_e(_clip(s.detail, 2000))}</td>"
-                   "</tr>" for s in states)
+    rows = "".join(_step_row(s) for s in states)
     return f"<section id=states><h2>States</h2><table><tr><th>at</th><th>state</th><th>why</th></tr>{rows}" \
            "</table></section>"
 
@@ -228,7 +232,7 @@ def _calls(calls: Sequence[ToolCallView]) -> str:
     for c in calls:
         verb = "allowed" if c.decision == "allow" else "denied"
         command = f"<pre>{_e(_clip(c.command, 2000))}</pre>" if c.command else ""
-        rows += (f'<tr class="{"allow" if verb == "allowed" else "deny"}"><td>{_e(_when(c.at))}</td>'
+        rows += (f'<tr class="{"allow" if verb == "allowed" else "deny"}"><td class=t>{_e(_when(c.at))}</td>'
                  f"<td>{_e(c.tool)}{command}</td><td>{verb}</td><td>{_e(c.effect)}</td><td><code>{_e(c.rule)}</code>"
                  f"</td><td>{_e(_clip(c.reason, 2000))}</td></tr>")
     return (f"<section id=calls><h2>Tool calls</h2><p>{len(calls)} calls, {denied} denied.</p><table>"
@@ -289,7 +293,7 @@ def split_diff(diff: str) -> list[_File]:
         elif line.startswith("@@"):
             in_hunks = True
             lines.append(line)
-        elif in_hunks:
+        elif in_hunks and line:  # git writes a blank context line as " ": an empty one is the diff's end
             lines.append(line)
         elif line:
             header.append(line)
@@ -405,9 +409,7 @@ def _releases(releases: Sequence[ReleaseView]) -> str:
                      f"<tr><th>revert</th><td><code>{_e((r.revert_sha or '—')[:12])}</code></td></tr>"
                      f"<tr><th>outcome</th><td class=outcome>{_e(_clip(r.detail, 4000))}</td></tr></table>")
         if r.steps:
-            parts.append("<table class=steps>" + "".join(
-                f"<tr><td>{_e(_when(s.at))}</td><td>{_badge(s.state)}</td><td>{_e(_clip(s.detail, 2000))}</td></tr>"
-                for s in r.steps) + "</table>")
+            parts.append("<table class=steps>" + "".join(_step_row(s) for s in r.steps) + "</table>")
     parts.append("</section>")
     return "".join(parts)
 
