@@ -31,6 +31,7 @@ from starlette.routing import Route
 
 from runner.errors import TaskError
 from runner.links import DEFAULT_INIT_DATA_MAX_AGE, LinkError, check_init_data, check_task_link, task_link
+from runner.models import RunResult
 
 if TYPE_CHECKING:
     from runner.store import AuditEntry, Store, TaskRecord
@@ -185,7 +186,10 @@ def _badge(state: str) -> str:
 def render(view: TaskView) -> str:
     """The whole page. Pure: the same view renders the same bytes."""
     task = view.task
-    result: Mapping[str, Any] = task.result or {}
+    # A stored result is a RunResult value, or its JSON in files written before results were typed.
+    stored: object = task.result
+    result: Mapping[str, Any] = stored.to_json() if isinstance(stored, RunResult) else \
+        stored if isinstance(stored, Mapping) else {}
     parts = [
         "<!doctype html><html lang=en><head><meta charset=utf-8>",
         '<meta name=viewport content="width=device-width,initial-scale=1">',

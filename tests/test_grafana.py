@@ -1,0 +1,319 @@
+"""Grafana-managed alerts: parsing what the contact point sends, its credentials and signature, the endpoint,
+and the provisioning files that make Grafana send it."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+import yaml
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from runner.grafana import (
+    DEFAULT_SIGNATURE_HEADER,
+    ROUTE_PATH,
+    GrafanaAuth,
+    GrafanaAuthError,
+    GrafanaNotification,
+    grafana_endpoint,
+    parse_grafana,
+    verify,
+)
+from runner.store import Store
+from runner.webhooks import ALERT_ONLY_LABELS, WebhookError, logql_for, parse_alertmanager
+from tests.fakes.grafana import FakeGrafana, GrafanaAlertSpec, go_json, label_fingerprint
+
+NOW = 1_777_777_777.0
+TOKEN = "grafana-token-0123456789"
+HMAC_SECRET = "hmac-secret-abcdef"
+PROVISIONING = Path(__file__).parent.parent / "monitoring" / "grafana" / "provisioning"
+
+
+def _spec(container: str = "bot-1", **kw: Any) -> GrafanaAlertSpec:
+    return GrafanaAlertSpec(labels={"alertname": "PythonTraceback", "service": "bot", "container": container,
+                                    "severity": "page"},
+                            annotations={"summary": f"Python traceback in bot ({container})"},
+                            values={"A": 3.0, "B": 3.0, "C": 1.0}, **kw)
+
+
+# ----------------------------------------------------------------------------------------------- parsing
+
+# Grafana's documentation's example, as published (one alert shown; the published one has two).
+DOCS_EXAMPLE = {
+    "receiver": "My Super Webhook", "status": "firing", "orgId": 1,
+    "alerts": [{"status": "firing",
+                "labels": {"alertname": "High memory usage", "team": "blue", "zone": "us-1"},
+                "annotations": {"description": "The system has high memory usage",
+                                "runbook_url": "https://myrunbook.com/runbook/1234",
+                                "summary": "This alert was triggered for zone us-1"},
+                "startsAt": "2021-10-12T09:51:03.157076+02:00", "endsAt": "0001-01-01T00:00:00Z",
+                "generatorURL": "https://play.grafana.org/alerting/1afz29v7z/edit", "fingerprint": "c6eadffa33fcdf37",
+                "silenceURL": "https://play.grafana.org/alerting/silence/new?alertmanager=grafana&matchers=alertname%3DT2",
+                "dashboardURL": "", "panelURL": "", "values": {"B": 44.23943737541908, "C": 1}}],
+    "groupLabels": {}, "commonLabels": {"team": "blue"}, "commonAnnotations": {},
+    "externalURL": "https://play.grafana.org/", "version": "1",
+    "groupKey": "{}:{}", "truncatedAlerts": 0, "title": "[FIRING:2]  (blue)", "state": "alerting",
+    "message": "**Firing**\n\nLabels:\n - alertname = T2\n",
+}
+
+
+def test_parse_grafana_reads_the_documented_example() -> None:
+    parsed = parse_grafana(json.dumps(DOCS_EXAMPLE))
+    (alert,) = parsed.notification.alerts
+    assert (parsed.org_id, parsed.state, parsed.title) == (1, "alerting", "[FIRING:2]  (blue)")
+    assert alert.starts_at == datetime(2021, 10, 12, 7, 51, 3, 157076, tzinfo=UTC)
+    assert alert.ends_at is None and alert.fingerprint == "c6eadffa33fcdf37"
+    assert parsed.alerts[0].values == {"B": 44.23943737541908, "C": 1.0}
+    assert parsed.notification.receiver == "My Super Webhook"
+
+
+def test_parse_grafana_gives_the_value_the_alertmanager_path_gives() -> None:
+    fake = FakeGrafana()
+    body = fake.payload([_spec("bot-1"), _spec("bot-2")], group_by=("alertname", "service"))
+    parsed = parse_grafana(body)
+    raw = json.loads(body)
+    # The same alerts as Alertmanager would post them: version 4, no Grafana-only fields, no grafana_folder.
+    as_alertmanager = {
+        "version": "4", "receiver": raw["receiver"], "status": raw["status"], "groupKey": raw["groupKey"],
+        "truncatedAlerts": 0, "externalURL": raw["externalURL"],
+        "groupLabels": {"alertname": "PythonTraceback", "service": "bot"},
+        "commonLabels": {k: v for k, v in raw["commonLabels"].items() if k != "grafana_folder"},
+        "alerts": [{**{k: a[k] for k in ("status", "annotations", "startsAt", "endsAt", "generatorURL",
+                                         "fingerprint")},
+                    "labels": {k: v for k, v in a["labels"].items() if k != "grafana_folder"}}
+                   for a in raw["alerts"]]}
+    assert parsed.notification == parse_alertmanager(as_alertmanager)
+    assert [a.grafana_labels for a in parsed.alerts] == [{"grafana_folder": "agent-runner"}] * 2
+    # So the Loki query is the Alertmanager path's: the stream labels only.
+    assert logql_for(parsed.notification.alerts[0], '{job=~".+"}') == '{container="bot-1", service="bot"}'
+    assert [a.fingerprint for a in parsed.notification.alerts] == [
+        label_fingerprint({**_spec(c).labels, "grafana_folder": "agent-runner"}) for c in ("bot-1", "bot-2")]
+
+
+def test_parse_grafana_reads_a_resolved_notification() -> None:
+    ended = datetime(2026, 5, 1, 12, 10, tzinfo=UTC)
+    parsed = parse_grafana(FakeGrafana().payload([_spec(ends_at=ended)]))
+    assert parsed.state == "ok" and parsed.notification.status == "resolved"
+    assert parsed.notification.alerts[0].ends_at == ended and parsed.notification.firing == ()
+
+
+def test_parse_grafana_counts_truncated_alerts_and_keeps_their_order() -> None:
+    fake = FakeGrafana(max_alerts=2)
+    parsed = parse_grafana(fake.payload([_spec(f"bot-{i}") for i in range(5)]))
+    assert parsed.notification.truncated_alerts == 3
+    assert [a.labels["container"] for a in parsed.notification.alerts] == ["bot-0", "bot-1"]
+
+
+def test_parse_grafana_reads_gos_html_safe_escapes() -> None:
+    spec = _spec()
+    spec.annotations["summary"] = "<b> & </b> \u2028"
+    body = FakeGrafana().payload([spec])
+    assert b"\\u003cb\\u003e \\u0026" in body
+    assert parse_grafana(body).notification.alerts[0].annotations["summary"] == "<b> & </b> \u2028"
+
+
+@pytest.mark.parametrize(("change", "where"), [
+    (lambda b: b.update(version="4"), "not a Grafana webhook"),
+    (lambda b: b.pop("orgId"), "not a Grafana webhook"),
+    (lambda b: b.update(orgId="1"), "orgId"),
+    (lambda b: b["alerts"][0].update(values={"B": "high"}), "values.B"),
+    (lambda b: b["alerts"][0].update(startsAt="yesterday"), "startsAt"),
+    (lambda b: b["alerts"][0].update(labels=None), "labels"),
+    (lambda b: b.update(alerts={}), "alerts"),
+])
+def test_parse_grafana_refuses_malformed_bodies(change: Any, where: str) -> None:
+    body = json.loads(json.dumps(DOCS_EXAMPLE))
+    change(body)
+    with pytest.raises(WebhookError, match=where):
+        parse_grafana(body)
+
+
+def test_parse_grafana_refuses_non_json() -> None:
+    with pytest.raises(WebhookError, match="not JSON"):
+        parse_grafana(b"{nope")
+
+
+# ----------------------------------------------------------------------------------------------- auth
+
+
+def _headers(fake: FakeGrafana, body: bytes, now: float = NOW) -> dict[str, str]:
+    return {k.lower(): v for k, v in fake.headers(body, now=now).items()}
+
+
+def test_verify_accepts_the_contact_points_bearer_and_refuses_others() -> None:
+    auth = GrafanaAuth(authorization=TOKEN)
+    body = FakeGrafana().payload([_spec()])
+    verify(auth, _headers(FakeGrafana(credentials=TOKEN), body), body, now=NOW)
+    with pytest.raises(GrafanaAuthError, match="bad credentials"):
+        verify(auth, _headers(FakeGrafana(credentials="nope"), body), body, now=NOW)
+    with pytest.raises(GrafanaAuthError, match="bad credentials"):
+        verify(auth, _headers(FakeGrafana(credentials=TOKEN, scheme="Token"), body), body, now=NOW)
+    with pytest.raises(GrafanaAuthError, match="no Authorization"):
+        verify(auth, _headers(FakeGrafana(), body), body, now=NOW)
+
+
+def test_verify_accepts_basic_credentials_and_refuses_wrong_ones() -> None:
+    auth = GrafanaAuth(basic=("grafana", "pa:ss"))
+    body = b"{}"
+    verify(auth, _headers(FakeGrafana(basic=("grafana", "pa:ss")), body), body, now=NOW)
+    for basic in (("grafana", "pass"), ("other", "pa:ss")):
+        with pytest.raises(GrafanaAuthError, match="bad credentials"):
+            verify(auth, _headers(FakeGrafana(basic=basic), body), body, now=NOW)
+    with pytest.raises(GrafanaAuthError, match="bad credentials"):
+        verify(auth, {"authorization": "Basic %%%"}, body, now=NOW)
+    with pytest.raises(GrafanaAuthError, match="no basic"):
+        verify(auth, {"authorization": f"Bearer {base64.b64encode(b'grafana:pa:ss').decode()}"}, body, now=NOW)
+
+
+def test_verify_checks_the_body_signature_without_a_timestamp() -> None:
+    auth = GrafanaAuth(hmac_secret=HMAC_SECRET)
+    fake = FakeGrafana(hmac_secret=HMAC_SECRET)
+    body = fake.payload([_spec()])
+    verify(auth, _headers(fake, body), body, now=NOW)
+    with pytest.raises(GrafanaAuthError, match="bad signature"):
+        verify(auth, _headers(fake, body), body.replace(b"bot-1", b"bot-9"), now=NOW)
+    with pytest.raises(GrafanaAuthError, match="bad signature"):
+        verify(auth, _headers(FakeGrafana(hmac_secret="other"), body), body, now=NOW)
+    with pytest.raises(GrafanaAuthError, match="no signature"):
+        verify(auth, _headers(FakeGrafana(), body), body, now=NOW)
+
+
+def test_verify_checks_a_timestamped_signature_and_refuses_replays() -> None:
+    header = "X-Grafana-Alerting-Timestamp"
+    auth = GrafanaAuth(authorization=TOKEN, hmac_secret=HMAC_SECRET, timestamp_header=header, max_age=300)
+    fake = FakeGrafana(credentials=TOKEN, hmac_secret=HMAC_SECRET, timestamp_header=header)
+    body = fake.payload([_spec()])
+    sent = _headers(fake, body, now=NOW)
+    verify(auth, sent, body, now=NOW + 299)
+    with pytest.raises(GrafanaAuthError, match="too old"):
+        verify(auth, sent, body, now=NOW + 301)  # the same request, replayed later
+    with pytest.raises(GrafanaAuthError, match="bad signature"):
+        verify(auth, {**sent, header.lower(): str(int(NOW) + 200)}, body, now=NOW + 301)  # re-dated
+    with pytest.raises(GrafanaAuthError, match="future"):
+        verify(auth, _headers(fake, body, now=NOW + 120), body, now=NOW)
+    with pytest.raises(GrafanaAuthError, match="no signature timestamp"):
+        verify(auth, {k: v for k, v in sent.items() if k != header.lower()}, body, now=NOW)
+    # A signature made without the timestamp does not pass where one is configured.
+    untimed = _headers(FakeGrafana(credentials=TOKEN, hmac_secret=HMAC_SECRET), body)
+    with pytest.raises(GrafanaAuthError):
+        verify(auth, {**untimed, header.lower(): str(int(NOW))}, body, now=NOW)
+
+
+def test_grafana_auth_needs_a_credential_and_hides_its_secrets() -> None:
+    with pytest.raises(ValueError):
+        GrafanaAuth()
+    with pytest.raises(ValueError):
+        GrafanaAuth(authorization=TOKEN, basic=("a", "b"))
+    assert TOKEN not in repr(GrafanaAuth(authorization=TOKEN)) and HMAC_SECRET not in repr(
+        GrafanaAuth(hmac_secret=HMAC_SECRET))
+
+
+# ----------------------------------------------------------------------------------------------- endpoint
+
+
+async def test_endpoint_admits_a_signed_notification_and_refuses_and_audits_a_forged_one(tmp_path: Path) -> None:
+    header = "X-Grafana-Alerting-Timestamp"
+    auth = GrafanaAuth(authorization=TOKEN, hmac_secret=HMAC_SECRET, timestamp_header=header)
+    admitted: list[GrafanaNotification] = []
+
+    async def admit(parsed: GrafanaNotification) -> Response:
+        admitted.append(parsed)
+        return JSONResponse({"alerts": len(parsed.notification.firing)}, status_code=202)
+
+    async with Store(tmp_path / "state.db") as store:
+        async def refuse(request: Request, reason: str) -> None:
+            await store.audit(None, "grafana", "refused", {"path": request.url.path, "reason": "grafana",
+                                                           "why": reason})
+
+        app = Starlette(routes=[Route(ROUTE_PATH, grafana_endpoint(auth, admit, refuse=refuse, clock=lambda: NOW),
+                                      methods=["POST"])])
+        good = FakeGrafana(credentials=TOKEN, hmac_secret=HMAC_SECRET, timestamp_header=header)
+        forged = FakeGrafana(credentials=TOKEN, hmac_secret="guessed", timestamp_header=header)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sv") as client:
+            ok = await good.send(client, ROUTE_PATH, [_spec("bot-1"), _spec("bot-2")], now=NOW)
+            bad = await forged.send(client, ROUTE_PATH, [_spec()], now=NOW)
+            old = await good.send(client, ROUTE_PATH, [_spec()], now=NOW - 3600)
+            junk = await good.send(client, ROUTE_PATH, [], now=NOW, body=b'{"version": "4"}')
+        refused = await store.audit_log(None, event="refused")
+    assert (ok.status_code, ok.json()) == (202, {"alerts": 2})
+    assert [bad.status_code, old.status_code, junk.status_code] == [401, 401, 400]
+    assert bad.json()["reason"] == "bad signature"
+    assert len(admitted) == 1 and admitted[0].org_id == 1
+    assert [r.detail["why"] for r in refused] == ["bad signature", "signature timestamp too old (a replay?)"]
+
+
+async def test_endpoint_without_configured_auth_refuses_everything() -> None:
+    async def admit(parsed: GrafanaNotification) -> Response:
+        raise AssertionError("admitted without credentials")
+
+    app = Starlette(routes=[Route(ROUTE_PATH, grafana_endpoint(None, admit, clock=lambda: NOW), methods=["POST"])])
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://sv") as client:
+        response = await FakeGrafana(credentials=TOKEN).send(client, ROUTE_PATH, [_spec()], now=NOW)
+    assert response.status_code == 401 and response.json()["reason"] == "no credential configured"
+
+
+# ----------------------------------------------------------------------------------------------- provisioning
+
+
+def _load(name: str) -> Mapping[str, Any]:
+    data = yaml.safe_load((PROVISIONING / name).read_text())
+    assert isinstance(data, dict) and data["apiVersion"] == 1
+    return data
+
+
+def test_provisioning_contact_point_points_at_the_route_with_its_signature() -> None:
+    (point,) = _load("alerting/contact-points.yaml")["contactPoints"]
+    (receiver,) = point["receivers"]
+    settings = receiver["settings"]
+    assert receiver["type"] == "webhook" and settings["httpMethod"] == "POST"
+    assert urlsplit(settings["url"]).path == ROUTE_PATH
+    assert urlsplit(settings["url"]).port == 8080  # compose.yaml's AGENT_RUNNER_PORT
+    assert settings["authorization_scheme"] == "Bearer"
+    assert settings["authorization_credentials"].startswith("${")  # from Grafana's environment, not this file
+    assert settings["hmacConfig"]["header"] == DEFAULT_SIGNATURE_HEADER
+    assert settings["hmacConfig"]["secret"].startswith("${") and settings["hmacConfig"]["timestampHeader"]
+
+
+def test_provisioning_policy_routes_the_rules_alerts_to_the_contact_point() -> None:
+    (point,) = _load("alerting/contact-points.yaml")["contactPoints"]
+    (policy,) = _load("alerting/policies.yaml")["policies"]
+    (group,) = _load("alerting/rules.yaml")["groups"]
+    (rule,) = group["rules"]
+    (route,) = policy["routes"]
+    assert route["receiver"] == point["name"]
+    labels = {"alertname": rule["title"], **rule["labels"]}
+    for name, op, value in route["object_matchers"]:
+        assert op == "=" and labels[name] == value
+    # Rule labels other than these would land in the LogQL stream selector and match no stream.
+    assert set(rule["labels"]) <= ALERT_ONLY_LABELS
+
+
+def test_provisioning_rule_queries_the_loki_datasource_by_stream_labels() -> None:
+    datasources = {d["uid"]: d for d in _load("datasources/datasources.yaml")["datasources"]}
+    (group,) = _load("alerting/rules.yaml")["groups"]
+    (rule,) = group["rules"]
+    refs = {d["refId"]: d for d in rule["data"]}
+    assert rule["condition"] in refs
+    query = refs["A"]
+    assert datasources[query["datasourceUid"]]["type"] == "loki"
+    assert "sum by (service, container)" in query["model"]["expr"]
+    assert {d["datasourceUid"] for d in rule["data"] if d["refId"] != "A"} == {"__expr__"}
+    # An alert as Grafana would send it for this rule: its LogQL is the stream of the container that failed.
+    spec = GrafanaAlertSpec(labels={"alertname": rule["title"], **rule["labels"], "service": "bot",
+                                    "container": "bot-1"})
+    alert = parse_grafana(FakeGrafana(folder=group["folder"]).payload([spec])).notification.alerts[0]
+    assert logql_for(alert, '{job=~".+"}') == '{container="bot-1", service="bot"}'
+
+
+def test_go_json_matches_gos_marshal_escapes() -> None:
+    assert go_json({"a": "<&>", "b": "é"}) == '{"a":"\\u003c\\u0026\\u003e","b":"é"}'.encode()
