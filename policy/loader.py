@@ -13,11 +13,13 @@ import yaml
 
 from policy.errors import PolicyLoadError
 from policy.model import (
+    DEFAULT_MIGRATION_PATHS,
     KNOWN_SOURCES,
     BashRules,
     Effect,
     Example,
     Limits,
+    Migrations,
     Policy,
     Profile,
     RateLimits,
@@ -136,6 +138,7 @@ _TOP = {
     "bash",
     "rules",
     "tests",
+    "migrations",
 }
 _NUMERIC_LIMITS = {
     "max_turns",
@@ -214,6 +217,19 @@ def _patterns(doc: _Doc, data: Mapping[str, Any], key: str, name: str, default: 
         if p.startswith("!"):
             doc.error(f"{key}.{name}", f"{key}.{name}: negated patterns ({p!r}) are not supported; list what to match")
     return PatternSet([p for p in pats if not p.startswith("!")])
+
+
+def _migrations(doc: _Doc, data: Mapping[str, Any]) -> Migrations:
+    m = doc.mapping(data, "", "migrations")
+    doc.known(m, "migrations", {"paths"})
+    if "paths" in m and m["paths"] == []:
+        return Migrations(())  # said on purpose: no change counts as a migration
+    paths = doc.strings(m, "migrations", "paths", DEFAULT_MIGRATION_PATHS)
+    for p in paths:
+        if p.startswith("!"):
+            doc.error("migrations.paths", f"migrations.paths: negated patterns ({p!r}) are not supported; "
+                      "list what to match")
+    return Migrations(tuple(p for p in paths if not p.startswith("!")))
 
 
 def _profiles(doc: _Doc, data: Mapping[str, Any], base: Limits) -> dict[str, Profile]:
@@ -382,6 +398,7 @@ def load(text: str, *, source: str = "<string>") -> Policy:
     if ask_timeout <= 0:
         doc.error("ask_timeout_seconds", "ask_timeout_seconds must be positive")
     rules = _rules(doc, data)
+    migrations = _migrations(doc, data)
     examples = _examples(doc, data, set(profiles))
     if doc.errors:
         line, key, message = doc.errors[0]
@@ -403,6 +420,7 @@ def load(text: str, *, source: str = "<string>") -> Policy:
         autofix_mode=cast(Any, autofix_mode),
         ask_timeout_seconds=ask_timeout,
         examples=examples,
+        migrations=migrations,
     )
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from types import MappingProxyType
 from typing import Any, Literal
 
-from policy.paths import PathRules
+from policy.paths import PathRules, PatternSet
 
 KNOWN_TOOLS = (
     "Read",
@@ -224,6 +224,53 @@ class Example:
     line: int | None
 
 
+DEFAULT_MIGRATION_PATHS = (
+    "**/alembic/versions/*.py",  # Alembic: revisions in versions/ under an alembic/ or migrations/ folder
+    "**/migrations/versions/*.py",
+    "**/migrations/*.py",  # Django: each app's migrations/ package
+    "**/migrations/**/*.sql",  # plain SQL under a migrations folder (Flyway, golang-migrate, dbmate, ...)
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Migrations:
+    """Which changed files alter the database: a release touching one is not rolled back without the owner.
+
+    >>> Migrations(DEFAULT_MIGRATION_PATHS).touched(["app/models.py", "app/migrations/0002_balance.py"])
+    ('app/migrations/0002_balance.py',)
+    """
+
+    paths: tuple[str, ...] = DEFAULT_MIGRATION_PATHS
+    _set: PatternSet = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_set", PatternSet(self.paths))
+
+    def touched(self, changed: Iterable[str]) -> tuple[str, ...]:
+        """The workspace-relative paths among `changed` that are migrations, in their order (each once).
+
+        A path is matched as the repository has it (`./a/b` and `a//b` read as `a/b`); a path that leaves
+        the repository (`../x`, absolute) is no file of it and matches nothing.
+        """
+        out: list[str] = []
+        for path in changed:
+            rel = _repo_relative(path)
+            if rel and rel not in out and not rel.endswith("/") and self._set.match(rel) is not None:
+                out.append(rel)
+        return tuple(out)
+
+
+def _repo_relative(path: str) -> str | None:
+    parts: list[str] = []
+    for part in path.replace("\\", "/").split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            return None
+        parts.append(part)
+    return "/".join(parts) if parts and not path.startswith("/") else None
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """A loaded, validated policy. Build it with ``policy.load`` or ``policy.load_file``; never by hand.
@@ -248,6 +295,7 @@ class Policy:
     autofix_mode: Literal["pr", "dry-run"]
     ask_timeout_seconds: int
     examples: tuple[Example, ...] = field(default=(), compare=False)
+    migrations: Migrations = field(default_factory=Migrations)
 
     def profile(self, kind: str) -> Profile:
         """The profile of a task kind; KeyError if the policy has none (the engine denies such calls)."""
