@@ -317,6 +317,28 @@ def _examples(doc: _Doc, data: Mapping[str, Any], kinds: set[str]) -> tuple[Exam
     return tuple(out)
 
 
+def _yaml_line(exc: yaml.YAMLError) -> int | None:
+    mark = getattr(exc, "problem_mark", None)
+    return mark.line + 1 if mark is not None else None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """The whole of a YAML error in one line: what was being read, where it began, what went wrong and where
+    (PyYAML's own text spans lines, and its first line alone, "while parsing a flow node", says nothing)."""
+    if not isinstance(exc, yaml.MarkedYAMLError):
+        return f"not valid YAML: {' '.join(str(exc).split())}"
+    parts = []
+    if exc.context:
+        began = exc.context_mark
+        parts.append(exc.context + (f" (begun at line {began.line + 1}, column {began.column + 1})"
+                                    if began is not None and exc.problem_mark is not None
+                                    and began.line != exc.problem_mark.line else ""))
+    if exc.problem:
+        at = exc.problem_mark
+        parts.append(exc.problem + (f" at line {at.line + 1}, column {at.column + 1}" if at is not None else ""))
+    return "not valid YAML: " + ", ".join(parts or [type(exc).__name__])
+
+
 def load(text: str, *, source: str = "<string>") -> Policy:
     """Parse and validate policy YAML text.
 
@@ -330,9 +352,7 @@ def load(text: str, *, source: str = "<string>") -> Policy:
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise PolicyLoadError(f"not valid YAML: {exc}".splitlines()[0], line=line, source=source) from exc
+        raise PolicyLoadError(_yaml_problem(exc), line=_yaml_line(exc), source=source) from exc
     if not isinstance(root, yaml.MappingNode):
         raise PolicyLoadError("the policy must be a YAML mapping", line=1, source=source)
     doc = _Doc(source)

@@ -170,3 +170,17 @@ def test_load_owner_rule_can_ask_for_a_command() -> None:
     # a rule cannot unlock a protected path
     d = policy.evaluate(p, policy.ToolCall("Bash", {"command": "make .env"}))
     assert d.effect is Effect.DENY
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("a: [1, 2\nb: 3\n", "while parsing a flow sequence (begun at line 1, column 4), expected ',' or ']', but got ':' "
+                         "at line 2, column 2"),
+    ("a: \"unterminated\n", "while scanning a quoted scalar (begun at line 1, column 4), found unexpected end"),
+    ("\tx: 1\n", "found character '\\t' that cannot start any token at line 1, column 1"),
+])
+def test_load_says_the_whole_yaml_error_in_one_line(text: str, said: str) -> None:
+    """PyYAML's first line alone ("while parsing a flow node") says neither what went wrong nor where."""
+    with pytest.raises(PolicyLoadError) as caught:
+        policy.load(text)
+    message = str(caught.value)
+    assert said in message and "\n" not in message
