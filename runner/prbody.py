@@ -166,13 +166,30 @@ def branch_name(kind: str, prompt_or_fingerprint: str, taken: Collection[str]) -
     if kind == "fix" and _FINGERPRINT.fullmatch(text):
         stem = _NOT_SLUG.sub("", text.lower())[:MAX_FINGERPRINT] or "unknown"
     else:
-        stem = _slug(text)
+        stem = _slug(_without_kind(kind, text)) or _slug(text)
     base = f"{BRANCH_PREFIX}{kind}-{stem}"
     candidate, n = base, 1
     while candidate in taken:
         n += 1
         candidate = f"{base}-{n}"
     return candidate
+
+
+def pr_title(kind: str, prompt: str) -> str:
+    """The PR's title: the kind once, then the owner's words (their first 72 characters, on one line).
+
+        >>> pr_title("fix", "Fix the crash in /balance"), pr_title("feature", "add a /balance command")
+        ('fix: the crash in /balance', 'agent: add a /balance command')
+    """
+    words = " ".join(prompt.split())
+    first = (_without_kind(kind, words) if kind == "fix" else words)[:72] or words[:72]
+    return f"fix: {first}" if kind == "fix" else f"agent: {first}"
+
+
+def _without_kind(kind: str, text: str) -> str:
+    """`text` without a leading word that repeats the kind ("fix the crash" for a fix: "the crash")."""
+    head, _, rest = text.partition(" ")
+    return rest.lstrip() if head.rstrip(":,.").lower() in {kind, f"{kind}es", f"{kind}ed"} else text
 
 
 # -- sections ----------------------------------------------------------------------------------------

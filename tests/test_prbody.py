@@ -14,7 +14,7 @@ from markdown_it.token import Token
 
 from runner.models import Denial, Usage
 from runner.models import TestRun as Run
-from runner.prbody import HIDDEN_MARK, MAX_BODY, FileChange, PrRequest, branch_name, render_pr_body
+from runner.prbody import HIDDEN_MARK, MAX_BODY, FileChange, PrRequest, branch_name, pr_title, render_pr_body
 
 # CommonMark with GitHub's table and strikethrough extensions: a real parser decides what is a heading.
 MARKDOWN = MarkdownIt("commonmark").enable(["table", "strikethrough"])
@@ -309,7 +309,7 @@ def test_pr_request_from_task_takes_the_records_fields() -> None:
             set(),
             "agent/feature-make-the-reporting-module-export-csv",
         ),
-        ("review", "Review the auth module", set(), "agent/review-review-the-auth-module"),
+        ("review", "Review the auth module", set(), "agent/review-the-auth-module"),
         ("fix", "9F3A0C2B1D4E5F60aa77", set(), "agent/fix-9f3a0c2b1d4e5f60"),
         ("fix", "KeyError in /balance", set(), "agent/fix-keyerror-in-balance"),
         ("fix", "abc", {"agent/fix-abc"}, "agent/fix-abc-2"),
@@ -324,3 +324,16 @@ def test_branch_name_is_safe_and_fresh(kind: str, text: str, taken: set[str], ex
 def test_branch_name_refuses_unknown_kinds() -> None:
     with pytest.raises(ValueError, match="unknown task kind"):
         branch_name("deploy", "x", set())
+
+
+@pytest.mark.parametrize(("kind", "prompt", "branch", "title"), [
+    ("fix", "fix the crash in /balance", "agent/fix-the-crash-in-balance", "fix: the crash in /balance"),
+    ("fix", "Fix: average_spend divides by zero", "agent/fix-average-spend-divides-by-zero",
+     "fix: average_spend divides by zero"),
+    ("feature", "add a /balance command", "agent/feature-add-a-balance-command", "agent: add a /balance command"),
+    ("review", "review bot/ledger.py", "agent/review-bot-ledger-py", "agent: review bot/ledger.py"),
+    ("fix", "fix", "agent/fix-fix", "fix: fix"),
+])
+def test_branch_and_title_say_the_kind_once(kind: str, prompt: str, branch: str, title: str) -> None:
+    assert branch_name(kind, prompt, set()) == branch
+    assert pr_title(kind, prompt) == title
