@@ -6,13 +6,17 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test check venv engine image alertmanager compose bench clean
+.PHONY: demo test quick check venv engine image alertmanager compose bench clean
 
 demo: venv engine image
 	$(BIN)/agent-runner demo
 
 test: venv engine image alertmanager compose check
-	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 $(PYTEST_ARGS)
+
+# Everything that needs no Docker engine (and so no image): the inner loop, under two minutes on two cores.
+quick: venv
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not docker" --durations=20 $(PYTEST_ARGS)
 
 check: venv
 	$(BIN)/ruff check runner policy tests bench

@@ -1,4 +1,8 @@
-"""The supervisor service: create_app builds the Starlette app whose lifespan opens the backends once."""
+"""The supervisor service: create_app builds the Starlette app whose lifespan opens the backends once.
+
+This is the composition root: it builds the `Service` (runner.service.state) and hands it to the front ends
+(the HTTP routes, the Telegram bot), which call runner.service.operations over it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,6 @@ import logging
 import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -23,46 +26,24 @@ from runner.config import Settings, settings_from_os
 from runner.deploy import Deployer, deployer_from_settings
 from runner.errors import ConfigError, StateError
 from runner.forge import default_repo
-from runner.forge.base import Forge
 from runner.forge.workflows import push_notice
 from runner.loki import LokiClient
-from runner.models import TaskId
+from runner.models import Progress, TaskId
 from runner.notify.base import Notifier
 from runner.notify.log import LogNotifier
 from runner.policy_store import PolicyDesk, PolicyStore
 from runner.releases import Releases, ReleaseStore
+from runner.routes import routes
 from runner.runtime import Housekeeper, Housekeeping, Runtime, open_runtime, preflight, reap_orphans
-from runner.scheduler import Progress, Scheduler
-from runner.store import Store, TaskRecord
+from runner.scheduler import Scheduler
+from runner.service.state import Service
+from runner.store import TaskRecord
 from runner.supervisor import run_task
 from runner.watch import ContainerLogErrors, ErrorSource, LokiErrors, WatchConfig
 
 log = logging.getLogger("agent_runner")
 
 RuntimeFactory = Callable[[], AbstractAsyncContextManager[Runtime]]
-
-
-@dataclass(slots=True)
-class Service:
-    """What the routes reach through `request.app.state.service` while the app runs."""
-
-    settings: Settings
-    runtime: Runtime
-    scheduler: Scheduler
-    deployer: Deployer
-    policies: PolicyDesk
-    releases: Releases | None = None
-    loki: LokiClient | None = None
-    """One client (one connection pool) for every alert's log query and the post-deploy watch."""
-    """Approved pull requests on their way through merge, deploy and watch (None without a forge)."""
-
-    @property
-    def store(self) -> Store:
-        return self.runtime.store
-
-    @property
-    def forge(self) -> Forge | None:
-        return self.runtime.deps.forge
 
 
 def create_app(
@@ -77,8 +58,6 @@ def create_app(
     reaps orphan containers and fails tasks caught mid-flight); `deployer` defaults to the configured one;
     `housekeeping` is how often orphaned sandboxes are reaped while it runs.
     """
-    from runner.routes import routes
-
     note = say or log.info
     if runtime is None:
         repo = default_repo(settings)  # with GitHub, the repository's own git URL unless told otherwise

@@ -13,23 +13,19 @@ import asyncio
 import hashlib
 import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from runner.errors import ForgeError
 from runner.loki import LokiClient, LokiUnavailable
-from runner.models import TaskState
 from runner.prompts import fence_untrusted, fix_prompt
 from runner.scheduler import Duplicate, Refused
+from runner.service.state import Service
 from runner.store import TaskRecord
 from runner.tracebacks import ParsedTraceback, extract_tracebacks
 from runner.webhooks import Alert, AlertNotification, DirectReport, WebhookError, logql_for, query_window, stream_texts
-
-if TYPE_CHECKING:
-    from runner.app import Service
 
 __all__ = ["DEFAULT_SELECTOR", "Investigation", "Outcome", "admit", "headline", "investigate"]
 
@@ -41,7 +37,6 @@ MAX_PARALLEL_QUERIES = 4
 # out, so a storm over many containers is still one task when Loki is down.
 REPLICA_LABELS = frozenset({"container", "container_id", "pod", "pod_name", "instance", "host", "hostname",
                             "node", "filename", "stream"})
-COOLING_STATES = (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.REJECTED)
 ACTOR = "alertmanager"
 REPEAT_NOTE_INTERVAL = 600.0  # seconds between two "still happening" comments on one PR
 log = logging.getLogger(__name__)
@@ -113,7 +108,9 @@ async def admit(service: Service, report: AlertNotification | DirectReport, *,
     """Submit one `fix` task per fingerprint among the firing alerts (or the posted traceback).
 
     One Outcome per firing alert, in order. An open task for the fingerprint gets a `repeat` audit row
-    instead of a sibling; a fingerprint whose last fix failed or was rejected cools down first.
+    instead of a sibling; a fingerprint whose last fix failed or was rejected cools down first (the
+    scheduler's cooldown, the one every admission goes through). Callers go through
+    runner.service.operations.admit_alert, which audits the refusals.
     """
     roots = service.settings.repo_roots
     if isinstance(report, DirectReport):
@@ -244,9 +241,6 @@ async def _submit(service: Service, finding: _Finding, *, alerts: int, occurrenc
                            "reason": condemned.verdict.reason, "source": source})
         return Outcome(finding.fingerprint, "rolled_back",
                        note=f"the release of PR #{release.number} is being rolled back: {condemned.verdict.reason}")
-    cooling = await _cooling(service, finding.fingerprint, policy.rate_limits.cooldown_after_failure_seconds)
-    if cooling is not None:
-        return Outcome(finding.fingerprint, "cooling_down", retry_after=cooling, note=finding.note)
     admitted = await service.scheduler.submit(
         kind="fix", prompt=finding.prompt, repo=repo, source="alertmanager", requested_by=source,
         dry_run=policy.autofix_mode == "dry-run", fingerprint=finding.fingerprint)
@@ -280,13 +274,13 @@ def headline(task: TaskRecord) -> str | None:
 async def _note_repeats_on_pr(service: Service, task: TaskRecord) -> None:
     """Tell the PR's reviewers the error is still happening; at most one comment per REPEAT_NOTE_INTERVAL, so a
     storm of alerts does not become a storm of comments."""
-    pr = (task.result or {}).get("pr")
+    pr = task.result.pr if task.result is not None else None
     forge = service.forge
-    if forge is None or not isinstance(pr, Mapping) or not isinstance(pr.get("number"), int):
+    if forge is None or pr is None:
         return
     store = service.store
     noted = await store.audit_log(task.id, event="repeat_noted")
-    if noted and time.time() - noted[-1].at < REPEAT_NOTE_INTERVAL:
+    if noted and store.clock() - noted[-1].at < REPEAT_NOTE_INTERVAL:
         return
     since = noted[-1].seq if noted else 0
     repeats = [e for e in await store.audit_log(task.id, event="repeat") if e.seq > since]
@@ -295,21 +289,10 @@ async def _note_repeats_on_pr(service: Service, task: TaskRecord) -> None:
             f"webhook(s), {alerts} alert(s) since {'the last note' if noted else 'the task started'} "
             f"(fingerprint `{task.fingerprint}`).")
     try:
-        await forge.comment(pr["number"], body)
+        await forge.comment(pr.number, body)
     except ForgeError as exc:
-        log.warning("could not note repeats on PR #%s: %s", pr["number"], exc)
+        log.warning("could not note repeats on PR #%s: %s", pr.number, exc)
         return
-    await store.audit(task.id, ACTOR, "repeat_noted", {"number": pr["number"], "repeats": len(repeats),
+    await store.audit(task.id, ACTOR, "repeat_noted", {"number": pr.number, "repeats": len(repeats),
                                                         "alerts": alerts})
 
-
-async def _cooling(service: Service, fingerprint: str, cooldown: int) -> int | None:
-    """Seconds left before a fingerprint whose last fix failed or was rejected may be tried again."""
-    if cooldown <= 0:
-        return None
-    ended = [t.updated_at for t in await service.store.list_tasks(states=list(COOLING_STATES), limit=100_000)
-             if t.fingerprint == fingerprint]
-    if not ended:
-        return None
-    left = max(ended) + cooldown - time.time()
-    return max(1, int(left + 0.999)) if left > 0 else None

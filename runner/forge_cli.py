@@ -70,7 +70,6 @@ def cmd_approve(args: argparse.Namespace, environ: Mapping[str, str] | None = No
     service's release machinery (runner/releases.py) run once, without the post-deploy watch."""
 
     async def work(forge: Forge, settings: Settings) -> int:
-        from runner.approvals import task_of_pr
         from runner.releases import Releases, ReleaseStore
         from runner.store import Store
         from runner.watch import WatchConfig
@@ -83,7 +82,7 @@ def cmd_approve(args: argparse.Namespace, environ: Mapping[str, str] | None = No
                                 watch=WatchConfig(seconds=0),
                                 progress=lambda _task, line: print(line, file=sys.stderr) if not args.json else None)
             try:
-                task = await task_of_pr(store, args.number)
+                task = await store.task_of_pr(args.number)
                 release = await releases.approve(args.number, head, actor="cli", task=task, method=args.method)
                 await releases.wait_idle()
                 release = await rows.get(release.id)

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, NewType
+from typing import Any, Literal, NewType, TypeVar
 
 TaskId = NewType("TaskId", str)
+Progress = Callable[[str], None]
+"""Hears one line of a task's (or the service's) progress as it happens; never blocks, never raises."""
 TaskKind = Literal["feature", "fix", "review"]
 TASK_KINDS: tuple[TaskKind, ...] = ("feature", "fix", "review")
 
@@ -113,3 +116,54 @@ class RunResult:
             "reason": self.reason,
             "verification": self.verification,
         }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RunResult:
+        """The value `to_json` wrote, back from storage. Lenient with rows older releases wrote: a missing or
+        malformed field takes its default rather than making the whole task unreadable."""
+        tests, pr, usage = data.get("tests"), data.get("pr"), data.get("usage")
+        status = data.get("status")
+        return cls(
+            task_id=TaskId(str(data.get("task_id", ""))),
+            status=TaskState(status) if status in _STATE_VALUES else TaskState.FAILED,
+            diff=str(data.get("diff") or ""),
+            files_changed=tuple(str(f) for f in data.get("files_changed") or ()),
+            tests=_value(TestRun, tests),
+            denials=tuple(d for d in (_value(Denial, x) for x in data.get("denials") or ()) if d is not None),
+            pr=_value(PrRef, pr),
+            usage=_usage(usage),
+            reason=str(data.get("reason") or ""),
+            verification=str(data["verification"]) if data.get("verification") is not None else None,
+        )
+
+
+_STATE_VALUES = frozenset(s.value for s in TaskState)
+
+
+def _usage(data: object) -> Usage:
+    """Usage read as the state file's SQL totals read it (CAST): numbers in strings count, the rest is 0."""
+    if not isinstance(data, Mapping):
+        return Usage()
+
+    def number(key: str) -> float:
+        try:
+            return float(data.get(key) or 0)
+        except (TypeError, ValueError):
+            return 0.0
+
+    return Usage(int(number("input_tokens")), int(number("output_tokens")), number("cost_usd"),
+                 int(number("requests")))
+
+
+_T = TypeVar("_T")
+
+
+def _value(kind: type[_T], data: object) -> _T | None:
+    """`kind(**data)` for a stored dataclass, taking only the fields it has; None when `data` is not one."""
+    if not isinstance(data, Mapping):
+        return None
+    names = kind.__dataclass_fields__  # type: ignore[attr-defined]
+    try:
+        return kind(**{k: v for k, v in data.items() if k in names})
+    except TypeError:  # a field it needs is missing
+        return None

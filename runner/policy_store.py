@@ -10,7 +10,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import policy
+from runner.errors import PolicyVersionNotFound, ProposalVoid
 from runner.sqlite import Database
+
+__all__ = ["PROPOSAL_SECONDS", "PolicyDesk", "PolicyStore", "PolicyVersion", "Proposal", "ProposalVoid"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS policy_versions (
@@ -44,15 +47,16 @@ class PolicyVersion:
 class PolicyStore(Database):
     """Versions are append-only; activating one (new or old) moves a single pointer."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(path, SCHEMA)
+        self._clock = clock
 
     async def add(self, text: str, *, name: str, actor: str, note: str = "") -> PolicyVersion:
         """Record `text` as a new version and make it the active one."""
         sha = hashlib.sha256(text.encode()).hexdigest()
         rows = await self._run("INSERT INTO policy_versions (at, actor, name, sha256, text, note) "
                                "VALUES (?, ?, ?, ?, ?, ?) RETURNING version",
-                               (time.time(), actor, name, sha, text, note))
+                               (self._clock(), actor, name, sha, text, note))
         version = int(rows[0]["version"])
         await self.activate(version)
         return await self.get(version)
@@ -66,7 +70,7 @@ class PolicyStore(Database):
     async def get(self, version: int) -> PolicyVersion:
         rows = await self._run("SELECT * FROM policy_versions WHERE version = ?", (version,))
         if not rows:
-            raise KeyError(version)
+            raise PolicyVersionNotFound(f"no policy version {version}")
         return _version(rows[0])
 
     async def active(self) -> PolicyVersion | None:
@@ -84,10 +88,6 @@ def _version(row: sqlite3.Row) -> PolicyVersion:
 
 
 PROPOSAL_SECONDS = 900.0  # a proposal shown in the chat can be confirmed for this long
-
-
-class ProposalVoid(Exception):
-    """A proposal that can no longer be confirmed: unknown, expired, or made against a policy since replaced."""
 
 
 @dataclass(frozen=True, slots=True)

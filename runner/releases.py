@@ -128,12 +128,13 @@ class ReleaseRecord:
 class ReleaseStore(Database):
     """The releases table, in the supervisor's SQLite file beside the tasks (its own connection)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
         super().__init__(path, SCHEMA, columns=COLUMNS)
+        self._clock = clock
 
     async def add(self, *, number: int, head_sha: str, task_id: str | None, actor: str,
                   method: MergeMethod = "squash") -> ReleaseRecord:
-        now = time.time()
+        now = self._clock()
         rows = await self._run("INSERT INTO releases (number, head_sha, method, task_id, actor, state, created_at, "
                                "updated_at) VALUES (?, ?, ?, ?, ?, 'approved', ?, ?) RETURNING id",
                                (number, head_sha, method, task_id, actor, now, now))
@@ -146,7 +147,7 @@ class ReleaseStore(Database):
         values = [json.dumps(v.to_json()) if isinstance(v, Fence | DeployResult) else v for v in fields.values()]
         sets = ", ".join(f"{name} = ?" for name in ("state", "updated_at", *fields))
         await self._run(f"UPDATE releases SET {sets} WHERE id = ?",
-                        (state, time.time(), *values, release_id))
+                        (state, self._clock(), *values, release_id))
         return await self.get(release_id)
 
     async def get(self, release_id: int) -> ReleaseRecord:
@@ -186,7 +187,8 @@ def _record(row: sqlite3.Row) -> ReleaseRecord:
                          deployed=DeployResult.from_json(json.loads(deployed)) if deployed else None)
 
 
-Progress = Callable[[str | None, str], None]
+TaskProgress = Callable[[str | None, str], None]
+"""Hears a release's step, for the task it belongs to (None: a release of a PR no task of ours proposed)."""
 Tell = Callable[[str], Awaitable[None]]
 
 
@@ -200,7 +202,8 @@ class Releases:
 
     def __init__(self, rows: ReleaseStore, *, store: Store, forge: Forge, deployer: Deployer, repo: str,
                  home: Path, watch: WatchConfig, errors: ErrorSource | None = None,
-                 progress: Progress = lambda _task, _line: None, tell: Tell | None = None) -> None:
+                 progress: TaskProgress = lambda _task, _line: None, tell: Tell | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.rows = rows
         self._store = store
         self._forge = forge
@@ -211,6 +214,7 @@ class Releases:
         self._errors = errors
         self._progress = progress
         self._tell = tell
+        self._clock = clock
         self._lock = asyncio.Lock()  # one merge and deploy at a time
         self._admit = asyncio.Lock()
         self._jobs: set[asyncio.Task[None]] = set()
@@ -265,7 +269,7 @@ class Releases:
         for release in sorted(await self.rows.find(states=(*IN_FLIGHT, "watching"), limit=10_000),
                               key=lambda r: r.id):
             if release.state == "watching":
-                window_open = release.watch_until is not None and release.watch_until > time.time()
+                window_open = release.watch_until is not None and release.watch_until > self._clock()
                 # A rollback decided (or begun) before the stop is finished whatever the clock says now.
                 if window_open or release.fence is not None or await self._verdict_of(release) is not None:
                     self._start_watch(release)
@@ -386,13 +390,13 @@ class Releases:
             release = await self._set(release, "failed", detail=f"deploy failed and could not be rolled back: "
                                                                 f"{(outcome.rolled_back or outcome.deployed).detail}")
         elif self._watch_config.enabled:
-            now = time.time()
+            now = self._clock()
             release = await self._set(release, "watching", deployed_at=now,
                                       watch_until=now + self._watch_config.seconds,
                                       detail=f"deployed and healthy; watching its errors for "
                                              f"{self._watch_config.seconds:.0f}s")
         else:
-            release = await self._set(release, "deployed", deployed_at=time.time(), detail="deployed and healthy")
+            release = await self._set(release, "deployed", deployed_at=self._clock(), detail="deployed and healthy")
         await self._say(release, f"{merged}; deploy {outcome.status}: {release.detail}")
         return release
 
@@ -432,7 +436,8 @@ class Releases:
             return
         fixed, known = await self._fingerprints(release)
         watch = watching.watch = Watch(deployed_at=release.deployed_at, until=release.watch_until,
-                                       config=self._watch_config, fixed=fixed, known=known, source=self._errors)
+                                       config=self._watch_config, fixed=fixed, known=known, source=self._errors,
+                                       clock=self._clock)
         self._note(release, f"watching errors until {time.strftime('%H:%M:%S', time.localtime(watch.until))}")
         try:
             verdict = await watch.run()
@@ -456,7 +461,7 @@ class Releases:
                 task = await self._store.get_task(release.task_id)
                 if task.fingerprint:
                     fixed.add(task.fingerprint)
-        known = {t.fingerprint for t in await self._store.list_tasks(limit=100_000) if t.fingerprint} - fixed
+        known = await self._store.fingerprints() - fixed
         return frozenset(fixed), frozenset(known)
 
     async def _verdict_of(self, release: ReleaseRecord) -> Verdict | None:

@@ -1,4 +1,9 @@
-"""HTTP endpoints: authenticate, parse, hand to the scheduler or the release, answer in JSON (or SSE)."""
+"""HTTP endpoints: parse the request, call one action of runner.service.operations, render its answer as JSON.
+
+Authentication is decided once, in `routes()`: each route names the credential it takes (the owner's bearer,
+the alert secret, or none) and `_authenticated` checks it and audits a refusal before any handler runs. The
+error tree is mapped to statuses once, in `_failed`. Handlers neither audit nor decide.
+"""
 
 from __future__ import annotations
 
@@ -6,23 +11,31 @@ import asyncio
 import contextlib
 import hmac
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import BaseRoute, Route
 
 import policy
-from runner import approvals, autofix
 from runner import metrics as prometheus
-from runner.app import Service
-from runner.config import Secret
-from runner.errors import ForgeConflict, ForgeError, ForgeNotFound, TaskError
+from runner.errors import (
+    ForgeConflict,
+    ForgeError,
+    ForgeNotFound,
+    OperationError,
+    PolicyVersionNotFound,
+    RateLimited,
+    TaskError,
+    TaskNotFound,
+)
 from runner.models import TASK_KINDS, TaskState
 from runner.openapi import openapi_route
-from runner.scheduler import Duplicate, Refused
+from runner.service import operations
+from runner.service.operations import Caller
+from runner.service.state import Service
 from runner.store import TaskRecord
 from runner.webhooks import MAX_BODY_BYTES, WebhookError, parse_auto_fix
 
@@ -30,30 +43,61 @@ MAX_PROMPT_CHARS = 20_000
 SSE_POLL_SECONDS = 0.5
 STREAM_ENDS = frozenset({TaskState.PROPOSED}) | {s for s in TaskState if s.terminal}
 
+Endpoint = Callable[[Request], Awaitable[Response]]
+Credential = Literal["owner", "alerts", "none"]
 
-def routes() -> list[Route]:
-    return [
-        Route("/health", health),
-        Route("/metrics", metrics),
-        Route("/agent/command", command, methods=["POST"]),
-        Route("/agent/auto-fix", auto_fix, methods=["POST"]),
-        Route("/agent/approve-pr", approve_pr, methods=["POST"]),
-        Route("/agent/reject-pr", reject_pr, methods=["POST"]),
-        Route("/releases", list_releases),
-        Route("/releases/{release_id}", get_release),
-        Route("/tasks", list_tasks),
-        Route("/tasks/{task_id}", get_task),
-        Route("/tasks/{task_id}/events", task_events),
-        Route("/tasks/{task_id}/cancel", cancel_task, methods=["POST"]),
-        Route("/policy", get_policy),
-        Route("/policy", put_policy, methods=["PUT"]),
-        Route("/policy/history", policy_history),
-        Route("/policy/rollback", rollback_policy, methods=["POST"]),
-        openapi_route(),
+
+def routes(extra: list[BaseRoute] | None = None) -> list[BaseRoute]:
+    """The API. `extra` are routes other modules add (a task page, a Telegram webhook): put them here, each
+    wrapped by `owner_only` (or `alerts_only`) unless it checks its own credential."""
+    table: list[tuple[str, Endpoint, list[str], Credential]] = [
+        ("/health", health, ["GET"], "none"),
+        ("/metrics", metrics, ["GET"], "none"),
+        ("/agent/command", command, ["POST"], "owner"),
+        ("/agent/auto-fix", auto_fix, ["POST"], "alerts"),
+        ("/agent/approve-pr", approve_pr, ["POST"], "owner"),
+        ("/agent/reject-pr", reject_pr, ["POST"], "owner"),
+        ("/releases", list_releases, ["GET"], "owner"),
+        ("/releases/{release_id}", get_release, ["GET"], "owner"),
+        ("/tasks", list_tasks, ["GET"], "owner"),
+        ("/tasks/{task_id}", get_task, ["GET"], "owner"),
+        ("/tasks/{task_id}/events", task_events, ["GET"], "owner"),
+        ("/tasks/{task_id}/cancel", cancel_task, ["POST"], "owner"),
+        ("/policy", get_policy, ["GET"], "owner"),
+        ("/policy", put_policy, ["PUT"], "owner"),
+        ("/policy/history", policy_history, ["GET"], "owner"),
+        ("/policy/rollback", rollback_policy, ["POST"], "owner"),
     ]
+    out: list[BaseRoute] = [Route(path, _guard(endpoint, credential), methods=methods)
+                            for path, endpoint, methods, credential in table]
+    return [*out, openapi_route(), *(extra or [])]
 
 
-class BadRequest(Exception):
+def owner_only(endpoint: Endpoint) -> Endpoint:
+    """`endpoint` behind the owner's bearer token (AGENT_API_TOKEN), refusals audited."""
+    return _guard(endpoint, "owner")
+
+
+def _guard(endpoint: Endpoint, credential: Credential) -> Endpoint:
+    if credential == "none":
+        return endpoint
+
+    async def guarded(request: Request) -> Response:
+        if (denied := await _authenticated(request, credential)) is not None:
+            return denied
+        try:
+            return await endpoint(request)
+        except BadRequest as exc:
+            return _error(exc.status, str(exc))
+
+    guarded.__name__ = endpoint.__name__
+    guarded.__doc__ = endpoint.__doc__
+    return guarded
+
+
+class BadRequest(OperationError):
+    """The request itself is malformed (HTTP 400, or 413 for a body too large)."""
+
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
@@ -64,12 +108,20 @@ def _service(request: Request) -> Service:
     return service
 
 
+def _caller(request: Request) -> Caller:
+    client = request.client.host if request.client else ""
+    return Caller("owner", "api", {"path": request.url.path, "client": client})
+
+
 def _error(status: int, message: str, **extra: Any) -> JSONResponse:
     return JSONResponse({"error": message, **extra}, status_code=status)
 
 
-async def _authorized(request: Request, secret: Secret | None, actor: str) -> Response | None:
-    """None when the bearer matches `secret` (constant time); else the audited 401."""
+async def _authenticated(request: Request, credential: Credential) -> Response | None:
+    """None when the bearer matches the route's secret (constant time); else the audited 401."""
+    settings = _service(request).settings
+    secret, actor = ((settings.api_token, "api") if credential == "owner"
+                     else (settings.alert_webhook_secret, "alertmanager"))
     header = request.headers.get("authorization", "")
     scheme, _, presented = header.partition(" ")
     ok = (secret is not None and scheme.lower() == "bearer"
@@ -77,14 +129,29 @@ async def _authorized(request: Request, secret: Secret | None, actor: str) -> Re
     if ok:
         return None
     reason = "no credential configured" if secret is None else ("no bearer token" if not presented else "bad token")
-    await _refuse(request, actor, reason)
+    who = _caller(request)
+    await operations.refuse(_service(request).store, Caller(actor, who.source, who.where), reason)
     return _error(401, "unauthorized", reason=reason)
 
 
-async def _refuse(request: Request, actor: str, reason: str, **detail: Any) -> None:
-    client = request.client.host if request.client else ""
-    await _service(request).store.audit(None, actor, "refused",
-                                        {"path": request.url.path, "client": client, "reason": reason, **detail})
+def _failed(exc: Exception, *, forge_failure: int = 502) -> JSONResponse:
+    """The one mapping of the error tree to HTTP statuses (and today's error shape)."""
+    if isinstance(exc, RateLimited):
+        return JSONResponse({"error": "rate_limited", "limit": exc.limit, "retry_after": exc.retry_after},
+                            status_code=429, headers={"Retry-After": str(exc.retry_after)})
+    if isinstance(exc, TaskNotFound):
+        return _error(404, "no such task")
+    if isinstance(exc, PolicyVersionNotFound):
+        return _error(404, "no such policy version")
+    if isinstance(exc, ForgeNotFound):
+        return _error(404, str(exc))
+    if isinstance(exc, ForgeConflict | TaskError):
+        return _error(409, str(exc))
+    if isinstance(exc, ForgeError):
+        return _error(forge_failure, str(exc))
+    if isinstance(exc, policy.PolicyLoadError):
+        return _error(422, str(exc))
+    raise exc
 
 
 async def _json_body(request: Request) -> dict[str, Any]:
@@ -113,10 +180,11 @@ def _field(data: Mapping[str, Any], key: str, kind: type, default: Any = ..., *,
     return value
 
 
-def _rate_limited(refused: Refused) -> JSONResponse:
-    why = "cooling down after a failed fix" if refused.cooldown else f"{refused.limit} {refused.bucket} per hour"
-    return JSONResponse({"error": "rate_limited", "limit": why, "retry_after": refused.retry_after},
-                        status_code=429, headers={"Retry-After": str(refused.retry_after)})
+def _limit(request: Request) -> int:
+    try:
+        return min(max(int(request.query_params.get("limit", "100")), 1), 1000)
+    except ValueError as exc:
+        raise BadRequest(f"bad query: {exc}") from None
 
 
 # -------------------------------------------------------------------------------------------------- tasks
@@ -124,27 +192,21 @@ def _rate_limited(refused: Refused) -> JSONResponse:
 
 async def command(request: Request) -> Response:
     service = _service(request)
-    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
-        return denied
+    data = await _json_body(request)
+    prompt = _field(data, "prompt", str, required=True).strip()
+    if not prompt or len(prompt) > MAX_PROMPT_CHARS:
+        raise BadRequest(f"prompt: between 1 and {MAX_PROMPT_CHARS} characters")
+    kind = _field(data, "kind", str, "feature")
+    if kind not in TASK_KINDS:
+        raise BadRequest(f"kind: one of {', '.join(TASK_KINDS)}")
+    dry_run = _field(data, "dry_run", bool, False)
+    repo = _repo(service, _field(data, "repo", str, None), dry_run)
     try:
-        data = await _json_body(request)
-        prompt = _field(data, "prompt", str, required=True).strip()
-        if not prompt or len(prompt) > MAX_PROMPT_CHARS:
-            raise BadRequest(f"prompt: between 1 and {MAX_PROMPT_CHARS} characters")
-        kind = _field(data, "kind", str, "feature")
-        if kind not in TASK_KINDS:
-            raise BadRequest(f"kind: one of {', '.join(TASK_KINDS)}")
-        dry_run = _field(data, "dry_run", bool, False)
-        repo = _repo(service, _field(data, "repo", str, None), dry_run)
-    except BadRequest as exc:
-        return _error(exc.status, str(exc))
-    admitted = await service.scheduler.submit(kind=kind, prompt=prompt, repo=repo, source="api",
-                                              requested_by="owner", dry_run=dry_run)
-    if isinstance(admitted, Refused):
-        await _refuse(request, "api", "rate_limited", retry_after=admitted.retry_after)
-        return _rate_limited(admitted)
-    assert not isinstance(admitted, Duplicate)  # commands carry no fingerprint
-    return JSONResponse(_accepted(admitted), status_code=202)
+        task = await operations.queue_task(service, _caller(request), kind=kind, prompt=prompt, dry_run=dry_run,
+                                           repo=repo)
+    except OperationError as exc:
+        return _failed(exc)
+    return JSONResponse(_accepted(task), status_code=202)
 
 
 def _repo(service: Service, given: str | None, dry_run: bool) -> str:
@@ -169,15 +231,11 @@ def _accepted(task: TaskRecord) -> dict[str, Any]:
 
 
 async def list_tasks(request: Request) -> Response:
-    service = _service(request)
-    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
-        return denied
     try:
         states = [TaskState(s) for s in request.query_params.getlist("state")]
-        limit = min(max(int(request.query_params.get("limit", "100")), 1), 1000)
     except ValueError as exc:
-        return _error(400, f"bad query: {exc}")
-    tasks = await service.store.list_tasks(states=states or None, limit=limit)
+        raise BadRequest(f"bad query: {exc}") from None
+    tasks = await _service(request).store.list_tasks(states=states or None, limit=_limit(request))
     return JSONResponse({"tasks": [_summary(t) for t in tasks]})
 
 
@@ -187,21 +245,18 @@ def _summary(task: TaskRecord) -> dict[str, Any]:
             "updated_at": task.updated_at, "reason": task.reason, "fingerprint": task.fingerprint}
 
 
-async def _owner_task(request: Request) -> tuple[Service, TaskRecord] | Response:
-    """The owner's bearer checked, then the task the path names; else the response to send (401 or 404)."""
-    service = _service(request)
-    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
-        return denied
+async def _task(request: Request) -> TaskRecord | Response:
+    """The task the path names; else the 404 to send."""
     try:
-        return service, await service.store.get_task(request.path_params["task_id"])
-    except TaskError:
-        return _error(404, "no such task")
+        return await _service(request).store.get_task(request.path_params["task_id"])
+    except TaskNotFound as exc:
+        return _failed(exc)
 
 
 async def get_task(request: Request) -> Response:
-    if isinstance(found := await _owner_task(request), Response):
-        return found
-    service, task = found
+    if isinstance(task := await _task(request), Response):
+        return task
+    service = _service(request)
     history = [{"state": e.detail.get("state"), "at": e.at, "reason": e.detail.get("reason", "")}
                for e in await service.store.audit_log(task.id, event="state")]
     return JSONResponse({
@@ -213,17 +268,16 @@ async def get_task(request: Request) -> Response:
         "timings": {"created_at": task.created_at, "updated_at": task.updated_at,
                     "elapsed_seconds": round(task.updated_at - task.created_at, 3), "states": [
                         {"state": "queued", "at": task.created_at, "reason": ""}, *history]},
-        "result": task.result,
+        "result": task.result.to_json() if task.result is not None else None,
         "releases": [r.as_json() for r in await service.releases.rows.find(task_id=task.id)]
         if service.releases is not None else [],
     })
 
 
 async def task_events(request: Request) -> Response:
-    if isinstance(found := await _owner_task(request), Response):
-        return found
-    service, task = found
-    return StreamingResponse(_stream(service, task.id), media_type="text/event-stream",
+    if isinstance(task := await _task(request), Response):
+        return task
+    return StreamingResponse(_stream(_service(request), task.id), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
@@ -260,13 +314,10 @@ def _sse(event: str, data: Mapping[str, Any]) -> str:
 
 
 async def cancel_task(request: Request) -> Response:
-    if isinstance(found := await _owner_task(request), Response):
-        return found
-    service, task = found
     try:
-        task = await service.scheduler.cancel(task.id)
-    except TaskError as exc:
-        return _error(409, str(exc))
+        task = await operations.cancel_task(_service(request), _caller(request), request.path_params["task_id"])
+    except OperationError as exc:
+        return _failed(exc)
     return JSONResponse({"task_id": task.id, "state": task.state.value})
 
 
@@ -275,20 +326,14 @@ async def cancel_task(request: Request) -> Response:
 
 async def approve_pr(request: Request) -> Response:
     """Checked and recorded here; merge, deploy and the post-deploy watch run in the background."""
-    service = _service(request)
-    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
-        return denied
+    data = await _json_body(request)
+    number = _field(data, "number", int, required=True)
+    head_sha = _field(data, "head_sha", str, required=True)
     try:
-        data = await _json_body(request)
-        number = _field(data, "number", int, required=True)
-        head_sha = _field(data, "head_sha", str, required=True)
-    except BadRequest as exc:
-        return _error(exc.status, str(exc))
-    try:
-        task, release = await approvals.approve(service, number, head_sha, actor="owner")
-    except (ForgeError, TaskError) as exc:
-        status = 404 if isinstance(exc, ForgeNotFound) else 409 if isinstance(exc, ForgeConflict | TaskError) else 502
-        return _error(status, str(exc))
+        approval = await operations.approve(_service(request), _caller(request), number, head_sha)
+    except (ForgeError, OperationError) as exc:
+        return _failed(exc)
+    task, release = approval.task, approval.release
     links = {"release": f"/releases/{release.id}"}
     if task is not None:
         links["task"], links["events"] = f"/tasks/{task.id}", f"/tasks/{task.id}/events"
@@ -297,21 +342,13 @@ async def approve_pr(request: Request) -> Response:
 
 
 async def list_releases(request: Request) -> Response:
-    service = _service(request)
-    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
-        return denied
-    try:
-        limit = min(max(int(request.query_params.get("limit", "100")), 1), 1000)
-    except ValueError as exc:
-        return _error(400, f"bad query: {exc}")
+    service, limit = _service(request), _limit(request)
     found = await service.releases.rows.find(limit=limit) if service.releases is not None else []
     return JSONResponse({"releases": [r.as_json() for r in found]})
 
 
 async def get_release(request: Request) -> Response:
     service = _service(request)
-    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
-        return denied
     try:
         given = request.path_params["release_id"]
         if service.releases is None or not given.isascii() or not given.isdigit() or len(given) > 18:
@@ -323,20 +360,13 @@ async def get_release(request: Request) -> Response:
 
 
 async def reject_pr(request: Request) -> Response:
-    service = _service(request)
-    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
-        return denied
+    number = _field(await _json_body(request), "number", int, required=True)
     try:
-        number = _field(await _json_body(request), "number", int, required=True)
-    except BadRequest as exc:
-        return _error(exc.status, str(exc))
-    try:
-        task, pr = await approvals.reject(service, number, actor="owner")
-    except ForgeNotFound as exc:
-        return _error(404, str(exc))
-    except (ForgeError, TaskError) as exc:
-        return _error(409, str(exc))
-    return JSONResponse({"number": number, "state": pr.state, "task_id": task.id if task else None})
+        rejection = await operations.reject(_service(request), _caller(request), number)
+    except (ForgeError, OperationError) as exc:
+        return _failed(exc, forge_failure=409)
+    task = rejection.task
+    return JSONResponse({"number": number, "state": rejection.pr.state, "task_id": task.id if task else None})
 
 
 # ------------------------------------------------------------------------------------------------ policy
@@ -344,8 +374,6 @@ async def reject_pr(request: Request) -> Response:
 
 async def get_policy(request: Request) -> Response:
     service = _service(request)
-    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
-        return denied
     active = service.runtime.deps.policy
     return JSONResponse({"version": active.version, "sha256": active.sha256, "source": active.source,
                          "text": await service.policies.active_text()})
@@ -354,34 +382,26 @@ async def get_policy(request: Request) -> Response:
 async def put_policy(request: Request) -> Response:
     """Validated (schema with line numbers, the policy's own examples) before it can become active."""
     service = _service(request)
-    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
-        return denied
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
-        return _error(413, "body too large")
+        raise BadRequest("body too large", 413)
     try:
         text = raw.decode()
         if request.headers.get("content-type", "").startswith("application/json"):
             text = _field(json.loads(text), "text", str, required=True)
     except (UnicodeDecodeError, json.JSONDecodeError, AttributeError, TypeError) as exc:
-        return _error(400, f"the body must be the policy's YAML text, or JSON {{\"text\": ...}}: {exc}")
-    except BadRequest as exc:
-        return _error(exc.status, str(exc))
+        raise BadRequest(f"the body must be the policy's YAML text, or JSON {{\"text\": ...}}: {exc}") from None
     try:
-        loaded = await service.policies.activate(text, actor="owner")
+        loaded = await operations.activate_policy(service.policies, service.store, _caller(request), text)
     except policy.PolicyLoadError as exc:
-        await service.store.audit(None, "owner", "policy_rejected", {"error": str(exc)})
         problems = [{"line": line, "key": key, "message": message} for line, key, message in exc.problems] or \
             [{"line": exc.line, "key": exc.key, "message": str(exc)}]
         return _error(422, "the policy is not valid; the active policy is unchanged", problems=problems)
-    await service.store.audit(None, "owner", "policy_activated", {"version": loaded.version, "sha256": loaded.sha256})
     return JSONResponse({"version": loaded.version, "sha256": loaded.sha256, "activated": True})
 
 
 async def policy_history(request: Request) -> Response:
     service = _service(request)
-    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
-        return denied
     active = await service.policies.store.active()
     versions = await service.policies.store.history(limit=100)
     return JSONResponse({"versions": [
@@ -391,18 +411,11 @@ async def policy_history(request: Request) -> Response:
 
 async def rollback_policy(request: Request) -> Response:
     service = _service(request)
-    if (denied := await _authorized(request, service.settings.api_token, "api")) is not None:
-        return denied
+    version = _field(await _json_body(request), "version", int, required=True)
     try:
-        version = _field(await _json_body(request), "version", int, required=True)
-        loaded = await service.policies.rollback(version, actor="owner")
-    except BadRequest as exc:
-        return _error(exc.status, str(exc))
-    except KeyError:
-        return _error(404, "no such policy version")
-    except policy.PolicyLoadError as exc:  # an old version no longer valid (e.g. after a schema change)
-        return _error(422, str(exc))
-    await service.store.audit(None, "owner", "policy_rolled_back", {"to": version, "sha256": loaded.sha256})
+        loaded = await operations.rollback_policy(service.policies, service.store, _caller(request), version)
+    except (OperationError, policy.PolicyLoadError) as exc:  # an old version may no longer be valid
+        return _failed(exc)
     return JSONResponse({"version": loaded.version, "sha256": loaded.sha256, "activated": True})
 
 
@@ -411,27 +424,24 @@ async def rollback_policy(request: Request) -> Response:
 
 async def auto_fix(request: Request) -> Response:
     service = _service(request)
-    if (denied := await _authorized(request, service.settings.alert_webhook_secret, "alertmanager")) is not None:
-        return denied
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
-        return _error(413, "body too large")
+        raise BadRequest("body too large", 413)
     try:
         parsed = parse_auto_fix(raw)
     except WebhookError as exc:
-        return _error(400, str(exc))
-    if service.settings.repo is None:
-        return _error(409, "no AGENT_RUNNER_REPO is configured")
-    outcomes = await autofix.admit(service, parsed, loki=service.loki)
-    refused = [o for o in outcomes if o.status in ("rate_limited", "cooling_down")]
-    for outcome in {o.fingerprint: o for o in refused}.values():
-        await _refuse(request, "alertmanager", outcome.status, retry_after=outcome.retry_after,
-                      fingerprint=outcome.fingerprint)
-    if refused and len(refused) == len(outcomes):  # nothing taken: let Alertmanager retry later
-        soonest = min(o.retry_after or 1 for o in refused)
-        return JSONResponse({"error": "rate_limited", "alerts": [o.as_json() for o in outcomes],
-                             "retry_after": soonest}, status_code=429, headers={"Retry-After": str(soonest)})
-    return JSONResponse({"alerts": [o.as_json() for o in outcomes]}, status_code=202 if outcomes else 200)
+        raise BadRequest(str(exc)) from None
+    caller = Caller("alertmanager", "alertmanager", _caller(request).where)
+    try:
+        admission = await operations.admit_alert(service, caller, parsed)
+    except OperationError as exc:
+        return _failed(exc)
+    alerts = [o.as_json() for o in admission.outcomes]
+    if admission.refused:  # nothing taken: let Alertmanager retry later
+        soonest = admission.retry_after
+        return JSONResponse({"error": "rate_limited", "alerts": alerts, "retry_after": soonest},
+                            status_code=429, headers={"Retry-After": str(soonest)})
+    return JSONResponse({"alerts": alerts}, status_code=202 if alerts else 200)
 
 
 # ----------------------------------------------------------------------------------------- health, metrics

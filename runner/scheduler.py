@@ -19,19 +19,20 @@ from typing import Any, Literal
 
 from policy.model import RateLimits
 from runner.errors import StateError, TaskError
-from runner.models import TERMINAL_STATES, TaskId, TaskState
+from runner.models import Progress, TaskId, TaskState
 from runner.store import Store, TaskRecord
 
 log = logging.getLogger("agent_runner.scheduler")
 
-Progress = Callable[[str], None]
 TaskRunner = Callable[[TaskRecord, Progress], Awaitable[object]]
 Bucket = Literal["commands", "autofixes"]
 
 WINDOW_SECONDS = 3600.0
 ALERT_SOURCES = frozenset({"alertmanager"})
 MAX_KEPT_LOGS = 500  # progress logs of this many tasks are kept in memory for /tasks/{id}/events
-OPEN_STATES = tuple(s for s in TaskState if s not in TERMINAL_STATES)
+# A fix for a fingerprint that ended so cools it down: failed or timed out (retrying at once would likely fail
+# the same way) or rejected by the owner (a new task would propose much the same change again).
+COOLING_STATES = (TaskState.FAILED, TaskState.TIMED_OUT, TaskState.REJECTED)
 
 
 def bucket_of(source: str) -> Bucket:
@@ -174,10 +175,9 @@ class Scheduler:
 
     async def start(self) -> list[TaskId]:
         """Seed the limits from the store and resume the tasks a previous process queued but never started."""
-        recent = await self.store.list_tasks(limit=100_000)
-        cutoff = self._clock() - WINDOW_SECONDS
-        self._limiter.seed(t for t in recent if t.created_at > cutoff)
-        queued = sorted((t for t in recent if t.state is TaskState.QUEUED), key=lambda t: t.created_at)
+        self._limiter.seed(await self.store.list_tasks(since=self._clock() - WINDOW_SECONDS, limit=None))
+        queued = sorted(await self.store.list_tasks(states=[TaskState.QUEUED], limit=None),
+                        key=lambda t: t.created_at)
         for task in queued:
             self._launch(task)
         return [t.id for t in queued]
@@ -215,9 +215,8 @@ class Scheduler:
         """Admit a task and queue it, or say why not. Never waits for a slot."""
         async with self._admit:
             if fingerprint is not None:
-                for task in await self.store.list_tasks(states=OPEN_STATES, limit=100_000):
-                    if task.fingerprint == fingerprint:
-                        return Duplicate(task)
+                if (open_task := await self.store.open_task_of(fingerprint)) is not None:
+                    return Duplicate(open_task)
                 cooling = await self._cooling(fingerprint, bucket_of(source))
                 if cooling is not None:
                     return cooling
@@ -231,12 +230,13 @@ class Scheduler:
         return task
 
     async def _cooling(self, fingerprint: str, bucket: Bucket) -> Refused | None:
-        """A fix for this fingerprint failed a moment ago: retrying at once would likely fail the same way."""
-        failed = [t for t in await self.store.list_tasks(states=[TaskState.FAILED, TaskState.TIMED_OUT],
-                                                         limit=100_000) if t.fingerprint == fingerprint]
-        if not failed or self._cooldown <= 0:
+        """A fix for this fingerprint failed or was rejected a moment ago (COOLING_STATES): wait before another."""
+        if self._cooldown <= 0:
             return None
-        until = max(t.updated_at for t in failed) + self._cooldown
+        ended = await self.store.last_ended(fingerprint, COOLING_STATES)
+        if ended is None:
+            return None
+        until = ended + self._cooldown
         now = self._clock()
         if until <= now:
             return None

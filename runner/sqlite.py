@@ -36,11 +36,14 @@ class Database:
 
     `check` runs the integrity check before anything else touches the file (the Store does; the other
     stores open the same file after it). `columns` adds columns a newer schema has to an older file:
-    `{"releases": {"fence": "TEXT"}}`.
+    `{"releases": {"fence": "TEXT"}}`; `backfill` fills a column once, right after it was added to an older
+    file (`{"tasks.pr_number": "UPDATE tasks SET pr_number = ..."}`), and `indexes` are created after that,
+    so an index may name an added column.
     """
 
     def __init__(self, path: Path, schema: str, *, check: bool = False,
-                 columns: Mapping[str, Mapping[str, str]] | None = None) -> None:
+                 columns: Mapping[str, Mapping[str, str]] | None = None,
+                 backfill: Mapping[str, str] | None = None, indexes: str = "") -> None:
         self.path = path
         self._lock = threading.Lock()
         try:
@@ -64,7 +67,14 @@ class Database:
                     have = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
                     for name, declaration in wanted.items():
                         if name not in have:
+                            # One transaction: a file never has the column without its backfill.
+                            self._db.execute("BEGIN IMMEDIATE")
                             self._db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {declaration}")
+                            if (fill := (backfill or {}).get(f"{table}.{name}")) is not None:
+                                self._db.execute(fill)
+                            self._db.execute("COMMIT")
+                if indexes:
+                    self._db.executescript(indexes)
         except sqlite3.Error as exc:
             error = _mapped(path, exc, self._db)
             self._db.close()

@@ -11,13 +11,13 @@ import json
 import secrets
 import sqlite3
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.errors import StateError, TaskError
-from runner.models import TaskId, TaskState
+from runner.errors import StateError, TaskNotFound
+from runner.models import TERMINAL_STATES, RunResult, TaskId, TaskState
 from runner.sqlite import Database
 from runner.unrecorded import Notes, Unrecorded
 
@@ -36,10 +36,12 @@ CREATE TABLE IF NOT EXISTS tasks (
     fingerprint TEXT,
     base_sha TEXT,
     reason TEXT NOT NULL DEFAULT '',
-    result TEXT
+    result TEXT,
+    pr_number INTEGER
 );
 CREATE INDEX IF NOT EXISTS tasks_state ON tasks(state);
 CREATE INDEX IF NOT EXISTS tasks_fingerprint ON tasks(fingerprint);
+CREATE INDEX IF NOT EXISTS tasks_created ON tasks(created_at);
 CREATE TABLE IF NOT EXISTS audit (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     at REAL NOT NULL,
@@ -62,6 +64,13 @@ BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
 BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
 """
+# Migrations of files older releases wrote (runner.sqlite.Database applies them as it opens the file).
+# pr_number is the stored result's PR, in a column so "which task is PR #N" is one indexed lookup.
+COLUMNS = {"tasks": {"pr_number": "INTEGER"}}
+BACKFILL = {"tasks.pr_number": "UPDATE tasks SET pr_number = CAST(json_extract(result, '$.pr.number') AS INTEGER) "
+                               "WHERE json_valid(result) AND json_extract(result, '$.pr.number') IS NOT NULL"}
+INDEXES = "CREATE INDEX IF NOT EXISTS tasks_pr ON tasks(pr_number) WHERE pr_number IS NOT NULL;"
+OPEN_STATES = tuple(s for s in TaskState if s not in TERMINAL_STATES)
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +88,7 @@ class TaskRecord:
     fingerprint: str | None
     base_sha: str | None
     reason: str
-    result: Mapping[str, Any] | None
+    result: RunResult | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,20 +117,21 @@ class DurationTotals:
 _STATES = frozenset(s.value for s in TaskState)
 
 
-def new_task_id() -> TaskId:
+def new_task_id(now: float | None = None) -> TaskId:
     # Sortable by creation time, unguessable enough to be a container name.
-    return TaskId(time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + secrets.token_hex(3))
+    return TaskId(time.strftime("%Y%m%d-%H%M%S", time.gmtime(now)) + "-" + secrets.token_hex(3))
 
 
 class Store(Database):
     """Tasks and their transitions, and the append-only audit log.
 
     Opening checks the file's integrity (StateCorrupt when damaged) and records the transitions a previous
-    process could not (StateFull while the disk still is).
+    process could not (StateFull while the disk still is). `clock` stamps every row, so tests move time.
     """
 
-    def __init__(self, path: Path) -> None:
-        super().__init__(path, SCHEMA, check=True)
+    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        super().__init__(path, SCHEMA, check=True, columns=COLUMNS, backfill=BACKFILL, indexes=INDEXES)
         self.notes = Notes(path.parent / "unrecorded")
         try:
             self.recorded_late = self._record_notes()
@@ -146,15 +156,16 @@ class Store(Database):
                 else:
                     state, reason = TaskState.FAILED, (f"the task stopped because the state file could not record "
                                                        f"its move to {note.state}: {note.error}")
-                sets, params = "state = ?, updated_at = ?, reason = ?", [state.value, time.time(), reason]
+                sets = "state = ?, updated_at = ?, reason = ?"
+                params: list[Any] = [state.value, self.clock(), reason]
                 if note.result is not None:
-                    sets += ", result = ?"
-                    params.append(json.dumps(note.result))
+                    sets += ", result = ?, pr_number = ?"
+                    params.extend(_result_columns(note.result))
                 detail = json.dumps({"state": state.value, "reason": reason, "noted_at": note.at}, sort_keys=True)
                 self._execute_all([
                     (f"UPDATE tasks SET {sets} WHERE id = ?", (*params, note.task_id)),
                     ("INSERT INTO audit (at, task_id, actor, event, detail) VALUES (?, ?, ?, ?, ?)",
-                     (time.time(), note.task_id, "supervisor", "state", detail)),
+                     (self.clock(), note.task_id, "supervisor", "state", detail)),
                 ])
                 recorded.append(note)
             self.notes.forget(note.task_id)
@@ -176,8 +187,8 @@ class Store(Database):
         fingerprint: str | None = None,
         task_id: TaskId | None = None,
     ) -> TaskRecord:
-        task_id = task_id or new_task_id()
-        now = time.time()
+        now = self.clock()
+        task_id = task_id or new_task_id(now)
         await self._run(
             "INSERT INTO tasks (id, kind, prompt, repo, source, requested_by, dry_run, state, created_at, updated_at,"
             " fingerprint) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -194,7 +205,7 @@ class Store(Database):
         *,
         reason: str | None = None,
         base_sha: str | None = None,
-        result: Mapping[str, Any] | None = None,
+        result: RunResult | Mapping[str, Any] | None = None,
         actor: str = "supervisor",
     ) -> TaskRecord:
         """Persist a state change (before it is acted on) and audit it.
@@ -203,21 +214,23 @@ class Store(Database):
         note that the next start records.
         """
         sets = ["state = ?", "updated_at = ?"]
-        params: list[Any] = [state.value, time.time()]
+        params: list[Any] = [state.value, self.clock()]
         if reason is not None:
             sets.append("reason = ?")
             params.append(reason)
         if base_sha is not None:
             sets.append("base_sha = ?")
             params.append(base_sha)
+        if isinstance(result, RunResult):
+            result = result.to_json()
         if result is not None:
-            sets.append("result = ?")
-            params.append(json.dumps(result))
+            sets.append("result = ?, pr_number = ?")
+            params.extend(_result_columns(result))
         try:
             await self._run(f"UPDATE tasks SET {', '.join(sets)} WHERE id = ?", (*params, task_id))
             await self.audit(task_id, actor, "state", {"state": state.value, "reason": reason or ""})
         except StateError as exc:
-            self.notes.keep(Unrecorded(task_id, state.value, reason or "", str(exc), time.time(), result))
+            self.notes.keep(Unrecorded(task_id, state.value, reason or "", str(exc), self.clock(), result))
             raise
         if state.sandbox_phase:
             self.notes.reserve(task_id)  # room for a note while the disk still has some
@@ -228,24 +241,52 @@ class Store(Database):
     async def get_task(self, task_id: str) -> TaskRecord:
         rows = await self._run("SELECT * FROM tasks WHERE id = ?", (task_id,))
         if not rows:
-            raise TaskError(f"no task {task_id!r}")
+            raise TaskNotFound(f"no task {task_id!r}")
         return _task(rows[0])
 
-    async def list_tasks(self, *, states: Sequence[TaskState] | None = None, limit: int = 100) -> list[TaskRecord]:
-        if states:
-            marks = ", ".join("?" for _ in states)
-            rows = await self._run(
-                f"SELECT * FROM tasks WHERE state IN ({marks}) ORDER BY created_at DESC LIMIT ?",
-                (*(s.value for s in states), limit),
-            )
-        else:
-            rows = await self._run("SELECT * FROM tasks ORDER BY created_at DESC LIMIT ?", (limit,))
+    async def list_tasks(self, *, states: Sequence[TaskState] | None = None, since: float | None = None,
+                         limit: int | None = 100) -> list[TaskRecord]:
+        """Newest first: tasks in `states`, created after `since`; `limit=None` for all that match."""
+        where, params = _where(states=states, since=since)
+        rows = await self._run(f"SELECT * FROM tasks {where} ORDER BY created_at DESC LIMIT ?",
+                               (*params, -1 if limit is None else limit))
         return [_task(r) for r in rows]
+
+    async def count_tasks(self, *, states: Sequence[TaskState] | None = None, since: float | None = None) -> int:
+        """How many tasks are in `states` (any, if None) and were created after `since`."""
+        where, params = _where(states=states, since=since)
+        rows = await self._run(f"SELECT COUNT(*) AS n FROM tasks {where}", params)
+        return int(rows[0]["n"])
+
+    async def open_task_of(self, fingerprint: str) -> TaskRecord | None:
+        """The open (not terminal) task made for `fingerprint`, if any: the one an alert's repeat joins."""
+        where, params = _where(states=OPEN_STATES, fingerprint=fingerprint)
+        rows = await self._run(f"SELECT * FROM tasks {where} ORDER BY created_at LIMIT 1", params)
+        return _task(rows[0]) if rows else None
+
+    async def last_ended(self, fingerprint: str, states: Sequence[TaskState]) -> float | None:
+        """When the latest task for `fingerprint` that ended in one of `states` last changed, if any did."""
+        where, params = _where(states=states, fingerprint=fingerprint)
+        rows = await self._run(f"SELECT MAX(updated_at) AS at FROM tasks {where}", params)
+        return None if rows[0]["at"] is None else float(rows[0]["at"])
+
+    async def task_of_pr(self, number: int, *, states: Sequence[TaskState] = (TaskState.PROPOSED,)
+                         ) -> TaskRecord | None:
+        """The task in `states` whose pull request is `number` (the one its approval or rejection is about)."""
+        where, params = _where(states=states)
+        rows = await self._run(f"SELECT * FROM tasks {where} AND pr_number = ? ORDER BY created_at DESC LIMIT 1",
+                               (*params, number))
+        return _task(rows[0]) if rows else None
+
+    async def fingerprints(self) -> frozenset[str]:
+        """Every fingerprint a task was ever made for."""
+        rows = await self._run("SELECT DISTINCT fingerprint FROM tasks WHERE fingerprint IS NOT NULL")
+        return frozenset(r["fingerprint"] for r in rows)
 
     async def audit(self, task_id: str | None, actor: str, event: str, detail: Mapping[str, Any]) -> None:
         await self._run(
             "INSERT INTO audit (at, task_id, actor, event, detail) VALUES (?, ?, ?, ?, ?)",
-            (time.time(), task_id, actor, event, json.dumps(detail, sort_keys=True, default=str)),
+            (self.clock(), task_id, actor, event, json.dumps(detail, sort_keys=True, default=str)),
         )
 
     async def audit_log(self, task_id: str | None = None, *, event: str | None = None) -> list[AuditEntry]:
@@ -288,13 +329,14 @@ class Store(Database):
         )
         return [(tuple(None if r[i] is None else json.loads(r[i]) for i in range(len(keys))), r["n"]) for r in rows]
 
-    async def usage_totals(self) -> UsageTotals:
-        """Model usage summed over every task's `result.usage` (absent fields count as zero)."""
+    async def usage_totals(self, *, since: float | None = None) -> UsageTotals:
+        """Model usage summed over every task's `result.usage` (absent fields count as zero); only tasks
+        created after `since` if given."""
         rows = await self._run(
             "SELECT COALESCE(SUM(CAST(json_extract(result, '$.usage.input_tokens') AS INTEGER)), 0) AS tokens_in,"
             " COALESCE(SUM(CAST(json_extract(result, '$.usage.output_tokens') AS INTEGER)), 0) AS tokens_out,"
             " TOTAL(CAST(json_extract(result, '$.usage.cost_usd') AS REAL)) AS cost"
-            " FROM tasks WHERE result <> ''"
+            " FROM tasks WHERE result <> '' AND created_at > ?", (-1.0 if since is None else since,)
         )
         return UsageTotals(rows[0]["tokens_in"], rows[0]["tokens_out"], rows[0]["cost"])
 
@@ -323,5 +365,29 @@ def _task(row: sqlite3.Row) -> TaskRecord:
         fingerprint=row["fingerprint"],
         base_sha=row["base_sha"],
         reason=row["reason"],
-        result=json.loads(row["result"]) if row["result"] else None,
+        result=RunResult.from_json(json.loads(row["result"])) if row["result"] else None,
     )
+
+
+def _where(*, states: Sequence[TaskState] | None = None, since: float | None = None,
+           fingerprint: str | None = None) -> tuple[str, list[Any]]:
+    """A WHERE clause (never empty, so callers may add `AND ...`) and its parameters."""
+    clauses: list[str] = ["1"]
+    params: list[Any] = []
+    if states:
+        clauses.append(f"state IN ({', '.join('?' for _ in states)})")
+        params.extend(s.value for s in states)
+    if since is not None:
+        clauses.append("created_at > ?")
+        params.append(since)
+    if fingerprint is not None:
+        clauses.append("fingerprint = ?")
+        params.append(fingerprint)
+    return "WHERE " + " AND ".join(clauses), params
+
+
+def _result_columns(result: Mapping[str, Any]) -> tuple[str, int | None]:
+    """A result's JSON text and its PR number (the indexed column)."""
+    pr = result.get("pr")
+    number = pr.get("number") if isinstance(pr, Mapping) else None
+    return json.dumps(result), number if isinstance(number, int) and not isinstance(number, bool) else None

@@ -1,8 +1,9 @@
-"""The owner's Telegram front-end: aiogram routers for commands and buttons, owner-only, over `Operations`.
+"""The owner's Telegram front-end: aiogram routers for commands and buttons, owner-only, over `Actions`.
 
 Runs inside the supervisor process (one place holds the Telegram token, the scheduler and the store; no
-second API hop to secure). Everything the bot does goes through `Operations`, which `ServiceOperations`
-implements over the running `Service` with the same functions the HTTP routes call.
+second API hop to secure). Everything the bot does goes through `Actions`, which `ServiceActions` implements
+over the running `Service` with runner.service.operations, the functions the HTTP routes call: the chat only
+parses and renders, and audits nothing itself.
 """
 
 from __future__ import annotations
@@ -13,11 +14,10 @@ import difflib
 import hmac
 import io
 import re
-import secrets
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from aiogram import Bot, Dispatcher, F, Router
@@ -30,17 +30,16 @@ from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
 import policy
-from runner import approvals
-from runner.errors import NotifyError, RunnerError, TaskError
+from runner.config import Settings
+from runner.errors import NotifyError, ProposalVoid, RunnerError
 from runner.notify.base import Button, Message
 from runner.notify.telegram import AskAnswer, PrAction, TelegramNotifier, clip, esc, markup, pre
-from runner.policy_store import PolicyDesk, ProposalVoid
+from runner.policy_store import PolicyDesk
 from runner.releases import IN_FLIGHT, ReleaseRecord
-from runner.store import TaskRecord
-
-if TYPE_CHECKING:  # runner.app imports this module
-    from runner.app import Service
-    from runner.config import Settings
+from runner.service import operations
+from runner.service.operations import Caller, PolicyProposal
+from runner.service.state import Service
+from runner.store import OPEN_STATES, TaskRecord
 
 FIX_WORDS = re.compile(r"\b(fix|bug|broken|crash\w*|error|exception|traceback|fails?|failing|regression)\b", re.I)
 MAX_POLICY_BYTES = 256_000
@@ -69,8 +68,9 @@ class Status:
     """One line per release in flight or under its post-deploy watch."""
 
 
-class Operations(Protocol):
-    """What the owner can make the supervisor do. Refusals are `RunnerError`s with a message for the owner."""
+class Actions(Protocol):
+    """What the owner can make the supervisor do from the chat. Refusals are `RunnerError`s with a message
+    for the owner (PolicyLoadError for a policy that does not load)."""
 
     async def submit(self, *, kind: str, prompt: str, dry_run: bool) -> TaskRecord:
         """Admit a task (RunnerError when a limit refuses it)."""
@@ -96,8 +96,20 @@ class Operations(Protocol):
     async def status(self) -> Status:
         """Health, queue and today's cost."""
 
-    async def audit(self, task_id: str | None, actor: str, event: str, detail: Mapping[str, Any]) -> None:
-        """Append to the audit log."""
+    async def propose_policy(self, text: str, name: str) -> PolicyProposal:
+        """Validate `text` and hold it for the owner's Confirm (PolicyLoadError when it is not valid)."""
+
+    async def confirm_policy(self, token: str) -> policy.Policy:
+        """Activate a held proposal (ProposalVoid when it expired or the policy changed since)."""
+
+    def withdraw_policy(self, token: str) -> None:
+        """Forget a held proposal (the owner pressed Cancel)."""
+
+    async def rollback_policy(self, version: int) -> policy.Policy:
+        """Make recorded policy `version` active again (PolicyVersionNotFound when there is none)."""
+
+    async def refuse(self, actor: str, reason: str, **detail: Any) -> None:
+        """Audit a refusal of someone who is not the owner."""
 
 
 class PolicyConfirm(CallbackData, prefix="pol"):
@@ -119,7 +131,7 @@ def describe(task: TaskRecord) -> str:
     return line + (f"\n   {esc(clip(task.reason, 200))}" if task.reason else "")
 
 
-def build_dispatcher(ops: Operations, notifier: TelegramNotifier, owner_id: int, desk: PolicyDesk) -> Dispatcher:
+def build_dispatcher(ops: Actions, notifier: TelegramNotifier, owner_id: int, desk: PolicyDesk) -> Dispatcher:
     """The owner's router first; whatever it does not take (anyone else) lands in the refusing one."""
     dp = Dispatcher()
     dp.include_router(owner_router(ops, notifier, owner_id, desk))
@@ -127,7 +139,7 @@ def build_dispatcher(ops: Operations, notifier: TelegramNotifier, owner_id: int,
     return dp
 
 
-def outsider_router(ops: Operations, owner_id: int) -> Router:
+def outsider_router(ops: Actions, owner_id: int) -> Router:
     router = Router(name="outsiders")
     router.message.filter(F.from_user.id != owner_id)
     router.callback_query.filter(F.from_user.id != owner_id)
@@ -135,20 +147,19 @@ def outsider_router(ops: Operations, owner_id: int) -> Router:
     @router.message()
     async def refuse_message(message: TgMessage) -> None:
         who = message.from_user.id if message.from_user else None
-        await ops.audit(None, f"telegram:{who}", "refused", {"reason": "not the owner", "chat": message.chat.id,
-                                                             "text": clip(message.text or message.caption or "", 200)})
+        await ops.refuse(f"telegram:{who}", "not the owner", chat=message.chat.id,
+                         text=clip(message.text or message.caption or "", 200))
         await message.answer("This bot answers its owner only.")
 
     @router.callback_query()
     async def refuse_button(query: CallbackQuery) -> None:
-        await ops.audit(None, f"telegram:{query.from_user.id}", "refused",
-                        {"reason": "not the owner", "button": clip(query.data or "", 64)})
+        await ops.refuse(f"telegram:{query.from_user.id}", "not the owner", button=clip(query.data or "", 64))
         await query.answer("Only the owner can press this.", show_alert=True)
 
     return router
 
 
-def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, desk: PolicyDesk) -> Router:
+def owner_router(ops: Actions, notifier: TelegramNotifier, owner_id: int, desk: PolicyDesk) -> Router:
     router = Router(name="owner")
     router.message.filter(F.from_user.id == owner_id)
     router.callback_query.filter(F.from_user.id == owner_id)
@@ -190,7 +201,6 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
         return None
 
     async def do_approve(chat: TgMessage, number: int, head_sha: str) -> bool:
-        await ops.audit(None, "telegram:owner", "approve_requested", {"number": number, "head_sha": head_sha})
         try:
             outcome = await ops.approve(number, head_sha)
         except RunnerError as exc:
@@ -220,11 +230,11 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
         if number is None:
             return
         task = await ops.pr_task(number)
-        pr = (task.result or {}).get("pr") if task else None
-        if not isinstance(pr, Mapping) or not pr.get("head_sha"):
+        pr = task.result.pr if task is not None and task.result is not None else None
+        if pr is None or not pr.head_sha:
             await reply(message, f"No proposed task has PR #{number}; nothing to approve.")
             return
-        await do_approve(message, number, str(pr["head_sha"]))  # the head the owner was shown
+        await do_approve(message, number, pr.head_sha)  # the head the owner was shown
 
     @router.message(Command("reject_pr"))
     async def reject_pr(message: TgMessage, command: CommandObject) -> None:
@@ -284,28 +294,19 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
 
     async def propose(message: TgMessage, raw: bytes, name: str) -> None:
         try:
-            text = raw.decode()
-            proposed = policy.load(text, source=name)
+            proposal = await ops.propose_policy(raw.decode(), name)
         except UnicodeDecodeError:
             await reply(message, "❌ The policy must be UTF-8 text. The active policy is unchanged.")
             return
         except policy.PolicyLoadError as exc:
             problems = "\n".join(f"line {line if line is not None else '?'}: {key + ': ' if key else ''}{msg}"
                                  for line, key, msg in exc.problems[:20])
-            await ops.audit(None, "telegram:owner", "policy_rejected", {"error": str(exc)})
-            await reply(message, f"❌ Policy not valid; the active policy is unchanged.\n{pre(problems, 3500)}")
+            await reply(message, f"❌ Policy not valid ({esc(exc.message)}); the active policy is unchanged.\n"
+                                 f"{pre(problems, 3500)}")
             return
-        failed = [r for r in policy.run_examples(proposed) if not r.ok]
-        if failed:
-            await reply(message, "❌ The policy's own examples fail; the active policy is unchanged.\n"
-                        + pre("\n".join(r.describe() for r in failed[:20]), 3500))
-            return
-        current = await desk.active_text()
-        diff = "".join(difflib.unified_diff(current.splitlines(True), text.splitlines(True), "active", name))
-        token = secrets.token_hex(8)
-        await desk.propose(text, token)
+        proposed, token = proposal.policy, proposal.token
         await reply(message, f"Policy <b>{esc(proposed.version)}</b> is valid; {len(proposed.examples)} examples pass."
-                             f"\n{pre(diff or '(no change)', 3500)}",
+                             f"\n{pre(proposal.diff or '(no change)', 3500)}",
                     ((Button("✅ Confirm", PolicyConfirm(token=token, ok=True).pack()),
                       Button("✖ Cancel", PolicyConfirm(token=token, ok=False).pack())),))
 
@@ -324,15 +325,13 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
             diff = "".join(difflib.unified_diff(old.splitlines(True), new.splitlines(True), "previous", "active"))
             await reply(message, pre(diff or "(no change)", 4000))
         elif verb == "rollback" and arg.strip().lstrip("v").isdigit():
+            version = int(arg.strip().lstrip("v"))
             try:
-                target = await desk.store.get(int(arg.strip().lstrip("v")))
-            except KeyError:
-                await reply(message, f"No policy version {esc(arg)}.")
+                loaded = await ops.rollback_policy(version)
+            except (RunnerError, policy.PolicyLoadError) as exc:
+                await reply(message, f"Policy v{version} not activated: {esc(str(exc))}")
                 return
-            loaded = await desk.activate(target.text, actor="telegram:owner", note=f"rollback to v{target.version}")
-            await ops.audit(None, "telegram:owner", "policy_activated", {"version": loaded.version,
-                                                                        "rollback_to": target.version})
-            await reply(message, f"Policy v{target.version} ({esc(loaded.version)}) is active again.")
+            await reply(message, f"Policy v{version} ({esc(loaded.version)}) is active again.")
         elif verb == "set":
             await reply(message, "Send the YAML as a file with the caption <code>/policy set</code>.")
         elif verb:
@@ -359,7 +358,7 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
                 await spent(chat, callback_data.number, callback_data.sha)
         else:
             task = await ops.pr_task(callback_data.number)
-            diff = str((task.result or {}).get("diff", "")) if task else ""
+            diff = task.result.diff if task is not None and task.result is not None else ""
             await notifier.send_diff(callback_data.number, diff, chat.chat.id)
 
     @router.callback_query(AskAnswer.filter())
@@ -374,18 +373,16 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
             with contextlib.suppress(NotifyError):
                 await notifier.call(lambda: message.edit_reply_markup(reply_markup=None))
         if not callback_data.ok:
-            desk.pending.pop(callback_data.token, None)
+            ops.withdraw_policy(callback_data.token)
             await query.answer("Cancelled; the active policy is unchanged.")
             return
         try:
-            loaded = await desk.confirm(callback_data.token, actor="telegram:owner")
+            loaded = await ops.confirm_policy(callback_data.token)
         except ProposalVoid as exc:
             await query.answer("Not activated")
             if message is not None:
                 await reply(message, f"❌ Not activated: {esc(str(exc))}. The active policy is unchanged.")
             return
-        await ops.audit(None, "telegram:owner", "policy_activated", {"version": loaded.version,
-                                                                    "sha256": loaded.sha256})
         await query.answer("Activated")
         if message is not None:
             await reply(message, f"✅ Policy <b>{esc(loaded.version)}</b> is active.")
@@ -399,36 +396,31 @@ def owner_router(ops: Operations, notifier: TelegramNotifier, owner_id: int, des
 
 # ---------------------------------------------------------------------------------------- the real service
 
+CHAT = Caller("telegram:owner", "telegram")
 
-class ServiceOperations:
-    """`Operations` over the running `Service`: the same scheduler, store and release the HTTP routes use."""
 
-    def __init__(self, service: Service, *, version: str = "0.1.0") -> None:
+class ServiceActions:
+    """`Actions` over the running `Service`: runner.service.operations, as the HTTP routes call them."""
+
+    def __init__(self, service: Service, *, version: str = "0.1.0",
+                 clock: Callable[[], float] = time.time) -> None:
         self.service = service
         self.version = version
-        self.started = time.time()
+        self._clock = clock
+        self.started = clock()
 
     async def submit(self, *, kind: str, prompt: str, dry_run: bool) -> TaskRecord:
-        from runner.scheduler import Refused
-
-        repo = self.service.settings.repo
-        if repo is None:
-            raise TaskError("no AGENT_RUNNER_REPO is configured")
-        admitted = await self.service.scheduler.submit(kind=kind, prompt=prompt, repo=repo, source="telegram",
-                                                       requested_by="owner", dry_run=dry_run)
-        if isinstance(admitted, Refused):
-            await self.audit(None, "telegram:owner", "refused", {"reason": "rate_limited",
-                                                                 "retry_after": admitted.retry_after})
-            raise TaskError(f"rate limited: {admitted.limit} {admitted.bucket} per hour; "
-                            f"try again in {admitted.retry_after}s")
-        assert isinstance(admitted, TaskRecord)  # commands carry no fingerprint, so never a Duplicate
-        return admitted
+        assert kind in ("feature", "fix", "review"), kind
+        return await operations.queue_task(self.service, CHAT, kind=kind, prompt=prompt,  # type: ignore[arg-type]
+                                           dry_run=dry_run)
 
     async def approve(self, number: int, head_sha: str) -> str:
-        return await approve_pull_request(self.service, number, head_sha, actor="telegram:owner")
+        release = (await operations.approve(self.service, CHAT, number, head_sha)).release
+        return (f"PR #{number} approved at {head_sha[:12]} (release {release.id}): merging and deploying now; "
+                "the outcome comes here.")
 
     async def reject(self, number: int) -> str:
-        return await reject_pull_request(self.service, number, actor="telegram:owner")
+        return f"PR #{number} {(await operations.reject(self.service, CHAT, number)).pr.state}"
 
     async def tasks(self, limit: int) -> list[TaskRecord]:
         return await self.service.store.list_tasks(limit=limit)
@@ -437,26 +429,35 @@ class ServiceOperations:
         return await self.service.store.get_task(task_id)
 
     async def cancel(self, task_id: str) -> TaskRecord:
-        await self.service.store.get_task(task_id)
-        return await self.service.scheduler.cancel(task_id, actor="telegram:owner")
+        return await operations.cancel_task(self.service, CHAT, task_id)
 
     async def pr_task(self, number: int) -> TaskRecord | None:
-        return await approvals.task_of_pr(self.service.store, number)
+        return await self.service.store.task_of_pr(number)
 
     async def status(self) -> Status:
-        scheduler = self.service.scheduler
-        midnight = time.time() - time.time() % 86400
-        tasks = await self.service.store.list_tasks(limit=100_000)
-        cost = sum(float(((t.result or {}).get("usage") or {}).get("cost_usd") or 0)
-                   for t in tasks if t.created_at >= midnight)
+        scheduler, store = self.service.scheduler, self.service.store
+        now = self._clock()
+        cost = (await store.usage_totals(since=now - now % 86400)).cost_usd  # since midnight UTC
         releases = self.service.releases
         live = await releases.rows.find(states=(*IN_FLIGHT, "watching"), limit=20) if releases is not None else []
-        return Status(self.version, time.time() - self.started, scheduler.running, scheduler.waiting,
-                      scheduler.max_running, cost, sum(1 for t in tasks if not t.state.terminal),
+        return Status(self.version, now - self.started, scheduler.running, scheduler.waiting,
+                      scheduler.max_running, cost, await store.count_tasks(states=OPEN_STATES),
                       tuple(_release_line(r) for r in live))
 
-    async def audit(self, task_id: str | None, actor: str, event: str, detail: Mapping[str, Any]) -> None:
-        await self.service.store.audit(task_id, actor, event, detail)
+    async def propose_policy(self, text: str, name: str) -> PolicyProposal:
+        return await operations.propose_policy(self.service.policies, self.service.store, CHAT, text, name=name)
+
+    async def confirm_policy(self, token: str) -> policy.Policy:
+        return await operations.confirm_policy(self.service.policies, self.service.store, CHAT, token)
+
+    def withdraw_policy(self, token: str) -> None:
+        operations.withdraw_policy(self.service.policies, token)
+
+    async def rollback_policy(self, version: int) -> policy.Policy:
+        return await operations.rollback_policy(self.service.policies, self.service.store, CHAT, version)
+
+    async def refuse(self, actor: str, reason: str, **detail: Any) -> None:
+        await operations.refuse(self.service.store, Caller(actor, "telegram"), reason, **detail)
 
 
 def _release_line(release: ReleaseRecord) -> str:
@@ -464,17 +465,6 @@ def _release_line(release: ReleaseRecord) -> str:
         until = time.strftime("%H:%M", time.localtime(release.watch_until))
         return f"PR #{release.number}: deployed, its errors watched until {until}"
     return f"PR #{release.number}: {release.state}"
-
-
-async def approve_pull_request(service: Service, number: int, head_sha: str, *, actor: str) -> str:
-    _, release = await approvals.approve(service, number, head_sha, actor=actor)
-    return (f"PR #{number} approved at {head_sha[:12]} (release {release.id}): merging and deploying now; "
-            "the outcome comes here.")
-
-
-async def reject_pull_request(service: Service, number: int, *, actor: str) -> str:
-    _, pr = await approvals.reject(service, number, actor=actor)
-    return f"PR #{number} {pr.state}"
 
 
 # ------------------------------------------------------------------------------------- polling, webhook
@@ -539,7 +529,7 @@ async def start_front_end(stack: contextlib.AsyncExitStack, service: Service, no
     owner = service.settings.owner_telegram_id
     assert owner is not None  # open_notifier gave us a notifier
     desk = service.policies
-    dp = build_dispatcher(ServiceOperations(service), notifier, owner, desk)
+    dp = build_dispatcher(ServiceActions(service), notifier, owner, desk)
     settings = service.settings
     if settings.telegram_webhook_url and settings.telegram_webhook_secret:
         secret = settings.telegram_webhook_secret.reveal()

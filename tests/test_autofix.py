@@ -19,16 +19,17 @@ import uvicorn
 import policy
 from policy.model import Effect, RateLimits, ToolCall
 from runner import autofix
-from runner.app import Service, create_app
+from runner.app import create_app
 from runner.config import Settings
 from runner.deploy import create_deployer
 from runner.loki import LokiClient
 from runner.model_proxy import ModelProxy
-from runner.models import TaskId, TaskState
+from runner.models import Progress, PrRef, RunResult, TaskId, TaskState
 from runner.policy_store import PolicyDesk, PolicyStore
 from runner.runtime import Runtime
 from runner.sandbox.docker import DockerSandbox
-from runner.scheduler import Progress, Scheduler
+from runner.scheduler import Scheduler
+from runner.service.state import Service
 from runner.store import Store, TaskRecord
 from runner.supervisor import Deps
 from runner.tracebacks import extract_tracebacks
@@ -299,7 +300,8 @@ async def test_repeats_of_an_error_with_an_open_pr_are_noted_on_the_pr_once_per_
         [first] = await autofix.admit(svc, report, loki=loki)
         pr = await forge.open_pr("fix: ledger", "body", "agent/fix-ledger", "main")
         task = await svc.store.get_task(first.task_id or "")
-        await svc.store.transition(task.id, TaskState.PROPOSED, result={"pr": {"number": pr.number}})
+        ref = PrRef(pr.number, pr.url, pr.head_branch, pr.head_sha)
+        await svc.store.transition(task.id, TaskState.PROPOSED, result=RunResult(task.id, TaskState.PROPOSED, pr=ref))
         for _ in range(3):  # an alert storm while the owner has not reviewed the PR yet
             await autofix.admit(svc, report, loki=loki)
         comments = await forge.list_comments(pr.number)

@@ -59,10 +59,10 @@ async def _per_row_render(store: Store, *, sandboxes_running: int) -> str:
     lines += ["# HELP agent_runner_refusals_total Requests refused (auth, rate limit).",
               "# TYPE agent_runner_refusals_total counter"]
     lines += [f'agent_runner_refusals_total{{reason="{_esc(reason)}"}} {n}' for reason, n in sorted(refusals.items())]
-    usage = [(t.result or {}).get("usage") or {} for t in tasks]
-    tokens_in = sum(int(u.get("input_tokens", 0)) for u in usage)
-    tokens_out = sum(int(u.get("output_tokens", 0)) for u in usage)
-    cost = sum(float(u.get("cost_usd", 0.0)) for u in usage)
+    usage = [t.result.usage for t in tasks if t.result is not None]
+    tokens_in = sum(u.input_tokens for u in usage)
+    tokens_out = sum(u.output_tokens for u in usage)
+    cost = sum(u.cost_usd for u in usage)
     finished = [t.updated_at - t.created_at for t in tasks if t.state.terminal or t.state is TaskState.PROPOSED]
     autofix_states = Counter(t.state.value for t in tasks if t.source == "alertmanager")
     lines += ["# HELP agent_runner_model_tokens_total Model tokens used by tasks, through the model proxy.",

@@ -47,7 +47,7 @@ async def test_a_transition_refused_by_a_full_disk_is_recorded_with_its_cause_at
             late = again.recorded_late
     assert task.state is TaskState.FAILED and task.reason.startswith("the task stopped: the state file is full")
     assert "recorded at the next start" in task.reason and "disk is full" in task.reason
-    assert task.result == {"diff": "--- a/x\n+++ b/x\n"}  # the work it had is kept
+    assert task.result is not None and task.result.diff == "--- a/x\n+++ b/x\n"  # the work it had is kept
     assert states == ["provisioning", "running", "failed"]  # recorded once, nothing twice
     assert [n.task_id for n in late] == [task_id]
 

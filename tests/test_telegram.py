@@ -1,9 +1,9 @@
-"""The owner's bot end to end: real aiogram long-polling a loopback Bot API fake, over a stub `Operations`."""
+"""The owner's bot end to end: real aiogram long-polling a loopback Bot API fake, over stub `Actions`."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,8 +18,9 @@ from runner.errors import TaskError
 from runner.models import TaskState
 from runner.notify.telegram import PrAction, TelegramNotifier
 from runner.policy_store import PolicyDesk, PolicyStore
+from runner.service import operations
 from runner.store import Store, TaskRecord
-from runner.telegram import Status, build_dispatcher, kind_of, webhook_route
+from runner.telegram import CHAT, Status, build_dispatcher, kind_of, webhook_route
 from tests.fakes.telegram import BOT_ID, FakeTelegram, serve
 
 OWNER = 1001
@@ -28,10 +29,12 @@ SHA = "b" * 40
 
 
 @dataclass
-class StubOperations:
-    """The supervisor as the bot sees it: records what it was asked, answers like the real one."""
+class StubActions:
+    """The supervisor as the bot sees it: records the task and PR actions it was asked for and answers like the
+    real one; the policy and refusal actions are the real operations over a real desk and store."""
 
     store: Store
+    desk: PolicyDesk
     submitted: list[tuple[str, str, bool]] = field(default_factory=list)
     approved: list[tuple[int, str]] = field(default_factory=list)
     rejected: list[int] = field(default_factory=list)
@@ -61,22 +64,31 @@ class StubOperations:
         raise TaskError(f"no task {task_id!r}")
 
     async def pr_task(self, number: int) -> TaskRecord | None:
-        for task in await self.store.list_tasks(states=[TaskState.PROPOSED]):
-            if (task.result or {}).get("pr", {}).get("number") == number:
-                return task
-        return None
+        return await self.store.task_of_pr(number)
 
     async def status(self) -> Status:
         return Status("0.1.0", 3725, 1, 0, 2, 0.5, 1, ("PR #7: deployed, its errors watched until 10:20",))
 
-    async def audit(self, task_id: str | None, actor: str, event: str, detail: Mapping[str, Any]) -> None:
-        await self.store.audit(task_id, actor, event, detail)
+    async def propose_policy(self, text: str, name: str) -> operations.PolicyProposal:
+        return await operations.propose_policy(self.desk, self.store, CHAT, text, name=name)
+
+    async def confirm_policy(self, token: str) -> policy.Policy:
+        return await operations.confirm_policy(self.desk, self.store, CHAT, token)
+
+    def withdraw_policy(self, token: str) -> None:
+        operations.withdraw_policy(self.desk, token)
+
+    async def rollback_policy(self, version: int) -> policy.Policy:
+        return await operations.rollback_policy(self.desk, self.store, CHAT, version)
+
+    async def refuse(self, actor: str, reason: str, **detail: Any) -> None:
+        await operations.refuse(self.store, operations.Caller(actor, "telegram"), reason, **detail)
 
 
 @dataclass
 class Harness:
     fake: FakeTelegram
-    ops: StubOperations
+    ops: StubActions
     notifier: TelegramNotifier
     desk: PolicyDesk
     store: Store
@@ -97,7 +109,7 @@ async def bot(tmp_path: Path) -> AsyncIterator[Harness]:
         bot = Bot(fake.token, session=AiohttpSession(api=TelegramAPIServer.from_base(base)))
         notifier = TelegramNotifier(bot, OWNER, min_interval=0.2)
         desk = PolicyDesk(policies, policy.default_text())
-        ops = StubOperations(store)
+        ops = StubActions(store, desk)
         dp = build_dispatcher(ops, notifier, OWNER, desk)
         polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False, close_bot_session=False,
                                                        polling_timeout=1))
@@ -144,7 +156,6 @@ async def test_telegram_agent_conversation_progress_then_approve(bot: Harness) -
     await bot.fake.wait_for(lambda: any("merged as" in t for t in bot.replies(OWNER)))
     assert bot.ops.approved == [(7, SHA)]
     assert "deploy deployed" in bot.replies(OWNER)[-1]
-    assert [e.detail["head_sha"] for e in await bot.store.audit_log(event="approve_requested")] == [SHA]
     # The buttons that were used are gone, so the decision cannot be pressed twice; the diff stays available.
     await bot.fake.wait_for(lambda: len(bot.fake.buttons(OWNER, board)) == 1)
     assert [text for text, _ in bot.fake.buttons(OWNER, board)] == ["📄 Show diff"]

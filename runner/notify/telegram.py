@@ -162,7 +162,8 @@ class TelegramNotifier:
 
     async def task_finished(self, task: TaskRecord, result: Mapping[str, Any] | None) -> None:
         board = self._boards.setdefault(task.id, _Board(task.id))
-        board.final = outcome(task, result if result is not None else task.result)
+        stored = task.result.to_json() if task.result is not None else None
+        board.final = outcome(task, result if result is not None else stored)
         self._touch(board)
         assert board.pump is not None
         await asyncio.shield(board.pump)

@@ -1,0 +1,42 @@
+"""`Service`: the backends a running supervisor holds, built by the app's lifespan and shared by every front end.
+
+It imports no front end (HTTP routes, Telegram), so the import graph runs one way: front ends → operations →
+this → pipeline and backends.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runner.config import Settings
+from runner.deploy import Deployer
+from runner.forge.base import Forge
+from runner.loki import LokiClient
+from runner.policy_store import PolicyDesk
+from runner.releases import Releases
+from runner.runtime import Runtime
+from runner.scheduler import Scheduler
+from runner.store import Store
+
+
+@dataclass(slots=True)
+class Service:
+    """What front ends reach (HTTP through `request.app.state.service`) while the app runs."""
+
+    settings: Settings
+    runtime: Runtime
+    scheduler: Scheduler
+    deployer: Deployer
+    policies: PolicyDesk
+    releases: Releases | None = None
+    """Approved pull requests on their way through merge, deploy and watch (None without a forge)."""
+    loki: LokiClient | None = None
+    """One client (one connection pool) for every alert's log query and the post-deploy watch."""
+
+    @property
+    def store(self) -> Store:
+        return self.runtime.store
+
+    @property
+    def forge(self) -> Forge | None:
+        return self.runtime.deps.forge
