@@ -4,37 +4,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import re
 import socket
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import uvicorn
 
 import policy
-from policy.model import Effect, RateLimits, ToolCall
+from policy.model import Effect, ToolCall
 from runner import autofix
 from runner.app import create_app
 from runner.config import Settings
-from runner.deploy import create_deployer
 from runner.loki import LokiClient
 from runner.model_proxy import ModelProxy
-from runner.models import Progress, PrRef, RunResult, TaskId, TaskState
-from runner.policy_store import PolicyDesk, PolicyStore
+from runner.models import PrRef, RunResult, TaskId, TaskState
 from runner.runtime import Runtime
 from runner.sandbox.docker import DockerSandbox
-from runner.scheduler import Scheduler
-from runner.service.state import Service
-from runner.store import Store, TaskRecord
+from runner.store import Store
 from runner.supervisor import Deps
 from runner.tracebacks import extract_tracebacks
 from runner.webhooks import AlertNotification, parse_auto_fix
 from tests.fakes.loki import FakeLoki
+from tests.fakes.service import held_service as service
 
 SECRET = "alert-secret-for-autofix"
 STARTS = datetime(2026, 11, 23, 22, 0, tzinfo=UTC)
@@ -67,34 +63,6 @@ def webhook(*alerts: dict[str, Any]) -> dict[str, Any]:
             "status": "firing", "receiver": "agent-runner", "groupLabels": {"alertname": "PythonTraceback"},
             "commonLabels": {}, "commonAnnotations": {}, "externalURL": "http://127.0.0.1:9093",
             "alerts": list(alerts)}
-
-
-@contextlib.asynccontextmanager
-async def service(tmp_path: Path, *, mode: Literal["pr", "dry-run"] = "pr",
-                  autofixes: int = 100) -> AsyncIterator[tuple[Service, asyncio.Event]]:
-    """A Service whose scheduler holds every task open (running) until the event is set."""
-    settings = Settings.from_env({"AGENT_RUNNER_HOME": str(tmp_path), "AGENT_RUNNER_REPO": str(tmp_path / "r.git"),
-                                  "AGENT_RUNNER_REPO_ROOTS": "/app"})
-    active = dataclasses.replace(policy.load_default(), autofix_mode=mode,
-                                 rate_limits=RateLimits(autofixes_per_hour=autofixes))
-    release = asyncio.Event()
-
-    async def hold(task: TaskRecord, progress: Progress) -> None:
-        await release.wait()
-
-    async with Store(tmp_path / "state.db") as store, DockerSandbox() as sandbox, \
-            ModelProxy("http://127.0.0.1:9", "unused") as proxy:
-        deps = Deps(home=tmp_path, store=store, sandbox=sandbox, proxy=proxy, policy=active, image="unused")
-        scheduler = Scheduler(store, hold, max_running=4, limits=active.rate_limits)
-        policies = PolicyDesk(PolicyStore(tmp_path / "state.db"), policy.default_text())
-        try:
-            yield Service(settings, Runtime(settings, deps, lambda _l: None), scheduler, create_deployer("none"),
-                          policies), \
-                release
-        finally:
-            release.set()
-            await scheduler.aclose()
-            await policies.store.aclose()
 
 
 def loki_client(fake: FakeLoki) -> LokiClient:

@@ -7,6 +7,8 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import pytest
+
 from policy.model import RateLimits
 from runner.models import TaskState
 from runner.scheduler import Duplicate, RateLimiter, Refused, Scheduler
@@ -300,9 +302,11 @@ async def test_scheduler_marks_a_crashed_run_failed(tmp_path: Path) -> None:
         assert lines[-1]["event"] == "done"
 
 
-async def test_scheduler_cools_a_fingerprint_down_after_its_fix_failed(tmp_path: Path) -> None:
+@pytest.mark.parametrize("ended", [TaskState.FAILED, TaskState.TIMED_OUT, TaskState.REJECTED])
+async def test_scheduler_cools_a_fingerprint_down_after_its_fix_failed(tmp_path: Path, ended: TaskState) -> None:
+    # A rejected fix cools down too: the one cooldown every admission (API, chat, alerts) goes through.
     async def fail(task: TaskRecord, progress: Progress) -> object:
-        return await store.transition(task.id, TaskState.FAILED, reason="tests failed")
+        return await store.transition(task.id, ended, reason="tests failed")
 
     now = [time.time()]
     async with Store(tmp_path / "state.db") as store:

@@ -4,13 +4,15 @@ with its real cause, when the file is next opened."""
 from __future__ import annotations
 
 import json
+import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from runner.errors import StateFull
-from runner.models import TaskState
-from runner.store import Store
+from runner.models import PrRef, RunResult, TaskState
+from runner.store import SCHEMA, Store
 from runner.unrecorded import NOTE_BYTES, Notes, Unrecorded
 from tests.test_sqlite import small_disk
 
@@ -88,3 +90,58 @@ def test_a_note_is_written_over_its_reserved_room_and_read_back(tmp_path: Path) 
     assert back == Unrecorded("t1", "failed", "why", "disk full", 5.0)  # too big a result gives way to the cause
     assert blank == [] and (tmp_path / "unrecorded" / "t1.json").stat().st_size == NOTE_BYTES
     assert json.loads((tmp_path / "unrecorded" / "t1.json").read_text())["reason"] == "why"
+
+
+async def test_store_answers_by_fingerprint_by_pr_and_counts_in_a_window(tmp_path: Path) -> None:
+    now = [1000.0]
+    async with Store(tmp_path / "state.db", clock=lambda: now[0]) as store:
+        def make(fingerprint: str | None) -> Any:
+            return store.create_task(kind="fix", prompt="p", repo="r", source="alertmanager", requested_by="x",
+                                     dry_run=False, fingerprint=fingerprint)
+
+        old = await make("fp:a")
+        await store.transition(old.id, TaskState.REJECTED)
+        now[0] = 2000.0
+        live = await make("fp:a")
+        pr = PrRef(7, "local://7", "agent/x", "c" * 40)
+        await store.transition(live.id, TaskState.PROPOSED, result=RunResult(live.id, TaskState.PROPOSED, pr=pr))
+        now[0] = 3000.0
+        other = await make(None)
+        assert (await store.open_task_of("fp:a") or old).id == live.id
+        assert await store.open_task_of("fp:b") is None
+        assert await store.last_ended("fp:a", [TaskState.REJECTED, TaskState.FAILED]) == 1000.0
+        assert await store.last_ended("fp:a", [TaskState.FAILED]) is None
+        assert (await store.task_of_pr(7) or old).id == live.id
+        assert await store.task_of_pr(7, states=[TaskState.QUEUED]) is None
+        assert await store.fingerprints() == frozenset({"fp:a"})
+        assert await store.count_tasks(since=1500.0) == 2
+        assert await store.count_tasks(states=[TaskState.QUEUED], since=1500.0) == 1
+        assert [t.id for t in await store.list_tasks(since=2500.0, limit=None)] == [other.id]
+        plan = " ".join(str(r[3]) for r in store._execute(
+            "EXPLAIN QUERY PLAN SELECT * FROM tasks WHERE state IN ('proposed') AND pr_number = ?", (7,)))
+    assert "tasks_pr" in plan or "tasks_state" in plan, plan  # an index, not a scan of every task
+
+
+async def test_a_state_file_from_before_pr_numbers_is_migrated_and_its_prs_found(tmp_path: Path) -> None:
+    # The tasks table as earlier releases wrote it: no pr_number column.
+    path = tmp_path / "state.db"
+    old_schema = SCHEMA.replace(",\n    pr_number INTEGER", "")
+    assert "pr_number" not in old_schema
+    db = sqlite3.connect(path)
+    db.executescript(old_schema)
+    result = {"task_id": "t1", "status": "proposed", "pr": {"number": 12, "url": "u", "branch": "b",
+                                                            "head_sha": "d" * 40}}
+    db.execute("INSERT INTO tasks (id, kind, prompt, repo, source, requested_by, dry_run, state, created_at, "
+               "updated_at, result) VALUES ('t1', 'fix', 'p', 'r', 'api', 'owner', 0, 'proposed', 1, 1, ?)",
+               (json.dumps(result),))
+    db.execute("INSERT INTO tasks (id, kind, prompt, repo, source, requested_by, dry_run, state, created_at, "
+               "updated_at, result) VALUES ('t2', 'fix', 'p', 'r', 'api', 'owner', 0, 'failed', 1, 1, 'x')")
+    db.commit()
+    db.close()
+    async with Store(path) as store:
+        found = await store.task_of_pr(12)
+    async with Store(path) as again:  # opened a second time: nothing to migrate, nothing lost
+        still = await again.task_of_pr(12)
+    assert found is not None and found.id == "t1" and found.result is not None and found.result.pr is not None
+    assert found.result.pr.head_sha == "d" * 40
+    assert still is not None and still.id == "t1"
