@@ -149,7 +149,8 @@ _NUMERIC_LIMITS = {
     "max_diff_bytes",
     "workspace_bytes",
 }
-_LIMITS = _NUMERIC_LIMITS | {"models"}
+_LIMITS = _NUMERIC_LIMITS | {"models", "test_rounds"}
+_MAX_TEST_ROUNDS = 10
 _DEFAULT_LIMITS = Limits(40, 2_000_000, 5.0, 1800, 30, 200_000)
 _MODEL_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/*?\[\]-]*$")
 _MIN_WORKSPACE_BYTES = 1 << 20  # below a megabyte not even a small clone fits
@@ -166,6 +167,11 @@ def _limits(doc: _Doc, data: Mapping[str, Any], key: str, base: Limits) -> Limit
         elif name == "workspace_bytes" and value < _MIN_WORKSPACE_BYTES:
             doc.error(f"{key}.{name}", f"{key}.{name} must be at least {_MIN_WORKSPACE_BYTES} (1 MiB)")
         values[name] = value
+    rounds = doc.get(data, key, "test_rounds", int, base.test_rounds)
+    if not 0 <= rounds <= _MAX_TEST_ROUNDS:
+        doc.error(f"{key}.test_rounds", f"{key}.test_rounds must be between 0 and {_MAX_TEST_ROUNDS}")
+        rounds = base.test_rounds
+    values["test_rounds"] = rounds
     if "models" in data and data["models"] is not None and not isinstance(data["models"], list):
         doc.error(f"{key}.models", f"{key}.models must be a list of model-name patterns")
         values["models"] = base.models

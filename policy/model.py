@@ -112,6 +112,7 @@ class Explanation:
     steps: tuple[Step, ...]
 
 
+DEFAULT_TEST_ROUNDS = 2  # a real model's first attempt often needs one more round; a third rarely helps
 DEFAULT_WORKSPACE_BYTES = 1 << 30  # 1 GiB: a clone with history is rarely past 100 MB; the rest is test output
 
 
@@ -121,7 +122,8 @@ class Limits:
 
     `models` are glob patterns (fnmatch) of the model names the task's model calls may use; empty means "the family
     the supervisor is configured for" (the model gateway decides what that is). `workspace_bytes` caps the size of
-    the sandbox's workspace.
+    the sandbox's workspace. `test_rounds` is how many more times the agent is given the supervisor's failing
+    test run (or a fix's failed verification) to correct its change, inside the same budgets; 0 turns it off.
 
     >>> Limits(40, 2_000_000, 5.0, 1800, 30, 200_000, models=("claude-sonnet-4-*",)).allows_model("claude-sonnet-4-5")
     True
@@ -135,6 +137,7 @@ class Limits:
     max_diff_bytes: int
     models: tuple[str, ...] = ()
     workspace_bytes: int = DEFAULT_WORKSPACE_BYTES
+    test_rounds: int = DEFAULT_TEST_ROUNDS
 
     def allows_model(self, model: str) -> bool | None:
         """Whether `model` matches `models`; None when `models` is empty (the caller's default family decides)."""

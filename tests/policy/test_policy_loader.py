@@ -184,3 +184,14 @@ def test_load_says_the_whole_yaml_error_in_one_line(text: str, said: str) -> Non
         policy.load(text)
     message = str(caught.value)
     assert said in message and "\n" not in message
+
+
+def test_load_test_rounds_defaults_to_two_inherits_and_is_bounded() -> None:
+    p = policy.load_default()
+    assert p.profile("fix").limits.test_rounds == 2 and p.profile("review").limits.test_rounds == 2
+    off = policy.load(policy.default_text().replace("  test_rounds: 2\n", "  test_rounds: 0\n", 1))
+    assert off.profile("fix").limits.test_rounds == 0 and off.profile("feature").limits.test_rounds == 0
+    for bad in ("-1", "11", "two"):
+        with pytest.raises(PolicyLoadError) as caught:
+            policy.load(policy.default_text().replace("  test_rounds: 2\n", f"  test_rounds: {bad}\n", 1))
+        assert "limits.test_rounds" in str(caught.value)
