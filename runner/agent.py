@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import hashlib
 import json
+import logging
+import re
 import shlex
 import stat
 from collections.abc import Awaitable, Callable, Sequence
@@ -17,6 +20,7 @@ from claude_agent_sdk import (
     AssistantMessage,
     ClaudeAgentOptions,
     HookMatcher,
+    ProcessError,
     ResultMessage,
     TextBlock,
     ToolUseBlock,
@@ -26,6 +30,7 @@ from claude_agent_sdk.types import HookContext, HookInput, HookJSONOutput
 
 import policy
 from policy.paths import normalize
+from runner.errors import StateError
 from runner.models import Denial
 from runner.sandbox.base import MODEL_FORWARD_PORT, Container, Sandbox
 
@@ -49,7 +54,8 @@ FORWARDED_ENV = (
     "GIT_COMMITTER_EMAIL",
 )
 
-Stop = Literal["completed", "turn_limit", "wall_time", "budget", "error"]
+Stop = Literal["completed", "turn_limit", "wall_time", "budget", "error", "unrecorded"]
+"""How a session ended; `unrecorded`: the state file refused a decision's audit row, so the gate stopped it."""
 Asker = Callable[[str, "policy.ToolCall", "policy.Decision"], Awaitable[bool]]
 Auditor = Callable[[str, dict[str, Any]], Awaitable[None]]
 Progress = Callable[[str], None]
@@ -64,6 +70,35 @@ class AgentOutcome:
     denials: tuple[Denial, ...]
     tool_calls: int
     error: str = ""
+    stderr: tuple[str, ...] = ()
+    """The last lines the CLI (and the `docker exec` carrying it) wrote on stderr: partly the sandbox's words,
+    so untrusted, printable text only."""
+
+
+STDERR_LINES = 20
+STDERR_BYTES = 4096
+_UNPRINTABLE = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+class StderrTail:
+    """The last `lines` lines of a stream, at most `size` bytes in all, escape sequences and control
+    characters removed: what explains a failed session, never the whole stream (the CLI can be chatty,
+    and whatever writes it is in the sandbox)."""
+
+    def __init__(self, lines: int = STDERR_LINES, size: int = STDERR_BYTES) -> None:
+        self._lines: collections.deque[str] = collections.deque(maxlen=lines)
+        self._size = size
+
+    def add(self, line: str) -> None:
+        line = _UNPRINTABLE.sub("", line).strip()
+        if not line:
+            return
+        self._lines.append(line.encode()[:self._size - 1].decode("utf-8", "ignore"))  # and its newline
+        while sum(len(kept.encode()) + 1 for kept in self._lines) > self._size:
+            self._lines.popleft()
+
+    def lines(self) -> tuple[str, ...]:
+        return tuple(self._lines)
 
 
 async def deny_asks(task_id: str, call: policy.ToolCall, decision: policy.Decision) -> bool:
@@ -103,6 +138,10 @@ class Gate:
         self.approved: dict[str, str] = {}
         """Workspace-relative path -> sha256 of the exact content the owner said yes to in a Write. An Edit's
         yes pins nothing (its result depends on the file), so such a file's final content is asked again."""
+        self.unrecorded: StateError | None = None
+        """Why the state file refused a decision's audit row; from then on every call is denied."""
+        self.stopping = asyncio.Event()
+        """Set when the session must end now (the audit refused): run_agent stops it as it stops a limit."""
 
     def close(self, reason: str) -> None:
         """From now on every call is denied: a limit was reached while the CLI may still be asking."""
@@ -126,19 +165,28 @@ class Gate:
                 reason = f"owner {'allowed' if allowed else 'denied'}: {decision.reason}"
             except TimeoutError:
                 allowed, reason = False, f"no answer from the owner within {self._ask_timeout:.0f}s: {decision.reason}"
-        await self._audit(
-            "tool_decision",
-            {
-                "tool": tool,
-                "input_digest": input_digest(tool_input),
-                "decision": "allow" if allowed else "deny",
-                "policy_effect": effect,
-                "rule": decision.rule_id,
-                "reason": reason,
-                "command": decision.command,
-                "policy_sha256": decision.policy_sha256,
-            },
-        )
+        try:
+            await self._audit(
+                "tool_decision",
+                {
+                    "tool": tool,
+                    "input_digest": input_digest(tool_input),
+                    "decision": "allow" if allowed else "deny",
+                    "policy_effect": effect,
+                    "rule": decision.rule_id,
+                    "reason": reason,
+                    "command": decision.command,
+                    "policy_sha256": decision.policy_sha256,
+                },
+            )
+        except StateError as exc:
+            # Fail closed: a decision that cannot be audited is not made, and the task stops (the supervisor
+            # keeps its work) rather than act on without a record.
+            self.unrecorded = self.unrecorded or exc
+            self.close(f"the supervisor cannot record its decisions: {exc}")
+            self.stopping.set()
+            allowed, reason = False, f"the supervisor cannot record its decisions: {exc}"
+            decision = dataclasses.replace(decision, rule_id="audit")
         if not allowed:
             self.denials.append(Denial(tool=tool, rule=decision.rule_id, reason=reason))
             self._progress(f"denied {tool}: {reason} [{decision.rule_id}]")
@@ -243,7 +291,12 @@ async def run_agent(
     model: str | None = None,
 ) -> AgentOutcome:
     """Drive one agent session to its end or to a limit. On a limit every process in the container is
-    killed (the CLI with them); the container and its workspace stay for the supervisor to read."""
+    killed (the CLI with them); the container and its workspace stay for the supervisor to read.
+
+    `wall_time` is the deadline the task's gateway token was given at the same moment (issue_token's
+    `time_limit`): the gateway refuses and cuts model calls from then on, so a session that ends in an error
+    once its time is up ended because of the time, not of the error it saw."""
+    tail = StderrTail()
     wrapper = write_cli_wrapper(workdir, sandbox.attach_command(container, ["claude"], FORWARDED_ENV))
     tools = list(gate.policy.allowed_tools(gate.kind))
     options = ClaudeAgentOptions(
@@ -274,7 +327,7 @@ async def run_agent(
             "GIT_COMMITTER_NAME": "agent",
             "GIT_COMMITTER_EMAIL": "agent@sandbox.invalid",
         },
-        stderr=lambda _line: None,
+        stderr=tail.add,
     )
     turns = 0
     summary = ""
@@ -313,26 +366,56 @@ async def run_agent(
         else:
             await budget_spent.wait()
 
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + wall_time
     consumer = asyncio.create_task(consume())
     budget = asyncio.create_task(watch_budget())
+    unrecorded = asyncio.create_task(gate.stopping.wait())
     try:
-        done, _ = await asyncio.wait({consumer, budget}, timeout=wall_time, return_when=asyncio.FIRST_COMPLETED)
-        if consumer in done:
+        done, _ = await asyncio.wait({consumer, budget, unrecorded}, timeout=wall_time,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if unrecorded in done:
+            stopped = "unrecorded"
+        elif consumer in done:
             exc = consumer.exception()
-            stopped, error = ("error", f"{type(exc).__name__}: {exc}") if exc is not None else session_end
+            stopped, error = ("error", describe_failure(exc)) if exc is not None else session_end
             if stopped == "error" and budget_spent is not None and budget_spent.is_set():
                 # The gateway refused a call the budget could not cover and the CLI gave up on it: that is the
                 # budget, not an agent failure.
                 stopped, error = "budget", ""
+            elif stopped == "error" and loop.time() >= deadline:
+                stopped, error = "wall_time", ""  # the gateway cut the session at the shared deadline
         else:
             stopped = "budget" if budget in done else "wall_time"
+        if stopped in ("budget", "wall_time"):
             gate.close(f"the task's {'token/cost budget' if stopped == 'budget' else 'wall time'} is spent")
     finally:
         budget.cancel()
-        if stopped in ("turn_limit", "wall_time", "budget"):
+        unrecorded.cancel()
+        if stopped in ("turn_limit", "wall_time", "budget", "unrecorded"):
             # Enforced from outside: every process of the task goes, the CLI with them; the workspace stays.
             await sandbox.kill_processes(container)
         if not consumer.done():
             consumer.cancel()
-        await asyncio.gather(consumer, budget, return_exceptions=True)
-    return AgentOutcome(stopped, turns, summary, tuple(gate.denials), gate.calls, error)
+        await asyncio.gather(consumer, budget, unrecorded, return_exceptions=True)
+    return AgentOutcome(stopped, turns, summary, tuple(gate.denials), gate.calls, error, tail.lines())
+
+
+class _QuietReaderExit(logging.Filter):
+    """The SDK logs the CLI's exit as an error before it raises it into the session. The task's reason says why
+    the CLI ended (with its last stderr lines), and when a limit killed it that was no error at all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Fatal error in message reader")
+
+
+logging.getLogger("claude_agent_sdk._internal.query").addFilter(_QuietReaderExit())
+
+
+def describe_failure(exc: BaseException) -> str:
+    """A failed session's error in a line. The SDK's ProcessError says only "Check stderr output for details"
+    (the stderr tail is kept beside it); anything else is its type and first line."""
+    if isinstance(exc, ProcessError):
+        return f"the CLI exited with code {exc.exit_code}" if exc.exit_code is not None else "the CLI failed"
+    first = (str(exc).strip().splitlines() or [""])[0][:500]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import socket
 import warnings
 from typing import Any
 
@@ -33,7 +34,28 @@ class _Api(docker.APIClient):  # type: ignore[misc]
         try:
             return super().send(request, **kwargs)
         except requests.exceptions.ConnectionError as exc:
+            _close_refused_sockets(exc)
             raise EngineGone(f"no Docker engine answers ({_cause(exc)}); {START_HINT}") from exc
+
+
+def _close_refused_sockets(exc: BaseException) -> None:
+    """Close the socket docker-py's unix connection leaks when the engine refuses it: it is a local of the frame
+    that raised, so it lives as long as the exception, and warns (ResourceWarning) wherever the collector later
+    frees it. Only sockets that never connected are closed (a connected one has a peer)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return
+        tb = seen.__traceback__
+        while tb is not None:
+            for value in list(tb.tb_frame.f_locals.values()):
+                if isinstance(value, socket.socket) and value.fileno() != -1:
+                    try:
+                        value.getpeername()
+                    except OSError:
+                        value.close()
+            tb = tb.tb_next
+        seen = seen.__cause__ or seen.__context__
 
 
 class _Client(docker.DockerClient):  # type: ignore[misc]

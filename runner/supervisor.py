@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import cast
 
 import policy
-from runner import tasklock, workspace
+from runner import kept, tasklock, workspace
 from runner.agent import AgentOutcome, Asker, Gate, deny_asks, run_agent, system_prompt
-from runner.errors import RunnerError
+from runner.errors import RunnerError, SandboxError, StateError
 from runner.forge.base import Forge
 from runner.gitops import run_git
 from runner.model_gateway import model_patterns
@@ -32,6 +32,11 @@ RunAgent = Callable[..., Awaitable[AgentOutcome]]
 TEST_TIMEOUT_SECONDS = 900.0
 OUTPUT_TAIL = 4000
 LIMITS = ("turn_limit", "wall_time", "budget")
+ENGINE_PROBE_SECONDS = 15.0
+# A request that had waited less than this for the upstream's answer when the time ran out was merely in flight:
+# it says nothing of the upstream (streamed answers start within a second or two).
+SLOW_UPSTREAM_SECONDS = 5.0
+STDERR_IN_REASON = 3  # the CLI's last stderr lines quoted in a failed task's reason
 
 
 @dataclass(slots=True)
@@ -73,6 +78,7 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
     store, active = deps.store, deps.policy
     profile = active.profile(task.kind if not task.dry_run else "dry-run")
     limits = profile.limits
+    wall_time = float(limits.wall_time_seconds)
     box_limits = Limits(workspace_bytes=limits.workspace_bytes)  # each container's /workspace
     lock = task_lock(deps.home, task.id)
     containers: list[Container] = []  # every container of the task not yet removed
@@ -82,12 +88,56 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         audit=lambda event, detail: store.audit(task.id, "policy", event, detail),
         ask=deps.ask, ask_timeout=float(active.ask_timeout_seconds), progress=say,
     )
+    # What a refused transition must not lose: the work, once the agent ran, and where it is.
+    prepared: workspace.Prepared | None = None
+    agent_box: Container | None = None
+    change: workspace.Change | None = None
+    started = False  # a container of the task started: an engine that fails after that "stopped answering"
 
     async def finish(state: TaskState, reason: str = "", **extra: object) -> RunResult:
         result = RunResult(task_id=task.id, status=state, usage=_usage(deps.proxy, task.id),
                            denials=tuple(gate.denials), reason=reason, **extra)  # type: ignore[arg-type]
-        await store.transition(task.id, state, reason=reason, result=result.to_json())
+        try:
+            await store.transition(task.id, state, reason=reason, result=result.to_json())
+        except StateError as exc:
+            return await unrecorded(exc, result)
         say(f"{state.value}{': ' + reason if reason else ''}")
+        return result
+
+    async def unrecorded(exc: StateError, final: RunResult | None = None) -> RunResult:
+        """The state file refused a transition (the Store kept it as a note for the next start): stop, keep the
+        work on disk beside the task, and say so in one line. `final`: the result whose own transition it was."""
+        nonlocal change
+        lost = ""
+        if prepared is not None:
+            kept.release(prepared.task_dir)  # the room set aside for exactly this
+        if change is None and agent_box is not None and agent_box in containers and prepared is not None:
+            try:
+                change = await _collect(deps, agent_box, containers, prepared, task.kind, say)
+            except (RunnerError, policy.PolicyError, OSError) as why:
+                lost = f"; its work could not be read out ({why})"
+        where = ""
+        if change is not None and not change.empty and prepared is not None:
+            try:
+                where = f"; its diff is kept in {kept.keep(prepared.task_dir, change.diff)}"
+            except OSError as why:
+                lost = f"; its diff could not be kept ({why})"
+        if final is not None:
+            # The outcome stands (a pull request may be open): the note holds it, the next start records it.
+            result = dataclasses.replace(final, reason="; ".join(filter(None, [
+                final.reason, f"the state file refused to record this result, the next start records it: {exc}"
+                f"{where}{lost}"])))
+            say(f"{final.status.value}, unrecorded: {result.reason}")
+            return result
+        reason = f"the task was stopped because the state file refused to record it: {exc}{where}{lost}"
+        extra = {} if change is None else {"diff": change.diff, "files_changed": change.paths}
+        result = RunResult(task_id=task.id, status=TaskState.FAILED, usage=_usage(deps.proxy, task.id),
+                           denials=tuple(gate.denials), reason=reason, **extra)  # type: ignore[arg-type]
+        try:  # the room given back may be what the file needed
+            await store.transition(task.id, TaskState.FAILED, reason=reason, result=result.to_json())
+        except StateError:
+            result = dataclasses.replace(result, reason=f"{reason}; the next start records this")
+        say(f"failed: {result.reason}")
         return result
 
     sock_dir = deps.home / "run" / task.id
@@ -100,40 +150,52 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         # Checking out the workspace and starting the container overlap: neither needs the other.
         populating = asyncio.ensure_future(workspace.populate(prepared))
         image = await _dependency_image(deps, prepared, say)
-        # The gateway enforces what the policy says of the model channel: which models (limits.models; empty
-        # means the configured model's family) and until when (the wall time, so a hung upstream cannot
-        # outlast the task).
-        token = deps.proxy.issue_token(
-            task.id, Budget(max_tokens=limits.max_tokens, max_cost_usd=limits.max_cost_usd),
-            models=limits.models or (model_patterns(deps.model) if deps.model else None),
-            time_limit=float(limits.wall_time_seconds))
         sock_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(sock_dir, 0o755)
         async with deps.proxy.serve_unix(sock_dir / "model.sock"):
             spec = SandboxSpec(task.id, image, sock_dir, limits=box_limits, owner_lock=lock)
-            started, populated = await asyncio.gather(deps.sandbox.start(spec), populating, return_exceptions=True)
-            if isinstance(started, Container):
-                containers.append(started)  # known before any error below, so `finally` removes it
-            for failure in (started, populated):
+            running_or_error, populated = await asyncio.gather(deps.sandbox.start(spec), populating,
+                                                               return_exceptions=True)
+            if isinstance(running_or_error, Container):
+                containers.append(running_or_error)  # known before any error below, so `finally` removes it
+            for failure in (running_or_error, populated):
                 if isinstance(failure, BaseException):
                     raise failure
-            running = cast(Container, started)
+            running = cast(Container, running_or_error)
+            started = True
+            kept.reserve(prepared.task_dir, kept.room_for(prepared.given_archive))
             await deps.sandbox.copy_in(running, prepared.given_archive)
             await store.transition(task.id, TaskState.RUNNING)
             say(f"running: agent in container {running.id[:12]} (no network, no secrets)")
-            outcome = await deps.agent(
-                sandbox=deps.sandbox, container=running, gate=gate, prompt=task.prompt,
-                system_prompt=system_prompt(task.kind), model_token=token, workdir=prepared.task_dir,
-                max_turns=limits.max_turns, wall_time=float(limits.wall_time_seconds),
-                budget_spent=deps.proxy.exhausted(task.id), model=deps.model,
-            )
-        deps.proxy.revoke(task.id)
+            # One deadline for the session and its model channel, taken at the same moment: the gateway refuses
+            # and cuts model calls from then on (a hung upstream cannot outlast the task), and the session ends
+            # then. The policy's models go with it (limits.models; empty means the configured model's family).
+            token = deps.proxy.issue_token(
+                task.id, Budget(max_tokens=limits.max_tokens, max_cost_usd=limits.max_cost_usd),
+                models=limits.models or (model_patterns(deps.model) if deps.model else None), time_limit=wall_time)
+            agent_box = running
+            try:
+                outcome = await deps.agent(
+                    sandbox=deps.sandbox, container=running, gate=gate, prompt=task.prompt,
+                    system_prompt=system_prompt(task.kind), model_token=token, workdir=prepared.task_dir,
+                    max_turns=limits.max_turns, wall_time=wall_time, budget_spent=deps.proxy.exhausted(task.id),
+                    model=deps.model,
+                )
+            finally:
+                # Before the socket's server stops: it waits for its requests, and this cuts the ones in flight.
+                deps.proxy.revoke(task.id)
+        if outcome.stopped == "unrecorded":
+            assert gate.unrecorded is not None
+            return await unrecorded(gate.unrecorded)
         if outcome.stopped == "error":
-            return await finish(TaskState.FAILED, f"the agent failed: {outcome.error}")
+            return await finish(TaskState.FAILED, await _agent_failure(deps, task.id, outcome))
         change = await _collect(deps, running, containers, prepared, task.kind, say)
         if outcome.stopped in LIMITS:
-            return await finish(TaskState.TIMED_OUT, f"{outcome.stopped.replace('_', ' ')} reached; work so far kept",
-                                diff=change.diff, files_changed=change.paths)
+            upstream = _upstream_cause(deps.proxy, task.id) if outcome.stopped == "wall_time" else None
+            why = (f"{upstream}: the wall time ({wall_time:g} s) ran out waiting for it" if upstream else
+                   f"{outcome.stopped.replace('_', ' ')} reached")
+            return await finish(TaskState.TIMED_OUT, f"{why}; work so far kept", diff=change.diff,
+                                files_changed=change.paths)
         if not change.verdict.ok:
             return await finish(TaskState.FAILED, "change rejected: " + "; ".join(change.verdict.reasons),
                                 diff=change.diff, files_changed=change.paths)
@@ -160,8 +222,16 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         pr = await _propose(deps, task, prepared, change, tests, outcome.summary, gate.denials, verification)
         return await finish(TaskState.PROPOSED, diff=change.diff, files_changed=change.paths, tests=tests, pr=pr,
                             verification=verification)
+    except StateError as exc:
+        return await unrecorded(exc)
     except WorkspaceFull as exc:
         return await finish(TaskState.FAILED, str(exc))
+    except SandboxError as exc:
+        # Whatever step met it, an engine that no longer answers is the cause to name.
+        engine = await _engine_down(deps.sandbox)
+        if engine is None:
+            return await finish(TaskState.FAILED, f"{type(exc).__name__}: {exc}")
+        return await finish(TaskState.FAILED, _stopped_answering(engine) if started else engine)
     except (RunnerError, policy.PolicyError, OSError) as exc:
         return await finish(TaskState.FAILED, f"{type(exc).__name__}: {exc}")
     except asyncio.CancelledError:
@@ -177,6 +247,54 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
             with contextlib.suppress(Exception):
                 await deps.sandbox.stop(container)
         shutil.rmtree(sock_dir, ignore_errors=True)
+        if prepared is not None:
+            kept.release(prepared.task_dir)
+
+
+async def _engine_down(sandbox: Sandbox) -> str | None:
+    """Why the sandbox's engine does not answer (its backend's words), or None when it does."""
+    try:
+        async with asyncio.timeout(ENGINE_PROBE_SECONDS):
+            await sandbox.running()
+    except TimeoutError:
+        return f"it did not answer within {ENGINE_PROBE_SECONDS:g} s"
+    except RunnerError as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def _stopped_answering(engine: str) -> str:
+    """An engine that had answered this task and no longer does: "the Docker engine stopped answering
+    (Connection refused); start one with ..." from the backend's "no Docker engine answers (...); ..."."""
+    words = engine.removeprefix("no Docker engine answers ")
+    return f"the Docker engine stopped answering {words}" if words != engine else \
+        f"the Docker engine stopped answering: {engine}"
+
+
+def _upstream_cause(proxy: ModelProxy, task_id: str) -> str | None:
+    """How the model upstream was failing when the session ended, if it was: its last requests failed (a status,
+    unreachable, broken off), or the last one had long had no answer when the time ran out."""
+    failures = proxy.upstream_failures(task_id)
+    if not failures.repeats:
+        return None
+    if failures.last_kind == "timeout" and (failures.waited_seconds or 0.0) < SLOW_UPSTREAM_SECONDS:
+        return None
+    return failures.describe()
+
+
+async def _agent_failure(deps: Deps, task_id: str, outcome: AgentOutcome) -> str:
+    """A failed session's reason, by what is known to have failed: the engine under the sandbox, the model
+    upstream, else the CLI's own error and its last words on stderr."""
+    if (engine := await _engine_down(deps.sandbox)) is not None:
+        return _stopped_answering(engine)
+    words = f"the agent failed: {outcome.error}"
+    if (upstream := _upstream_cause(deps.proxy, task_id)) is not None:
+        words = f"{upstream}, and the agent stopped: {outcome.error}"
+    if outcome.stderr:
+        # Partly the sandbox's text (the CLI runs there): printable, short, quoted.
+        last = " | ".join(line[:300] for line in outcome.stderr[-STDERR_IN_REASON:])
+        words += f"; the CLI's last lines on stderr: «{last}»"
+    return words
 
 
 async def _collect(deps: Deps, box: Container, containers: list[Container], prepared: workspace.Prepared,

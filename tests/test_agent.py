@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import policy
-from runner.agent import Gate, input_digest
+from runner.agent import STDERR_BYTES, Gate, StderrTail, describe_failure, input_digest, run_agent
+from runner.errors import StateFull
+from runner.sandbox.base import Container
 
 ASK_RULE = """rules:
   - id: ask-before-git-log
@@ -90,7 +96,94 @@ async def test_closed_gate_denies_what_the_policy_would_allow() -> None:
 
 async def test_gate_hook_answers_in_the_cli_hook_protocol() -> None:
     gate = Gate("t6", policy.load_default(), "feature", audit=Audit())
-    out = await gate.hook({"hook_event_name": "PreToolUse", "tool_name": "Bash",  # type: ignore[typeddict-item]
-                           "tool_input": {"command": "rm -rf /"}}, "toolu_1", {"signal": None})
-    specific = out["hookSpecificOutput"]  # type: ignore[typeddict-item]
+    # The CLI's hook input, as JSON gives it (only the keys the gate reads).
+    hook_input: Any = {"hook_event_name": "PreToolUse", "tool_name": "Bash", "tool_input": {"command": "rm -rf /"}}
+    out: Any = await gate.hook(hook_input, "toolu_1", {"signal": None})
+    specific = out["hookSpecificOutput"]
     assert specific["hookEventName"] == "PreToolUse" and specific["permissionDecision"] == "deny"
+
+
+class RefusingAudit(Audit):
+    """An audit log on a disk that filled after `room` rows."""
+
+    def __init__(self, room: int) -> None:
+        super().__init__()
+        self.room = room
+
+    async def __call__(self, event: str, detail: dict[str, Any]) -> None:
+        if len(self.entries) >= self.room:
+            raise StateFull("the state file /x/state.db cannot be written: its disk is full", "/x/state.db")
+        await super().__call__(event, detail)
+
+
+async def test_a_decision_the_audit_refuses_is_a_deny_and_stops_the_session() -> None:
+    audit = RefusingAudit(room=1)
+    gate = Gate("t7", policy.load_default(), "feature", audit=audit)
+    assert (await gate.decide("Bash", {"command": "git status"}))[0]
+    allowed, reason = await gate.decide("Bash", {"command": "git status"})
+    assert not allowed and reason.startswith("the supervisor cannot record its decisions: the state file /x/state.db")
+    assert gate.stopping.is_set() and isinstance(gate.unrecorded, StateFull)
+    assert [(d.tool, d.rule) for d in gate.denials] == [("Bash", "audit")]
+    # Closed for good: later calls are denied even if the file takes rows again.
+    audit.room = 10
+    allowed, _ = await gate.decide("Read", {"file_path": "/workspace/README.md"})
+    assert not allowed and audit.entries[-1][1]["decision"] == "deny"
+
+
+def test_stderr_tail_keeps_the_last_printable_lines_within_its_bounds() -> None:
+    tail = StderrTail(lines=3)
+    for i in range(10):
+        tail.add(f"line {i}")
+    tail.add("")
+    tail.add("   ")
+    tail.add("\x1b[31mError:\x1b[0m the\x07 sandbox fell over\r")
+    assert tail.lines() == ("line 8", "line 9", "Error: the sandbox fell over")
+    wide = StderrTail(lines=50)
+    for _ in range(50):
+        wide.add("x" * 1000)
+    assert sum(len(line) + 1 for line in wide.lines()) <= STDERR_BYTES and wide.lines()
+    wide.add("é" * 5000)  # one line longer than the whole budget is cut, on a character boundary
+    assert len(wide.lines()) == 1 and len(wide.lines()[0].encode()) <= STDERR_BYTES
+
+
+def test_describe_failure_says_how_the_cli_ended() -> None:
+    from claude_agent_sdk import ProcessError
+
+    error = ProcessError("Command failed with exit code 255", exit_code=255, stderr="Check stderr output for details")
+    assert describe_failure(error) == "the CLI exited with code 255"
+    assert describe_failure(RuntimeError("boom\nsecond line")) == "RuntimeError: boom"
+
+
+# A stand-in for the sandbox's `docker exec`: it says what went wrong on stderr, as the docker CLI does, and fails.
+FAILING_ATTACH = ("import sys\n"
+                  "for i in range(40):\n"
+                  "    print(f'noise {i}', file=sys.stderr)\n"
+                  "print('Error response from daemon: container 0123abcd is not running', file=sys.stderr)\n"
+                  "sys.exit(1)\n")
+
+
+class AttachOnlySandbox:
+    """The part of a Sandbox run_agent uses: how to attach the CLI, and killing (never needed here)."""
+
+    def __init__(self) -> None:
+        self.kills = 0
+
+    def attach_command(self, container: Container, argv: Sequence[str], env_names: Sequence[str]) -> list[str]:
+        return [sys.executable, "-c", FAILING_ATTACH]
+
+    async def kill_processes(self, container: Container) -> None:
+        self.kills += 1
+
+
+async def test_a_cli_that_fails_leaves_its_last_stderr_lines_in_the_outcome(tmp_path: Path) -> None:
+    sandbox = AttachOnlySandbox()
+    gate = Gate("t8", policy.load_default(), "feature", audit=Audit())
+    started = time.monotonic()
+    outcome = await run_agent(sandbox=sandbox, container=Container("c1", "box", "t8"),  # type: ignore[arg-type]
+                              gate=gate, prompt="x", system_prompt="y", model_token="t", workdir=tmp_path,
+                              max_turns=3, wall_time=60)
+    assert time.monotonic() - started < 30
+    assert outcome.stopped == "error" and outcome.error == "the CLI exited with code 1"
+    assert outcome.stderr[-1] == "Error response from daemon: container 0123abcd is not running"
+    assert 0 < len(outcome.stderr) <= 20 and outcome.stderr[0].startswith("noise ")
+    assert sandbox.kills == 0  # an error is not a limit: the supervisor decides what happens to the container

@@ -10,6 +10,7 @@ The end-to-end versions with the real daemon and the real CLI are the docker tes
 from __future__ import annotations
 
 import io
+import os
 import tarfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -21,9 +22,10 @@ import pytest
 
 import policy
 from runner.agent import AgentOutcome, Gate
-from runner.errors import SandboxError
+from runner.errors import SandboxError, SandboxStartError
 from runner.forge.localgit import LocalGitForge
 from runner.model_proxy import ModelProxy
+from runner.models import RunResult, TaskState
 from runner.sample import create_sample_repo
 from runner.sandbox.base import Container, ExecResult, SandboxSpec, WorkspaceFull
 from runner.store import Store
@@ -358,6 +360,166 @@ def test_file_diff_picks_one_files_section() -> None:
     wanted = "diff --git a/requirements.txt b/requirements.txt\n@@ -0,0 +1 @@\n+x\n"
     assert file_diff(diff, "requirements.txt") == wanted
     assert file_diff(diff, "missing.txt") == ""
+
+
+# --- faults: what failed is what the reason names, and a state file that refuses loses no work -------------------
+
+
+async def _run_session(world: dict[str, Any], sandbox: FakeSandbox, session: Any,
+                       active: policy.Policy | None = None) -> RunResult:
+    """One dry-run task whose agent phase is `session` (it stands where runner.agent.run_agent does)."""
+    store: Store = world["store"]
+    task = await store.create_task(kind="feature", prompt="do it", repo=str(world["repo"]), source="cli",
+                                   requested_by="test", dry_run=True)
+    return await run_task(Deps(home=world["home"], store=store, sandbox=sandbox, proxy=world["proxy"],
+                               policy=active or policy.load_default(), image="agent-runner/sandbox:latest",
+                               agent=session), task)
+
+
+async def test_a_failed_session_is_named_with_the_clis_last_stderr_lines(world: dict[str, Any]) -> None:
+    async def session(**_: Any) -> AgentOutcome:
+        return AgentOutcome("error", 1, "", (), 0, "the CLI exited with code 1",
+                            ("noise 1", "noise 2", "warning: x", "Error response from daemon: container is paused"))
+
+    result = await _run_session(world, FakeSandbox(), session)
+    assert result.status is TaskState.FAILED
+    assert result.reason == ("the agent failed: the CLI exited with code 1; the CLI's last lines on stderr: "
+                             "«noise 2 | warning: x | Error response from daemon: container is paused»")
+
+
+class DyingEngine(FakeSandbox):
+    """A fake whose engine stops answering when `dead` is set, every call then failing as DockerSandbox's do."""
+
+    dead = False
+    GONE = "no Docker engine answers (Connection refused); start one with scripts/docker-engine.sh"
+
+    async def running(self) -> dict[str, str]:
+        if self.dead:
+            raise SandboxError(self.GONE)
+        return await super().running()
+
+    async def start(self, spec: SandboxSpec) -> Container:
+        if self.dead:
+            raise SandboxStartError(f"could not start the sandbox for task {spec.task_id}: {self.GONE}")
+        return await super().start(spec)
+
+    async def kill_processes(self, container: Container) -> None:
+        if self.dead:
+            raise SandboxError(self.GONE)
+        await super().kill_processes(container)
+
+
+async def test_an_engine_that_stops_answering_mid_task_is_the_reason_not_the_clis_exit(
+        world: dict[str, Any]) -> None:
+    sandbox = DyingEngine()
+
+    async def session(**_: Any) -> AgentOutcome:
+        sandbox.dead = True  # the CLI's `docker exec` lost its engine: it exits 255 and says nothing
+        return AgentOutcome("error", 1, "", (), 1, "the CLI exited with code 255")
+
+    result = await _run_session(world, sandbox, session)
+    assert result.status is TaskState.FAILED
+    assert result.reason == ("the Docker engine stopped answering (Connection refused); start one with "
+                             "scripts/docker-engine.sh")
+
+    # Dying at the wall time instead: the kill meets the dead engine, and the reason is the same.
+    sandbox = DyingEngine()
+
+    async def timed_out(*, sandbox: FakeSandbox, container: Container, **_: Any) -> AgentOutcome:
+        sandbox.dead = True  # type: ignore[attr-defined]
+        await sandbox.kill_processes(container)  # run_agent's kill at a limit
+        raise AssertionError("unreachable")
+
+    result = await _run_session(world, sandbox, timed_out)
+    assert result.reason.startswith("the Docker engine stopped answering (Connection refused)"), result.reason
+
+
+async def test_a_task_whose_engine_is_down_before_it_starts_says_no_engine_answers(world: dict[str, Any]) -> None:
+    sandbox = DyingEngine()
+    sandbox.dead = True
+
+    async def session(**_: Any) -> AgentOutcome:
+        raise AssertionError("no session without a sandbox")
+
+    result = await _run_session(world, sandbox, session)
+    assert result.status is TaskState.FAILED and result.reason == DyingEngine.GONE
+
+
+@pytest.fixture
+async def small_world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    """The world, its AGENT_RUNNER_HOME on a small disk of its own."""
+    from tests.test_faults import small_disk
+
+    repo = await create_sample_repo(tmp_path / "origin")
+    with small_disk(tmp_path / "home", "48m") as home:
+        async with Store(home / "state.db") as store, ModelProxy("http://127.0.0.1:9", "unused") as proxy:
+            yield {"repo": repo, "store": store, "proxy": proxy, "home": home}
+
+
+async def test_a_decision_the_full_disk_refuses_stops_the_agent_and_keeps_its_work_beside_the_task(
+        small_world: dict[str, Any]) -> None:
+    from tests.test_faults import fill
+
+    sandbox = FakeSandbox()
+    filler: list[Path] = []
+
+    async def session(*, sandbox: FakeSandbox, container: Container, gate: Gate, **_: Any) -> AgentOutcome:
+        assert (await gate.decide("Write", {"file_path": "/workspace/bot/new.py", "content": "X = 1\n"}))[0]
+        _write(sandbox, container, "bot/new.py", b"X = 1\n")
+        filler.append(fill(small_world["home"]))
+        allowed, why = await gate.decide("Bash", {"command": "git status"})
+        assert not allowed and "cannot record" in why and gate.stopping.is_set()
+        await sandbox.kill_processes(container)  # what run_agent does when the gate stops it
+        return AgentOutcome("unrecorded", 2, "", tuple(gate.denials), gate.calls)
+
+    result = await _run_session(small_world, sandbox, session)
+    kept = small_world["home"] / "tasks" / result.task_id / "kept.diff"
+    assert result.status is TaskState.FAILED
+    assert result.reason.startswith("the task was stopped because the state file refused to record it: the state "
+                                    f"file {small_world['home']}/state.db cannot be written: its disk is full")
+    assert f"its diff is kept in {kept}" in result.reason
+    assert kept.read_text() == result.diff and "+X = 1" in result.diff and result.files_changed == ("bot/new.py",)
+    assert [c for c, role in sandbox.calls if role == "agent"] == ["start", "copy_in", "kill_processes",
+                                                                   "kill_processes", "copy_out", "stop"]
+    assert not sandbox.boxes and ("start", "tests") not in sandbox.calls  # stopped, nothing tested
+    filler[0].unlink()
+    async with Store(small_world["home"] / "state.db") as store:  # the next start
+        record = await store.get_task(result.task_id)
+    assert record.state is TaskState.FAILED and record.reason.startswith(
+        result.reason.removesuffix("; the next start records this"))
+
+
+async def test_a_final_transition_the_full_disk_refuses_keeps_the_result_for_the_next_start(
+        small_world: dict[str, Any]) -> None:
+    from tests.test_faults import fill
+
+    filler: list[Path] = []
+
+    def tests_then_full(box: Box, argv: Sequence[str]) -> ExecResult:
+        # The disk fills while the supervisor's tests run. Their archive is emptied first (it was copied in):
+        # removing it after the run would give back what the state file needs, and there would be no fault.
+        for scratch in (small_world["home"] / "tasks").glob("*/tests.tar"):
+            os.truncate(scratch, 0)
+        filler.append(fill(small_world["home"]))
+        return ExecResult(0, "1 passed", 0.1)
+
+    async def session(*, sandbox: FakeSandbox, container: Container, gate: Gate, **_: Any) -> AgentOutcome:
+        _write(sandbox, container, "bot/new.py", b"X = 1\n")
+        return AgentOutcome("completed", 1, "done", (), 0)
+
+    result = await _run_session(small_world, FakeSandbox(on_exec=tests_then_full), session)
+    kept = small_world["home"] / "tasks" / result.task_id / "kept.diff"
+    # The outcome stands; where it is recorded is said, and its diff is on disk.
+    assert result.status is TaskState.DIFF_READY and result.tests is not None and result.tests.passed
+    assert result.reason.startswith("the state file refused to record this result, the next start records it: "
+                                    f"the state file {small_world['home']}/state.db cannot be written")
+    assert result.reason.endswith(f"; its diff is kept in {kept}") and kept.read_text() == result.diff
+    assert (await small_world["store"].get_task(result.task_id)).state is TaskState.TESTING  # nothing more went in
+    filler[0].unlink()
+    async with Store(small_world["home"] / "state.db") as store:  # the next start records it
+        assert [note.task_id for note in store.recorded_late] == [result.task_id]
+        record = await store.get_task(result.task_id)
+    assert record.state is TaskState.DIFF_READY and "recorded at the next start" in record.reason
 
 
 # --- the same, for real: the daemon, the image, the bundled CLI, the scripted model --------------------------------

@@ -165,6 +165,8 @@ class DockerSandbox:
             return await asyncio.to_thread(fn, *args, **kwargs)
         except docker.errors.ImageNotFound as exc:
             raise SandboxStartError(f"image missing: {short(exc)}; build it with sandbox-image/build.sh") from exc
+        except EngineUnavailable as exc:  # its own words: "no Docker engine answers (Connection refused); ..."
+            raise SandboxError(str(exc)) from exc
         except docker.errors.DockerException as exc:
             raise SandboxError(f"Docker engine error: {short(exc)}") from exc
 
@@ -377,6 +379,8 @@ class DockerSandbox:
             await asyncio.to_thread(raw.remove, force=True)
         except docker.errors.NotFound:
             return
+        except EngineUnavailable as exc:
+            raise SandboxError(f"could not remove container {container_id[:12]}: {exc}") from exc
         except docker.errors.APIError as exc:
             if "already in progress" in str(exc) or exc.status_code == 404:
                 return
@@ -413,6 +417,8 @@ class DockerSandbox:
             await asyncio.to_thread(client.images.get, tag)
         except docker.errors.ImageNotFound:
             return None
+        except EngineUnavailable as exc:
+            raise SandboxError(str(exc)) from exc
         return tag
 
     async def build_dependencies(self, base_image: str, files: Mapping[str, bytes], command: str, key: str) -> str:
@@ -462,6 +468,8 @@ class DockerSandbox:
         client = await self._docker()
         try:
             await asyncio.to_thread(client.networks.get, SETUP_NETWORK)
+        except EngineUnavailable as exc:
+            raise SandboxError(str(exc)) from exc
         except docker.errors.NotFound:
             with contextlib.suppress(docker.errors.APIError):  # another supervisor made it first
                 await asyncio.to_thread(
