@@ -21,25 +21,26 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 import policy
-from runner import autofix, telegram
+from runner.alerts import autofix
+from runner.alerts.loki import LokiClient
+from runner.api.routes import routes
 from runner.config import Settings, settings_from_os
 from runner.deploy import Deployer, deployer_from_settings
 from runner.errors import ConfigError, StateError
 from runner.forge import default_repo
 from runner.forge.workflows import push_notice
-from runner.loki import LokiClient
 from runner.models import Progress, TaskId
 from runner.notify.base import Notifier
 from runner.notify.log import LogNotifier
-from runner.policy_store import PolicyDesk, PolicyStore
-from runner.releases import Releases, ReleaseStore
-from runner.routes import routes
-from runner.runtime import Housekeeper, Housekeeping, Runtime, open_runtime, preflight, reap_orphans
-from runner.scheduler import Scheduler
+from runner.service.policy_store import PolicyDesk, PolicyStore
+from runner.service.releases import Releases, ReleaseStore
+from runner.service.runtime import Housekeeper, Housekeeping, Runtime, open_runtime, preflight, reap_orphans
+from runner.service.scheduler import Scheduler
 from runner.service.state import Service
+from runner.service.watch import ContainerLogErrors, ErrorSource, LokiErrors, WatchConfig
 from runner.store import TaskRecord
 from runner.supervisor import run_task
-from runner.watch import ContainerLogErrors, ErrorSource, LokiErrors, WatchConfig
+from runner.telegram import wiring as telegram
 
 log = logging.getLogger("agent_runner")
 

@@ -105,7 +105,7 @@ def say(line: str) -> None:
 
 
 async def _run(settings: Settings, args: argparse.Namespace) -> RunResult:
-    from runner.runtime import open_runtime
+    from runner.service.runtime import open_runtime
 
     repo = _repo_arg(args.repo)
     async with open_runtime(settings, policy_path=args.policy, scenario=args.scenario, repo=repo,

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.alerts.webhooks import WebhookError, validate_logql
 from runner.errors import ConfigError
-from runner.webhooks import WebhookError, validate_logql
 
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"
 DEFAULT_GITHUB_API_URL = "https://api.github.com"

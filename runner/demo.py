@@ -28,11 +28,11 @@ from runner.deploy.docker import DockerDeployer
 from runner.forge import create_forge
 from runner.gitops import run_git
 from runner.models import RunResult, TaskState
-from runner.releases import IN_FLIGHT, ReleaseRecord, Releases, ReleaseStore
-from runner.runtime import open_runtime
 from runner.sample import create_sample_repo
+from runner.service.releases import IN_FLIGHT, ReleaseRecord, Releases, ReleaseStore
+from runner.service.runtime import open_runtime
+from runner.service.watch import ContainerLogErrors, WatchConfig
 from runner.store import Store
-from runner.watch import ContainerLogErrors, WatchConfig
 
 FIX_PROMPT = "Users without outgoing transactions get a crash from /balance (average_spend). Fix it."
 HEALTH_PROMPT = "Make /health also report how many users the ledger holds."

@@ -19,9 +19,9 @@
     ├── DeployError                 the deployer could not do its work at all (runner.deploy.base)
     ├── NotifyError                 the notifier (Telegram) failed
     ├── UpstreamError               the model API failed or refused
-    ├── LokiUnavailable             Loki gave no usable answer after its retries (runner.loki)
-    ├── WatchSourceError            the post-deploy watch cannot read its error source now (runner.watch)
-    ├── WebhookError                a webhook body or a LogQL query is refused (also a ValueError; runner.webhooks)
+    ├── LokiUnavailable             Loki gave no usable answer after its retries (runner.alerts.loki)
+    ├── WatchSourceError            the post-deploy watch cannot read its error source now (runner.service.watch)
+    ├── WebhookError                a webhook body or LogQL query is refused (a ValueError; runner.alerts.webhooks)
     │   └── LokiResponseError       Loki answered something that is not a query result
     ├── LinkError                   a task-page link or Mini App initData is refused (runner.links)
     ├── GrafanaAuthError            a Grafana alert lacks the contact point's credentials (runner.grafana)
@@ -31,7 +31,7 @@
     │   ├── RateLimited             a limit or a fingerprint's cooldown refused it; carries retry_after
     │   ├── PolicyVersionNotFound   no policy version with that number
     │   ├── ProposalVoid            a policy proposal that can no longer be confirmed
-    │   └── BadRequest              an HTTP request that is malformed: 400, or 413 (runner.routes)
+    │   └── BadRequest              an HTTP request that is malformed: 400, or 413 (runner.api.routes)
     └── StateError                  the state file (SQLite) failed; the message names the file
         ├── StateFull               its disk is full: nothing more can be recorded until space is freed
         └── StateCorrupt            it is damaged (truncated, overwritten, not a database): restore a backup

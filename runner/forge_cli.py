@@ -67,12 +67,12 @@ def cmd_prs(args: argparse.Namespace, environ: Mapping[str, str] | None = None, 
 
 def cmd_approve(args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
     """Merge at the reviewed head and deploy with the configured deployer, rolling back if unhealthy: the
-    service's release machinery (runner/releases.py) run once, without the post-deploy watch."""
+    service's release machinery (runner/service/releases.py) run once, without the post-deploy watch."""
 
     async def work(forge: Forge, settings: Settings) -> int:
-        from runner.releases import Releases, ReleaseStore
+        from runner.service.releases import Releases, ReleaseStore
+        from runner.service.watch import WatchConfig
         from runner.store import Store
-        from runner.watch import WatchConfig
 
         head = args.sha or (await forge.get_pr(args.number)).head_sha
         repo = str(args.repo) if args.repo else settings.repo or ""

@@ -189,3 +189,25 @@ def _os_error(path: Path, exc: OSError) -> StateError:
         return StateFull(f"the state file {path} cannot be written: its disk is full ({os.strerror(exc.errno)}); "
                          f"free space on {path.parent} and start again", str(path))
     return StateError(f"the state file {path} cannot be opened: {exc}", str(path))
+
+
+def where(*, equal: Mapping[str, object] | None = None, one_of: Mapping[str, Sequence[object]] | None = None,
+          after: Mapping[str, float | None] | None = None) -> tuple[str, list[Any]]:
+    """A WHERE clause and its parameters: `column = ?` for each `equal` value, `column IN (...)` for each
+    non-empty `one_of`, `column > ?` for each `after`; None values and empty sequences are left out. Never
+    empty (`WHERE 1`), so a caller may append `AND ...`. Column names are the caller's, never input."""
+    clauses: list[str] = ["1"]
+    params: list[Any] = []
+    for column, value in (equal or {}).items():
+        if value is not None:
+            clauses.append(f"{column} = ?")
+            params.append(value)
+    for column, values in (one_of or {}).items():
+        if values:
+            clauses.append(f"{column} IN ({', '.join('?' for _ in values)})")
+            params.extend(values)
+    for column, bound in (after or {}).items():
+        if bound is not None:
+            clauses.append(f"{column} > ?")
+            params.append(bound)
+    return "WHERE " + " AND ".join(clauses), params

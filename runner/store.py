@@ -18,7 +18,7 @@ from typing import Any
 
 from runner.errors import StateError, TaskNotFound
 from runner.models import TERMINAL_STATES, RunResult, TaskId, TaskState
-from runner.sqlite import Database
+from runner.sqlite import Database, where
 from runner.unrecorded import Notes, Unrecorded
 
 SCHEMA = """
@@ -290,14 +290,7 @@ class Store(Database):
         )
 
     async def audit_log(self, task_id: str | None = None, *, event: str | None = None) -> list[AuditEntry]:
-        where, params = [], []
-        if task_id is not None:
-            where.append("task_id = ?")
-            params.append(task_id)
-        if event is not None:
-            where.append("event = ?")
-            params.append(event)
-        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        clause, params = where(equal={"task_id": task_id, "event": event})
         rows = await self._run(f"SELECT * FROM audit {clause} ORDER BY seq", params)
         return [
             AuditEntry(r["seq"], r["at"], r["task_id"], r["actor"], r["event"], json.loads(r["detail"])) for r in rows
@@ -371,19 +364,8 @@ def _task(row: sqlite3.Row) -> TaskRecord:
 
 def _where(*, states: Sequence[TaskState] | None = None, since: float | None = None,
            fingerprint: str | None = None) -> tuple[str, list[Any]]:
-    """A WHERE clause (never empty, so callers may add `AND ...`) and its parameters."""
-    clauses: list[str] = ["1"]
-    params: list[Any] = []
-    if states:
-        clauses.append(f"state IN ({', '.join('?' for _ in states)})")
-        params.extend(s.value for s in states)
-    if since is not None:
-        clauses.append("created_at > ?")
-        params.append(since)
-    if fingerprint is not None:
-        clauses.append("fingerprint = ?")
-        params.append(fingerprint)
-    return "WHERE " + " AND ".join(clauses), params
+    return where(equal={"fingerprint": fingerprint}, one_of={"state": [s.value for s in states or ()]},
+                 after={"created_at": since})
 
 
 def _result_columns(result: Mapping[str, Any]) -> tuple[str, int | None]:

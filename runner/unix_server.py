@@ -1,4 +1,6 @@
-"""An ASGI app served by uvicorn inside the supervisor's own process, on a Unix socket of any depth."""
+"""An ASGI app served by uvicorn inside this process's event loop: on a Unix socket of any depth (the model
+channel), or on a free loopback port (`serve_tcp`: the service and the protocol fakes in tests). The one place
+that starts an embedded uvicorn and waits until it listens."""
 
 from __future__ import annotations
 
@@ -8,13 +10,16 @@ import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Literal
 
 import uvicorn
 from starlette.types import ASGIApp
 
 from runner.errors import UpstreamError
 
-__all__ = ["EmbeddedServer", "bind_unix", "serve_unix"]
+__all__ = ["EmbeddedServer", "bind_unix", "serve_tcp", "serve_unix"]
+
+STARTUP_TIMEOUT = 10.0
 
 
 def bind_unix(path: Path) -> socket.socket:
@@ -58,11 +63,7 @@ async def serve_unix(app: ASGIApp, path: str | Path) -> AsyncIterator[Path]:
     sock = bind_unix(socket_path)
     task = asyncio.create_task(server.serve(sockets=[sock]))
     try:
-        while not server.started:
-            if task.done():
-                task.result()
-                raise UpstreamError(f"the server did not start on {socket_path}")
-            await asyncio.sleep(0.01)
+        await _started(server, task, str(socket_path))
         os.chmod(socket_path, 0o666)
         yield socket_path
     finally:
@@ -71,3 +72,31 @@ async def serve_unix(app: ASGIApp, path: str | Path) -> AsyncIterator[Path]:
         sock.close()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
+
+
+@contextlib.asynccontextmanager
+async def serve_tcp(app: ASGIApp, *, host: str = "127.0.0.1", port: int = 0,
+                    lifespan: Literal["on", "off", "auto"] = "off",
+                    timeout: float = STARTUP_TIMEOUT) -> AsyncIterator[str]:
+    """Serve `app` on `host:port` (0: a free port) until the block ends; yields its base URL. With
+    `lifespan="on"` the app's lifespan runs, and a start-up that fails raises here."""
+    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False, lifespan=lifespan,
+                            ws="none")
+    server = EmbeddedServer(config)
+    task = asyncio.create_task(server.serve())
+    try:
+        async with asyncio.timeout(timeout):
+            await _started(server, task, f"{host}:{port}")
+        bound = server.servers[0].sockets[0].getsockname()
+        yield f"http://{host}:{bound[1]}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def _started(server: uvicorn.Server, task: asyncio.Task[None], where: str) -> None:
+    while not server.started:
+        if task.done():
+            task.result()
+            raise UpstreamError(f"the server did not start on {where}")
+        await asyncio.sleep(0.01)

@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from starlette.applications import Starlette
 
 import policy
@@ -25,11 +24,12 @@ from runner.app import create_app
 from runner.config import Settings
 from runner.deploy import create_deployer
 from runner.model_proxy import ModelProxy
-from runner.runtime import Runtime
 from runner.sample import create_sample_repo
 from runner.sandbox.docker import DockerSandbox
+from runner.service.runtime import Runtime
 from runner.store import Store
 from runner.supervisor import Deps
+from runner.unix_server import serve_tcp
 
 TOKEN = "owner-token-for-tests"
 ALERT_SECRET = "alert-secret-for-tests"
@@ -67,18 +67,8 @@ def _app(home: Path, *, commands: int = 100, autofixes: int = 100, **extra: str)
 @contextlib.asynccontextmanager
 async def _serve(app: Starlette) -> AsyncIterator[str]:
     """The app under uvicorn on a free loopback port, lifespan included."""
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", ws="none",
-                                           lifespan="on"))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    async with serve_tcp(app, lifespan="on") as url:
+        yield url
 
 
 @contextlib.asynccontextmanager
@@ -230,7 +220,7 @@ async def test_auto_fix_starts_one_fix_task_per_firing_alert(tmp_path: Path) -> 
     assert task["fingerprint"] == outcomes[0]["fingerprint"]
     assert "BotErrors" in task["prompt"] and "ZeroDivisionError" in task["prompt"]
     assert bad.status_code == 400 and "version" in bad.json()["error"]
-    assert direct.status_code == 202  # a posted traceback is admitted like an alert (runner/autofix.py)
+    assert direct.status_code == 202  # a posted traceback is admitted like an alert (runner/alerts/autofix.py)
 
 
 async def test_auto_fix_over_its_limit_is_answered_429(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import re
@@ -13,22 +12,22 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import uvicorn
 
 import policy
 from policy.model import Effect, ToolCall
-from runner import autofix
+from runner.alerts import autofix
+from runner.alerts.loki import LokiClient
+from runner.alerts.tracebacks import extract_tracebacks
+from runner.alerts.webhooks import AlertNotification, parse_auto_fix
 from runner.app import create_app
 from runner.config import Settings
-from runner.loki import LokiClient
 from runner.model_proxy import ModelProxy
 from runner.models import PrRef, RunResult, TaskId, TaskState
-from runner.runtime import Runtime
 from runner.sandbox.docker import DockerSandbox
+from runner.service.runtime import Runtime
 from runner.store import Store
 from runner.supervisor import Deps
-from runner.tracebacks import extract_tracebacks
-from runner.webhooks import AlertNotification, parse_auto_fix
+from runner.unix_server import serve_tcp
 from tests.fakes.loki import FakeLoki
 from tests.fakes.service import held_service as service
 
@@ -203,18 +202,8 @@ async def served(tmp_path: Path) -> AsyncIterator[tuple[httpx.AsyncClient, Any]]
                                          policy=policy.load_default(), image="unused"), lambda _l: None)
 
     app = create_app(settings, runtime=backends, say=lambda _l: None)
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on"))
-    running = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            yield client, app
-    finally:
-        server.should_exit = True
-        await running
+    async with serve_tcp(app, lifespan="on") as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        yield client, app
 
 
 async def test_auto_fix_refuses_a_wrong_secret_and_audits_it(tmp_path: Path) -> None:

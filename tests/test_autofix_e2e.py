@@ -20,20 +20,20 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 import yaml
 from starlette.types import ASGIApp
 
 import policy
 from policy.model import RateLimits
+from runner.alerts.tracebacks import extract_tracebacks
 from runner.app import create_app
 from runner.config import Settings
 from runner.model_proxy import ModelProxy
-from runner.runtime import Runtime
 from runner.sandbox.docker import DockerSandbox
+from runner.service.runtime import Runtime
 from runner.store import Store
 from runner.supervisor import Deps
-from runner.tracebacks import extract_tracebacks
+from runner.unix_server import serve_tcp
 from tests.fakes.loki import FakeLoki, Rule
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
@@ -62,16 +62,8 @@ def _error_lines(line: int, user: int) -> list[str]:
 
 @contextlib.asynccontextmanager
 async def _uvicorn(app: ASGIApp) -> AsyncIterator[str]:
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="auto"))
-    task = asyncio.create_task(server.serve())
-    try:
-        async with asyncio.timeout(10):
-            while not server.started:
-                await asyncio.sleep(0.01)
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        await task
+    async with serve_tcp(app, lifespan="auto") as url:
+        yield url
 
 
 @contextlib.contextmanager

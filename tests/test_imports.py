@@ -11,7 +11,7 @@ from pathlib import Path
 import runner
 
 ROOT = Path(runner.__file__).parent
-FRONT_ENDS = ("runner.routes", "runner.telegram", "runner.app", "runner.cli")
+FRONT_ENDS = ("runner.api.routes", "runner.telegram.bot", "runner.telegram.wiring", "runner.app", "runner.cli")
 
 
 def _modules() -> dict[str, Path]:

@@ -12,7 +12,7 @@ import httpx
 import pytest
 import yaml
 
-from runner.loki import LokiClient, LokiUnavailable
+from runner.alerts.loki import LokiClient, LokiUnavailable
 from tests.fakes.loki import FakeLoki, LogQLError, LogQuery, Rule
 
 RULES = Path(__file__).parents[1] / "monitoring" / "loki-rules.yaml"

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from runner import metrics
 from runner.models import TaskId, TaskState
+from runner.service import metrics
 from runner.store import Store
 
 

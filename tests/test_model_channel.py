@@ -23,10 +23,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 import policy
 from runner.model_proxy import ModelProxy, Refusal, model_patterns
 from runner.models import TaskState
-from runner.runtime import audit_refusals
 from runner.sample import create_sample_repo
 from runner.sandbox.docker import DockerSandbox
 from runner.scripted_model import Scenario, TextBlock, ToolUseBlock, create_scripted_model
+from runner.service.runtime import audit_refusals
 from runner.store import Store
 from runner.supervisor import Deps, run_task
 from runner.unix_server import serve_unix

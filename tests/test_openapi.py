@@ -12,9 +12,9 @@ from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance, status_code_conformance
 from starlette.applications import Starlette
 
-from runner import routes as routes_module
-from runner.openapi import MAX_PROMPT_CHARS, OPENAPI
-from runner.routes import routes
+from runner.api import routes as routes_module
+from runner.api.openapi import MAX_PROMPT_CHARS, OPENAPI
+from runner.api.routes import routes
 from tests.test_app import ALERT_SECRET, TOKEN, _app
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch"}

@@ -1,7 +1,7 @@
 """runner.service.operations: each owner action audited once, under one name, whichever front end asked.
 
 The chat's side is the real `ServiceActions` adapter (what the bot calls); the API's side is the same function
-with the API's caller, as runner.routes calls it.
+with the API's caller, as runner.api.routes calls it.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from runner.errors import PolicyVersionNotFound, RateLimited, TaskError, TaskNot
 from runner.models import PrRef, RunResult, TaskState
 from runner.service import operations
 from runner.service.operations import Caller
-from runner.telegram import ServiceActions
+from runner.telegram.wiring import ServiceActions
 from tests.fakes.service import held_service
 
 API = Caller("owner", "api", {"path": "/x", "client": "127.0.0.1"})

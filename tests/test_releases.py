@@ -16,17 +16,17 @@ from typing import Any
 import httpx
 import pytest
 
-from runner import autofix
+from runner.alerts import autofix
+from runner.alerts.loki import LokiClient
+from runner.alerts.tracebacks import extract_tracebacks
+from runner.alerts.webhooks import parse_auto_fix
 from runner.deploy.command import CommandDeployer
 from runner.errors import ForgeConflict, ForgeNotFound
 from runner.forge.localgit import LocalGitForge
-from runner.loki import LokiClient
 from runner.models import TaskState
-from runner.releases import Releases, ReleaseStore
+from runner.service.releases import Releases, ReleaseStore
+from runner.service.watch import LokiErrors, WatchConfig
 from runner.store import Store, TaskRecord
-from runner.tracebacks import extract_tracebacks
-from runner.watch import LokiErrors, WatchConfig
-from runner.webhooks import parse_auto_fix
 from tests.deploy.orphans import alive, orphan, overlap_guarded
 from tests.fakes.health import health_server
 from tests.fakes.loki import FakeLoki

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import SandboxError, StateFull
-from runner.runtime import Housekeeper, Housekeeping, check_room
+from runner.service.runtime import Housekeeper, Housekeeping, check_room
 from tests.test_sqlite import small_disk
 
 

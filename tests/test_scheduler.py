@@ -11,7 +11,7 @@ import pytest
 
 from policy.model import RateLimits
 from runner.models import TaskState
-from runner.scheduler import Duplicate, RateLimiter, Refused, Scheduler
+from runner.service.scheduler import Duplicate, RateLimiter, Refused, Scheduler
 from runner.store import Store, TaskRecord
 
 Progress = Callable[[str], None]

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import StateCorrupt, StateError, StateFull
-from runner.releases import ReleaseStore
+from runner.service.releases import ReleaseStore
 from runner.sqlite import RESTORE_STEPS, Database, check_file
 from runner.store import Store
 

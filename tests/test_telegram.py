@@ -17,10 +17,11 @@ import policy
 from runner.errors import TaskError
 from runner.models import TaskState
 from runner.notify.telegram import PrAction, TelegramNotifier
-from runner.policy_store import PolicyDesk, PolicyStore
 from runner.service import operations
+from runner.service.policy_store import PolicyDesk, PolicyStore
 from runner.store import Store, TaskRecord
-from runner.telegram import CHAT, Status, build_dispatcher, kind_of, webhook_route
+from runner.telegram.bot import Status, build_dispatcher, kind_of
+from runner.telegram.wiring import CHAT, webhook_route
 from tests.fakes.telegram import BOT_ID, FakeTelegram, serve
 
 OWNER = 1001
@@ -263,7 +264,7 @@ async def test_telegram_policy_proposal_is_void_once_another_policy_was_activate
 
 
 async def test_telegram_policy_proposal_expires(bot: Harness) -> None:
-    from runner.policy_store import PROPOSAL_SECONDS
+    from runner.service.policy_store import PROPOSAL_SECONDS
 
     now = [1000.0]
     bot.desk.clock = lambda: now[0]

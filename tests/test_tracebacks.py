@@ -1,4 +1,4 @@
-"""runner.tracebacks: the recorded corpus, fingerprint stability, and hostile input."""
+"""runner.alerts.tracebacks: the recorded corpus, fingerprint stability, and hostile input."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from runner.tracebacks import (
+from runner.alerts.tracebacks import (
     MAX_LINE_CHARS,
     MAX_TEXT_CHARS,
     ParsedTraceback,

@@ -12,9 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from runner.loki import LokiClient, LokiUnavailable
-from runner.tracebacks import extract_tracebacks
-from runner.watch import ContainerLogErrors, Errors, LokiErrors, Watch, WatchConfig, judge
+from runner.alerts.loki import LokiClient, LokiUnavailable
+from runner.alerts.tracebacks import extract_tracebacks
+from runner.service.watch import ContainerLogErrors, Errors, LokiErrors, Watch, WatchConfig, judge
 from tests.fakes.loki import FakeLoki
 from tests.test_autofix import traceback_lines
 

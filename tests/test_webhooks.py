@@ -1,4 +1,4 @@
-"""runner.webhooks: recorded Alertmanager 0.25 bodies, Loki query_range shapes, LogQL building."""
+"""runner.alerts.webhooks: recorded Alertmanager 0.25 bodies, Loki query_range shapes, LogQL building."""
 
 from __future__ import annotations
 
@@ -13,9 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.errors import RunnerError
-from runner.tracebacks import extract_tracebacks
-from runner.webhooks import (
+from runner.alerts.tracebacks import extract_tracebacks
+from runner.alerts.webhooks import (
     MAX_BODY_BYTES,
     Alert,
     AlertNotification,
@@ -33,6 +32,7 @@ from runner.webhooks import (
     unix_ns,
     validate_logql,
 )
+from runner.errors import RunnerError
 
 DATA = Path(__file__).parent / "data"
 MALFORMED: list[dict[str, Any]] = json.loads((DATA / "alertmanager" / "malformed.json").read_text())

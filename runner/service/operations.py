@@ -31,17 +31,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import policy
-from runner import autofix
-from runner.autofix import Outcome
+from runner.alerts import autofix
+from runner.alerts.autofix import Outcome
+from runner.alerts.webhooks import AlertNotification, DirectReport
 from runner.errors import RateLimited, TaskError
 from runner.forge import PullRequest
 from runner.models import TaskKind, TaskState
-from runner.policy_store import PolicyDesk
-from runner.releases import ReleaseRecord
-from runner.scheduler import Duplicate, Refused
+from runner.service.policy_store import PolicyDesk
+from runner.service.releases import ReleaseRecord
+from runner.service.scheduler import Duplicate, Refused
 from runner.service.state import Service
 from runner.store import Store, TaskRecord
-from runner.webhooks import AlertNotification, DirectReport
 
 __all__ = ["Admission", "Approval", "Caller", "PolicyProposal", "Rejection", "activate_policy", "admit_alert",
            "approve", "cancel_task", "confirm_policy", "propose_policy", "queue_task", "refuse", "reject",

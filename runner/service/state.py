@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from runner.alerts.loki import LokiClient
 from runner.config import Settings
 from runner.deploy import Deployer
 from runner.forge.base import Forge
-from runner.loki import LokiClient
-from runner.policy_store import PolicyDesk
-from runner.releases import Releases
-from runner.runtime import Runtime
-from runner.scheduler import Scheduler
+from runner.service.policy_store import PolicyDesk
+from runner.service.releases import Releases
+from runner.service.runtime import Runtime
+from runner.service.scheduler import Scheduler
 from runner.store import Store
 
 

@@ -16,10 +16,10 @@ from runner.config import Settings
 from runner.deploy import create_deployer
 from runner.model_proxy import ModelProxy
 from runner.models import Progress
-from runner.policy_store import PolicyDesk, PolicyStore
-from runner.runtime import Runtime
 from runner.sandbox.docker import DockerSandbox
-from runner.scheduler import Scheduler
+from runner.service.policy_store import PolicyDesk, PolicyStore
+from runner.service.runtime import Runtime
+from runner.service.scheduler import Scheduler
 from runner.service.state import Service
 from runner.store import Store, TaskRecord
 from runner.supervisor import Deps

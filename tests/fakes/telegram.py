@@ -11,12 +11,13 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from runner.unix_server import serve_tcp
 
 BOT_ID = 4242
 MAX_TEXT = 4096
@@ -286,16 +287,8 @@ def free_port() -> int:
 @contextlib.asynccontextmanager
 async def serve(fake: FakeTelegram) -> AsyncIterator[str]:
     """Run `fake` with uvicorn on 127.0.0.1 in this event loop; yields the base URL aiogram takes."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(fake.app(), host="127.0.0.1", port=port, log_level="warning",
-                                           lifespan="off"))
-    task = asyncio.create_task(server.serve())
-    async with asyncio.timeout(10):
-        while not server.started:
-            await asyncio.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        fake._arrived.set()  # release a pending long poll so the server can stop
-        await task
+    async with serve_tcp(fake.app()) as url:
+        try:
+            yield url
+        finally:
+            fake._arrived.set()  # release a pending long poll so the server can stop

@@ -21,13 +21,13 @@ from runner.forge.github import GitHubForge
 from runner.gitops import git_env
 from runner.model_proxy import ModelProxy
 from runner.models import TaskState
-from runner.releases import Releases, ReleaseStore
 from runner.sample import create_sample_repo
 from runner.sandbox.docker import DockerSandbox
 from runner.scripted_model import Scenario, serve_scripted_model
+from runner.service.releases import Releases, ReleaseStore
+from runner.service.watch import WatchConfig
 from runner.store import Store
 from runner.supervisor import Deps, run_task
-from runner.watch import WatchConfig
 from runner.workspace import mirror_path, update_mirror
 from tests.fakes.github import FakeGitHub, GitHttpServer
 from tests.forge.repos import TOKEN

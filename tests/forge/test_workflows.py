@@ -17,8 +17,8 @@ from runner.forge.github import GitHubForge
 from runner.forge.localgit import LocalGitForge
 from runner.forge.workflows import WorkflowFiles, exposed, notice, push_notice
 from runner.model_proxy import ModelProxy
-from runner.runtime import Runtime
 from runner.sandbox.docker import DockerSandbox
+from runner.service.runtime import Runtime
 from runner.store import Store
 from runner.supervisor import Deps
 from tests.fakes.github import FakeGitHub, GitHttpServer

@@ -20,7 +20,8 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route
 
 import policy
-from runner import metrics as prometheus
+from runner.alerts.webhooks import MAX_BODY_BYTES, WebhookError, parse_auto_fix
+from runner.api.openapi import openapi_route
 from runner.errors import (
     ForgeConflict,
     ForgeError,
@@ -32,12 +33,11 @@ from runner.errors import (
     TaskNotFound,
 )
 from runner.models import TASK_KINDS, TaskState
-from runner.openapi import openapi_route
+from runner.service import metrics as prometheus
 from runner.service import operations
 from runner.service.operations import Caller
 from runner.service.state import Service
 from runner.store import TaskRecord
-from runner.webhooks import MAX_BODY_BYTES, WebhookError, parse_auto_fix
 
 MAX_PROMPT_CHARS = 20_000
 SSE_POLL_SECONDS = 0.5

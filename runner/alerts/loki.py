@@ -15,8 +15,8 @@ from types import TracebackType
 
 import httpx
 
+from runner.alerts.webhooks import LogLine, LokiResponseError, parse_loki_streams, unix_ns, validate_logql
 from runner.errors import RunnerError
-from runner.webhooks import LogLine, LokiResponseError, parse_loki_streams, unix_ns, validate_logql
 
 __all__ = ["DEFAULT_LIMIT", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT", "LokiClient", "LokiUnavailable"]
 

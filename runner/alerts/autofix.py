@@ -18,14 +18,22 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from runner.alerts.loki import LokiClient, LokiUnavailable
+from runner.alerts.tracebacks import ParsedTraceback, extract_tracebacks
+from runner.alerts.webhooks import (
+    Alert,
+    AlertNotification,
+    DirectReport,
+    WebhookError,
+    logql_for,
+    query_window,
+    stream_texts,
+)
 from runner.errors import ForgeError
-from runner.loki import LokiClient, LokiUnavailable
 from runner.prompts import fence_untrusted, fix_prompt
-from runner.scheduler import Duplicate, Refused
+from runner.service.scheduler import Duplicate, Refused
 from runner.service.state import Service
 from runner.store import TaskRecord
-from runner.tracebacks import ParsedTraceback, extract_tracebacks
-from runner.webhooks import Alert, AlertNotification, DirectReport, WebhookError, logql_for, query_window, stream_texts
 
 __all__ = ["DEFAULT_SELECTOR", "Investigation", "Outcome", "admit", "headline", "investigate"]
 

@@ -1,8 +1,8 @@
-"""The supervisor's HTTP API as an OpenAPI 3.1 document, written by hand from the handlers in runner.routes.
+"""The supervisor's HTTP API as an OpenAPI 3.1 document, written by hand from the handlers in runner.api.routes.
 
 Served at `GET /openapi.json` (no auth) by `openapi_route()`. tests/test_openapi.py keeps it honest: every route
-of `runner.routes.routes()` is described (and nothing else), and schemathesis fuzzes the app in-process against it.
-This module must not import runner.routes: routes.py imports `openapi_route` from here.
+of `runner.api.routes.routes()` is described (and nothing else), and schemathesis fuzzes the app in-process against it.
+This module must not import runner.api.routes: routes.py imports `openapi_route` from here.
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from runner.alerts.webhooks import MAX_ALERTS
 from runner.models import TASK_KINDS, TaskState
-from runner.releases import RELEASE_STATES
-from runner.webhooks import MAX_ALERTS
+from runner.service.releases import RELEASE_STATES
 
-MAX_PROMPT_CHARS = 20_000  # runner.routes.MAX_PROMPT_CHARS (the test checks they agree)
+MAX_PROMPT_CHARS = 20_000  # runner.api.routes.MAX_PROMPT_CHARS (the test checks they agree)
 
 Schema = dict[str, Any]
 

@@ -1,0 +1,2 @@
+"""Alerts in: Alertmanager and Grafana webhooks, Loki queries, traceback parsing, and the auto-fix admission
+that turns them into at most one fix task per error."""

@@ -1,0 +1,1 @@
+"""The HTTP front end: routes (parse, call an operation, render) and the OpenAPI document of them."""
