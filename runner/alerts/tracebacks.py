@@ -12,6 +12,9 @@ bucket is then parsed as a clean traceback: chained exceptions, exception groups
 
 Input is capped (`MAX_TEXT_CHARS`, `MAX_LINE_CHARS`) before anything else looks at it, and every regex
 here is anchored or free of nested quantifiers, so an enormous line costs the cap, not its size.
+
+Size: about 750 lines holding four concepts still (log-line routing, structured log formats, block parsing,
+the fingerprint); they split into an alerts/tracebacks/ package along those seams (issue 15).
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@ Shapes, as documented and as the real programs send them:
 - Loki `GET /loki/api/v1/query_range` for a log query: `{"status": "success", "data": {"resultType":
   "streams", "result": [{"stream": {labels}, "values": [["<unix ns>", "<line>"], ...]}]}}` (a third
   element, structured metadata, may follow the line).
+
+Size: about 420 lines holding three concepts still (Alertmanager payloads, Loki's answers, LogQL); they split
+into alertmanager.py, loki responses and logql.py (issue 15).
 """
 
 from __future__ import annotations

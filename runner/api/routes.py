@@ -3,6 +3,9 @@
 Authentication is decided once, in `routes()`: each route names the credential it takes (the owner's bearer,
 the alert secret, or none) and `_authenticated` checks it and audits a refusal before any handler runs. The
 error tree is mapped to statuses once, in `_failed`. Handlers neither audit nor decide.
+
+Size: about 460 lines for sixteen thin endpoints; they split by resource (tasks, pull requests, policy,
+alerts) once pydantic models carry the parsing (issue 15, step 3).
 """
 
 from __future__ import annotations
@@ -154,10 +157,15 @@ def _failed(exc: Exception, *, forge_failure: int = 502) -> JSONResponse:
     raise exc
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def _body(request: Request) -> bytes:
     raw = await request.body()
     if len(raw) > MAX_BODY_BYTES:
         raise BadRequest("body too large", 413)
+    return raw
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    raw = await _body(request)
     try:
         data = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -381,10 +389,7 @@ async def get_policy(request: Request) -> Response:
 
 async def put_policy(request: Request) -> Response:
     """Validated (schema with line numbers, the policy's own examples) before it can become active."""
-    service = _service(request)
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest("body too large", 413)
+    service, raw = _service(request), await _body(request)
     try:
         text = raw.decode()
         if request.headers.get("content-type", "").startswith("application/json"):
@@ -423,10 +428,7 @@ async def rollback_policy(request: Request) -> Response:
 
 
 async def auto_fix(request: Request) -> Response:
-    service = _service(request)
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise BadRequest("body too large", 413)
+    service, raw = _service(request), await _body(request)
     try:
         parsed = parse_auto_fix(raw)
     except WebhookError as exc:
