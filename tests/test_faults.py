@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 import yaml
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -34,13 +33,13 @@ from starlette.routing import Route
 import policy
 from runner.model_proxy import ModelProxy
 from runner.models import TaskState
-from runner.runtime import reap_orphans
 from runner.sample import create_sample_repo
 from runner.sandbox.base import LABEL_TASK
 from runner.sandbox.docker import DockerSandbox
+from runner.service.runtime import reap_orphans
 from runner.store import Store
 from runner.supervisor import Deps, run_task
-from runner.unix_server import EmbeddedServer
+from runner.unix_server import serve_tcp
 from tests.conftest import _unavailable
 from tests.engine import PrivateEngine, private_engine  # noqa: F401  (the session fixture, used by `engine`)
 
@@ -166,18 +165,9 @@ async def failing_upstream(status: int = 500) -> AsyncIterator[Upstream]:
 
     app = Starlette(routes=[Route("/v1/messages", fail, methods=["POST"]),
                             Route("/v1/messages/count_tokens", fail, methods=["POST"])])
-    server = EmbeddedServer(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"))
-    serving = asyncio.create_task(server.serve())
-    try:
-        while not server.started:
-            assert not serving.done(), "the failing upstream did not start"
-            await asyncio.sleep(0.01)
-        port = server.servers[0].sockets[0].getsockname()[1]
-        upstream.url = f"http://127.0.0.1:{port}"
+    async with serve_tcp(app) as url:
+        upstream.url = url
         yield upstream
-    finally:
-        server.should_exit = True
-        await serving
 
 
 @contextlib.asynccontextmanager
