@@ -22,8 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from runner import metrics  # noqa: E402
 from runner.models import TaskState  # noqa: E402
+from runner.service import metrics  # noqa: E402
 from runner.store import Store  # noqa: E402
 
 Render = Callable[[Store], Awaitable[str]]

@@ -6,7 +6,7 @@ import pytest
 
 from runner.config import DEFAULT_WATCH_SELECTOR, Settings
 from runner.errors import ConfigError
-from runner.watch import WatchConfig
+from runner.service.watch import WatchConfig
 
 
 def test_watch_settings_default_and_parse() -> None:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 import yaml
 
-from runner import metrics
-from runner.releases import RELEASE_STATES
+from runner.service import metrics
+from runner.service.releases import RELEASE_STATES
 from runner.store import Store
 
 MONITORING = Path(__file__).parent.parent / "monitoring" / "grafana"

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from runner.alerts.webhooks import ALERT_ONLY_LABELS, WebhookError, logql_for, parse_alertmanager
 from runner.grafana import (
     DEFAULT_SIGNATURE_HEADER,
     ROUTE_PATH,
@@ -30,7 +31,6 @@ from runner.grafana import (
     verify,
 )
 from runner.store import Store
-from runner.webhooks import ALERT_ONLY_LABELS, WebhookError, logql_for, parse_alertmanager
 from tests.fakes.grafana import FakeGrafana, GrafanaAlertSpec, go_json, label_fingerprint
 
 NOW = 1_777_777_777.0
