@@ -54,10 +54,12 @@ def create_app(
     deployer: Deployer | None = None,
     say: Progress | None = None,
     housekeeping: Housekeeping | None = None,
+    scenario: Path | None = None,
 ) -> Starlette:
     """The service. `runtime` opens the backends (default: `open_runtime` on AGENT_RUNNER_REPO, which also
     reaps orphan containers and fails tasks caught mid-flight); `deployer` defaults to the configured one;
-    `housekeeping` is how often orphaned sandboxes are reaped while it runs.
+    `housekeeping` is how often orphaned sandboxes are reaped while it runs; `scenario` a scripted model the
+    default runtime plays instead of the real one.
     """
     note = say or log.info
     if runtime is None:
@@ -72,7 +74,7 @@ def create_app(
                               "on disk (or set GITHUB_TOKEN and GITHUB_REPOSITORY)")
 
         def runtime() -> AbstractAsyncContextManager[Runtime]:
-            return open_runtime(settings, repo=repo, say=note)
+            return open_runtime(settings, repo=repo, say=note, scenario=scenario)
 
     open_backends = runtime
     chosen = deployer if deployer is not None else deployer_from_settings(settings)
@@ -189,6 +191,16 @@ async def open_policies(stack: contextlib.AsyncExitStack, rt: Runtime, scheduler
     return desk
 
 
+def check_scenario(path: Path) -> None:
+    """A scenario that is missing or does not parse: one ConfigError before the server starts."""
+    from runner.scripted_model import Scenario, ScenarioError
+
+    try:
+        Scenario.from_file(path)
+    except (ScenarioError, OSError) as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """`agent-runner serve`: the long-running supervisor on AGENT_RUNNER_HOST:AGENT_RUNNER_PORT."""
     import uvicorn
@@ -197,7 +209,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if settings.api_token is None:
         raise ConfigError("serve needs AGENT_API_TOKEN: the owner's bearer token for the API")
     preflight(settings)  # a full disk, a damaged state file, a bad policy: one line here, not a lifespan traceback
+    scenario: Path | None = args.scenario
+    if settings.anthropic_api_key is None and scenario is None:
+        # Here, not in the lifespan: uvicorn would print its traceback around it after seconds of start-up.
+        raise ConfigError("serve needs a model: set ANTHROPIC_API_KEY, or pass --scenario FILE to play a scripted "
+                          "model offline (runner/data/scenarios/*.yaml)")
+    if scenario is not None:
+        check_scenario(scenario)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[agent-runner] %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the model proxy logs its own requests
-    uvicorn.run(create_app(settings), host=settings.host, port=settings.port, log_level="info")
+    uvicorn.run(create_app(settings, scenario=scenario), host=settings.host, port=settings.port, log_level="info")
     return 0

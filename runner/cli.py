@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from policy import PolicyError
-from runner.config import Settings, settings_from_os
+from runner.config import Settings, environment_help, settings_from_os
 from runner.errors import ConfigError, RunnerError, StateCorrupt, StateFull
 from runner.models import TASK_KINDS, RunResult
 
@@ -47,14 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="agent-runner", description="A policy-gated coding agent for your bot.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run one task to its end without the server")
+    run = sub.add_parser("run", help="run one task to its end without the server", epilog=environment_help(),
+                         formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("--repo", required=True, help="git URL or path of the bot's repository")
     run.add_argument("--prompt", required=True, help="what the agent should do")
     run.add_argument("--kind", choices=TASK_KINDS, default="feature")
     run.add_argument("--dry-run", action="store_true", help="stop at the diff; push nothing")
     run.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
     run.add_argument("--policy", type=Path, help="policy file (default: AGENT_RUNNER_POLICY, ./policy.yaml, built-in)")
-    run.add_argument("--scenario", type=Path,
+    run.add_argument("--scenario", type=Path, metavar="FILE",
                      help="play this scripted model instead of a real one (what `demo` does without a key)")
     run.set_defaults(func=cmd_run)
 
@@ -64,7 +65,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the whole cycle offline on the embedded defaults")
     demo.set_defaults(func=cmd_demo)
 
-    serve = sub.add_parser("serve", help="start the supervisor service")
+    serve = sub.add_parser("serve", help="start the supervisor service", epilog=environment_help(),
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           description="The supervisor: the HTTP API on AGENT_RUNNER_HOST:AGENT_RUNNER_PORT, the "
+                                       "Telegram chat when configured, releases and the post-deploy watch.")
+    serve.add_argument("--scenario", type=Path, metavar="FILE",
+                       help="play this scripted model instead of a real one, so the service runs offline without "
+                            "ANTHROPIC_API_KEY (as `run --scenario` and `demo` do)")
     serve.set_defaults(func=cmd_serve)
     return parser
 

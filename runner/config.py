@@ -206,6 +206,35 @@ class Settings:
         return settings
 
 
+class _Recording(dict[str, str]):
+    """An empty environment that remembers every key asked of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.asked: list[str] = []
+
+    def get(self, key: str, default: object = None) -> object:  # type: ignore[override]
+        if key not in self.asked:
+            self.asked.append(key)
+        return default
+
+
+def environment_keys() -> tuple[str, ...]:
+    """Every variable `Settings.from_env` reads, in the order it reads them: taken from the parser itself, so the
+    `--help` lists built from it cannot drift from what is read."""
+    recording = _Recording()
+    Settings.from_env(recording)
+    return tuple(recording.asked)
+
+
+def environment_help() -> str:
+    """The epilog of `serve --help` and `run --help`: the variables read, wrapped."""
+    import textwrap
+
+    return "environment (read at start):\n" + textwrap.fill(", ".join(environment_keys()), width=100,
+                                                             initial_indent="  ", subsequent_indent="  ")
+
+
 def settings_from_os() -> Settings:
     """The one place that reads os.environ (used by the CLI entry point)."""
     return Settings.from_env(os.environ)

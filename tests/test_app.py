@@ -8,6 +8,7 @@ import dataclasses
 import json
 import os
 import socket
+import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -304,42 +305,39 @@ def _free_port() -> int:
 
 @pytest.mark.docker
 async def test_serve_runs_a_task_through_the_api_to_a_pull_request_and_deploys_it(tmp_path: Path) -> None:
-    from runner.scripted_model import Scenario, serve_scripted_model
-
     repo = await create_sample_repo(tmp_path / "origin")
     port = _free_port()
-    async with serve_scripted_model(Scenario.from_file(FIX_SCENARIO)) as model:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_"))}
-        env.update(AGENT_RUNNER_HOME=str(tmp_path / "home"), AGENT_RUNNER_REPO=str(repo),
-                   AGENT_RUNNER_PORT=str(port), AGENT_API_TOKEN=TOKEN, ANTHROPIC_BASE_URL=model.base_url,
-                   ANTHROPIC_API_KEY="scripted-anything")
-        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runner.cli", "serve", env=env,
-                                                    stderr=asyncio.subprocess.PIPE)
-        try:
-            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                async with asyncio.timeout(30):
-                    while True:
-                        with contextlib.suppress(httpx.TransportError):
-                            if (await client.get("/health")).status_code == 200:
-                                break
-                        await asyncio.sleep(0.1)
-                response = await client.post("/agent/command", headers=OWNER, json={
-                    "prompt": "average_spend crashes for users without spending; fix it", "kind": "fix"})
-                assert response.status_code == 202
-                task_id = response.json()["task_id"]
-                events = await _events(client, task_id)
-                task = (await client.get(f"/tasks/{task_id}", headers=OWNER)).json()
-                pr = task["result"]["pr"]
-                approved = await client.post("/agent/approve-pr", headers=OWNER,
-                                             json={"number": pr["number"], "head_sha": pr["head_sha"]})
-                again = await client.post("/agent/approve-pr", headers=OWNER,
-                                          json={"number": pr["number"], "head_sha": pr["head_sha"]})
-                after = await _wait_state(client, task_id, {"deployed", "rolled_back", "failed"})
-                release = (await client.get(approved.json()["links"]["release"], headers=OWNER)).json()
-                listed = (await client.get("/releases", headers=OWNER)).json()["releases"]
-        finally:
-            proc.terminate()
-            _, err = await asyncio.wait_for(proc.communicate(), 60)
+    # No key: `serve --scenario` plays the scripted model itself, as a new user tries the service offline.
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_"))}
+    env.update(AGENT_RUNNER_HOME=str(tmp_path / "home"), AGENT_RUNNER_REPO=str(repo),
+               AGENT_RUNNER_PORT=str(port), AGENT_API_TOKEN=TOKEN)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runner.cli", "serve", "--scenario",
+                                                str(FIX_SCENARIO), env=env, stderr=asyncio.subprocess.PIPE)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            async with asyncio.timeout(60):
+                while True:
+                    with contextlib.suppress(httpx.TransportError):
+                        if (await client.get("/health")).status_code == 200:
+                            break
+                    await asyncio.sleep(0.1)
+            response = await client.post("/agent/command", headers=OWNER, json={
+                "prompt": "average_spend crashes for users without spending; fix it", "kind": "fix"})
+            assert response.status_code == 202
+            task_id = response.json()["task_id"]
+            events = await _events(client, task_id)
+            task = (await client.get(f"/tasks/{task_id}", headers=OWNER)).json()
+            pr = task["result"]["pr"]
+            approved = await client.post("/agent/approve-pr", headers=OWNER,
+                                         json={"number": pr["number"], "head_sha": pr["head_sha"]})
+            again = await client.post("/agent/approve-pr", headers=OWNER,
+                                      json={"number": pr["number"], "head_sha": pr["head_sha"]})
+            after = await _wait_state(client, task_id, {"deployed", "rolled_back", "failed"})
+            release = (await client.get(approved.json()["links"]["release"], headers=OWNER)).json()
+            listed = (await client.get("/releases", headers=OWNER)).json()["releases"]
+    finally:
+        proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
     states = [data["state"] for name, data in events if name == "state"]
     assert states[-1] == "proposed" and events[-1] == ("end", {"state": "proposed"}), err.decode()[-3000:]
     lines = [data["line"] for name, data in events if name == "progress"]
@@ -355,8 +353,52 @@ async def test_serve_runs_a_task_through_the_api_to_a_pull_request_and_deploys_i
     assert release["state"] == "watching" and release["merge_sha"] and release["task_id"] == task_id
     assert [r["id"] for r in listed] == [release["id"]]
     assert [r["id"] for r in after["releases"]] == [release["id"]]  # the task links its release
+    assert "no real model: a scripted model plays the agent (fix-balance.yaml" in err.decode()
     # uvicorn shuts the lifespan down on SIGTERM, then re-raises the signal, so -15 is its clean exit.
     assert proc.returncode in (0, -15), err.decode()[-3000:]
+
+
+def _cli_env(home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_", "TELEGRAM_"))}
+    env.update(AGENT_RUNNER_HOME=str(home), **extra)
+    return env
+
+
+async def test_serve_without_a_key_or_a_scenario_exits_2_with_one_line_naming_both(tmp_path: Path) -> None:
+    repo = await create_sample_repo(tmp_path / "origin")
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "runner.cli", "serve"], capture_output=True, text=True, timeout=120,
+        env=_cli_env(tmp_path / "home", AGENT_API_TOKEN=TOKEN, AGENT_RUNNER_REPO=str(repo),
+                     AGENT_RUNNER_PORT=str(_free_port())))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "agent-runner: serve needs a model: set ANTHROPIC_API_KEY, or pass --scenario FILE to play a scripted model "
+        "offline (runner/data/scenarios/*.yaml)"]  # before uvicorn: no "Started server process", no traceback
+
+
+async def test_serve_with_a_broken_scenario_exits_2_with_the_line_that_names_it(tmp_path: Path) -> None:
+    repo = await create_sample_repo(tmp_path / "origin")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("turns: 3\n")
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "runner.cli", "serve", "--scenario", str(broken)], capture_output=True,
+        text=True, timeout=120, env=_cli_env(tmp_path / "home", AGENT_API_TOKEN=TOKEN, AGENT_RUNNER_REPO=str(repo)))
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [f"agent-runner: scenario {broken}: 'turns' must be a list of turns"]
+
+
+def test_serve_help_lists_scenario_and_every_variable_settings_reads() -> None:
+    from runner.config import environment_keys
+
+    done = subprocess.run([sys.executable, "-m", "runner.cli", "serve", "--help"], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0
+    assert "--scenario FILE" in done.stdout
+    keys = environment_keys()
+    assert {"ANTHROPIC_API_KEY", "AGENT_API_TOKEN", "AGENT_RUNNER_REPO", "TELEGRAM_BOT_TOKEN"} <= set(keys)
+    text = " ".join(done.stdout.split())
+    missing = [key for key in keys if key not in text]
+    assert not missing, missing
 
 
 async def test_create_app_refuses_to_start_without_a_repository(tmp_path: Path) -> None:
