@@ -15,6 +15,7 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -40,7 +41,11 @@ from runner.service.state import Service
 from runner.service.watch import ContainerLogErrors, ErrorSource, LokiErrors, WatchConfig
 from runner.store import TaskRecord
 from runner.supervisor import run_task
-from runner.telegram import wiring as telegram
+
+if TYPE_CHECKING:
+    from types import ModuleType
+
+    from runner.notify.telegram import TelegramNotifier
 
 log = logging.getLogger("agent_runner")
 
@@ -86,7 +91,9 @@ def create_app(
             if (exposure := await push_notice(rt.deps.forge)) is not None:
                 note(exposure)  # where agent branches go, and which of the bot's workflows run them with secrets
             active = await stack.enter_async_context(chosen)
-            notifier = await telegram.open_notifier(stack, settings)
+            telegram = chat_front_end(settings)
+            notifier: TelegramNotifier | None = (await telegram.open_notifier(stack, settings)
+                                                 if telegram is not None else None)
             if notifier is not None:
                 rt.deps.ask = notifier.ask  # `ask` decisions go to the owner; the Gate applies the timeout
 
@@ -118,11 +125,21 @@ def create_app(
             loki = await stack.enter_async_context(LokiClient(settings.loki_url)) if settings.loki_url else None
             releases = await open_releases(stack, rt, active, scheduler, notifier, note, loki)
             service = app.state.service = Service(settings, rt, scheduler, active, policies, releases, loki)
-            if notifier is not None:
+            if telegram is not None and notifier is not None:
                 await telegram.start_front_end(stack, service, notifier, app.router.routes)
             yield
 
     return Starlette(routes=routes(), lifespan=lifespan, exception_handlers={StateError: _state_failed})
+
+
+def chat_front_end(settings: Settings) -> ModuleType | None:
+    """runner.telegram.wiring when the chat is configured, else None: importing aiogram costs seconds of start-up
+    (about 8 s measured here), so a service without Telegram never imports it."""
+    if settings.telegram_bot_token is None or settings.owner_telegram_id is None:
+        return None
+    from runner.telegram import wiring
+
+    return wiring
 
 
 async def _state_failed(request: Request, exc: Exception) -> Response:

@@ -498,3 +498,31 @@ async def test_serve_stopped_mid_task_fails_it_and_removes_its_container(tmp_pat
         task = await store.get_task(task_id)
     assert task.state.value == "failed" and task.reason == "the supervisor shut down while the task was running"
     assert docker_client.containers.list(all=True, filters={"label": f"{LABEL_TASK}={task_id}"}) == []
+
+
+# A child process: this one has imported every front end already.
+BUILD_WITHOUT_CHAT = """
+import sys
+from runner.app import chat_front_end, create_app
+from runner.config import Settings
+from runner.deploy import create_deployer
+
+settings = Settings.from_env({"AGENT_RUNNER_HOME": sys.argv[1], "AGENT_RUNNER_REPO": sys.argv[2]})
+create_app(settings, deployer=create_deployer("none"))
+assert chat_front_end(settings) is None
+before = sorted(m for m in sys.modules if m.split(".")[0] == "aiogram" or m.startswith("runner.telegram"))
+chat = Settings.from_env({"AGENT_RUNNER_HOME": sys.argv[1], "AGENT_RUNNER_REPO": sys.argv[2],
+                          "TELEGRAM_BOT_TOKEN": "1:x", "OWNER_TELEGRAM_ID": "7"})
+assert chat_front_end(chat) is not None
+print(before, "aiogram" in sys.modules)
+"""
+
+
+async def test_create_app_with_telegram_off_never_imports_aiogram(tmp_path: Path) -> None:
+    repo = await create_sample_repo(tmp_path / "origin")
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-c", BUILD_WITHOUT_CHAT, str(tmp_path / "home"), str(repo)],
+        capture_output=True, text=True, timeout=120, env=_cli_env(tmp_path / "home"))
+    assert done.returncode == 0, done.stderr
+    # Nothing of the chat after building the app without it; the chat, once configured, does import aiogram.
+    assert done.stdout.split() == ["[]", "True"], done.stdout
