@@ -25,7 +25,7 @@ import policy
 from runner.alerts import autofix
 from runner.alerts.loki import LokiClient
 from runner.api.routes import routes
-from runner.config import Settings, settings_from_os
+from runner.config import Settings, check_local_repo, settings_from_os
 from runner.deploy import Deployer, deployer_from_settings
 from runner.errors import ConfigError, StateError
 from runner.forge import default_repo
@@ -72,11 +72,11 @@ def create_app(
         if repo is None:
             raise ConfigError("serve needs AGENT_RUNNER_REPO (the repository commands work on), or GITHUB_TOKEN and "
                               "GITHUB_REPOSITORY")
+        if settings.github_token is None:
+            # Caught here, not in the lifespan, where uvicorn would turn it into a bare exit status, nor at the
+            # first task, which would fail with git's own error.
+            check_local_repo(repo, name="AGENT_RUNNER_REPO")
         settings = dataclasses.replace(settings, repo=repo)
-        if settings.github_token is None and not Path(repo).exists():
-            # Caught here, not in the lifespan, where uvicorn would turn it into a bare exit status.
-            raise ConfigError(f"AGENT_RUNNER_REPO {repo!r} does not exist; the local forge needs a bare repository "
-                              "on disk (or set GITHUB_TOKEN and GITHUB_REPOSITORY)")
 
         def runtime() -> AbstractAsyncContextManager[Runtime]:
             return open_runtime(settings, repo=repo, say=note, scenario=scenario)

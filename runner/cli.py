@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from policy import PolicyError
-from runner.config import Settings, environment_help, settings_from_os
+from runner.config import Settings, check_local_repo, environment_help, is_git_url, settings_from_os
 from runner.errors import ConfigError, RunnerError, StateCorrupt, StateFull
 from runner.models import TASK_KINDS, RunResult
 
@@ -102,7 +102,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         print("agent-runner run: no ANTHROPIC_API_KEY is set; set one, or pass --scenario FILE to play a "
               "scripted model", file=sys.stderr)
         return EXIT_USAGE
-    result = asyncio.run(_run(settings, args))
+    result = asyncio.run(_run(settings, args, _repo_arg(args.repo)))
     print(json.dumps(result.to_json()), flush=True)
     return EXIT_OK if result.status.value in ("proposed", "diff_ready") else EXIT_FAILED
 
@@ -111,10 +111,9 @@ def say(line: str) -> None:
     print(f"[agent-runner] {line}", file=sys.stderr, flush=True)
 
 
-async def _run(settings: Settings, args: argparse.Namespace) -> RunResult:
+async def _run(settings: Settings, args: argparse.Namespace, repo: str) -> RunResult:
     from runner.service.runtime import open_runtime
 
-    repo = _repo_arg(args.repo)
     async with open_runtime(settings, policy_path=args.policy, scenario=args.scenario, repo=repo,
                             say=say) as rt:
         task = await rt.store.create_task(kind=args.kind, prompt=args.prompt, repo=repo, source="cli",
@@ -123,8 +122,11 @@ async def _run(settings: Settings, args: argparse.Namespace) -> RunResult:
 
 
 def _repo_arg(repo: str) -> str:
-    path = Path(repo).expanduser()
-    return str(path.resolve()) if path.exists() else repo
+    """A git URL as given; a path checked here, so a typo says the path does not exist (not that no forge is
+    configured, which is what the runtime concludes of a string it cannot find)."""
+    if is_git_url(repo):
+        return repo
+    return str(check_local_repo(repo, name="--repo"))
 
 
 if __name__ == "__main__":

@@ -206,6 +206,26 @@ class Settings:
         return settings
 
 
+def is_git_url(repo: str) -> bool:
+    """`https://…`, `ssh://…`, `file://…` or scp-like `git@host:owner/name`: a remote, not a path on this disk."""
+    return "://" in repo or re.match(r"^[\w.-]+@[\w.-]+:", repo) is not None
+
+
+def check_local_repo(repo: str | Path, *, name: str) -> Path:
+    """The resolved path of a git repository on this disk, or one ConfigError naming `name` (the option or
+    variable it came from) and the fix. Checked on the files, so nothing is created and git is not run."""
+    path = Path(repo).expanduser()
+    if not path.exists():
+        raise ConfigError(f"{name} {str(repo)!r}: the path does not exist; give the path of the bot's bare "
+                          "repository (`agent-runner demo` creates one), or a git URL with GITHUB_TOKEN and "
+                          "GITHUB_REPOSITORY")
+    bare = (path / "HEAD").is_file() and (path / "objects").is_dir() and (path / "refs").is_dir()
+    if not bare and not (path / ".git").exists():
+        raise ConfigError(f"{name} {str(repo)!r} is not a git repository; give the path of the bot's bare "
+                          "repository (`git clone --bare <repo> <dir>.git` makes one)")
+    return path.resolve()
+
+
 class _Recording(dict[str, str]):
     """An empty environment that remembers every key asked of it."""
 

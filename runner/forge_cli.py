@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from typing import Any, TextIO, TypeVar
 
-from runner.config import Settings
+from runner.config import Settings, check_local_repo, is_git_url
 from runner.deploy import DeployError, deployer_from_settings
 from runner.errors import ConfigError, ForgeConflict, ForgeError, ForgeRateLimited
 from runner.forge import MERGE_METHODS, Forge, create_forge
@@ -29,7 +29,8 @@ EXIT_CONFIG = 2
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add `prs`, `approve` and `reject` to the `agent-runner` command line."""
-    repo_help = "bare repository of the local forge (used when GITHUB_TOKEN/GITHUB_REPOSITORY are not set)"
+    repo_help = ("bare repository of the local forge (default: AGENT_RUNNER_REPO; used when GITHUB_TOKEN and "
+                 "GITHUB_REPOSITORY are not set)")
 
     prs = subparsers.add_parser("prs", help="list open pull requests")
     prs.add_argument("--repo", metavar="PATH", help=repo_help)
@@ -125,7 +126,7 @@ def _run(
     env = os.environ if environ is None else environ
     try:
         settings = Settings.from_env(env)
-        forge = create_forge(settings, repo=args.repo)
+        forge = create_forge(settings, repo=_local_repo(args, settings))
     except (ConfigError, ForgeError) as exc:
         return _fail(args, out, exc, EXIT_CONFIG)
 
@@ -139,6 +140,18 @@ def _run(
         return _fail(args, out, exc, EXIT_REFUSED)
     except ConfigError as exc:  # e.g. the configured deployer is missing its settings
         return _fail(args, out, exc, EXIT_CONFIG)
+
+
+def _local_repo(args: argparse.Namespace, settings: Settings) -> str | None:
+    """--repo, else AGENT_RUNNER_REPO, checked before the local forge opens: a wrong path is an error that creates
+    no forge state, not an empty list. None with GitHub configured (its forge needs no path), or nothing given."""
+    if settings.github_token is not None and settings.github_repository:
+        return None
+    if args.repo:
+        return str(check_local_repo(args.repo, name="--repo"))
+    if settings.repo is not None and not is_git_url(settings.repo):
+        return str(check_local_repo(settings.repo, name="AGENT_RUNNER_REPO"))
+    return None
 
 
 def _fail(args: argparse.Namespace, out: TextIO | None, exc: Exception, code: int) -> int:

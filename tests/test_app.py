@@ -24,6 +24,7 @@ from policy.model import RateLimits
 from runner.app import create_app
 from runner.config import Settings
 from runner.deploy import create_deployer
+from runner.errors import ConfigError
 from runner.model_proxy import ModelProxy
 from runner.sample import create_sample_repo
 from runner.sandbox.docker import DockerSandbox
@@ -526,3 +527,18 @@ async def test_create_app_with_telegram_off_never_imports_aiogram(tmp_path: Path
     assert done.returncode == 0, done.stderr
     # Nothing of the chat after building the app without it; the chat, once configured, does import aiogram.
     assert done.stdout.split() == ["[]", "True"], done.stdout
+
+
+async def test_serve_refuses_a_repository_folder_that_is_not_git_at_start(tmp_path: Path) -> None:
+    folder = tmp_path / "not-a-repo"
+    folder.mkdir()
+    with pytest.raises(ConfigError, match=r"AGENT_RUNNER_REPO '.*not-a-repo' is not a git repository; "):
+        create_app(_settings(tmp_path / "home", AGENT_RUNNER_REPO=str(folder)), deployer=create_deployer("none"))
+    done = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "runner.cli", "serve", "--scenario", str(FIX_SCENARIO)],
+        capture_output=True, text=True, timeout=120,
+        env=_cli_env(tmp_path / "home", AGENT_API_TOKEN=TOKEN, AGENT_RUNNER_REPO=str(folder)))
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("agent-runner: AGENT_RUNNER_REPO ") and "is not a git repository" in line
+

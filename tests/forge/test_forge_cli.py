@@ -128,6 +128,30 @@ def test_cli_without_any_forge_exits_2(home: Path) -> None:
     assert code == 2 and json.loads(text)["error"] == "ConfigError"
 
 
+def test_cli_prs_reads_agent_runner_repo_when_no_repo_is_given(repos: Repos, home: Path, proposed: str) -> None:
+    env = {"AGENT_RUNNER_HOME": str(home), "AGENT_RUNNER_REPO": str(repos.origin)}
+    assert run(["prs"], env) == (0, f"#1  {proposed[:12]}  {BRANCH} -> main  Add /balance\n")
+    code, text = run(["reject", "1", "--json"], env)
+    assert code == 0 and json.loads(text)["state"] == "closed"
+
+
+def test_cli_prs_on_a_missing_path_exits_2_and_creates_no_forge_state(home: Path, tmp_path: Path) -> None:
+    code, text = run(["prs", "--json", "--repo", "/no/such/path"], {"AGENT_RUNNER_HOME": str(home)})
+    assert code == 2, text
+    error = json.loads(text)
+    assert error["error"] == "ConfigError" and "'/no/such/path': the path does not exist" in error["message"]
+    assert not local_forge_db(home.resolve()).exists() and not home.exists()
+
+
+def test_cli_prs_on_a_folder_that_is_not_a_repository_exits_2(home: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "not-a-repo"
+    folder.mkdir()
+    code, text = run(["prs", "--json"], {"AGENT_RUNNER_HOME": str(home), "AGENT_RUNNER_REPO": str(folder)})
+    assert code == 2 and "AGENT_RUNNER_REPO" in json.loads(text)["message"]
+    assert "is not a git repository" in json.loads(text)["message"]
+    assert not local_forge_db(home.resolve()).exists()
+
+
 def test_cli_approve_deploys_with_the_configured_deployer_and_rolls_back(repos: Repos, home: Path, proposed: str,
                                                                        tmp_path: Path) -> None:
     """`approve` merges and deploys (DESIGN's contract): here a `command` deployer (health: its exit status)
