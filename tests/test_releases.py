@@ -24,7 +24,7 @@ from runner.deploy.command import CommandDeployer
 from runner.errors import ForgeConflict, ForgeNotFound
 from runner.forge.localgit import LocalGitForge
 from runner.models import TaskState
-from runner.service.releases import Releases, ReleaseStore
+from runner.service.releases import Releases, ReleaseStore, approved_head
 from runner.service.watch import LokiErrors, WatchConfig
 from runner.store import Store, TaskRecord
 from tests.deploy.orphans import alive, orphan, overlap_guarded
@@ -194,6 +194,31 @@ async def test_approve_refuses_a_moved_head_a_closed_pr_and_a_second_approval(
         with pytest.raises(ForgeConflict, match="merged"):
             await d.releases.approve(number, sha, actor="owner", task=task)
     assert len(repos.log("main")) == 2  # merged once
+
+
+def test_approved_head_takes_a_unique_prefix_and_refuses_with_both_shas_at_one_length() -> None:
+    head = "b615bc5483b0" + "9" * 28
+    assert approved_head(1, head, head) == head
+    assert approved_head(1, head, "B615BC5") == head  # git's short SHA, as `git log --oneline` shows it
+    assert approved_head(1, head, head[:12]) == head  # what `prs` and the chat print
+    with pytest.raises(ForgeConflict) as near:
+        approved_head(1, head, head[:39] + "0")
+    assert str(near.value) == f"pull request #1 head is {head}, not the approved {head[:39]}0; nothing merged"
+    with pytest.raises(ForgeConflict) as other:
+        approved_head(1, head, "a615bc5")
+    assert str(other.value) == "pull request #1 head is b615bc5, not the approved a615bc5; nothing merged"
+    for short in ("b615bc", "b615bcz", ""):
+        with pytest.raises(ForgeConflict, match=r"at least 7 hex digits \(its head is b615bc5483b0\)"):
+            approved_head(1, head, short)
+
+
+async def test_approve_with_a_short_sha_releases_the_full_head(tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot) as d:
+        number, sha, task = await d.propose("balance.py", "x = 1\n")
+        release = await d.releases.approve(number, sha[:7], actor="owner", task=task)
+        assert release.head_sha == sha
+        done = await settled(d, release.id)
+        assert done.state == "deployed" and bot.running == repos.head("main")
 
 
 async def test_an_unhealthy_release_is_rolled_back_and_reverted_on_main(tmp_path: Path, repos: Repos,

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import sqlite3
 import tempfile
 import time
@@ -184,6 +185,29 @@ TaskProgress = Callable[[str | None, str], None]
 Tell = Callable[[str], Awaitable[None]]
 
 
+
+MIN_SHA_PREFIX = 7
+"""The shortest SHA an approval may give (git's own default abbreviation): a prefix of the PR's head this long
+names it, since the PR has one head; shorter ones are refused as too easy to match by chance."""
+
+
+def approved_head(number: int, head: str, given: str) -> str:
+    """The full head SHA the owner approved with `given` (the full SHA or a prefix of it), or ForgeConflict
+    saying why not. The refusal shows both at the given length, where they differ (never "head is X, not the
+    approved X")."""
+    wanted = given.strip().lower()
+    if wanted == head:
+        return head
+    if not re.fullmatch(r"[0-9a-f]+", wanted) or len(wanted) < MIN_SHA_PREFIX:
+        raise ForgeConflict(f"pull request #{number}: approve it with its head SHA, at least {MIN_SHA_PREFIX} hex "
+                            f"digits (its head is {head[:12]}), not {given!r}; nothing merged")
+    if head.startswith(wanted):
+        return head
+    width = min(len(wanted), len(head))
+    raise ForgeConflict(f"pull request #{number} head is {head[:width]}, not the approved {wanted[:width]}; "
+                        "nothing merged")
+
+
 class Releases:
     """Approve, merge, deploy, watch, roll back: one release at a time, each step recorded before it is taken.
 
@@ -219,14 +243,13 @@ class Releases:
         """Check and record the owner's approval of PR `number` at `head_sha`, and start its release.
 
         Raises ForgeNotFound, or ForgeConflict when the pull request is not open, its head is not `head_sha`
-        or it is already being released: then nothing is recorded but the refusal.
+        (a prefix of MIN_SHA_PREFIX hex digits or more is the head it starts) or it is already being released:
+        then nothing is recorded but the refusal.
         """
         pr = await self._forge.get_pr(number)
         if pr.state != "open":
             raise ForgeConflict(f"pull request #{number} is {pr.state}; nothing to merge")
-        if pr.head_sha != head_sha:
-            raise ForgeConflict(f"pull request #{number} head is {pr.head_sha[:12]}, not the approved "
-                                f"{head_sha[:12]}; nothing merged")
+        head_sha = approved_head(number, pr.head_sha, head_sha)
         async with self._admit:  # two approvals arriving together (API and Telegram): one release
             busy = await self.rows.find(states=IN_FLIGHT, number=number, limit=1)
             if busy:

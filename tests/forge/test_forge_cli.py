@@ -84,6 +84,13 @@ def test_cli_approve_merges_at_the_given_sha(repos: Repos, home: Path, proposed:
     assert result["merged"] is True and result["head_sha"] == proposed and result["sha"] == repos.head("main")
 
 
+def test_cli_approve_with_a_short_sha_merges(repos: Repos, home: Path, proposed: str) -> None:
+    code, text = run(["approve", "1", "--sha", proposed[:7], "--json", "--repo", str(repos.origin)],
+                     {"AGENT_RUNNER_HOME": str(home)})
+    assert code == 0, text
+    assert json.loads(text)["head_sha"] == proposed and json.loads(text)["merged"] is True
+
+
 def test_cli_approve_without_sha_uses_the_recorded_head(repos: Repos, home: Path, proposed: str) -> None:
     code, text = run(["approve", "1", "--repo", str(repos.origin)], {"AGENT_RUNNER_HOME": str(home)})
     assert code == 0 and text.startswith(f"merged #1 at {proposed[:12]} as ")
