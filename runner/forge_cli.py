@@ -71,7 +71,7 @@ def cmd_approve(args: argparse.Namespace, environ: Mapping[str, str] | None = No
     service's release machinery (runner/service/releases.py) run once, without the post-deploy watch."""
 
     async def work(forge: Forge, settings: Settings) -> int:
-        from runner.service.releases import Releases, ReleaseStore
+        from runner.service.releases import NOTHING_DEPLOYED, Releases, ReleaseStore
         from runner.service.watch import WatchConfig
         from runner.store import Store
 
@@ -97,8 +97,11 @@ def cmd_approve(args: argparse.Namespace, environ: Mapping[str, str] | None = No
                                     "method": release.method, "head_sha": release.head_sha,
                                     "deploy": release.state, "release": release.as_json()}))
         else:
+            # With no deployer the release's own words ("merged; nothing deployed...") follow the merge line.
+            outcome = (release.detail.removeprefix("merged; ") if release.detail == NOTHING_DEPLOYED
+                       else f"deploy {release.state}: {release.detail}")
             _print(out, f"merged #{release.number} at {release.head_sha[:12]} as {(release.merge_sha or '')[:12]} "
-                        f"({release.method}); deploy {release.state}: {release.detail}")
+                        f"({release.method}); {outcome}")
         return EXIT_OK if release.state == "deployed" else EXIT_REFUSED
 
     return _run(args, environ, out, work)

@@ -28,6 +28,7 @@ from runner.errors import ConfigError
 from runner.model_proxy import ModelProxy
 from runner.sample import create_sample_repo
 from runner.sandbox.docker import DockerSandbox
+from runner.service.releases import NOTHING_DEPLOYED
 from runner.service.runtime import Runtime
 from runner.store import Store
 from runner.supervisor import Deps
@@ -351,7 +352,9 @@ async def test_serve_runs_a_task_through_the_api_to_a_pull_request_and_deploys_i
     assert again.status_code == 409  # merged once, never twice
     assert after["state"] == "deployed"
     assert [s["state"] for s in after["timings"]["states"]][-4:] == ["approved", "merging", "deploying", "deployed"]
-    assert release["state"] == "watching" and release["merge_sha"] and release["task_id"] == task_id
+    # The default `none` deployer: merged, and the release says nothing was deployed, checked or watched.
+    assert release["state"] == "deployed" and release["merge_sha"] and release["task_id"] == task_id
+    assert release["detail"] == NOTHING_DEPLOYED and release["watch_until"] is None
     assert [r["id"] for r in listed] == [release["id"]]
     assert [r["id"] for r in after["releases"]] == [release["id"]]  # the task links its release
     assert "no real model: a scripted model plays the agent (fix-balance.yaml" in err.decode()

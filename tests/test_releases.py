@@ -20,11 +20,13 @@ from runner.alerts import autofix
 from runner.alerts.loki import LokiClient
 from runner.alerts.tracebacks import extract_tracebacks
 from runner.alerts.webhooks import parse_auto_fix
+from runner.deploy import Deployer
 from runner.deploy.command import CommandDeployer
+from runner.deploy.none import NoneDeployer
 from runner.errors import ForgeConflict, ForgeNotFound
 from runner.forge.localgit import LocalGitForge
 from runner.models import TaskState
-from runner.service.releases import Releases, ReleaseStore, approved_head
+from runner.service.releases import NOTHING_DEPLOYED, Releases, ReleaseStore, approved_head
 from runner.service.watch import LokiErrors, WatchConfig
 from runner.store import Store, TaskRecord
 from tests.deploy.orphans import alive, orphan, overlap_guarded
@@ -120,7 +122,7 @@ def deployer(bot: Bot, *, pause: float = 0.0, command: str | None = None, **opti
 
 @contextlib.asynccontextmanager
 async def desk(tmp_path: Path, repos: Repos, bot: Bot, *, watch: WatchConfig = NO_WATCH, loki: FakeLoki | None = None,
-               pause: float = 0.0, active: CommandDeployer | None = None) -> AsyncIterator[Desk]:
+               pause: float = 0.0, active: Deployer | None = None) -> AsyncIterator[Desk]:
     """Releases over the real pieces; leaving the block stops its jobs as a shutdown would (rows stay)."""
     told: list[str] = []
     progress: list[tuple[str | None, str]] = []
@@ -219,6 +221,35 @@ async def test_approve_with_a_short_sha_releases_the_full_head(tmp_path: Path, r
         assert release.head_sha == sha
         done = await settled(d, release.id)
         assert done.state == "deployed" and bot.running == repos.head("main")
+
+
+async def test_a_release_with_the_none_deployer_says_nothing_was_deployed_checked_or_watched(
+        tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, watch=WATCH, active=NoneDeployer()) as d:
+        number, sha, task = await d.propose("balance.py", "x = 1\n")
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        done = await settled(d, release.id)
+    assert done.state == "deployed" and done.watch_until is None and done.merge_sha == repos.head("main")
+    assert done.detail == NOTHING_DEPLOYED == ("merged; no deployer configured (AGENT_RUNNER_DEPLOYER=none), so "
+                                               "nothing was deployed, health-checked or watched")
+    assert d.told == [f"PR #{number} merged as {done.merge_sha[:12]}; no deployer configured "
+                      "(AGENT_RUNNER_DEPLOYER=none), so nothing was deployed, health-checked or watched"]
+    said = [*d.told, *(line for _, line in d.progress)]
+    assert not [line for line in said if "watching" in line or "healthy" in line], said
+
+
+async def test_a_watch_with_no_log_to_read_says_only_alerts_can_roll_back(tmp_path: Path, repos: Repos,
+                                                                         bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, watch=WATCH) as d:  # no Loki, no container log
+        number, sha, task = await d.propose("balance.py", "x = 1\n")
+        release_id = await d.approve_watched(number, sha, task)
+        watched = await d.releases.rows.get(release_id)
+        said = [*d.told, *(line for _, line in d.progress)]
+    assert watched.state == "watching"  # alerts posted to the service can still condemn it
+    assert watched.detail == ("deployed and healthy; for 30s an alert posted to /alerts rolls it back; no logs are "
+                              "read (no LOKI_URL, and no container log without the docker deployer)")
+    assert not [line for line in said if "watching" in line], said
+    assert any("an alert posted to /alerts rolls it back; no logs are read" in line for line in said)
 
 
 async def test_an_unhealthy_release_is_rolled_back_and_reverted_on_main(tmp_path: Path, repos: Repos,

@@ -85,7 +85,9 @@ class Fence:
 
 @dataclass(frozen=True, slots=True)
 class DeployResult:
-    """How one deploy or rollback went. `ok`: the release step ran; `healthy`: the service then passed its check."""
+    """How one deploy or rollback went. `ok`: the release step ran; `healthy`: the service then passed its check;
+    `ran` False: nothing was deployed or checked at all (the `none` deployer), so ok and healthy only mean that
+    nothing failed, and a release must not say it deployed anything."""
 
     ok: bool
     version: str
@@ -93,6 +95,7 @@ class DeployResult:
     detail: str
     duration_seconds: float
     logs_tail: str = ""
+    ran: bool = True
 
     @property
     def succeeded(self) -> bool:
@@ -100,12 +103,12 @@ class DeployResult:
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "version": self.version, "healthy": self.healthy, "detail": self.detail,
-                "duration_seconds": self.duration_seconds, "logs_tail": self.logs_tail}
+                "duration_seconds": self.duration_seconds, "logs_tail": self.logs_tail, "ran": self.ran}
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> DeployResult:
         return cls(bool(data["ok"]), str(data["version"]), bool(data["healthy"]), str(data["detail"]),
-                   float(data["duration_seconds"]), str(data.get("logs_tail", "")))
+                   float(data["duration_seconds"]), str(data.get("logs_tail", "")), bool(data.get("ran", True)))
 
 
 DeployEventKind = Literal["deploying", "deployed", "unhealthy", "rolling_back", "rolled_back", "rollback_failed"]

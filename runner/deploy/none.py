@@ -19,10 +19,12 @@ class NoneDeployer:
         await self.aclose()
 
     async def deploy(self, checkout: DeploySource, *, fence: Fence | None = None) -> DeployResult:
-        return DeployResult(ok=True, version=checkout.sha, healthy=True, detail=NONE_DETAIL, duration_seconds=0.0)
+        return DeployResult(ok=True, version=checkout.sha, healthy=True, detail=NONE_DETAIL, duration_seconds=0.0,
+                            ran=False)
 
     async def rollback(self, previous: DeploySource, *, fence: Fence | None = None) -> DeployResult:
-        return DeployResult(ok=True, version=previous.sha, healthy=True, detail=NONE_DETAIL, duration_seconds=0.0)
+        return DeployResult(ok=True, version=previous.sha, healthy=True, detail=NONE_DETAIL, duration_seconds=0.0,
+                            ran=False)
 
     def fence(self, key: str, action: DeployAction, sha: str) -> Fence:
         return Fence(key, action, sha, time.time())

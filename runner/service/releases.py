@@ -186,6 +186,8 @@ Tell = Callable[[str], Awaitable[None]]
 
 
 
+NOTHING_DEPLOYED = ("merged; no deployer configured (AGENT_RUNNER_DEPLOYER=none), so nothing was deployed, "
+                    "health-checked or watched")
 MIN_SHA_PREFIX = 7
 """The shortest SHA an approval may give (git's own default abbreviation): a prefix of the PR's head this long
 names it, since the PR has one head; shorter ones are refused as too easy to match by chance."""
@@ -404,16 +406,28 @@ class Releases:
         elif outcome.status == "failed":
             release = await self._set(release, "failed", detail=f"deploy failed and could not be rolled back: "
                                                                 f"{(outcome.rolled_back or outcome.deployed).detail}")
+        elif not outcome.deployed.ran:  # the `none` deployer: the merge is all that happened
+            release = await self._set(release, "deployed", deployed_at=self._clock(), detail=NOTHING_DEPLOYED)
+            await self._say(release, f"{merged}; {NOTHING_DEPLOYED.removeprefix('merged; ')}")
+            return release
         elif self._watch_config.enabled:
             now = self._clock()
             release = await self._set(release, "watching", deployed_at=now,
                                       watch_until=now + self._watch_config.seconds,
-                                      detail=f"deployed and healthy; watching its errors for "
-                                             f"{self._watch_config.seconds:.0f}s")
+                                      detail=f"deployed and healthy; {self._watch_says()}")
         else:
             release = await self._set(release, "deployed", deployed_at=self._clock(), detail="deployed and healthy")
         await self._say(release, f"{merged}; deploy {outcome.status}: {release.detail}")
         return release
+
+    def _watch_says(self) -> str:
+        """What the post-deploy watch reads, in the words the owner sees: with no error source (no Loki, no
+        container log) only the alerts posted to the service can condemn the release, and no log is read."""
+        seconds = f"{self._watch_config.seconds:.0f}s"
+        if self._errors is None:
+            return (f"for {seconds} an alert posted to /alerts rolls it back; no logs are read (no LOKI_URL, and no "
+                    "container log without the docker deployer)")
+        return f"watching its errors for {seconds}"
 
     async def _settle(self, release: ReleaseRecord, source: str) -> tuple[ReleaseRecord, _Left | None]:
         """The step a previous process left in flight: wait until nothing of it runs, and keep its result if the
@@ -453,7 +467,9 @@ class Releases:
         watch = watching.watch = Watch(deployed_at=release.deployed_at, until=release.watch_until,
                                        config=self._watch_config, fixed=fixed, known=known, source=self._errors,
                                        clock=self._clock)
-        self._note(release, f"watching errors until {time.strftime('%H:%M:%S', time.localtime(watch.until))}")
+        until = time.strftime('%H:%M:%S', time.localtime(watch.until))
+        self._note(release, f"watching errors until {until}" if self._errors is not None
+                   else f"until {until} an alert posted to /alerts rolls it back; no logs are read")
         try:
             verdict = await watch.run()
         finally:
