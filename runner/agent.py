@@ -71,6 +71,8 @@ class AgentOutcome:
     tool_calls: int
     error: str = ""
     stderr: tuple[str, ...] = ()
+    session_id: str = ""
+    """The CLI's session, to resume for another round in the same container ("" when none was reported)."""
     """The last lines the CLI (and the `docker exec` carrying it) wrote on stderr: partly the sandbox's words,
     so untrusted, printable text only."""
 
@@ -289,13 +291,17 @@ async def run_agent(
     wall_time: float,
     budget_spent: asyncio.Event | None = None,
     model: str | None = None,
+    resume: str | None = None,
 ) -> AgentOutcome:
     """Drive one agent session to its end or to a limit. On a limit every process in the container is
     killed (the CLI with them); the container and its workspace stay for the supervisor to read.
 
     `wall_time` is the deadline the task's gateway token was given at the same moment (issue_token's
     `time_limit`): the gateway refuses and cuts model calls from then on, so a session that ends in an error
-    once its time is up ended because of the time, not of the error it saw."""
+    once its time is up ended because of the time, not of the error it saw.
+
+    `resume`: a session this container's CLI ran before (AgentOutcome.session_id); its transcript is in the
+    container's config directory, which killing the container's processes keeps, so `prompt` continues it."""
     tail = StderrTail()
     wrapper = write_cli_wrapper(workdir, sandbox.attach_command(container, ["claude"], FORWARDED_ENV))
     tools = list(gate.policy.allowed_tools(gate.kind))
@@ -307,6 +313,7 @@ async def run_agent(
         disallowed_tools=["Task", "Agent", "WebFetch", "WebSearch"],
         setting_sources=[],
         system_prompt=system_prompt,
+        resume=resume or None,
         max_turns=max_turns + 1,  # ours is the limit that counts; the CLI's is a backstop
         model=model,
         hooks={"PreToolUse": [HookMatcher(matcher=None, hooks=[gate.hook], on_failure="block")]},
@@ -333,6 +340,7 @@ async def run_agent(
     summary = ""
     stopped: Stop = "completed"
     error = ""
+    session_id = ""
     # What the session itself ended with. Kept apart from `stopped`: after a limit is decided the consumer
     # may still read a message or two while it is cancelled, and must not overwrite the decision.
     session_end: tuple[Stop, str] = ("completed", "")
@@ -340,7 +348,7 @@ async def run_agent(
     seen: set[str] = set()
 
     async def consume() -> None:
-        nonlocal turns, summary, session_end
+        nonlocal turns, summary, session_end, session_id
         async for message in query(prompt=prompt, options=options):
             if isinstance(message, AssistantMessage):
                 # The CLI may stream one turn as several messages (a block each); a turn is a model message id.
@@ -357,8 +365,10 @@ async def run_agent(
                     gate.close(f"the turn limit ({max_turns}) is reached")
                     session_end = ("turn_limit", "")
                     return
-            elif isinstance(message, ResultMessage) and message.is_error:
-                session_end = ("error", str(message.result or message.subtype))
+            elif isinstance(message, ResultMessage):
+                session_id = message.session_id or session_id
+                if message.is_error:
+                    session_end = ("error", str(message.result or message.subtype))
 
     async def watch_budget() -> None:
         if budget_spent is None:
@@ -398,7 +408,7 @@ async def run_agent(
         if not consumer.done():
             consumer.cancel()
         await asyncio.gather(consumer, budget, unrecorded, return_exceptions=True)
-    return AgentOutcome(stopped, turns, summary, tuple(gate.denials), gate.calls, error, tail.lines())
+    return AgentOutcome(stopped, turns, summary, tuple(gate.denials), gate.calls, error, tail.lines(), session_id)
 
 
 class _QuietReaderExit(logging.Filter):

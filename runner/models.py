@@ -102,6 +102,9 @@ class RunResult:
     reason: str = ""
     verification: str | None = None
     """For fixes: whether the agent's regression test fails on the base and passes with the fix."""
+    rounds: int = 1
+    """How many rounds the agent worked: 1, plus one each time the supervisor's failing tests (or a fix's failed
+    verification) went back to it (limits.test_rounds)."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -115,6 +118,7 @@ class RunResult:
             "usage": asdict(self.usage),
             "reason": self.reason,
             "verification": self.verification,
+            "rounds": self.rounds,
         }
 
     @classmethod
@@ -134,6 +138,7 @@ class RunResult:
             usage=_usage(usage),
             reason=str(data.get("reason") or ""),
             verification=str(data["verification"]) if data.get("verification") is not None else None,
+            rounds=data["rounds"] if isinstance(data.get("rounds"), int) and data["rounds"] > 0 else 1,
         )
 
 

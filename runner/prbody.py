@@ -88,6 +88,8 @@ class PrRequest:
     head_sha: str | None = None
     verification: str | None = None
     """For fixes, the supervisor's own check of the regression test (runner.verify)."""
+    rounds: int = 1
+    """How many rounds the agent worked (the supervisor's failing tests sent back rounds - 1 times)."""
 
     @classmethod
     def from_task(
@@ -102,6 +104,7 @@ class PrRequest:
         number: int | None = None,
         head_sha: str | None = None,
         verification: str | None = None,
+        rounds: int = 1,
     ) -> PrRequest:
         """Build the request from a task record and what the run produced."""
         if task.kind not in TASK_KINDS:
@@ -124,6 +127,7 @@ class PrRequest:
             number=number,
             head_sha=head_sha,
             verification=verification,
+            rounds=rounds,
         )
 
 
@@ -139,7 +143,7 @@ def render_pr_body(request: PrRequest) -> str:
         _request_section(request),
         _summary_section(request.summary),
         _files_section(request.files),
-        _tests_section(request.tests, request.verification),
+        _tests_section(request.tests, request.verification, request.rounds),
         _denials_section(request.denials),
         _usage_section(request.usage),
     ]
@@ -235,8 +239,15 @@ def _files_section(files: tuple[FileChange, ...]) -> str:
     return "\n".join(lines)
 
 
-def _tests_section(tests: TestRun | None, verification: str | None = None) -> str:
+def _tests_section(tests: TestRun | None, verification: str | None = None, rounds: int = 1) -> str:
     lines = ["## Tests (run by the supervisor)", ""]
+    n = max(1, int(rounds))
+    if n == 1:
+        lines += ["**Rounds:** 1 (the agent's first change was the one tested here)", ""]
+    else:
+        back = n - 1
+        lines += [f"**Rounds:** {n} (the supervisor's failing checks went back to the agent {back} "
+                  f"time{'s' if back > 1 else ''} before this change)", ""]
     if verification is not None:  # our words around the agent's test paths: shown as code, like any path
         lines += [f"**Fix verification**: {_code(verification, MAX_VERIFICATION)}", ""]
     if tests is None:

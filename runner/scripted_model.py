@@ -82,7 +82,8 @@ class Scenario:
     """What the scripted model says, turn by turn.
 
     Turn k+1 is played once the conversation holds as many `tool_result` blocks as turns 0..k
-    asked for `tool_use`s. A turn without `tool_use` ends the conversation (`end_turn`).
+    asked for `tool_use`s. A turn without `tool_use` ends the conversation (`end_turn`) and asks for one
+    follow-up: the next turn is played when the user speaks again in the same (resumed) session.
     """
 
     turns: tuple[tuple[Block, ...], ...]
@@ -138,7 +139,7 @@ class Scenario:
         for index, turn in enumerate(self.turns):
             if asked >= tool_results:
                 return index
-            asked += sum(isinstance(block, ToolUseBlock) for block in turn)
+            asked += sum(isinstance(block, ToolUseBlock) for block in turn) or 1
         return None
 
 
@@ -171,6 +172,24 @@ def count_tool_results(messages: Any) -> int:
         content = message.get("content") if isinstance(message, dict) else None
         if isinstance(content, list):
             count += sum(isinstance(b, dict) and b.get("type") == "tool_result" for b in content)
+    return count
+
+
+def count_follow_ups(messages: Any) -> int:
+    """How many times the user spoke again after the model ended its turn (a resumed session's new prompt):
+    user messages without a `tool_result` that follow an assistant message."""
+    count, after_assistant = 0, False
+    for message in messages if isinstance(messages, list) else ():
+        if not isinstance(message, dict):
+            continue
+        content = message.get("content")
+        if message.get("role") == "assistant":
+            after_assistant = True
+            continue
+        results = isinstance(content, list) and any(isinstance(b, dict) and b.get("type") == "tool_result"
+                                                     for b in content)
+        count += after_assistant and not results
+        after_assistant = False
     return count
 
 
@@ -245,7 +264,7 @@ class ScriptedModel:
         kind = classify(body)
         turn: int | None = None
         if kind == "agent":
-            turn = self.scenario.turn_for(count_tool_results(body["messages"]))
+            turn = self.scenario.turn_for(count_tool_results(body["messages"]) + count_follow_ups(body["messages"]))
             blocks = self._render(turn)
         else:
             blocks = [{"type": "text", "text": self._side_text(body)}]

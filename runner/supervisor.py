@@ -23,9 +23,11 @@ from runner.model_gateway import model_patterns
 from runner.model_proxy import Budget, ModelProxy
 from runner.models import Denial, PrRef, RunResult, TaskState, TestRun, Usage
 from runner.prbody import PrRequest, branch_name, render_pr_body
+from runner.prompts import correction_prompt
 from runner.sandbox.base import Container, Limits, Sandbox, SandboxSpec, WorkspaceFull
+from runner.sandbox.docker import FORWARDER_CMD
 from runner.store import Store, TaskRecord
-from runner.verify import verify_fix
+from runner.verify import Verification, verify_fix
 
 Progress = Callable[[str], None]
 RunAgent = Callable[..., Awaitable[AgentOutcome]]
@@ -37,6 +39,8 @@ ENGINE_PROBE_SECONDS = 15.0
 # it says nothing of the upstream (streamed answers start within a second or two).
 SLOW_UPSTREAM_SECONDS = 5.0
 STDERR_IN_REASON = 3  # the CLI's last stderr lines quoted in a failed task's reason
+# Another round needs time for a session, the read-out and a test run: with less left, the task ends as it is.
+MIN_ROUND_SECONDS = 30.0
 
 
 @dataclass(slots=True)
@@ -174,54 +178,100 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
                 task.id, Budget(max_tokens=limits.max_tokens, max_cost_usd=limits.max_cost_usd),
                 models=limits.models or (model_patterns(deps.model) if deps.model else None), time_limit=wall_time)
             agent_box = running
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wall_time
+            # Review tasks have nothing to test; a round is another session in the same container, resumed.
+            most = max(0, limits.test_rounds) + 1 if task.kind != "review" else 1
+            history: list[str] = []  # every failed round's reason, for the result
+            prompt, resume, turns_left = task.prompt, None, limits.max_turns
+            rounds = 0  # agent sessions run so far
             try:
-                outcome = await deps.agent(
-                    sandbox=deps.sandbox, container=running, gate=gate, prompt=task.prompt,
-                    system_prompt=system_prompt(task.kind), model_token=token, workdir=prepared.task_dir,
-                    max_turns=limits.max_turns, wall_time=wall_time, budget_spent=deps.proxy.exhausted(task.id),
-                    model=deps.model,
-                )
+                while True:
+                    rounds += 1
+                    outcome = await deps.agent(
+                        sandbox=deps.sandbox, container=running, gate=gate, prompt=prompt,
+                        system_prompt=system_prompt(task.kind), model_token=token, workdir=prepared.task_dir,
+                        max_turns=turns_left, wall_time=max(0.0, deadline - loop.time()),
+                        budget_spent=deps.proxy.exhausted(task.id), model=deps.model, resume=resume,
+                    )
+                    turns_left -= outcome.turns
+                    if outcome.stopped == "unrecorded":
+                        assert gate.unrecorded is not None
+                        return await unrecorded(gate.unrecorded)
+                    if outcome.stopped == "error":
+                        return await finish(TaskState.FAILED, await _agent_failure(deps, task.id, outcome),
+                                            rounds=rounds)
+                    previous = change
+                    # The container stays (every process killed) while another round may follow.
+                    change = await _collect(deps, running, containers, prepared, task.kind, say,
+                                            keep=rounds < most)
+                    if outcome.stopped in LIMITS:
+                        upstream = _upstream_cause(deps.proxy, task.id) if outcome.stopped == "wall_time" else None
+                        why = (f"{upstream}: the wall time ({wall_time:g} s) ran out waiting for it" if upstream
+                               else f"{outcome.stopped.replace('_', ' ')} reached")
+                        return await finish(TaskState.TIMED_OUT,
+                                            _with_history(f"{why}; work so far kept", history, rounds),
+                                            diff=change.diff, files_changed=change.paths, rounds=rounds)
+                    if not change.verdict.ok:
+                        return await finish(TaskState.FAILED, "change rejected: " + "; ".join(change.verdict.reasons),
+                                            diff=change.diff, files_changed=change.paths, rounds=rounds)
+                    if task.kind != "review" and change.empty:
+                        return await finish(TaskState.FAILED,
+                                            _with_history("the agent made no change", history, rounds), rounds=rounds)
+                    if previous is not None and previous.diff == change.diff:
+                        # Testing the same change again would only repeat its failure.
+                        history.append(f"round {rounds}: the agent made no further change")
+                        break
+                    await store.transition(task.id, TaskState.TESTING)
+                    tests, checked = await _test(deps, task, prepared, change, SandboxSpec(
+                        task.id, image, None, limits=box_limits, owner_lock=lock, role="tests"), containers, say)
+                    verification = checked.describe() if checked is not None else None
+                    problem = _round_problem(tests, checked)
+                    if problem is None:
+                        break
+                    history.append(f"round {rounds}: {problem}")
+                    stop = _no_more_rounds(rounds, most, deadline - loop.time(), turns_left,
+                                           deps.proxy.exhausted(task.id).is_set())
+                    if stop is not None:
+                        if most > 1:
+                            say(f"no further round: {stop}")
+                        break
+                    say(f"round {rounds + 1} of {most}: {problem}; back to the agent in the same session")
+                    await store.transition(task.id, TaskState.RUNNING)
+                    await _reopen_model_channel(deps.sandbox, running)
+                    prompt = correction_prompt(rounds + 1, most, command=tests.command,
+                                               exit_code=tests.exit_code, output=tests.output_tail,
+                                               verification=verification if tests.passed else None)
+                    resume = outcome.session_id or None
+                    if resume is None:  # no session to continue: the task's words come again
+                        prompt = f"{task.prompt}\n\n{prompt}"
             finally:
                 # Before the socket's server stops: it waits for its requests, and this cuts the ones in flight.
                 deps.proxy.revoke(task.id)
-        if outcome.stopped == "unrecorded":
-            assert gate.unrecorded is not None
-            return await unrecorded(gate.unrecorded)
-        if outcome.stopped == "error":
-            return await finish(TaskState.FAILED, await _agent_failure(deps, task.id, outcome))
-        change = await _collect(deps, running, containers, prepared, task.kind, say)
-        if outcome.stopped in LIMITS:
-            upstream = _upstream_cause(deps.proxy, task.id) if outcome.stopped == "wall_time" else None
-            why = (f"{upstream}: the wall time ({wall_time:g} s) ran out waiting for it" if upstream else
-                   f"{outcome.stopped.replace('_', ' ')} reached")
-            return await finish(TaskState.TIMED_OUT, f"{why}; work so far kept", diff=change.diff,
-                                files_changed=change.paths)
-        if not change.verdict.ok:
-            return await finish(TaskState.FAILED, "change rejected: " + "; ".join(change.verdict.reasons),
-                                diff=change.diff, files_changed=change.paths)
-        if task.kind != "review" and change.empty:
-            return await finish(TaskState.FAILED, "the agent made no change")
-
-        await store.transition(task.id, TaskState.TESTING)
-        tests, verification = await _test(deps, task, prepared, change, SandboxSpec(
-            task.id, image, None, limits=box_limits, owner_lock=lock, role="tests"), containers, say)
+        if agent_box in containers:
+            await deps.sandbox.stop(agent_box)
+            containers.remove(agent_box)
         if task.dry_run or task.kind == "review" or deps.forge is None:
-            return await finish(TaskState.DIFF_READY, outcome.summary[:2000] if task.kind == "review" else "",
-                                diff=change.diff, files_changed=change.paths, tests=tests, verification=verification)
+            reason = outcome.summary[:2000] if task.kind == "review" else (
+                "; ".join(history) if not tests.passed and rounds > 1 else "")
+            return await finish(TaskState.DIFF_READY, reason, diff=change.diff, files_changed=change.paths,
+                                tests=tests, verification=verification, rounds=rounds)
         if not tests.passed:
-            return await finish(TaskState.FAILED, "the supervisor's test run failed; nothing was pushed",
-                                diff=change.diff, files_changed=change.paths, tests=tests)
+            return await finish(TaskState.FAILED, _with_history("the supervisor's test run failed; nothing was "
+                                                                "pushed", history, rounds),
+                                diff=change.diff, files_changed=change.paths, tests=tests, rounds=rounds)
         refused = [path for path in change.verdict.needs_owner
                    if not (await gate.confirm(path, change.contents.get(path), file_diff(change.diff, path)))[0]]
         if refused:
             why = "no owner channel to ask" if deps.ask is deny_asks else "the owner did not say yes"
             return await finish(TaskState.FAILED, "change rejected: dependency files changed without the owner's "
                                 f"yes for that content ({why}): {', '.join(refused)}",
-                                diff=change.diff, files_changed=change.paths, tests=tests)
+                                diff=change.diff, files_changed=change.paths, tests=tests, rounds=rounds)
 
-        pr = await _propose(deps, task, prepared, change, tests, outcome.summary, gate.denials, verification)
+        pr = await _propose(deps, task, prepared, change, tests, outcome.summary, gate.denials, verification,
+                            rounds)
         return await finish(TaskState.PROPOSED, diff=change.diff, files_changed=change.paths, tests=tests, pr=pr,
-                            verification=verification)
+                            verification=verification, rounds=rounds)
     except StateError as exc:
         return await unrecorded(exc)
     except WorkspaceFull as exc:
@@ -298,23 +348,27 @@ async def _agent_failure(deps: Deps, task_id: str, outcome: AgentOutcome) -> str
 
 
 async def _collect(deps: Deps, box: Container, containers: list[Container], prepared: workspace.Prepared,
-                   kind: str, say: Progress) -> workspace.Change:
+                   kind: str, say: Progress, *, keep: bool = False) -> workspace.Change:
     """Kill every process of the agent's container, read its workspace out, remove it, and extract the change
-    from the archive on the trusted side. Also after a limit: the work so far is read the same way."""
+    from the archive on the trusted side. Also after a limit: the work so far is read the same way.
+
+    `keep`: another round may follow, so the container stays, with no process of the task in it: its workspace
+    and the CLI's transcript (in its config directory) are what the next round's session resumes."""
     say("stopping: every process of the task is killed before its workspace is read")
     await deps.sandbox.kill_processes(box)
     archive = prepared.task_dir / "workspace.tar"
     try:
         await deps.sandbox.copy_out(box, archive)
-        await deps.sandbox.stop(box)
-        containers.remove(box)
+        if not keep:
+            await deps.sandbox.stop(box)
+            containers.remove(box)
         return await workspace.extract(prepared, archive, deps.policy, kind)
     finally:
         archive.unlink(missing_ok=True)
 
 
 async def _test(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, change: workspace.Change,
-                spec: SandboxSpec, containers: list[Container], say: Progress) -> tuple[TestRun, str | None]:
+                spec: SandboxSpec, containers: list[Container], say: Progress) -> tuple[TestRun, Verification | None]:
     """The supervisor's own test run (and a fix's verification) in a fresh container holding the extracted
     tree: the agent's word, and its container, are not taken for it."""
     command = deps.policy.test_command
@@ -330,14 +384,57 @@ async def _test(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, chan
         verification = None
         if task.kind == "fix" and tests.passed and not change.empty:
             say("verifying the fix: the new regression test against the base commit, in a second sandbox")
-            verification = (await verify_fix(deps.sandbox, box, dataclasses.replace(spec, role="verify"), prepared,
-                                             change, command)).describe()
-            say(verification)
+            verification = await verify_fix(deps.sandbox, box, dataclasses.replace(spec, role="verify"), prepared,
+                                            change, command)
+            say(verification.describe())
         return tests, verification
     finally:
         await deps.sandbox.stop(box)
         containers.remove(box)
         archive.unlink(missing_ok=True)
+
+
+async def _reopen_model_channel(sandbox: Sandbox, box: Container) -> None:
+    """Start the container's model forwarder again: the kill before the read-out ended it with every other
+    process, and the next round's CLI reaches the model only through it.
+
+    TODO(lead): a `Sandbox.reopen(container)` method belongs in the protocol; until then the image's forwarder
+    command is started as the sandbox backend starts it."""
+    result = await sandbox.exec(box, [*FORWARDER_CMD, "--background"], timeout=60.0)
+    if result.exit_code != 0:
+        raise SandboxError(f"the model forwarder did not start again (exit {result.exit_code}): "
+                           f"{result.output[-300:]!r}")
+
+
+def _round_problem(tests: TestRun, verification: Verification | None) -> str | None:
+    """Why the change goes back to the agent, or None when it is done: the tests failed, or a fix's regression
+    test is missing or does not fail on the base commit."""
+    if not tests.passed:
+        return f"the supervisor's tests failed (exit {tests.exit_code})"
+    if verification is not None and not verification.verified:
+        return verification.describe()
+    return None
+
+
+def _no_more_rounds(done: int, most: int, seconds_left: float, turns_left: int, budget_spent: bool) -> str | None:
+    """Why no further round starts after `done` of at most `most`, or None when one may: each runs inside the
+    task's own turns, tokens and wall time, never on a fresh allowance."""
+    if done >= most:
+        n = most - 1
+        return f"the {n} correction round{'s' if n != 1 else ''} of limits.test_rounds {'are' if n != 1 else 'is'} used"
+    if budget_spent:
+        return "the task's token/cost budget is spent"
+    if seconds_left < MIN_ROUND_SECONDS:
+        return f"{max(seconds_left, 0.0):.0f} s of the wall time are left"
+    if turns_left <= 0:
+        return "no turn of limits.max_turns is left"
+    return None
+
+
+def _with_history(reason: str, history: list[str], rounds: int) -> str:
+    """A reason followed by every round's failure when there was more than one round, so the owner sees each
+    attempt (with one round the reason says it all, as before rounds existed)."""
+    return f"{reason} ({'; '.join(history)})" if history and rounds > 1 else reason
 
 
 async def _dependency_image(deps: Deps, prepared: workspace.Prepared, say: Progress) -> str:
@@ -383,7 +480,8 @@ def file_diff(diff: str, path: str) -> str:
 
 
 async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, change: workspace.Change,
-                   tests: TestRun, summary: str, denials: list[Denial], verification: str | None) -> PrRef:
+                   tests: TestRun, summary: str, denials: list[Denial], verification: str | None,
+                   rounds: int = 1) -> PrRef:
     assert deps.forge is not None
     # Not only open PRs' branches: a rejected PR's branch stays, and pushing onto it would be refused as diverged.
     existing = await run_git(["for-each-ref", "--format=%(refname:strip=2)", "refs/heads/"], cwd=prepared.mirror)
@@ -394,7 +492,8 @@ async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, c
     await deps.forge.push_branch(prepared.trusted, branch)
     usage = _usage(deps.proxy, task.id)
     body = render_pr_body(PrRequest.from_task(task, summary=summary, files=change.files, tests=tests,
-                                              denials=denials, usage=usage, verification=verification))
+                                              denials=denials, usage=usage, verification=verification,
+                                              rounds=rounds))
     pr = await deps.forge.open_pr(title, body, branch, prepared.base_branch)
     return PrRef(number=pr.number, url=pr.url, branch=branch, head_sha=pr.head_sha)
 

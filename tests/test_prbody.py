@@ -337,3 +337,12 @@ def test_branch_name_refuses_unknown_kinds() -> None:
 def test_branch_and_title_say_the_kind_once(kind: str, prompt: str, branch: str, title: str) -> None:
     assert branch_name(kind, prompt, set()) == branch
     assert pr_title(kind, prompt) == title
+
+
+def test_the_body_says_how_many_rounds_the_change_took() -> None:
+    from runner.prbody import PrRequest, render_pr_body
+
+    one = render_pr_body(PrRequest(kind="feature", requested_by="owner", request="x", summary="s"))
+    three = render_pr_body(PrRequest(kind="feature", requested_by="owner", request="x", summary="s", rounds=3))
+    assert "**Rounds:** 1 (the agent's first change" in one
+    assert "**Rounds:** 3 (the supervisor's failing checks went back to the agent 2 times" in three

@@ -24,6 +24,7 @@ pytestmark = pytest.mark.docker
 
 AGENT_RUNNER = [sys.executable, "-m", "runner.cli"]
 FIX_SCENARIO = Path(__file__).parents[1] / "runner" / "data" / "scenarios" / "fix-balance.yaml"
+SELF_CORRECTION = Path(__file__).parents[1] / "runner" / "data" / "scenarios" / "self-correction.yaml"
 REAL_KEY = "sk-ant-api03-REAL-KEY-only-the-supervisor-holds"
 
 
@@ -401,3 +402,39 @@ async def test_a_per_directory_gitignore_hides_nothing_from_the_change(tmp_path:
     assert code == 0 and result["status"] == "diff_ready", progress
     assert sorted(result["files_changed"]) == ["tests/.gitignore", "tests/conftest.py"]
     assert "+import os  # planted" in result["diff"] and "+conftest.py" in result["diff"]
+
+
+async def test_a_failing_first_change_is_corrected_in_the_same_session(tmp_path: Path) -> None:
+    """Round 1 only writes notes, so the supervisor's tests fail; their output goes back to the agent, whose CLI
+    is started again in the same container with --resume. The scripted model plays the fix only to a
+    conversation holding round 1 (its tool result and its end): a new session would have written the notes again."""
+    repo = await create_sample_repo(tmp_path / "origin")
+    code, result, progress = await _agent_runner(
+        "run", "--repo", str(repo), "--prompt", "make average_spend work for users without spending", "--dry-run",
+        "--json", "--scenario", str(SELF_CORRECTION), env=_env(tmp_path / "home"), timeout=400)
+    assert code == 0 and result["status"] == "diff_ready", progress
+    assert result["rounds"] == 2, progress
+    assert "round 2 of 3: the supervisor's tests failed (exit 1); back to the agent in the same session" in progress
+    assert sorted(result["files_changed"]) == ["NOTES.md", "bot/ledger.py"]
+    assert "+    if not spent:" in result["diff"]
+    assert result["tests"]["passed"] and "4 passed" in result["tests"]["output_tail"]
+    containers = docker.from_env().containers.list(all=True, filters={"label": f"{LABEL_TASK}={result['task_id']}"})
+    assert containers == []
+
+
+async def test_when_every_round_fails_the_task_fails_naming_each(tmp_path: Path) -> None:
+    """Two rounds (limits.test_rounds: 1), each writing a new file and neither fixing the bug: failed, with both
+    rounds' reasons, and nothing pushed to the local forge."""
+    scenario = Scenario.of(_write("one.txt"), [TextBlock("Done.")], _write("two.txt"), final_text="Done again.")
+    repo = await create_sample_repo(tmp_path / "origin")
+    script = tmp_path / "scenario.yaml"
+    script.write_text(yaml.safe_dump(_scenario_dict(scenario)))
+    code, result, progress = await _agent_runner(
+        "run", "--repo", str(repo), "--prompt", "work", "--json", "--scenario", str(script),
+        "--policy", str(_policy_with(tmp_path, test_rounds=1)), env=_env(tmp_path / "home"), timeout=400)
+    assert code == 1 and result["status"] == "failed", progress
+    assert result["rounds"] == 2 and result["pr"] is None
+    assert "round 1: the supervisor's tests failed (exit 1); round 2: the supervisor's tests failed" in \
+        result["reason"], result["reason"]
+    assert sorted(result["files_changed"]) == ["one.txt", "two.txt"]
+    assert "no further round: the 1 correction round of limits.test_rounds is used" in progress
