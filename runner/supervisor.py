@@ -19,6 +19,7 @@ from runner.agent import AgentOutcome, Asker, Gate, deny_asks, run_agent, system
 from runner.errors import RunnerError, SandboxError, StateError
 from runner.forge.base import Forge
 from runner.gitops import run_git
+from runner.guidance import read_guidance
 from runner.model_gateway import model_patterns
 from runner.model_proxy import Budget, ModelProxy
 from runner.models import Denial, PrRef, RunResult, TaskState, TestRun, Usage
@@ -183,6 +184,10 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
             # Review tasks have nothing to test; a round is another session in the same container, resumed.
             most = max(0, limits.test_rounds) + 1 if task.kind != "review" else 1
             history: list[str] = []  # every failed round's reason, for the result
+            # The repository's CLAUDE.md / AGENTS.md, read from the trusted clone at the base (never the CLI's
+            # project settings, which could carry hooks), fenced below our own rules.
+            system = "\n\n".join(filter(None, [system_prompt(task.kind),
+                                                (await read_guidance(prepared, active)).prompt_section()]))
             prompt, resume, turns_left = task.prompt, None, limits.max_turns
             rounds = 0  # agent sessions run so far
             try:
@@ -190,7 +195,7 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
                     rounds += 1
                     outcome = await deps.agent(
                         sandbox=deps.sandbox, container=running, gate=gate, prompt=prompt,
-                        system_prompt=system_prompt(task.kind), model_token=token, workdir=prepared.task_dir,
+                        system_prompt=system, model_token=token, workdir=prepared.task_dir,
                         max_turns=turns_left, wall_time=max(0.0, deadline - loop.time()),
                         budget_spent=deps.proxy.exhausted(task.id), model=deps.model, resume=resume,
                     )
