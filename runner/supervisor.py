@@ -22,15 +22,14 @@ from runner.gitops import run_git
 from runner.guidance import read_guidance
 from runner.model_gateway import model_patterns
 from runner.model_proxy import Budget, ModelProxy
-from runner.models import Denial, PrRef, RunResult, TaskState, TestRun, Usage
-from runner.prbody import PrRequest, branch_name, render_pr_body
+from runner.models import Denial, Progress, PrRef, RunResult, TaskState, TestRun, Usage
+from runner.prbody import PrRequest, branch_name, pr_title, render_pr_body
 from runner.prompts import correction_prompt
 from runner.sandbox.base import Container, Limits, Sandbox, SandboxSpec, WorkspaceFull
 from runner.sandbox.docker import FORWARDER_CMD
 from runner.store import Store, TaskRecord
 from runner.verify import Verification, verify_fix
 
-Progress = Callable[[str], None]
 RunAgent = Callable[..., Awaitable[AgentOutcome]]
 TEST_TIMEOUT_SECONDS = 900.0
 OUTPUT_TAIL = 4000
@@ -492,7 +491,7 @@ async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, c
     existing = await run_git(["for-each-ref", "--format=%(refname:strip=2)", "refs/heads/"], cwd=prepared.mirror)
     taken = {pr.head_branch for pr in await deps.forge.list_open()} | set(existing.out.split())
     branch = branch_name(task.kind, task.fingerprint or task.prompt, taken)
-    title = _title(task)
+    title = pr_title(task.kind, task.prompt)
     await workspace.commit(prepared, change, f"{title}\n\nagent-runner task {task.id}", branch)
     await deps.forge.push_branch(prepared.trusted, branch)
     usage = _usage(deps.proxy, task.id)
@@ -501,11 +500,6 @@ async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, c
                                               rounds=rounds))
     pr = await deps.forge.open_pr(title, body, branch, prepared.base_branch)
     return PrRef(number=pr.number, url=pr.url, branch=branch, head_sha=pr.head_sha)
-
-
-def _title(task: TaskRecord) -> str:
-    first = " ".join(task.prompt.split())[:72]
-    return f"agent: {first}" if task.kind != "fix" else f"fix: {first}"
 
 
 def _usage(proxy: ModelProxy, task_id: str) -> Usage:

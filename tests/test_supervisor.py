@@ -836,3 +836,24 @@ async def test_no_guidance_section_when_the_repository_has_no_guide(world: dict[
     from runner.agent import system_prompt
 
     assert await _system_prompts(world) == [system_prompt("feature")]
+
+
+async def test_a_fixs_pull_request_title_says_fix_once(world: dict[str, Any]) -> None:
+    store: Store = world["store"]
+    task = await store.create_task(kind="fix", prompt="Fix the crash in average_spend", repo=str(world["repo"]),
+                                   source="cli", requested_by="test", dry_run=False)
+
+    async def session(*, sandbox: FakeSandbox, container: Container, gate: Gate, **_: Any) -> AgentOutcome:
+        _write(sandbox, container, "bot/ledger.py", b"# fixed\n")
+        _write(sandbox, container, "tests/test_regression.py", b"def test_it():\n    assert True\n")
+        return AgentOutcome("completed", 1, "fixed", (), 0)
+
+    def on_exec(box: Box, argv: Sequence[str]) -> ExecResult:
+        return ExecResult(1 if box.role == "verify" else 0, "", 0.1)
+
+    forge = LocalGitForge(world["repo"], world["home"] / "forge.db")
+    result = await run_task(Deps(home=world["home"], store=store, sandbox=FakeSandbox(on_exec=on_exec),
+                                 proxy=world["proxy"], policy=policy.load_default(),
+                                 image="agent-runner/sandbox:latest", forge=forge, agent=session), task)
+    assert result.pr is not None, result.reason
+    assert (await forge.get_pr(result.pr.number)).title == "fix: the crash in average_spend"
