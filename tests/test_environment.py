@@ -88,10 +88,12 @@ def test_run_with_a_broken_policy_fails_before_anything_starts(tmp_path: Path) -
     bad = tmp_path / "policy.yaml"
     bad.write_text("schema: 1\nversion: x\nprofiles: [unclosed\n")
     env = {**os.environ, "AGENT_RUNNER_HOME": str(tmp_path / "home")}
-    done = subprocess.run([sys.executable, "-m", "runner.cli", "run", "--repo", str(tmp_path), "--prompt", "x",
+    repo = tmp_path / "bot.git"  # a real repository, so the policy is what is refused (the path is checked first)
+    subprocess.run(["git", "init", "-q", "--bare", str(repo)], check=True)
+    done = subprocess.run([sys.executable, "-m", "runner.cli", "run", "--repo", str(repo), "--prompt", "x",
                            "--policy", str(bad), "--scenario", str(FIX_SCENARIO)], env=env, capture_output=True,
                           text=True)
     assert done.returncode == 2
-    assert "the policy is not valid" in done.stderr
+    assert "the policy is not valid" in done.stderr, done.stderr
     assert re.search(r"policy\.yaml:\d+: not valid YAML", done.stderr)  # the line, for the owner to fix
     assert not (tmp_path / "home" / "tasks").exists()
