@@ -28,7 +28,7 @@ SCENARIO = Path(__file__).parents[1] / "runner" / "data" / "scenarios" / "fix-ba
 BURST = 1000
 LIMIT = 20  # commands per hour: this many real tasks are accepted, the rest refused
 MAX_SANDBOXES = 2
-DRAIN_TIMEOUT = 240.0  # 20 real sandbox runs, two at a time, on a shared 2-core machine
+DRAIN_TIMEOUT = 480.0  # 20 real sandbox runs, two at a time, each fix with its self-correction round, 2 cores
 TERMINAL = {s.value for s in TaskState if s.terminal}
 
 
