@@ -66,6 +66,8 @@ KILL_GRACE_SECONDS = 5
 BACKSTOP_SECONDS = 15
 COPY_TIMEOUT_SECONDS = 600.0
 KILL_ROUNDS = 20
+EXEC_NOT_STARTED = 126  # docker exec: the command could not be invoked
+EXEC_START_ATTEMPTS = 3
 # The dependency set-up's own network: a bridge whose containers cannot reach each other (icc off) nor, with
 # the INPUT rule below, any address of this host (its bridge IPs, where a listener on 0.0.0.0 answers).
 SETUP_NETWORK = "agent-runner-setup"
@@ -259,9 +261,17 @@ class DockerSandbox:
             raise WorkspaceFull(f"the sandbox filled its workspace: it reached the size limit of {_size(limit)} "
                                 "(limits.workspace_bytes)", limit)
         cap = archive_cap(limit)
-        with dest.open("wb") as sink:
-            code, written, err = await self._docker_exec(["-u", SANDBOX_USER, "-w", "/", container.id,
-                                                          *tar_out_argv()], stdout=sink, cap=cap)
+        for attempt in range(1, EXEC_START_ATTEMPTS + 1):
+            with dest.open("wb") as sink:
+                code, written, err = await self._docker_exec(["-u", SANDBOX_USER, "-w", "/", container.id,
+                                                              *tar_out_argv()], stdout=sink, cap=cap)
+            # 126: the engine could not start the tar at all (seen from runsc on a loaded machine, with no
+            # message). Nothing runs in the box any more, so reading it again reads the same files.
+            if code != EXEC_NOT_STARTED or attempt == EXEC_START_ATTEMPTS:
+                break
+            log.warning("reading task %s's workspace out: the tar did not start (exit 126), trying again",
+                        container.task_id)
+            await asyncio.sleep(0.5 * attempt)
         if written > cap:
             dest.unlink(missing_ok=True)
             raise WorkspaceFull(f"the workspace's archive passed {_size(cap)}, more than its size limit of "

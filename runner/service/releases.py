@@ -589,17 +589,22 @@ class Releases:
     # records and messages -----------------------------------------------------------------------------------
 
     async def _set(self, release: ReleaseRecord, state: ReleaseState, **fields: object) -> ReleaseRecord:
-        """Record the release's step, and move its task to the matching state (both before acting on it)."""
-        updated = await self.rows.update(release.id, state, **fields)
-        await self._store.audit(release.task_id, "supervisor", "release",
-                                {"release": release.id, "number": release.number, "state": state,
-                                 "detail": updated.detail})
+        """Record the release's step, and move its task to the matching state (both before acting on it).
+
+        The task moves first: whoever sees the release in a state then finds its task there too (a reader
+        polling the release, then the task, never sees a release rolled back whose task still says deployed).
+        A crash between the two leaves the release row one step behind, and the resumed release sets it again."""
+        detail = fields.get("detail", release.detail)
         task_state = TASK_STATE_OF.get(state)
         if release.task_id is not None and task_state is not None:
             task = await self._store.get_task(release.task_id)
             if task.state is not task_state:
                 await self._store.transition(TaskId(release.task_id), task_state,
-                                             reason=f"release {release.id}: {updated.detail}")
+                                             reason=f"release {release.id}: {detail}")
+        updated = await self.rows.update(release.id, state, **fields)
+        await self._store.audit(release.task_id, "supervisor", "release",
+                                {"release": release.id, "number": release.number, "state": state,
+                                 "detail": updated.detail})
         return updated
 
     def _note(self, release: ReleaseRecord, line: str) -> None:

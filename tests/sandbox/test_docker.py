@@ -9,6 +9,7 @@ import ipaddress
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import tarfile
 import uuid
@@ -80,6 +81,42 @@ async def test_kill_processes_leaves_nothing_of_the_task_and_keeps_the_workspace
     one, two = _files(tmp_path / "one.tar"), _files(tmp_path / "two.tar")
     assert one["./app.py"] == b"print('hi')\n" and "./beat" in one
     assert one == two  # nothing moved between the two reads: nothing of the task was left to move it
+
+
+def _flaky_docker_cli(tmp_path: Path, failures: int) -> Path:
+    """A docker CLI whose first `failures` workspace reads exit 126 with no message, as the engine's exec does
+    now and then under gVisor on a loaded machine; everything else goes to the real CLI."""
+    real, count, cli = shutil.which("docker"), tmp_path / "tar-failures", tmp_path / "docker"
+    assert real is not None
+    cli.write_text(f"""#!/bin/sh
+case " $* " in
+  *" tar -c "*) n=$(cat {count} 2>/dev/null || echo 0)
+    if [ "$n" -lt {failures} ]; then echo $((n + 1)) > {count}; exit 126; fi ;;
+esac
+exec {real} "$@"
+""")
+    cli.chmod(0o755)
+    return cli
+
+
+@pytest.mark.parametrize(("failures", "read"), [(2, True), (3, False)])
+async def test_a_workspace_read_the_engine_could_not_start_is_read_again_a_bounded_number_of_times(
+        tmp_path: Path, sandbox_image: str, failures: int, read: bool) -> None:
+    async with DockerSandbox(docker_cli=str(_flaky_docker_cli(tmp_path, failures))) as sandbox:
+        box = await sandbox.start(_spec(sandbox_image))
+        try:
+            await sandbox.copy_in(box, _tar(tmp_path / "in.tar", {"app.py": b"print('hi')\n"}))
+            await sandbox.kill_processes(box)
+            if read:
+                await sandbox.copy_out(box, tmp_path / "out.tar")
+                assert _files(tmp_path / "out.tar")["./app.py"] == b"print('hi')\n"
+            else:  # an engine that never starts it: the task fails naming the exit, with no partial archive
+                with pytest.raises(SandboxError, match=r"reading the workspace out failed \(exit 126\)"):
+                    await sandbox.copy_out(box, tmp_path / "out.tar")
+                assert not (tmp_path / "out.tar").exists()
+        finally:
+            await sandbox.stop(box)
+    assert int((tmp_path / "tar-failures").read_text()) == failures
 
 
 def _files(path: Path) -> dict[str, bytes]:
