@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -25,6 +26,85 @@ schema = schemathesis.openapi.from_dict(OPENAPI)
 def _served() -> set[tuple[str, str]]:
     return {(route.path, method.lower()) for route in routes()
             for method in route.methods or () if method != "HEAD"}
+
+
+# Today's contract, recorded from the hand-written document before it was generated from runner.api.schemas
+# (issue 15): each operation's status codes, exactly, and per status the keys its JSON body always has (or the
+# media type). The generated document must keep every one; it may add keys and operations, never drop them.
+TODAY: dict[tuple[str, str], dict[int, str]] = {
+    ("GET", "/health"): {200: "max_sandboxes running status waiting"},
+    ("GET", "/metrics"): {200: "text/plain"},
+    ("GET", "/openapi.json"): {200: ""},
+    ("POST", "/agent/command"): {202: "links state task_id", 400: "error", 401: "error reason", 413: "error",
+                                 429: "error limit retry_after"},
+    ("POST", "/agent/auto-fix"): {200: "alerts", 202: "alerts", 400: "error", 401: "error reason", 409: "error",
+                                  413: "error", 429: "alerts error retry_after"},
+    ("POST", "/agent/approve-pr"): {202: "links number release_id state task_id", 400: "error", 401: "error reason",
+                                    404: "error", 409: "error", 413: "error", 502: "error"},
+    ("POST", "/agent/reject-pr"): {200: "number state task_id", 400: "error", 401: "error reason", 404: "error",
+                                   409: "error", 413: "error"},
+    ("GET", "/releases"): {200: "releases", 400: "error", 401: "error reason"},
+    ("GET", "/releases/{release_id}"): {
+        200: "actor base_branch created_at deployed_at detail head_sha id merge_sha number previous_sha revert_sha "
+             "state task_id updated_at watch_until", 401: "error reason", 404: "error"},
+    ("GET", "/tasks"): {200: "tasks", 400: "error", 401: "error reason"},
+    ("GET", "/tasks/{task_id}"): {
+        200: "active base_sha created_at dry_run fingerprint id kind prompt reason releases repo requested_by result "
+             "source state timings updated_at", 401: "error reason", 404: "error"},
+    ("GET", "/tasks/{task_id}/events"): {200: "text/event-stream", 401: "error reason", 404: "error"},
+    ("POST", "/tasks/{task_id}/cancel"): {200: "state task_id", 401: "error reason", 404: "error", 409: "error"},
+    ("GET", "/policy"): {200: "sha256 source text version", 401: "error reason"},
+    ("PUT", "/policy"): {200: "activated sha256 version", 400: "error", 401: "error reason", 413: "error",
+                         422: "error problems"},
+    ("GET", "/policy/history"): {200: "versions", 401: "error reason"},
+    ("POST", "/policy/rollback"): {200: "activated sha256 version", 400: "error", 401: "error reason", 404: "error",
+                                   413: "error", 422: "error"},
+}
+# Operations added since (issue 18), with the same promise from the day they were added.
+ADDED: dict[tuple[str, str], dict[int, str]] = {}
+
+
+def _resolve(schema: dict[str, Any]) -> dict[str, Any]:
+    while "$ref" in schema:
+        schema = OPENAPI["components"]["schemas"][schema["$ref"].rsplit("/", 1)[-1]]
+    return schema
+
+
+def _required(schema: dict[str, Any]) -> set[str]:
+    schema = _resolve(schema)
+    return set(schema.get("required", ())).union(*(_required(part) for part in schema.get("allOf", ())))
+
+
+def _contract() -> dict[tuple[str, str], dict[int, set[str]]]:
+    out: dict[tuple[str, str], dict[int, set[str]]] = {}
+    for path, item in OPENAPI["paths"].items():
+        for method, operation in item.items():
+            if method not in HTTP_METHODS:
+                continue
+            statuses: dict[int, set[str]] = {}
+            for code, response in operation["responses"].items():
+                content = response.get("content", {})
+                body = content.get("application/json")
+                statuses[int(code)] = _required(body["schema"]) if body is not None else set(content)
+            out[(method.upper(), path)] = statuses
+    return out
+
+
+def test_description_keeps_todays_paths_status_codes_and_keys() -> None:
+    contract = _contract()
+    promised = {**TODAY, **ADDED}
+    assert set(contract) == set(promised)
+    for operation, statuses in promised.items():
+        assert set(contract[operation]) == set(statuses), operation
+        for status, keys in statuses.items():
+            assert set(keys.split()) <= contract[operation][status], (operation, status)
+
+
+def test_every_error_answer_has_todays_shape() -> None:
+    for (method, path), statuses in _contract().items():
+        for status, keys in statuses.items():
+            if status >= 400:
+                assert "error" in keys, (method, path, status)
 
 
 def test_description_names_every_route_and_only_those() -> None:
