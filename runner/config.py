@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +25,7 @@ DEFAULT_WATCH_SECONDS = 600
 DEFAULT_WATCH_INTERVAL = 30
 DEFAULT_WATCH_BASELINE_SECONDS = 3600
 DEFAULT_WATCH_SELECTOR = '{service=~".+"}'
+MIN_LINK_SECRET_CHARS = 16
 
 
 class Secret:
@@ -93,7 +96,26 @@ class Settings:
     watch_baseline_seconds: int = DEFAULT_WATCH_BASELINE_SECONDS
     watch_selector: str = DEFAULT_WATCH_SELECTOR
     """The LogQL stream selector of the bot's logs, for the watch's Loki queries."""
+    public_url: str | None = None
+    """Where the owner's browser reaches the supervisor (AGENT_RUNNER_PUBLIC_URL): the task page links in Telegram
+    point here. None: no link is sent (a loopback address would open nothing on a phone)."""
+    link_secret: Secret | None = None
+    """The key that signs task page links (AGENT_RUNNER_LINK_SECRET); None: derived from AGENT_API_TOKEN, so
+    rotating the token also voids every link sent."""
+    grafana_webhook_token: Secret | None = None
+    """The bearer credentials Grafana's webhook contact point sends to POST /agent/grafana."""
+    grafana_webhook_hmac_secret: Secret | None = None
+    """The contact point's HMAC secret (Grafana 11.6+ `hmacConfig`); with it, an unsigned body is refused."""
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    def task_link_key(self) -> bytes | None:
+        """The key task page links are signed with: AGENT_RUNNER_LINK_SECRET, else one derived from the API token
+        (domain-separated, so a link's signature says nothing about the token); None with neither."""
+        if self.link_secret is not None:
+            return self.link_secret.reveal().encode()
+        if self.api_token is None:
+            return None
+        return hmac.new(self.api_token.reveal().encode(), b"agent-runner task page links", hashlib.sha256).digest()
 
     @property
     def scripted_model(self) -> bool:
@@ -194,7 +216,13 @@ class Settings:
             watch_baseline_seconds=integer("AGENT_RUNNER_WATCH_BASELINE_SECONDS", DEFAULT_WATCH_BASELINE_SECONDS,
                                            low=1) or DEFAULT_WATCH_BASELINE_SECONDS,
             watch_selector=environ.get("AGENT_RUNNER_WATCH_SELECTOR") or DEFAULT_WATCH_SELECTOR,
+            public_url=url("AGENT_RUNNER_PUBLIC_URL", None),
+            link_secret=secret("AGENT_RUNNER_LINK_SECRET"),
+            grafana_webhook_token=secret("GRAFANA_WEBHOOK_TOKEN"),
+            grafana_webhook_hmac_secret=secret("GRAFANA_WEBHOOK_HMAC_SECRET"),
         )
+        if settings.link_secret is not None and len(settings.link_secret.reveal()) < MIN_LINK_SECRET_CHARS:
+            problems.append(f"AGENT_RUNNER_LINK_SECRET must be at least {MIN_LINK_SECRET_CHARS} characters")
         try:
             validate_logql(settings.watch_selector)
         except WebhookError as exc:

@@ -37,10 +37,34 @@ def test_every_setting_is_in_the_env_example_and_compose() -> None:
 
     root = Path(__file__).resolve().parent.parent
     source = (root / "runner" / "config.py").read_text()
-    names = set(re.findall(r'"((?:AGENT|ANTHROPIC|GITHUB|TELEGRAM|LOKI|ALERT|OWNER)_[A-Z0-9_]+)"', source))
-    assert {"GITHUB_FORK", "AGENT_RUNNER_RUNTIME", "TELEGRAM_WEBHOOK_SECRET"} <= names
+    names = set(re.findall(r'"((?:AGENT|ANTHROPIC|GITHUB|TELEGRAM|LOKI|ALERT|OWNER|GRAFANA)_[A-Z0-9_]+)"', source))
+    assert {"GITHUB_FORK", "AGENT_RUNNER_RUNTIME", "TELEGRAM_WEBHOOK_SECRET", "GRAFANA_WEBHOOK_HMAC_SECRET"} <= names
     example, compose = (root / ".env.example").read_text(), (root / "compose.yaml").read_text()
     # Fixed inside the container by compose.yaml: the listening address and Loki's service name.
     fixed = {"AGENT_RUNNER_HOST", "AGENT_RUNNER_PORT", "LOKI_URL"}
     assert sorted(n for n in names - fixed if f"{n}=" not in example) == []
     assert sorted(n for n in names if f"{n}:" not in compose) == []
+
+
+def test_task_link_key_is_the_link_secret_else_derived_from_the_api_token() -> None:
+    own = Settings.from_env({"AGENT_RUNNER_HOME": "/tmp/h", "AGENT_API_TOKEN": "t" * 20,
+                             "AGENT_RUNNER_LINK_SECRET": "s" * 32})
+    derived = Settings.from_env({"AGENT_RUNNER_HOME": "/tmp/h", "AGENT_API_TOKEN": "t" * 20})
+    other = Settings.from_env({"AGENT_RUNNER_HOME": "/tmp/h", "AGENT_API_TOKEN": "u" * 20})
+    assert own.task_link_key() == b"s" * 32
+    key = derived.task_link_key()
+    assert key is not None and len(key) == 32 and b"t" * 20 not in key and key != other.task_link_key()
+    assert Settings.from_env({"AGENT_RUNNER_HOME": "/tmp/h"}).task_link_key() is None
+    assert "s" * 32 not in repr(own)
+
+
+def test_grafana_and_page_settings_parse_and_bad_ones_are_named() -> None:
+    settings = Settings.from_env({"AGENT_RUNNER_HOME": "/tmp/h", "GRAFANA_WEBHOOK_TOKEN": "tok",
+                                  "GRAFANA_WEBHOOK_HMAC_SECRET": "mac", "AGENT_RUNNER_PUBLIC_URL": "https://a.example/"})
+    assert settings.grafana_webhook_token is not None and settings.grafana_webhook_token.reveal() == "tok"
+    assert settings.grafana_webhook_hmac_secret is not None and settings.public_url == "https://a.example"
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"AGENT_RUNNER_HOME": "/tmp/h", "AGENT_RUNNER_PUBLIC_URL": "a.example",
+                           "AGENT_RUNNER_LINK_SECRET": "short"})
+    assert "AGENT_RUNNER_PUBLIC_URL must be an http(s) URL" in str(caught.value)
+    assert "AGENT_RUNNER_LINK_SECRET must be at least 16 characters" in str(caught.value)
