@@ -107,6 +107,19 @@ class Forge(Protocol):
         return it."""
         ...
 
+    async def push_onto(self, clone: Path, number: int, head_sha: str) -> str:
+        """Push HEAD of `clone` onto the branch of open pull request `number` (an owner's follow-up), as a
+        fast-forward of `head_sha`, the head the follow-up built on; return the pushed SHA.
+
+        Raises ForgeConflict when the pull request is not open, its head is no longer `head_sha`, or the push
+        is not a fast-forward: never a force-push.
+        """
+        ...
+
+    async def edit_body(self, number: int, body: str) -> PullRequest:
+        """Replace pull request `number`'s description with `body`; return it."""
+        ...
+
     def git_auth(self) -> GitAuth | None:
         """How the supervisor's own git reaches the repository (mirror fetches, a rollback's revert push) and
         the fork it pushes agent branches to; None when no credential is needed (the local forge)."""

@@ -47,6 +47,7 @@ from runner.forge.github_api import (
 )
 from runner.forge.workflows import WORKFLOW_DIR, WorkflowFiles
 from runner.gitops import GitTimeout, head_sha, redact, run_git, secret_forms
+from runner.gitops import head_sha as _head_of
 
 __all__ = ["DEFAULT_API_URL", "GitHubForge", "default_git_url"]
 
@@ -260,6 +261,36 @@ class GitHubForge:
             raise _push_error(branch, self.push_repository, output)
         logger.info("pushed %s to %s at %s", sha[:12], branch, self.push_repository)
         return sha
+
+    async def push_onto(self, clone: Path, number: int, head_sha: str) -> str:
+        pr = await self.get_pr(number)
+        if pr.state != "open":
+            raise ForgeConflict(f"pull request #{number} is {pr.state}; a follow-up pushes only onto an open one")
+        if pr.head_sha != head_sha:
+            raise ForgeConflict(f"pull request #{number} head is {pr.head_sha[:12]}, not {head_sha[:12]}, which the "
+                                "follow-up built on; nothing pushed")
+        await self._refuse_url_rewrites(clone)
+        target = self.git_url
+        if self.fork is not None:
+            await self.prepare_fork()
+            assert self.fork_git_url is not None
+            target = self.fork_git_url
+        sha = await _head_of(clone)
+        auth = self.git_auth()
+        try:  # no `+`: git refuses anything but a fast-forward of the pull request's branch
+            result = await run_git(["push", "--porcelain", "--no-verify", target, f"{sha}:refs/heads/{pr.head_branch}"],
+                                   cwd=clone, env=auth.env, secrets=auth.secrets, timeout=self._push_timeout,
+                                   check=False)
+        except GitTimeout as exc:
+            raise ForgeError(f"git push onto {pr.head_branch} timed out") from exc
+        if result.returncode != 0:
+            raise _push_error(pr.head_branch, self.push_repository,
+                              redact(f"{result.out}\n{result.stderr}", secret_forms(self._token)))
+        return sha
+
+    async def edit_body(self, number: int, body: str) -> PullRequest:
+        response = await self._api.request("PATCH", self._repo(f"/pulls/{int(number)}"), json={"body": body})
+        return _pull_request(json_object(response))
 
     def git_auth(self) -> GitAuth:
         # One header per repository URL: should anything rewrite a URL, git would not send it elsewhere.

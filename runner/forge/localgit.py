@@ -33,6 +33,7 @@ from runner.forge.base import (
     check_pushable,
 )
 from runner.gitops import DEFAULT_GIT_TIMEOUT, GitError, GitResult, head_sha, run_git
+from runner.gitops import head_sha as head_sha_of
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +144,37 @@ class LocalGitForge:
             raise ForgeError(f"push of {branch} to {self.repo} failed: {output[-500:]}")
         logger.info("pushed %s to %s in %s", sha[:12], branch, self.repo)
         return sha
+
+    async def push_onto(self, clone: Path, number: int, head_sha: str) -> str:
+        pr = await self.get_pr(number)
+        if pr.state != "open":
+            raise ForgeConflict(f"pull request #{number} is {pr.state}; a follow-up pushes only onto an open one")
+        if pr.head_sha != head_sha:
+            raise ForgeConflict(f"pull request #{number} head is {pr.head_sha[:12]}, not {head_sha[:12]}, which the "
+                                "follow-up built on; nothing pushed")
+        sha = await head_sha_of(clone, timeout=self._git_timeout)
+        # No `+`: git itself refuses anything but a fast-forward of the branch.
+        result = await run_git(["push", "--porcelain", "--no-verify", str(self.repo),
+                                f"{sha}:refs/heads/{pr.head_branch}"], cwd=clone, timeout=self._git_timeout,
+                               check=False)
+        if result.returncode != 0:
+            raise ForgeConflict(f"push onto {pr.head_branch} refused: {f'{result.out} {result.stderr}'.strip()[-500:]}")
+
+        def moved(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE forge_pulls SET head_sha = ?, updated_at = ? WHERE repo = ? AND number = ? "
+                       "AND head_sha = ?", (sha, time.time(), self._key, number, head_sha))
+
+        await self._tx(moved)
+        return sha
+
+    async def edit_body(self, number: int, body: str) -> PullRequest:
+        def edit(db: sqlite3.Connection) -> sqlite3.Row:
+            self._row(db, number)
+            db.execute("UPDATE forge_pulls SET body = ?, updated_at = ? WHERE repo = ? AND number = ?",
+                       (body, time.time(), self._key, number))
+            return self._row(db, number)
+
+        return self._pull(await self._tx(edit))
 
     # -- pull requests ---------------------------------------------------------------------------------
 
