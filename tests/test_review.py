@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+from collections.abc import Sequence
 
 import pytest
 
@@ -28,7 +29,7 @@ from runner.review import (
 LINES = {"bot.py": 20, "tests/test_bot.py": 8, "logo.png": None}
 
 
-def message(findings: list[object], prose: str = "Two problems.", verdict: str = "request_changes") -> str:
+def message(findings: Sequence[object], prose: str = "Two problems.", verdict: str = "request_changes") -> str:
     block = json.dumps({"verdict": verdict, "findings": findings}, indent=2)
     return f"{prose}\n\n```json\n{block}\n```\n"
 
@@ -105,7 +106,7 @@ def test_target_of_reads_back_a_pr_request_and_a_ref() -> None:
     assert target_of(pr_request(12)).pr == 12
     assert target_of("Review the change feature/x and report findings; change nothing.").ref == "feature/x"
     assert target_of("Review the change a..b; change nothing.").ref == "HEAD"
-    assert target_of("anything else") .pr is None
+    assert target_of("anything else").pr is None
 
 
 def test_diff_lines_are_the_new_side_lines_of_each_hunk() -> None:
