@@ -14,7 +14,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 
-from runner.tracebacks import ParsedTraceback
+from runner.alerts.tracebacks import ParsedTraceback
 
 __all__ = ["MAX_DATA_CHARS", "correction_prompt", "feature_prompt", "fence_untrusted", "fix_prompt", "review_prompt"]
 
