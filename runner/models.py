@@ -172,3 +172,48 @@ def _value(kind: type[_T], data: object) -> _T | None:
         return kind(**{k: v for k, v in data.items() if k in names})
     except TypeError:  # a field it needs is missing
         return None
+
+
+FollowUpState = Literal["queued", "running", "done", "failed"]
+FOLLOW_UP_STATES: tuple[FollowUpState, ...] = ("queued", "running", "done", "failed")
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUp:
+    """The owner's follow-up on a task's pull request, as the state file holds it (persisted before it is acted
+    on). `base_sha` is the PR head it builds on, `head_sha` the commit it pushed (None until then)."""
+
+    id: int
+    task_id: TaskId
+    number: int
+    text: str
+    actor: str
+    source: str
+    state: FollowUpState
+    created_at: float
+    updated_at: float
+    base_sha: str
+    head_sha: str | None = None
+    session: str = ""
+    """How the agent's session went on: "resumed", or "new: <why the kept one could not be used>"."""
+    reason: str = ""
+
+    @property
+    def work_id(self) -> str:
+        """The follow-up's sandbox and working directory name (beside its task's)."""
+        return f"{self.task_id}-f{self.id}"
+
+    @property
+    def open(self) -> bool:
+        return self.state in ("queued", "running")
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpOutcome:
+    """What a follow-up's run came to: `pushed` the new head (None when nothing was pushed, `reason` says why)."""
+
+    pushed: str | None
+    reason: str = ""
+    session: str = ""
+    tests: TestRun | None = None
+    rounds: int = 1

@@ -90,6 +90,8 @@ class PrRequest:
     """For fixes, the supervisor's own check of the regression test (runner.verify)."""
     rounds: int = 1
     """How many rounds the agent worked (the supervisor's failing tests sent back rounds - 1 times)."""
+    follow_ups: tuple[str, ...] = ()
+    """The owner's follow-ups that added commits to the pull request, oldest first (the owner's words)."""
 
     @classmethod
     def from_task(
@@ -143,6 +145,7 @@ def render_pr_body(request: PrRequest) -> str:
         _request_section(request),
         _summary_section(request.summary),
         _files_section(request.files),
+        *([_follow_ups_section(request.follow_ups)] if request.follow_ups else []),
         _tests_section(request.tests, request.verification, request.rounds),
         _denials_section(request.denials),
         _usage_section(request.usage),
@@ -152,6 +155,19 @@ def render_pr_body(request: PrRequest) -> str:
     if len(body) > room:  # unreachable with the bounds above; kept so the limit holds if they change
         body = body[:room] + "\n\n_(body truncated)_"
     return f"{body}\n\n{approve}\n"
+
+
+MAX_FOLLOW_UPS = 5
+MAX_FOLLOW_UP = 500
+
+
+def _follow_ups_section(follow_ups: tuple[str, ...]) -> str:
+    # The owner's words, but they may quote anything: fenced, cleaned and cut like the request.
+    shown = follow_ups[-MAX_FOLLOW_UPS:]
+    lines = ["## Follow-ups", "", f"The owner asked for {len(follow_ups)} more change(s); each added a commit."]
+    for i, text in enumerate(shown, len(follow_ups) - len(shown) + 1):
+        lines += ["", f"{i}.", _fence(text, MAX_FOLLOW_UP)]
+    return "\n".join(lines)
 
 
 def branch_name(kind: str, prompt_or_fingerprint: str, taken: Collection[str]) -> str:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import cast
 
 import policy
-from runner import kept, tasklock, workspace
+from runner import kept, session, tasklock, workspace
 from runner.agent import AgentOutcome, Asker, Gate, deny_asks, run_agent, system_prompt
 from runner.errors import RunnerError, SandboxError, StateError
 from runner.forge.base import Forge
@@ -22,9 +22,9 @@ from runner.gitops import run_git
 from runner.guidance import read_guidance
 from runner.model_gateway import model_patterns
 from runner.model_proxy import Budget, ModelProxy
-from runner.models import Denial, Progress, PrRef, RunResult, TaskState, TestRun, Usage
+from runner.models import Denial, FollowUp, FollowUpOutcome, Progress, PrRef, RunResult, TaskState, TestRun, Usage
 from runner.prbody import PrRequest, branch_name, pr_title, render_pr_body
-from runner.prompts import correction_prompt
+from runner.prompts import correction_prompt, follow_up_prompt
 from runner.sandbox.base import Container, Limits, Sandbox, SandboxSpec, WorkspaceFull
 from runner.sandbox.docker import FORWARDER_CMD
 from runner.store import Store, TaskRecord
@@ -208,7 +208,7 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
                     previous = change
                     # The container stays (every process killed) while another round may follow.
                     change = await _collect(deps, running, containers, prepared, task.kind, say,
-                                            keep=rounds < most)
+                                            keep=rounds < most, session_to=(outcome.session_id, prepared.task_dir))
                     if outcome.stopped in LIMITS:
                         upstream = _upstream_cause(deps.proxy, task.id) if outcome.stopped == "wall_time" else None
                         why = (f"{upstream}: the wall time ({wall_time:g} s) ran out waiting for it" if upstream
@@ -352,14 +352,23 @@ async def _agent_failure(deps: Deps, task_id: str, outcome: AgentOutcome) -> str
 
 
 async def _collect(deps: Deps, box: Container, containers: list[Container], prepared: workspace.Prepared,
-                   kind: str, say: Progress, *, keep: bool = False) -> workspace.Change:
+                   kind: str, say: Progress, *, keep: bool = False,
+                   session_to: tuple[str, Path] | None = None) -> workspace.Change:
     """Kill every process of the agent's container, read its workspace out, remove it, and extract the change
     from the archive on the trusted side. Also after a limit: the work so far is read the same way.
 
     `keep`: another round may follow, so the container stays, with no process of the task in it: its workspace
-    and the CLI's transcript (in its config directory) are what the next round's session resumes."""
+    and the CLI's transcript (in its config directory) are what the next round's session resumes.
+    `session_to`: (session id, task directory): the transcript is kept there before the container can go, for
+    a follow-up to continue (runner.session); a transcript that cannot be kept is said, never fatal."""
     say("stopping: every process of the task is killed before its workspace is read")
     await deps.sandbox.kill_processes(box)
+    if session_to is not None and session_to[0]:
+        try:
+            kept_session = await session.save(deps.sandbox, box, session_to[0], session_to[1])
+            say(f"session kept on the supervisor's side ({kept_session.records} records)")
+        except (session.SessionInvalid, SandboxError, OSError) as exc:
+            say(f"the session could not be kept ({exc}); a follow-up will start a new one")
     archive = prepared.task_dir / "workspace.tar"
     try:
         await deps.sandbox.copy_out(box, archive)
@@ -505,3 +514,170 @@ async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, c
 def _usage(proxy: ModelProxy, task_id: str) -> Usage:
     u = proxy.usage(task_id)
     return Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens, cost_usd=u.cost_usd, requests=u.requests)
+
+
+# ------------------------------------------------------------------------------------------------ follow-ups
+
+
+def task_dir(home: Path, task_id: str) -> Path:
+    """Where a task's trusted clone and its kept session live (runner.workspace.prepare made it)."""
+    return home / "tasks" / task_id
+
+
+async def run_follow_up(deps: Deps, task: TaskRecord, follow: FollowUp, *, progress: Progress | None = None,
+                        on_pushed: Callable[[str], Awaitable[None]] | None = None) -> FollowUpOutcome:
+    """Carry the owner's follow-up on `task`'s pull request through: a new sandbox from the PR's head
+    (`follow.base_sha`), the agent's kept session continued (or a new one, said so), the supervisor's tests, and a
+    new commit pushed onto the PR's branch (a fast-forward, never a force-push), its body and the task's result
+    then bound to the new head. Nothing is pushed unless every check passes.
+
+    The task's own state stays `proposed` throughout (its PR is open, at its old head until the push); the
+    follow-up's own row (runner.service.followups) holds where it is. `on_pushed` hears the new head the moment
+    the forge has it, before the task's result says so, so that a restart in between knows it."""
+    with tasklock.hold(task_lock(deps.home, follow.work_id)):
+        return await _run_follow_up(deps, task, follow, progress or (lambda _line: None), on_pushed)
+
+
+async def _run_follow_up(deps: Deps, task: TaskRecord, follow: FollowUp, say: Progress,
+                         on_pushed: Callable[[str], Awaitable[None]] | None) -> FollowUpOutcome:
+    assert deps.forge is not None and task.result is not None and task.result.pr is not None
+    store, active, forge, pr = deps.store, deps.policy, deps.forge, task.result.pr
+    limits = active.profile(task.kind).limits
+    wall_time = float(limits.wall_time_seconds)
+    box_limits = Limits(workspace_bytes=limits.workspace_bytes)
+    work = follow.work_id
+    lock = task_lock(deps.home, work)
+    containers: list[Container] = []
+    populating: asyncio.Future[None] | None = None
+    gate = Gate(work, active, task.kind,
+                audit=lambda event, detail: store.audit(task.id, "policy", event, {**detail, "follow_up": follow.id}),
+                ask=deps.ask, ask_timeout=float(active.ask_timeout_seconds), progress=say)
+    sock_dir = deps.home / "run" / work
+    home_dir = task_dir(deps.home, task.id)
+    how = ""
+    try:
+        say(f"follow-up {follow.id} on PR #{pr.number}: a new sandbox from its head {follow.base_sha[:12]}")
+        auth = forge.git_auth()
+        prepared = await workspace.prepare(deps.home, work, task.repo, active, base_ref=follow.base_sha, auth=auth)
+        populating = asyncio.ensure_future(workspace.populate(prepared))
+        image = await _dependency_image(deps, prepared, say)
+        sock_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(sock_dir, 0o755)
+        async with deps.proxy.serve_unix(sock_dir / "model.sock"):
+            box = await deps.sandbox.start(SandboxSpec(work, image, sock_dir, limits=box_limits, owner_lock=lock))
+            containers.append(box)
+            await populating
+            await deps.sandbox.copy_in(box, prepared.given_archive)
+            try:
+                transcript = session.load(home_dir)
+                await session.restore(deps.sandbox, box, transcript)
+                resume, why_new = transcript.session_id, ""
+                how = "resumed"
+            except (session.SessionInvalid, SandboxError) as exc:
+                resume, why_new = None, str(exc)
+                how = f"new: {why_new}"
+                say(f"the agent's earlier session cannot be continued ({why_new}): a new session starts with the "
+                    "task's words, the PR's diff and the owner's")
+            system = "\n\n".join(filter(None, [system_prompt(task.kind),
+                                                (await read_guidance(prepared, active)).prompt_section()]))
+            token = deps.proxy.issue_token(
+                work, Budget(max_tokens=limits.max_tokens, max_cost_usd=limits.max_cost_usd),
+                models=limits.models or (model_patterns(deps.model) if deps.model else None), time_limit=wall_time)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + wall_time
+            try:
+                while True:
+                    prompt = follow_up_prompt(follow.text, number=pr.number, resumed=resume is not None,
+                                              task_prompt=task.prompt, diff=task.result.diff, why_new=why_new)
+                    say(f"running: agent in container {box.id[:12]}, session {how.split(':')[0]}")
+                    outcome = await deps.agent(
+                        sandbox=deps.sandbox, container=box, gate=gate, prompt=prompt, system_prompt=system,
+                        model_token=token, workdir=prepared.task_dir, max_turns=limits.max_turns,
+                        wall_time=max(0.0, deadline - loop.time()), budget_spent=deps.proxy.exhausted(work),
+                        model=deps.model, resume=resume)
+                    if outcome.stopped == "error" and resume is not None:
+                        # The CLI would not take the kept transcript: once more, as a new session that says so.
+                        resume, why_new = None, f"the CLI did not resume it ({outcome.error})"
+                        how = f"new: {why_new}"
+                        say(f"the kept session did not resume ({outcome.error}): a new session starts")
+                        continue
+                    break
+            finally:
+                deps.proxy.revoke(work)
+        if outcome.stopped == "unrecorded":
+            return FollowUpOutcome(None, "the supervisor could not record the agent's decisions", how)
+        if outcome.stopped == "error":
+            return FollowUpOutcome(None, await _agent_failure(deps, work, outcome), how)
+        change = await _collect(deps, box, containers, prepared, task.kind, say,
+                                session_to=(outcome.session_id, home_dir))
+        if outcome.stopped in LIMITS:
+            return FollowUpOutcome(None, f"{outcome.stopped.replace('_', ' ')} reached; nothing pushed", how)
+        if not change.verdict.ok:
+            return FollowUpOutcome(None, "change rejected: " + "; ".join(change.verdict.reasons), how)
+        if change.empty:
+            return FollowUpOutcome(None, "the agent made no change; nothing pushed", how)
+        # The PR's head already passed a fix's verification; the follow-up is checked by the project's tests.
+        tests, _ = await _test(deps, dataclasses.replace(task, kind="feature"), prepared, change, SandboxSpec(
+            work, image, None, limits=box_limits, owner_lock=lock, role="tests"), containers, say)
+        if not tests.passed:
+            return FollowUpOutcome(None, f"the supervisor's tests failed (exit {tests.exit_code}); nothing pushed",
+                                   how, tests)
+        refused = [path for path in change.verdict.needs_owner
+                   if not (await gate.confirm(path, change.contents.get(path), file_diff(change.diff, path)))[0]]
+        if refused:
+            return FollowUpOutcome(None, "change rejected: dependency files changed without the owner's yes: "
+                                   + ", ".join(refused), how, tests)
+        title = pr_title(task.kind, task.prompt)
+        first = " ".join(follow.text.split())[:72]
+        await workspace.commit(prepared, change, f"{title} (follow-up)\n\nThe owner asked: {first}\n\n"
+                               f"agent-runner task {task.id}, follow-up {follow.id}", pr.branch)
+        sha = await forge.push_onto(prepared.trusted, pr.number, follow.base_sha)
+        say(f"pushed {sha[:12]} onto {pr.branch} (PR #{pr.number}); approvals at {follow.base_sha[:12]} no longer "
+            "merge")
+        if on_pushed is not None:
+            await on_pushed(sha)
+        await _bind_to_head(deps, task, prepared, sha, tests, outcome.summary, gate.denials, say)
+        return FollowUpOutcome(sha, "", how, tests)
+    finally:
+        deps.proxy.revoke(work)
+        if populating is not None and not populating.done():
+            populating.cancel()
+            await asyncio.gather(populating, return_exceptions=True)
+        for container in containers:
+            with contextlib.suppress(Exception):
+                await deps.sandbox.stop(container)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+async def _bind_to_head(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, sha: str, tests: TestRun,
+                        summary: str, denials: list[Denial], say: Progress) -> None:
+    """The task's result and the PR's body now speak of `sha`: the whole change from the task's base, the
+    follow-ups so far, the latest tests. An approval is checked against the forge's head, so the old one is
+    refused whatever happens here; a body the forge would not take is said, not fatal."""
+    assert deps.forge is not None and task.result is not None and task.result.pr is not None
+    result, pr = task.result, task.result.pr
+    base = task.base_sha or prepared.base_sha
+    diff, counts = await workspace.change_between(prepared, base, sha)
+    spent = _usage(deps.proxy, prepared.task_dir.name)  # the follow-up's own (its work id), added to the task's
+    total = Usage(result.usage.input_tokens + spent.input_tokens, result.usage.output_tokens + spent.output_tokens,
+                  result.usage.cost_usd + spent.cost_usd, result.usage.requests + spent.requests)
+    updated = dataclasses.replace(result, diff=diff, files_changed=tuple(counts), tests=tests, usage=total,
+                                  pr=dataclasses.replace(pr, head_sha=sha))
+    await deps.store.transition(task.id, TaskState.PROPOSED, reason="", result=updated.to_json())
+    texts = tuple(e.detail.get("text", "") for e in await deps.store.audit_log(task.id, event="follow_up_pushed"))
+    request = dataclasses.replace(
+        PrRequest.from_task(task, summary=summary, files=[_Counted(p, *n) for p, n in counts.items()], tests=tests,
+                            denials=denials, usage=total, verification=result.verification, rounds=result.rounds,
+                            number=pr.number, head_sha=sha),
+        follow_ups=texts)
+    try:
+        await deps.forge.edit_body(pr.number, render_pr_body(request))
+    except RunnerError as exc:
+        say(f"the PR's description could not be updated ({exc}); its head is {sha[:12]} all the same")
+
+
+@dataclass(frozen=True, slots=True)
+class _Counted:
+    path: str
+    added_lines: int
+    removed_lines: int

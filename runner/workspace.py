@@ -454,3 +454,13 @@ def _numstat(data: bytes) -> dict[str, tuple[int, int]]:
             out[parts[i + 2]] = (added, removed)
             i += 3
     return out
+
+
+async def change_between(prepared: Prepared, old: str, new: str) -> tuple[str, dict[str, tuple[int, int]]]:
+    """The unified diff from commit or tree `old` to `new` in the trusted clone, and its (added, removed) line
+    counts per path: a pull request's whole change after a follow-up added a commit to it."""
+    cwd = prepared.trusted
+    diff = (await run_git(["diff-tree", "-p", "--binary", "-M", "--no-color", old, new], cwd=cwd)
+            ).stdout.decode("utf-8", "replace")
+    counts = _numstat((await run_git(["diff-tree", "-r", "-z", "-M", "--numstat", old, new], cwd=cwd)).stdout)
+    return diff, counts
