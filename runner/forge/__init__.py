@@ -14,8 +14,10 @@ from runner.forge.base import (
     MergeConflict,
     MergeMethod,
     MergeResult,
+    PostedReview,
     PrState,
     PullRequest,
+    ReviewComment,
 )
 
 if TYPE_CHECKING:
@@ -30,8 +32,10 @@ __all__ = [
     "MergeConflict",
     "MergeMethod",
     "MergeResult",
+    "PostedReview",
     "PrState",
     "PullRequest",
+    "ReviewComment",
     "create_forge",
     "default_repo",
     "local_forge_db",

@@ -1,8 +1,8 @@
-"""The Forge protocol and the values it returns: pull requests, merges, comments."""
+"""The Forge protocol and the values it returns: pull requests, merges, comments, reviews."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -66,6 +66,29 @@ class Comment:
     author: str
     created_at: str
     url: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ReviewComment:
+    """A line comment of a review: on `line` of `path` in the pull request's head (GitHub's side RIGHT), which
+    the forge may require to be a line the pull request's diff shows."""
+
+    path: str
+    line: int
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class PostedReview:
+    """A review as the forge holds it: one body, its line comments, the commit it was made on."""
+
+    id: int
+    number: int
+    body: str
+    commit_sha: str
+    comments: tuple[ReviewComment, ...] = ()
+    url: str = ""
+    state: str = "COMMENTED"
 
 
 class MergeConflict(ForgeConflict):
@@ -139,6 +162,23 @@ class Forge(Protocol):
 
     async def list_comments(self, number: int) -> tuple[Comment, ...]:
         """The comments on pull request `number`, oldest first."""
+        ...
+
+    async def post_review(self, number: int, *, commit_sha: str, body: str,
+                          comments: Sequence[ReviewComment] = ()) -> PostedReview:
+        """Post one review of pull request `number` made at `commit_sha`: `body` and its line comments, all or
+        nothing. Only ever a comment (GitHub's event COMMENT): approving is the owner's.
+
+        Raises ForgeConflict if the head is no longer `commit_sha`, ForgeError (GitHub: 422) for a comment on
+        a line the diff does not show, ForgeNotFound for no such pull request.
+
+            await forge.post_review(7, commit_sha=pr.head_sha, body="2 findings",
+                                    comments=[ReviewComment("bot.py", 12, "**major** ...")])
+        """
+        ...
+
+    async def list_reviews(self, number: int) -> tuple[PostedReview, ...]:
+        """The reviews of pull request `number` with their line comments, oldest first."""
         ...
 
     async def merge(self, number: int, expected_head_sha: str, method: MergeMethod = "squash") -> MergeResult:

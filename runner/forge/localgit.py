@@ -10,13 +10,14 @@ to land is recorded first, so a merge interrupted after `update-ref` is recognis
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sqlite3
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
@@ -29,11 +30,14 @@ from runner.forge.base import (
     MergeConflict,
     MergeMethod,
     MergeResult,
+    PostedReview,
     PullRequest,
+    ReviewComment,
     check_pushable,
 )
 from runner.gitops import DEFAULT_GIT_TIMEOUT, GitError, GitResult, head_sha, run_git
 from runner.gitops import head_sha as head_sha_of
+from runner.review import diff_lines
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +75,16 @@ CREATE TABLE IF NOT EXISTS forge_comments (
     created_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS forge_comments_pull ON forge_comments(repo, number);
+CREATE TABLE IF NOT EXISTS forge_reviews (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    repo TEXT NOT NULL,
+    number INTEGER NOT NULL,
+    body TEXT NOT NULL,
+    commit_sha TEXT NOT NULL,
+    comments TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS forge_reviews_pull ON forge_reviews(repo, number);
 """
 
 _COLUMNS = "number, title, body, head_branch, base_branch, head_sha, state, merge_sha, claim, claimed_at, pending_sha"
@@ -250,6 +264,51 @@ class LocalGitForge:
         return tuple(
             Comment(r["id"], number, r["body"], r["author"], _iso(r["created_at"]), self._url(number)) for r in rows
         )
+
+    async def post_review(self, number: int, *, commit_sha: str, body: str,
+                          comments: Sequence[ReviewComment] = ()) -> PostedReview:
+        """Stored with the pull request, checked as GitHub checks it: at the head, each comment on a line the
+        diff from the base's merge base shows (ForgeError otherwise, and nothing is stored)."""
+        pr = await self.get_pr(number)
+        if pr.head_sha != commit_sha:
+            raise ForgeConflict(f"pull request #{number} head is {pr.head_sha[:12]}, not {commit_sha[:12]}, which "
+                                "was reviewed; nothing posted")
+        if not body:
+            raise ForgeError("a review needs a body")
+        if comments:
+            diff = (await self._git(["diff", "--no-color", "--no-renames", "-U3",
+                                     f"refs/heads/{pr.base_branch}...{pr.head_sha}"])).out
+            shown = diff_lines(diff)
+            for c in comments:
+                if c.line not in shown.get(c.path, frozenset()):
+                    raise ForgeError(f"review comment on {c.path}:{c.line}: the line is not part of the diff of "
+                                     f"pull request #{number}; nothing posted")
+        stored = json.dumps([{"path": c.path, "line": c.line, "body": c.body} for c in comments])
+
+        def insert(db: sqlite3.Connection) -> int:
+            self._row(db, number)
+            cursor = db.execute(
+                "INSERT INTO forge_reviews (repo, number, body, commit_sha, comments, created_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)", (self._key, number, body, commit_sha, stored, time.time()))
+            assert cursor.lastrowid is not None
+            return cursor.lastrowid
+
+        review_id = await self._tx(insert)
+        return PostedReview(review_id, number, body, commit_sha, tuple(comments),
+                            f"{self._url(number)}#review-{review_id}")
+
+    async def list_reviews(self, number: int) -> tuple[PostedReview, ...]:
+        def select(db: sqlite3.Connection) -> list[sqlite3.Row]:
+            self._row(db, number)
+            return db.execute("SELECT id, body, commit_sha, comments FROM forge_reviews WHERE repo = ? AND number = ?"
+                              " ORDER BY id", (self._key, number)).fetchall()
+
+        return tuple(
+            PostedReview(r["id"], number, r["body"], r["commit_sha"],
+                         tuple(ReviewComment(str(c["path"]), int(c["line"]), str(c["body"]))
+                               for c in json.loads(r["comments"])),
+                         f"{self._url(number)}#review-{r['id']}")
+            for r in await self._tx(select))
 
     async def close(self, number: int) -> PullRequest:
         def update(db: sqlite3.Connection) -> sqlite3.Row:

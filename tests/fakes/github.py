@@ -118,6 +118,9 @@ class FakeGitHub:
         self.pulls: dict[int, dict[str, Any]] = {}
         self.pull_requests_sent: list[dict[str, Any]] = []
         self.comments: dict[int, list[dict[str, Any]]] = {}
+        self.reviews: dict[int, list[dict[str, Any]]] = {}
+        self.review_comments: dict[int, list[dict[str, Any]]] = {}
+        self.reviews_sent: list[dict[str, Any]] = []
         self.merges: list[int] = []
         self.forks_created: list[dict[str, Any]] = []
         self.workflow_states: dict[str, str] = {}
@@ -138,6 +141,8 @@ class FakeGitHub:
                 Route(base + "/pulls/{number:int}", self._pull, methods=["GET", "PATCH"]),
                 Route(base + "/pulls/{number:int}/merge", self._merge, methods=["PUT"]),
                 Route(base + "/issues/{number:int}/comments", self._comments, methods=["GET", "POST"]),
+                Route(base + "/pulls/{number:int}/reviews", self._reviews, methods=["GET", "POST"]),
+                Route(base + "/pulls/{number:int}/comments", self._review_comments, methods=["GET"]),
             ],
         )
         self.app.add_middleware(_Gate, fake=self)
@@ -563,6 +568,117 @@ class FakeGitHub:
         return JSONResponse(comment, status_code=201)
 
 
+    # -- pull request reviews ----------------------------------------------------------------------
+
+    def _diff_ranges(self, pr: dict[str, Any]) -> dict[str, list[range]] | None:
+        """The new-side line ranges of each file's hunks in the pull request's diff (its base's merge base to
+        its head, three lines of context, as GitHub shows it), read from the hunk headers; None without git."""
+        upstream = self.repos[self.repository.lower()]
+        if upstream.git_dir is None:
+            return None
+        head = self._live_head(pr)
+        out = _git(upstream.git_dir, "diff", "--no-color", "--no-renames", "-U3",
+                   f"refs/heads/{pr['base']['ref']}...{head}").stdout
+        ranges: dict[str, list[range]] = {}
+        path = None
+        for line in out.splitlines():
+            if line.startswith("+++ "):
+                path = line[6:] if line.startswith("+++ b/") else None
+            elif line.startswith("@@") and path is not None:
+                new = line.split(" ")[2].lstrip("+")
+                start, _, count = new.partition(",")
+                ranges.setdefault(path, []).append(range(int(start), int(start) + int(count or "1")))
+        return ranges
+
+    async def _reviews(self, request: Request) -> Response:
+        """POST /pulls/{n}/reviews as GitHub checks it: the event, a body for COMMENT / REQUEST_CHANGES, the
+        commit, and every comment on a path and (side RIGHT) line of the diff, else 422 and nothing posted."""
+        if (missing := self._check_repo(request)) is not None:
+            return missing
+        number = request.path_params["number"]
+        pr = self.pulls.get(number)
+        if pr is None:
+            return _error(404, "Not Found")
+        if request.method == "GET":
+            return JSONResponse(self.reviews.get(number, []))
+        data = await request.json()
+        self.reviews_sent.append(dict(data))
+        event = data.get("event")
+        if event not in (None, "APPROVE", "REQUEST_CHANGES", "COMMENT"):
+            return _error(422, "Unprocessable Entity", [f"Event {event!r} is not a valid review event"])
+        if event in ("REQUEST_CHANGES", "COMMENT") and not data.get("body"):
+            return _error(422, "Unprocessable Entity", ["Body is required when the event is " + event])
+        head = self._live_head(pr)
+        commit = data.get("commit_id") or head
+        if commit != head:
+            return _error(422, "Unprocessable Entity", ["Commit is not the head of the pull request"])
+        comments = data.get("comments") or []
+        if not isinstance(comments, list):
+            return _error(422, "Invalid request.", ["For 'properties/comments', it is not an array."])
+        ranges = self._diff_ranges(pr)
+        for comment in comments:
+            if not isinstance(comment, dict) or not isinstance(comment.get("path"), str) \
+                    or not isinstance(comment.get("body"), str):
+                return _error(422, "Invalid request.", ["A review comment needs a path and a body."])
+            if comment.get("side", "RIGHT") not in ("LEFT", "RIGHT"):
+                return _error(422, "Invalid request.", ["side is not one of LEFT, RIGHT."])
+            line = comment.get("line")
+            if not isinstance(line, int) or isinstance(line, bool):
+                return _error(422, "Unprocessable Entity", ["Line could not be resolved"])
+            if ranges is not None:
+                if comment["path"] not in ranges:
+                    return _error(422, "Unprocessable Entity", ["Path could not be resolved"])
+                if not any(line in r for r in ranges[comment["path"]]):
+                    return _error(422, "Unprocessable Entity", [
+                        "Pull request review thread line must be part of the diff and Pull request review "
+                        "thread diff hunk can't be blank"])
+        review_id = next(self._ids)
+        state = {"APPROVE": "APPROVED", "REQUEST_CHANGES": "CHANGES_REQUESTED", "COMMENT": "COMMENTED"}.get(
+            event or "", "PENDING")
+        review = {
+            "id": review_id,
+            "node_id": f"PRR_{review_id}",
+            "user": self._user(),
+            "body": data.get("body") or "",
+            "state": state,
+            "html_url": self._html(f"/pull/{number}#pullrequestreview-{review_id}"),
+            "pull_request_url": self._url(f"/pulls/{number}"),
+            "commit_id": commit,
+            "author_association": "NONE",
+        }
+        if state != "PENDING":
+            review["submitted_at"] = NOW
+        self.reviews.setdefault(number, []).append(review)
+        for comment in comments:
+            comment_id = next(self._ids)
+            self.review_comments.setdefault(number, []).append({
+                "id": comment_id,
+                "node_id": f"PRRC_{comment_id}",
+                "pull_request_review_id": review_id,
+                "path": comment["path"],
+                "line": comment["line"],
+                "side": comment.get("side", "RIGHT"),
+                "commit_id": commit,
+                "body": comment["body"],
+                "user": self._user(),
+                "html_url": self._html(f"/pull/{number}#discussion_r{comment_id}"),
+                "created_at": NOW,
+                "updated_at": NOW,
+            })
+        return JSONResponse(review)
+
+    async def _review_comments(self, request: Request) -> Response:
+        if (missing := self._check_repo(request)) is not None:
+            return missing
+        number = request.path_params["number"]
+        if number not in self.pulls:
+            return _error(404, "Not Found")
+        thread = self.review_comments.get(number, [])
+        per_page = int(request.query_params.get("per_page", "30"))
+        page = int(request.query_params.get("page", "1"))
+        return JSONResponse(thread[(page - 1) * per_page : page * per_page])
+
+
 class _Gate:
     """ASGI middleware: records every request, enforces the bearer token, plays scripted answers."""
 
@@ -596,7 +712,7 @@ class _Gate:
         await self.app(scope, receive, send)
 
 
-def _error(status: int, message: str, errors: list[dict[str, Any]] | None = None) -> JSONResponse:
+def _error(status: int, message: str, errors: list[Any] | None = None) -> JSONResponse:
     body: dict[str, Any] = {"message": message, "documentation_url": DOCS}
     if errors is not None:
         body["errors"] = errors
