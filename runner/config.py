@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from runner.alerts.webhooks import WebhookError, validate_logql
+from runner.alerts.logql import WebhookError, validate_logql
 from runner.errors import ConfigError
 
 DEFAULT_ANTHROPIC_BASE_URL = "https://api.anthropic.com"

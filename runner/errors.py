@@ -21,7 +21,7 @@
     ├── UpstreamError               the model API failed or refused
     ├── LokiUnavailable             Loki gave no usable answer after its retries (runner.alerts.loki)
     ├── WatchSourceError            the post-deploy watch cannot read its error source now (runner.service.watch)
-    ├── WebhookError                a webhook body or LogQL query is refused (a ValueError; runner.alerts.webhooks)
+    ├── WebhookError                a webhook body or LogQL query is refused (a ValueError; runner.alerts.payload)
     │   └── LokiResponseError       Loki answered something that is not a query result
     ├── LinkError                   a task-page link or Mini App initData is refused (runner.links)
     ├── GrafanaAuthError            a Grafana alert lacks the contact point's credentials (runner.grafana)

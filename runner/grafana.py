@@ -4,7 +4,7 @@ Grafana's unified alerting sends, per notification (Grafana docs, "Configure web
 Alertmanager webhook fields (`receiver`, `status`, `alerts[]`, `groupLabels`, `commonLabels`,
 `commonAnnotations`, `externalURL`, `groupKey`, `truncatedAlerts`) with `version: "1"` and its own: `orgId`,
 `title`, `state` (`alerting` / `ok`), `message`; each alert adds `silenceURL`, `dashboardURL`, `panelURL`,
-`values` (refID → number, or null) and `valueString`. The alerts become runner.alerts.webhooks.Alert values, so
+`values` (refID → number, or null) and `valueString`. The alerts become runner.alerts.alertmanager.Alert values, so
 fingerprint, de-duplication, cooldown and the Loki query (from labels and annotations, `logql_for`) are the
 Alertmanager path's own. Grafana's own labels (`grafana_folder`, `datasource_uid`, `ref_id`, `__*`) name the
 rule, not the log stream: they are kept beside the alert, not in its labels, so they neither end up in the
@@ -17,7 +17,7 @@ Bearer by default), and, where configured (Grafana 11.6+), an HMAC-SHA256 signat
 our clock) is a replay and refused; a replay inside the window is the same alerts again, which dedupe absorbs.
 
     GrafanaAuthError (a RunnerError)   the request is not from the contact point; `reason` says why
-    WebhookError                       the body is not a Grafana webhook (runner.alerts.webhooks)
+    WebhookError                       the body is not a Grafana webhook (runner.alerts.payload)
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from runner.alerts.webhooks import MAX_BODY_BYTES, AlertNotification, WebhookError, parse_alertmanager
+from runner.alerts.alertmanager import MAX_BODY_BYTES, AlertNotification, WebhookError, parse_alertmanager
 from runner.errors import RunnerError
 
 __all__ = ["DEFAULT_SIGNATURE_HEADER", "GRAFANA_OWN_LABELS", "ROUTE_PATH", "GrafanaAlert", "GrafanaAuth",

@@ -16,9 +16,9 @@ import httpx
 import policy
 from policy.model import Effect, ToolCall
 from runner.alerts import autofix
+from runner.alerts.alertmanager import AlertNotification, parse_auto_fix
 from runner.alerts.loki import LokiClient
 from runner.alerts.tracebacks import extract_tracebacks
-from runner.alerts.webhooks import AlertNotification, parse_auto_fix
 from runner.app import create_app
 from runner.config import Settings
 from runner.model_proxy import ModelProxy

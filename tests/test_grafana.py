@@ -19,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from runner.alerts.webhooks import ALERT_ONLY_LABELS, WebhookError, logql_for, parse_alertmanager
+from runner.alerts.alertmanager import WebhookError, parse_alertmanager
+from runner.alerts.logql import ALERT_ONLY_LABELS, logql_for
 from runner.grafana import (
     DEFAULT_SIGNATURE_HEADER,
     ROUTE_PATH,

@@ -1,4 +1,5 @@
-"""LokiClient against the Loki stand-in (in process) and against nothing at all; the stand-in's LogQL and ruler."""
+"""runner.alerts.loki: LokiClient against the Loki stand-in (in process) and against nothing at all; the stand-in's
+LogQL and ruler; recorded query_range answers parsed."""
 
 from __future__ import annotations
 
@@ -12,7 +13,8 @@ import httpx
 import pytest
 import yaml
 
-from runner.alerts.loki import LokiClient, LokiUnavailable
+from runner.alerts.loki import LokiClient, LokiResponseError, LokiUnavailable, parse_loki_streams, stream_texts, unix_ns
+from runner.alerts.tracebacks import extract_tracebacks
 from tests.fakes.loki import FakeLoki, LogQLError, LogQuery, Rule
 
 RULES = Path(__file__).parents[1] / "monitoring" / "loki-rules.yaml"
@@ -137,3 +139,78 @@ def test_shipped_rules_fire_per_service_and_container_when_a_traceback_is_logged
     assert alert["labels"]["service"] == "bot" and alert["labels"]["alertname"]
     assert alert["startsAt"] == "2026-11-23T22:00:00.000Z" and alert["generatorURL"].startswith("http://")
     assert "{{" not in alert["annotations"]["summary"]
+
+
+# ------------------------------------------------------------------------------------------------ answers
+
+LOKI_DATA = Path(__file__).parent / "data" / "loki"
+
+
+def _loki(name: str) -> bytes:
+    return (LOKI_DATA / name).read_bytes()
+
+
+def test_unix_ns_is_exact() -> None:
+    moment = datetime(2026, 11, 23, 22, 17, 28, 123456, tzinfo=UTC)
+    assert unix_ns(moment) == int(moment.replace(microsecond=0).timestamp()) * 10**9 + 123_456_000
+    assert unix_ns(datetime(2262, 4, 11, 23, 47, 16, 854775, tzinfo=UTC)) == 9_223_372_036_854_775_000
+    assert unix_ns(datetime(1970, 1, 1, tzinfo=UTC)) == 0
+
+
+
+def test_parse_loki_streams_orders_lines_across_streams() -> None:
+    lines = parse_loki_streams(_loki("query_range_per_line_entries.json"))
+    assert len(lines) == 9
+    assert [line.ts_ns for line in lines] == sorted(line.ts_ns for line in lines)
+    assert lines[0].line == "INFO bot: update 1 handled" and lines[0].labels["container"] == "bot-1"
+    assert [line.labels["container"] for line in lines[:4]] == ["bot-1", "bot-2", "bot-1", "bot-2"]
+
+
+def test_stream_texts_keep_each_container_s_traceback_whole() -> None:
+    texts = stream_texts(parse_loki_streams(_loki("query_range_per_line_entries.json")))
+    found = [tb for text in texts for tb in extract_tracebacks(text, repo_roots=("/app",))]
+    assert [tb.summary for tb in found] == [
+        "ZeroDivisionError in bot/handlers/balance.py:get_balance",
+        "KeyError in bot/handlers/profile.py:show_profile",
+    ]
+
+
+def test_parse_loki_streams_reads_multiline_entries_and_json_lines() -> None:
+    lines = parse_loki_streams(_loki("query_range_multiline_entry.json"))
+    assert lines[0].line.startswith('{"event"')
+    found = extract_tracebacks("\n".join(line.line for line in lines), repo_roots=("/app",))
+    assert len(found) == 2 and found[0].fingerprint == found[1].fingerprint
+
+
+def test_parse_loki_streams_accepts_structured_metadata_and_empty_results() -> None:
+    assert [line.line for line in parse_loki_streams(_loki("query_range_structured_metadata.json"))] == [
+        "Traceback (most recent call last):",
+        '  File "/app/bot/handlers/balance.py", line 27, in get_balance',
+    ]
+    assert parse_loki_streams(_loki("query_range_empty.json")) == []
+
+
+def _streams(*result: object) -> dict[str, object]:
+    return {"status": "success", "data": {"resultType": "streams", "result": list(result)}}
+
+
+@pytest.mark.parametrize(
+    ("body", "error"),
+    [
+        (_loki("query_range_matrix.json"), "expected 'streams'"),
+        (_loki("query_range_error.json"), "loki.status: expected 'success', got 'error'"),
+        (b"<html>502 Bad Gateway</html>", "not JSON"),
+        ({"status": "success"}, "loki.data: expected an object"),
+        ({"status": "success", "data": {"resultType": "streams", "result": {}}}, "result: expected a list"),
+        (_streams({"stream": {}, "values": [["x", "l"]]}), "expected nanoseconds"),
+        (_streams({"stream": {}, "values": [["-1", "l"]]}), "expected nanoseconds"),
+        (_streams({"stream": {"a": 1}, "values": []}), "stream.a"),
+        (_streams({"stream": {}, "values": [["1"]]}), "expected [timestamp, line]"),
+        (_streams({"stream": {}, "values": [["1", 2]]}), "expected a string"),
+        (_streams("bot"), "result[0]: expected an object"),
+    ],
+)
+def test_parse_loki_streams_refuses_what_is_not_a_streams_result(body: object, error: str) -> None:
+    with pytest.raises(LokiResponseError) as info:
+        parse_loki_streams(body)
+    assert error in str(info.value)

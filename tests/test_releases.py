@@ -17,9 +17,9 @@ import httpx
 import pytest
 
 from runner.alerts import autofix
+from runner.alerts.alertmanager import parse_auto_fix
 from runner.alerts.loki import LokiClient
 from runner.alerts.tracebacks import extract_tracebacks
-from runner.alerts.webhooks import parse_auto_fix
 from runner.deploy import Deployer
 from runner.deploy.command import CommandDeployer
 from runner.deploy.none import NoneDeployer

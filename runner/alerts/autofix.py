@@ -18,17 +18,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from runner.alerts.loki import LokiClient, LokiUnavailable
+from runner.alerts.alertmanager import Alert, AlertNotification, DirectReport, WebhookError
+from runner.alerts.logql import logql_for, query_window
+from runner.alerts.loki import LokiClient, LokiUnavailable, stream_texts
 from runner.alerts.tracebacks import ParsedTraceback, extract_tracebacks
-from runner.alerts.webhooks import (
-    Alert,
-    AlertNotification,
-    DirectReport,
-    WebhookError,
-    logql_for,
-    query_window,
-    stream_texts,
-)
 from runner.errors import ForgeError
 from runner.prompts import fence_untrusted, fix_prompt
 from runner.service.scheduler import Duplicate, Refused

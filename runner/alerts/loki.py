@@ -1,24 +1,43 @@
-"""Loki HTTP client: `query_range` for the log lines behind an alert, retried, bounded, errors mapped.
+"""Loki: `query_range` for the log lines behind an alert, retried, bounded, errors mapped; its answers parsed.
 
     RunnerError
-    └── LokiUnavailable      Loki could not be reached, kept failing, or answered with something unusable
+    ├── LokiUnavailable      Loki could not be reached, kept failing, or answered with something unusable
+    └── WebhookError
+        └── LokiResponseError   an answer is not a successful streams result (parse_loki_streams)
 
-Only what the auto-fix needs: a log query (`GET /loki/api/v1/query_range`), oldest lines first.
+Only what the auto-fix needs: a log query (`GET /loki/api/v1/query_range`), oldest lines first. The
+answer's shape: `{"status": "success", "data": {"resultType": "streams", "result": [{"stream": {labels},
+"values": [["<unix ns>", "<line>"], ...]}]}}` (a third element, structured metadata, may follow the line).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-from datetime import datetime
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from types import TracebackType
 
 import httpx
 
-from runner.alerts.webhooks import LogLine, LokiResponseError, parse_loki_streams, unix_ns, validate_logql
+from runner.alerts import payload
+from runner.alerts.logql import validate_logql
+from runner.alerts.payload import WebhookError
 from runner.errors import RunnerError
 
-__all__ = ["DEFAULT_LIMIT", "DEFAULT_RETRIES", "DEFAULT_TIMEOUT", "LokiClient", "LokiUnavailable"]
+__all__ = [
+    "DEFAULT_LIMIT",
+    "DEFAULT_RETRIES",
+    "DEFAULT_TIMEOUT",
+    "LogLine",
+    "LokiClient",
+    "LokiResponseError",
+    "LokiUnavailable",
+    "parse_loki_streams",
+    "stream_texts",
+    "unix_ns",
+]
 
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_RETRIES = 2  # after the first attempt
@@ -29,10 +48,23 @@ MAX_RESPONSE_BYTES = 64 << 20
 QUERY_RANGE = "/loki/api/v1/query_range"
 # Worth another try: Loki restarting, a query frontend queue full, a proxy in between timing out.
 RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+MAX_LOKI_LINES = 50_000
+MAX_LOKI_LINE_CHARS = 64 << 10
 
 
 class LokiUnavailable(RunnerError):
     """Loki gave no usable answer (after the retries); the message says what went wrong last."""
+
+
+class LokiResponseError(WebhookError):
+    """Loki's answer is not a successful streams result."""
+
+
+@dataclass(frozen=True, slots=True)
+class LogLine:
+    ts_ns: int
+    labels: Mapping[str, str]
+    line: str
 
 
 class LokiClient:
@@ -109,3 +141,65 @@ class LokiClient:
 def _snippet(body: bytes) -> str:
     text = body[:200].decode("utf-8", "replace").strip()
     return text or "(empty body)"
+
+
+# ---------------------------------------------------------------------------------------------- answers
+
+
+def parse_loki_streams(body: object) -> list[LogLine]:
+    """A Loki query_range answer for a log query → its lines, oldest first, ties in stream order."""
+    try:
+        data = payload.obj(payload.decode(body, "loki"), "loki")
+    except WebhookError as exc:
+        raise LokiResponseError(str(exc)) from exc
+    if data.get("status") != "success":
+        raise LokiResponseError(f"loki.status: expected 'success', got {payload.short(data.get('status'))}")
+    answer = data.get("data")
+    if not isinstance(answer, dict):
+        raise LokiResponseError("loki.data: expected an object")
+    if answer.get("resultType") != "streams":
+        got = payload.short(answer.get("resultType"))
+        raise LokiResponseError(f"loki.data.resultType: expected 'streams', got {got}")
+    result = answer.get("result")
+    if not isinstance(result, list):
+        raise LokiResponseError("loki.data.result: expected a list")
+    lines: list[tuple[int, int, LogLine]] = []
+    for i, stream in enumerate(result):
+        where = f"loki.data.result[{i}]"
+        if not isinstance(stream, dict):
+            raise LokiResponseError(f"{where}: expected an object")
+        try:
+            labels = payload.labels(stream, "stream", where, required=True)
+        except WebhookError as exc:
+            raise LokiResponseError(str(exc)) from exc
+        values = stream.get("values")
+        if not isinstance(values, list):
+            raise LokiResponseError(f"{where}.values: expected a list")
+        for j, entry in enumerate(values):
+            if not (isinstance(entry, list) and len(entry) in (2, 3)):
+                raise LokiResponseError(f"{where}.values[{j}]: expected [timestamp, line]")
+            ts, line = entry[0], entry[1]
+            if not (isinstance(ts, str) and ts.isascii() and ts.isdigit() and len(ts) <= 20):
+                raise LokiResponseError(f"{where}.values[{j}][0]: expected nanoseconds, got {payload.short(ts)}")
+            if not isinstance(line, str):
+                raise LokiResponseError(f"{where}.values[{j}][1]: expected a string")
+            if len(lines) >= MAX_LOKI_LINES:
+                raise LokiResponseError(f"loki: more than {MAX_LOKI_LINES} lines; narrow the query")
+            lines.append((int(ts), len(lines), LogLine(int(ts), labels, line[:MAX_LOKI_LINE_CHARS])))
+    lines.sort(key=lambda item: (item[0], item[1]))
+    return [line for _, _, line in lines]
+
+
+def stream_texts(lines: Sequence[LogLine]) -> list[str]:
+    """One text per stream, lines in time order: tracebacks must not be stitched across streams."""
+    streams: dict[tuple[tuple[str, str], ...], list[str]] = {}
+    for line in lines:
+        streams.setdefault(tuple(sorted(line.labels.items())), []).append(line.line)
+    return ["\n".join(texts) for texts in streams.values()]
+
+
+
+def unix_ns(moment: datetime) -> int:
+    """Loki's `start`/`end`: integer nanoseconds since the epoch, exact (no float rounding)."""
+    delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000

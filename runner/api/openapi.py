@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from runner.alerts.webhooks import MAX_ALERTS
+from runner.alerts.alertmanager import MAX_ALERTS
 from runner.models import TASK_KINDS, TaskState
 from runner.service.releases import RELEASE_STATES
 

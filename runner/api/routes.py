@@ -23,7 +23,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response, Strea
 from starlette.routing import BaseRoute, Route
 
 import policy
-from runner.alerts.webhooks import MAX_BODY_BYTES, WebhookError, parse_auto_fix
+from runner.alerts.alertmanager import MAX_BODY_BYTES, WebhookError, parse_auto_fix
 from runner.api.openapi import openapi_route
 from runner.errors import (
     ForgeConflict,

@@ -32,8 +32,8 @@ from typing import Any
 
 import policy
 from runner.alerts import autofix
+from runner.alerts.alertmanager import AlertNotification, DirectReport
 from runner.alerts.autofix import Outcome
-from runner.alerts.webhooks import AlertNotification, DirectReport
 from runner.errors import RateLimited, TaskError
 from runner.forge import PullRequest
 from runner.models import TaskKind, TaskState

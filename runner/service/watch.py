@@ -20,9 +20,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from runner.alerts.loki import LokiClient, LokiUnavailable
+from runner.alerts.loki import LokiClient, LokiUnavailable, stream_texts
 from runner.alerts.tracebacks import extract_tracebacks
-from runner.alerts.webhooks import stream_texts
 from runner.config import DEFAULT_WATCH_SELECTOR, Settings
 from runner.errors import RunnerError
 
