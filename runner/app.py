@@ -33,6 +33,7 @@ from runner.forge.workflows import push_notice
 from runner.models import Progress, TaskId
 from runner.notify.base import Notifier
 from runner.notify.log import LogNotifier
+from runner.service.followups import open_followups
 from runner.service.policy_store import PolicyDesk, PolicyStore
 from runner.service.releases import Releases, ReleaseStore
 from runner.service.runtime import Housekeeper, Housekeeping, Runtime, open_runtime, preflight, reap_orphans
@@ -125,6 +126,8 @@ def create_app(
             loki = await stack.enter_async_context(LokiClient(settings.loki_url)) if settings.loki_url else None
             releases = await open_releases(stack, rt, active, scheduler, notifier, note, loki)
             service = app.state.service = Service(settings, rt, scheduler, active, policies, releases, loki)
+            if rt.deps.forge is not None:
+                service.followups = await open_followups(stack, service, notifier=notifier, say=note)
             if telegram is not None and notifier is not None:
                 await telegram.start_front_end(stack, service, notifier, app.router.routes)
             yield

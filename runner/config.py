@@ -71,6 +71,10 @@ class Settings:
     telegram_webhook_url: str | None = None
     """Webhook mode: Telegram posts updates to this public URL (ending in /telegram/webhook); else long polling."""
     telegram_webhook_secret: Secret | None = None
+    github_webhook_secret: Secret | None = None
+    """The GitHub webhook's secret (X-Hub-Signature-256 of PR comment events); None: PR comments are polled."""
+    github_owner_login: str | None = None
+    """The GitHub login whose `/agent` PR comments are follow-ups (default: the owner of GITHUB_REPOSITORY)."""
     sandbox_image: str = DEFAULT_SANDBOX_IMAGE
     sandbox_runtime: str | None = None
     """The OCI runtime of every container a task starts (AGENT_RUNNER_RUNTIME); None: gVisor's runsc when the
@@ -196,6 +200,8 @@ class Settings:
             owner_telegram_id=integer("OWNER_TELEGRAM_ID", None, low=1),
             telegram_webhook_url=url("TELEGRAM_WEBHOOK_URL", None),
             telegram_webhook_secret=secret("TELEGRAM_WEBHOOK_SECRET"),
+            github_webhook_secret=secret("GITHUB_WEBHOOK_SECRET"),
+            github_owner_login=environ.get("GITHUB_OWNER_LOGIN") or None,
             sandbox_image=environ.get("AGENT_RUNNER_SANDBOX_IMAGE") or DEFAULT_SANDBOX_IMAGE,
             sandbox_runtime=runtime,
             policy_path=Path(policy) if policy else None,
