@@ -9,7 +9,10 @@ forge's ForgeError, policy's PolicyLoadError), so HTTP and Telegram cannot drift
     action              audit event                    refuses with
     queue_task          task_created (by the store)    RateLimited (audited `refused`), TaskError (no repo)
     cancel_task         cancel_requested / state       TaskNotFound, TaskError (already ended)
-    approve             approve                        ForgeNotFound, ForgeConflict, TaskError (no forge)
+    follow_up           follow_up                      TaskNotFound, TaskError (no open PR, one running),
+                                                       RateLimited (audited `refused`)
+    approve             approve                        ForgeNotFound, ForgeConflict, TaskError (no forge,
+                                                       a follow-up of the PR not ended)
     reject              reject                         ForgeNotFound, ForgeError, TaskError (no forge)
     activate_policy     policy_activated               PolicyLoadError (audited `policy_rejected`)
     propose_policy      (nothing until confirmed)      PolicyLoadError (audited `policy_rejected`)
@@ -34,9 +37,9 @@ import policy
 from runner.alerts import autofix
 from runner.alerts.alertmanager import AlertNotification, DirectReport
 from runner.alerts.autofix import Outcome
-from runner.errors import RateLimited, TaskError
+from runner.errors import RateLimited, TaskError, TaskNotFound
 from runner.forge import PullRequest
-from runner.models import TaskKind, TaskState
+from runner.models import FollowUp, TaskKind, TaskState
 from runner.service.policy_store import PolicyDesk
 from runner.service.releases import ReleaseRecord
 from runner.service.scheduler import Duplicate, Refused
@@ -44,7 +47,8 @@ from runner.service.state import Service
 from runner.store import Store, TaskRecord
 
 __all__ = ["Admission", "Approval", "Caller", "PolicyProposal", "Rejection", "activate_policy", "admit_alert",
-           "approve", "cancel_task", "confirm_policy", "propose_policy", "queue_task", "refuse", "reject",
+           "approve", "cancel_task", "confirm_policy", "follow_up", "follow_up_of_pr", "propose_policy", "queue_task",
+           "refuse", "reject",
            "rollback_policy", "withdraw_policy"]
 
 REFUSALS = ("rate_limited", "cooling_down")
@@ -133,6 +137,34 @@ async def cancel_task(service: Service, caller: Caller, task_id: str) -> TaskRec
     return await service.scheduler.cancel(task_id, actor=caller.actor)
 
 
+async def follow_up(service: Service, caller: Caller, task_id: str, text: str) -> FollowUp:
+    """The owner's follow-up on task `task_id`'s open pull request: recorded (`queued`) before anything runs,
+    then run in the background (runner.service.followups): a new sandbox from the PR's head, the agent's session
+    continued, the tests, a new commit on the same branch, the approval bound to the new head.
+
+    Counted against the owner's hourly limits like a task. Raises TaskNotFound, TaskError (no open pull
+    request, another follow-up of it not ended, no forge) or RateLimited (audited `refused`).
+    """
+    task = await service.store.get_task(task_id)
+    if service.followups is None:
+        raise TaskError("follow-ups are not available: the service has no forge")
+    await service.store.audit(task.id, caller.actor, "follow_up", {"source": caller.source, "text": text[:500]})
+    refused = await service.scheduler.charge(caller.source, "owner")
+    if isinstance(refused, Refused):
+        await refuse(service.store, caller, "rate_limited", retry_after=refused.retry_after, limit=refused.scope)
+        raise _rate_limited(refused)
+    return await service.followups.submit(task, text, actor=caller.actor, source=caller.source)
+
+
+async def follow_up_of_pr(service: Service, caller: Caller, number: int, text: str) -> FollowUp:
+    """`follow_up` for the task that proposed PR `number` (a PR comment, `/revise N`). TaskNotFound when no
+    proposed task of ours has it."""
+    task = await service.store.task_of_pr(number)
+    if task is None:
+        raise TaskNotFound(f"no proposed task of agent-runner has PR #{number}")
+    return await follow_up(service, caller, task.id, text)
+
+
 # ------------------------------------------------------------------------------------------- pull requests
 
 
@@ -144,6 +176,10 @@ async def approve(service: Service, caller: Caller, number: int, head_sha: str) 
     """
     if service.releases is None:
         raise TaskError("no forge is configured")
+    if service.followups is not None and (busy := await service.followups.busy(number)) is not None:
+        # Its head is about to move: what the owner approves must be what the follow-up leaves.
+        raise TaskError(f"PR #{number} has follow-up {busy.id} {busy.state}; approve it at the head that follow-up "
+                        "leaves")
     task = await service.store.task_of_pr(number)
     await service.store.audit(task.id if task else None, caller.actor, "approve",
                               {"number": number, "head_sha": head_sha})

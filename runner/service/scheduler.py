@@ -229,6 +229,18 @@ class Scheduler:
         self._launch(task)
         return task
 
+    async def charge(self, source: str, requested_by: str, *, at: float | None = None) -> Refused | None:
+        """Count an owner action that is not a new task (a follow-up) against the same hourly limits: None when
+        admitted (and counted), else why not. `at`: one admitted before a restart, counted again as it was."""
+        async with self._admit:
+            if at is not None:
+                self._limiter.record(source, requested_by, at)
+                return None
+            refused = self._limiter.check(source, requested_by)
+            if refused is None:
+                self._limiter.record(source, requested_by, self._clock())
+            return refused
+
     async def _cooling(self, fingerprint: str, bucket: Bucket) -> Refused | None:
         """A fix for this fingerprint failed or was rejected a moment ago (COOLING_STATES): wait before another."""
         if self._cooldown <= 0:

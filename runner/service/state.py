@@ -12,6 +12,7 @@ from runner.alerts.loki import LokiClient
 from runner.config import Settings
 from runner.deploy import Deployer
 from runner.forge.base import Forge
+from runner.service.followups import FollowUps
 from runner.service.policy_store import PolicyDesk
 from runner.service.releases import Releases
 from runner.service.runtime import Runtime
@@ -32,6 +33,8 @@ class Service:
     """Approved pull requests on their way through merge, deploy and watch (None without a forge)."""
     loki: LokiClient | None = None
     """One client (one connection pool) for every alert's log query and the post-deploy watch."""
+    followups: FollowUps | None = None
+    """The owner's follow-ups on pull requests (runner.service.followups; None until the lifespan opens it)."""
 
     @property
     def store(self) -> Store:
