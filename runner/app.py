@@ -128,6 +128,11 @@ def create_app(
             service = app.state.service = Service(settings, rt, scheduler, active, policies, releases, loki)
             if rt.deps.forge is not None:
                 service.followups = await open_followups(stack, service, notifier=notifier, say=note)
+                if settings.github_webhook_secret is None and settings.github_token is not None:
+                    from runner.api.followups import CommentPoller  # no webhook: the owner's PR comments are polled
+
+                    stack.push_async_callback(_stopped, asyncio.create_task(CommentPoller(service).run(),
+                                                                            name="pr-comments"))
             if telegram is not None and notifier is not None:
                 await telegram.start_front_end(stack, service, notifier, app.router.routes)
             yield

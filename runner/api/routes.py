@@ -24,6 +24,7 @@ from starlette.routing import BaseRoute, Route
 
 import policy
 from runner.alerts.alertmanager import MAX_BODY_BYTES, WebhookError, parse_auto_fix
+from runner.api.followups import followup_routes
 from runner.api.openapi import openapi_route
 from runner.errors import (
     ForgeConflict,
@@ -73,7 +74,7 @@ def routes(extra: list[BaseRoute] | None = None) -> list[BaseRoute]:
     ]
     out: list[BaseRoute] = [Route(path, _guard(endpoint, credential), methods=methods)
                             for path, endpoint, methods, credential in table]
-    return [*out, openapi_route(), *(extra or [])]
+    return [*out, openapi_route(), *followup_routes(), *(extra or [])]
 
 
 def owner_only(endpoint: Endpoint) -> Endpoint:
