@@ -148,7 +148,8 @@ async def follow_up(service: Service, caller: Caller, task_id: str, text: str) -
     task = await service.store.get_task(task_id)
     if service.followups is None:
         raise TaskError("follow-ups are not available: the service has no forge")
-    await service.store.audit(task.id, caller.actor, "follow_up", {"source": caller.source, "text": text[:500]})
+    await service.store.audit(task.id, caller.actor, "follow_up",
+                              {**caller.where, "source": caller.source, "text": text[:500]})
     refused = await service.scheduler.charge(caller.source, "owner")
     if isinstance(refused, Refused):
         await refuse(service.store, caller, "rate_limited", retry_after=refused.retry_after, limit=refused.scope)
