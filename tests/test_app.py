@@ -345,7 +345,7 @@ async def test_serve_runs_a_task_through_the_api_to_a_pull_request_and_deploys_i
     lines = [data["line"] for name, data in events if name == "progress"]
     assert any(line.startswith("running: agent in container") for line in lines)
     assert any("tests passed" in line for line in lines)
-    assert task["state"] == "proposed" and task["result"]["files_changed"] == ["bot/ledger.py"]
+    assert task["state"] == "proposed" and task["result"]["files_changed"] == ["bot/ledger.py", "tests/test_ledger.py"]
     assert task["result"]["tests"]["passed"] and task["result"]["usage"]["requests"] >= 5
     assert approved.status_code == 202, approved.text  # answered at once; the release runs in the background
     assert approved.json()["state"] == "approved" and approved.json()["task_id"] == task_id
@@ -465,7 +465,7 @@ async def test_serve_killed_mid_task_fails_it_reaps_its_container_and_resumes_th
             tasks = (await client.get("/tasks", headers=OWNER)).json()["tasks"]
     assert interrupted["state"] == "failed" and "supervisor stopped" in interrupted["reason"]
     assert resumed["state"] == "diff_ready", resumed["reason"]
-    assert resumed["result"]["files_changed"] == ["bot/ledger.py"]
+    assert resumed["result"]["files_changed"] == ["bot/ledger.py", "tests/test_ledger.py"]
     assert sorted(t["id"] for t in tasks) == sorted([first, second])  # none lost, none doubled
 
 

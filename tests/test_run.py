@@ -50,11 +50,12 @@ async def test_run_dry_run_fixes_the_failing_test(tmp_path: Path) -> None:
         "--kind", "fix", "--dry-run", "--json", "--scenario", str(FIX_SCENARIO), env=_env(tmp_path / "home"))
     assert code == 0, progress
     assert result["status"] == "diff_ready"
-    assert result["files_changed"] == ["bot/ledger.py"]
+    assert result["files_changed"] == ["bot/ledger.py", "tests/test_ledger.py"]  # the fix and its regression test
+    assert result["rounds"] == 1 and result["verification"].startswith("verified"), result["verification"]
     assert "+    if not spent:" in result["diff"] and "+        return 0.0" in result["diff"]
     assert ".env" not in result["diff"] and "secrets/" not in result["diff"]  # removed files are no change
     tests = result["tests"]
-    assert tests["passed"] and tests["exit_code"] == 0 and "4 passed" in tests["output_tail"]
+    assert tests["passed"] and tests["exit_code"] == 0 and "5 passed" in tests["output_tail"]
     assert result["pr"] is None and result["denials"] == []
     assert result["usage"]["requests"] >= 5 and result["usage"]["input_tokens"] > 0
     assert "scripted model plays the agent" in progress
@@ -72,7 +73,7 @@ async def test_run_proposes_a_pull_request_on_the_local_forge(tmp_path: Path) ->
     branch_sha = (await _git(repo, "rev-parse", pr["branch"])).strip()
     assert branch_sha == pr["head_sha"]
     changed = await _git(repo, "diff", "--name-only", "main", pr["branch"])
-    assert changed.split() == ["bot/ledger.py"]
+    assert changed.split() == ["bot/ledger.py", "tests/test_ledger.py"]
     assert (await _git(repo, "log", "-1", "--format=%an", pr["branch"])).strip() == "agent-runner"
 
 

@@ -151,7 +151,7 @@ async def test_supervisor_in_a_container_answers_health_and_runs_a_dry_run_throu
                 task_seconds = time.monotonic() - started - healthy_seconds
             logs = subprocess.run(["docker", "logs", name], capture_output=True, text=True).stderr
             assert task["state"] == "diff_ready", (task, logs[-3000:])
-            assert task["result"]["files_changed"] == ["bot/ledger.py"]
+            assert task["result"]["files_changed"] == ["bot/ledger.py", "tests/test_ledger.py"]
             assert task["result"]["tests"]["passed"]
             assert model.model.agent_requests, "the agent never reached the scripted model"
             # The image's HEALTHCHECK agrees (it first runs after its 15 s interval).
