@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NewType, TypeVar
 
+from runner.review import Review
+
 TaskId = NewType("TaskId", str)
 Progress = Callable[[str], None]
 """Hears one line of a task's (or the service's) progress as it happens; never blocks, never raises."""
@@ -105,6 +107,8 @@ class RunResult:
     rounds: int = 1
     """How many rounds the agent worked: 1, plus one each time the supervisor's failing tests (or a fix's failed
     verification) went back to it (limits.test_rounds)."""
+    review: Review | None = None
+    """For reviews: the findings as the supervisor checked them (runner.review), and where they were posted."""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -119,6 +123,7 @@ class RunResult:
             "reason": self.reason,
             "verification": self.verification,
             "rounds": self.rounds,
+            "review": self.review.to_json() if self.review is not None else None,
         }
 
     @classmethod
@@ -139,6 +144,7 @@ class RunResult:
             reason=str(data.get("reason") or ""),
             verification=str(data["verification"]) if data.get("verification") is not None else None,
             rounds=data["rounds"] if isinstance(data.get("rounds"), int) and data["rounds"] > 0 else 1,
+            review=Review.from_json(data.get("review")),
         )
 
 

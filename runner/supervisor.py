@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import cast
 
 import policy
-from runner import kept, session, tasklock, workspace
+from runner import kept, reviewer, session, tasklock, workspace
 from runner.agent import AgentOutcome, Asker, Gate, deny_asks, run_agent, system_prompt
 from runner.errors import RunnerError, SandboxError, StateError
 from runner.forge.base import Forge
@@ -149,8 +149,13 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         await store.transition(task.id, TaskState.PROVISIONING)
         say("provisioning: mirror, clone, strip read-protected files")
         auth = deps.forge.git_auth() if deps.forge is not None else None
-        prepared = await workspace.prepare(deps.home, task.id, task.repo, active, auth=auth)
+        # A review's workspace holds what is reviewed (a PR's head); the change itself is given as data.
+        reviewed = await reviewer.plan(deps.forge, task.prompt) if task.kind == "review" else None
+        prepared = await workspace.prepare(deps.home, task.id, task.repo, active, auth=auth,
+                                           base_ref=reviewed.head_ref if reviewed is not None else None)
         await store.transition(task.id, TaskState.PROVISIONING, base_sha=prepared.base_sha)
+        review_base, review_diff = (await reviewer.change(prepared, active, reviewed) if reviewed is not None
+                                    else ("", ""))
         # Checking out the workspace and starting the container overlap: neither needs the other.
         populating = asyncio.ensure_future(workspace.populate(prepared))
         image = await _dependency_image(deps, prepared, say)
@@ -188,6 +193,8 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
             system = "\n\n".join(filter(None, [system_prompt(task.kind),
                                                 (await read_guidance(prepared, active)).prompt_section()]))
             prompt, resume, turns_left = task.prompt, None, limits.max_turns
+            if reviewed is not None:
+                prompt = reviewer.agent_prompt(task.prompt, review_diff)
             rounds = 0  # agent sessions run so far
             try:
                 while True:
@@ -255,9 +262,13 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         if agent_box in containers:
             await deps.sandbox.stop(agent_box)
             containers.remove(agent_box)
-        if task.dry_run or task.kind == "review" or deps.forge is None:
-            reason = outcome.summary[:2000] if task.kind == "review" else (
-                "; ".join(history) if not tests.passed and rounds > 1 else "")
+        if reviewed is not None:
+            findings = await reviewer.conclude(deps.forge, store, task.id, prepared, outcome.summary, reviewed,
+                                               review_base, review_diff)
+            return await finish(TaskState.DIFF_READY, reviewer.reason(findings), diff=change.diff,
+                                files_changed=change.paths, tests=tests, rounds=rounds, review=findings)
+        if task.dry_run or deps.forge is None:
+            reason = "; ".join(history) if not tests.passed and rounds > 1 else ""
             return await finish(TaskState.DIFF_READY, reason, diff=change.diff, files_changed=change.paths,
                                 tests=tests, verification=verification, rounds=rounds)
         if not tests.passed:
