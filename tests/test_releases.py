@@ -16,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
+from policy import Migrations
 from runner.alerts import autofix
 from runner.alerts.alertmanager import parse_auto_fix
 from runner.alerts.loki import LokiClient
@@ -26,7 +27,7 @@ from runner.deploy.none import NoneDeployer
 from runner.errors import ForgeConflict, ForgeNotFound
 from runner.forge.localgit import LocalGitForge
 from runner.models import TaskState
-from runner.service.releases import NOTHING_DEPLOYED, Releases, ReleaseStore, approved_head
+from runner.service.releases import NO_MIGRATIONS, NOTHING_DEPLOYED, Releases, ReleaseStore, approved_head
 from runner.service.watch import LokiErrors, WatchConfig
 from runner.store import Store, TaskRecord
 from tests.deploy.orphans import alive, orphan, overlap_guarded
@@ -82,9 +83,12 @@ class Desk:
     told: list[str]
     progress: list[tuple[str | None, str]]
 
-    async def propose(self, path: str, content: str, *, fingerprint: str | None = None) -> tuple[int, str, TaskRecord]:
-        """An agent's pull request on its own branch, and its task waiting at `proposed`."""
-        branch = f"agent/{path.replace('.', '-')}"
+    async def propose(self, path: str, content: str, *, fingerprint: str | None = None,
+                      also: dict[str, str] | None = None) -> tuple[int, str, TaskRecord]:
+        """An agent's pull request on its own branch (`path`, then each of `also`), and its task at `proposed`."""
+        branch = f"agent/{path.replace('.', '-').replace('/', '-')}"
+        for extra, text in (also or {}).items():
+            sha = self.repos.commit(extra, text, f"add {extra}")
         sha = self.repos.commit(path, content, f"add {path}", branch=branch)
         await self.forge.push_branch(self.repos.clone, branch)
         pr = await self.forge.open_pr(f"Add {path}", "body", branch, "main")
@@ -122,7 +126,8 @@ def deployer(bot: Bot, *, pause: float = 0.0, command: str | None = None, **opti
 
 @contextlib.asynccontextmanager
 async def desk(tmp_path: Path, repos: Repos, bot: Bot, *, watch: WatchConfig = NO_WATCH, loki: FakeLoki | None = None,
-               pause: float = 0.0, active: Deployer | None = None) -> AsyncIterator[Desk]:
+               pause: float = 0.0, active: Deployer | None = None,
+               migrations: Migrations = NO_MIGRATIONS) -> AsyncIterator[Desk]:
     """Releases over the real pieces; leaving the block stops its jobs as a shutdown would (rows stay)."""
     told: list[str] = []
     progress: list[tuple[str | None, str]] = []
@@ -144,7 +149,8 @@ async def desk(tmp_path: Path, repos: Repos, bot: Bot, *, watch: WatchConfig = N
             errors = LokiErrors(client, selector='{service="bot"}', repo_roots=["/app"])
         releases = Releases(rows, store=store, forge=forge, deployer=active, repo=str(repos.origin),
                             home=tmp_path / "home", watch=watch,
-                            errors=errors, progress=lambda task, line: progress.append((task, line)), tell=tell)
+                            errors=errors, progress=lambda task, line: progress.append((task, line)), tell=tell,
+                            migrations=lambda: migrations)
         stack.push_async_callback(releases.aclose)
         yield Desk(releases, store, forge, repos, bot, told, progress)
 
@@ -505,4 +511,135 @@ async def test_a_deploy_a_killed_process_left_running_is_stopped_at_its_timeout_
     assert done.deployed is not None and done.deployed.succeeded and "begun by" not in done.deployed.detail
     assert any(line.startswith(f"waiting for the deploy of {merged.sha[:12]}") for line in progress)
     assert any("begun before the restart is over; it runs again" in line for line in progress)
+
+
+# ------------------------------------------------------------------------------------- migration releases
+
+MIGRATIONS = Migrations()  # the policy's default paths: Alembic, Django, SQL under migrations/
+MIGRATION = "app/migrations/0002_balance.py"
+
+
+async def asking(d: Desk, release_id: int, question: str) -> Any:
+    """Until the release waits for the owner on `question` (no job of it runs then)."""
+    done = await settled(d, release_id)
+    assert (done.state, done.asked) == ("asking", question), (done.state, done.detail)
+    return done
+
+
+async def test_a_migration_release_waits_for_the_owner_before_its_deploy_and_go_deploys_it(
+        tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
+        before = repos.head("main")
+        number, sha, task = await d.propose(MIGRATION, "def upgrade():\n    pass\n")
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        waiting = await asking(d, release.id, "deploy")
+        assert bot.deploys() == [] and bot.running == before  # merged, and nothing deployed yet
+        asked = d.told[-1]
+        answered = await d.releases.answer(release.id, True, actor="telegram:owner")
+        done = await settled(d, release.id)
+        answers = await d.store.audit_log(task.id, event="release_answer")
+        with pytest.raises(ForgeConflict, match="waits for no answer"):
+            await d.releases.answer(release.id, True, actor="owner")
+        assert (await d.store.get_task(task.id)).state is TaskState.DEPLOYED
+    assert waiting.migrations == MIGRATION and waiting.merge_sha == repos.head("main")
+    assert "waiting for the owner before the deploy" in waiting.detail
+    assert f"changes database migrations ({MIGRATION})" in asked and f"answer release {release.id}" in asked
+    assert answered.state == "deploying" and answered.consent == "deploy"
+    assert done.state == "deployed" and bot.deploys() == [done.merge_sha] and bot.running == done.merge_sha
+    assert [(a.actor, a.detail["question"], a.detail["answer"]) for a in answers] == [
+        ("telegram:owner", "deploy", "go")]
+
+
+async def test_a_migration_release_held_by_the_owner_is_never_deployed(tmp_path: Path, repos: Repos,
+                                                                       bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
+        before = repos.head("main")
+        number, sha, task = await d.propose(MIGRATION, "def upgrade():\n    pass\n")
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        await asking(d, release.id, "deploy")
+        await d.releases.answer(release.id, False, actor="owner")
+        done = await settled(d, release.id)
+        assert (await d.store.get_task(task.id)).state is TaskState.CANCELLED
+    assert done.state == "held" and "held by the owner: not deployed" in done.detail
+    assert bot.deploys() == [] and bot.running == before
+    assert d.told[-1] == f"PR #{number}: {done.detail}"
+
+
+async def test_a_release_without_migrations_is_not_asked_anything(tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
+        number, sha, task = await d.propose("app/models.py", "BALANCE = 0\n")
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        done = await settled(d, release.id)
+    assert done.state == "deployed" and done.migrations == "" and done.asked is None
+
+
+async def test_an_unhealthy_migration_release_is_not_rolled_back_until_the_owner_says_go(
+        tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
+        before = repos.head("main")
+        number, sha, task = await d.propose("broken.py", "raise SystemExit\n", also={MIGRATION: "def upgrade(): ...\n"})
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        await asking(d, release.id, "deploy")
+        await d.releases.answer(release.id, True, actor="owner")
+        waiting = await asking(d, release.id, "rollback")
+        # Unhealthy, and still running: a rollback of the code would not undo the migration.
+        assert bot.deploys() == [waiting.merge_sha] and bot.running == waiting.merge_sha
+        asked = d.told[-1]
+        await d.releases.answer(release.id, True, actor="owner")
+        done = await settled(d, release.id)
+        assert (await d.store.get_task(task.id)).state is TaskState.ROLLED_BACK
+    assert "unhealthy after the deploy" in waiting.detail and "before any rollback" in waiting.detail
+    assert "a rollback of the code does not undo" in asked and "go (roll back anyway) or hold" in asked
+    assert done.state == "rolled_back" and bot.running == before and repos.head("main") == done.revert_sha
+    assert bot.deploys() == [done.merge_sha, before]
+
+
+async def test_an_unhealthy_migration_release_held_by_the_owner_keeps_running(tmp_path: Path, repos: Repos,
+                                                                              bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
+        number, sha, task = await d.propose("broken.py", "raise SystemExit\n", also={MIGRATION: "def upgrade(): ...\n"})
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        await asking(d, release.id, "deploy")
+        await d.releases.answer(release.id, True, actor="owner")
+        await asking(d, release.id, "rollback")
+        await d.releases.answer(release.id, False, actor="owner")
+        done = await settled(d, release.id)
+        assert (await d.store.get_task(task.id)).state is TaskState.DEPLOYED
+    assert done.state == "deployed" and "kept running on the owner's word" in done.detail
+    assert "roll forward with a fix" in done.detail and done.revert_sha is None
+    assert bot.deploys() == [done.merge_sha] and bot.running == done.merge_sha == repos.head("main")
+
+
+async def test_a_migration_release_condemned_by_its_watch_asks_before_rolling_back(tmp_path: Path, repos: Repos,
+                                                                                   bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, watch=WATCH, migrations=MIGRATIONS) as d:
+        before = repos.head("main")
+        number, sha, task = await d.propose(MIGRATION, "def upgrade(): ...\n", fingerprint="fp-keyerror")
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        await asking(d, release.id, "deploy")
+        await d.releases.answer(release.id, True, actor="owner")
+        async with asyncio.timeout(20):
+            while d.releases.watched != release.id:
+                await asyncio.sleep(0.01)
+        assert d.releases.observe("fp-keyerror", 2, "KeyError: 1001") is not None
+        waiting = await asking(d, release.id, "rollback")
+        assert bot.running == waiting.merge_sha  # the watch condemned it; nothing was rolled back
+        await d.releases.answer(release.id, True, actor="owner")
+        done = await settled(d, release.id)
+    assert "post-deploy watch: the error this release fixed happened again" in waiting.detail
+    assert done.state == "rolled_back" and bot.running == before
+
+
+async def test_a_migration_question_outlives_a_restart_and_is_answered_after_it(tmp_path: Path, repos: Repos,
+                                                                                bot: Bot) -> None:
+    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
+        number, sha, task = await d.propose(MIGRATION, "def upgrade(): ...\n")
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        await asking(d, release.id, "deploy")
+    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
+        assert await d.releases.start() == []  # nothing runs while it waits
+        assert (await d.releases.rows.get(release.id)).state == "asking"
+        await d.releases.answer(release.id, True, actor="owner")
+        done = await settled(d, release.id)
+    assert done.state == "deployed" and bot.running == done.merge_sha
     assert len(repos.log("main")) == 2 and bot.deploys() == [merged.sha]  # merged once; deployed to its end once

@@ -16,6 +16,12 @@ timeout has passed, and keeps its result when the deployer can tell it (the comm
 container's image); only otherwise is the step run again. So no two steps of a release ever run at once, and a
 deploy that finished is not repeated.
 
+A release whose merge changes database migrations (the policy's `migrations.paths`) is never deployed nor rolled
+back without the owner, since a code rollback does not undo a schema change: after the merge it waits in state
+`asking` (question `deploy`), and after a failed health check or a condemning watch it waits again (question
+`rollback`); no job runs while it waits, so it outlives restarts. `answer(go)` deploys / rolls back; `answer(hold)`
+keeps it merged and undeployed (`held`) / keeps it running for a fix to roll forward (`deployed`).
+
 One release at a time merges and deploys. A release's watch ends when the next release starts, since a
 rollback can only go back one step; a watch that has already condemned its release finishes its rollback first.
 
@@ -38,6 +44,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from policy import Migrations
 from runner.deploy import (
     DeployAction,
     Deployer,
@@ -60,13 +67,17 @@ from runner.workspace import update_mirror
 log = logging.getLogger("agent_runner.releases")
 
 ReleaseState = Literal["approved", "merging", "deploying", "watching", "deployed", "rolled_back", "failed",
-                       "not_merged"]
+                       "not_merged", "asking", "held"]
 RELEASE_STATES: tuple[ReleaseState, ...] = get_args(ReleaseState)
 IN_FLIGHT: tuple[ReleaseState, ...] = ("approved", "merging", "deploying")
+Question = Literal["deploy", "rollback"]
+"""What a release touching database migrations waits for the owner to answer (state `asking`): whether to deploy
+it (after the merge), and whether to roll it back (after a failed health check or watch)."""
 TASK_STATE_OF: dict[ReleaseState, TaskState] = {
     "merging": TaskState.MERGING, "deploying": TaskState.DEPLOYING, "watching": TaskState.DEPLOYED,
     "deployed": TaskState.DEPLOYED, "rolled_back": TaskState.ROLLED_BACK, "failed": TaskState.FAILED,
     "not_merged": TaskState.PROPOSED,  # back where the owner can look again, with the reason
+    "held": TaskState.CANCELLED,  # merged and never deployed, on the owner's word: the task stops there
 }
 
 SCHEMA = """
@@ -88,12 +99,16 @@ CREATE TABLE IF NOT EXISTS releases (
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     fence TEXT,
-    deployed TEXT
+    deployed TEXT,
+    migrations TEXT,
+    asked TEXT,
+    consent TEXT
 );
 CREATE INDEX IF NOT EXISTS releases_state ON releases(state);
 """
 # Columns added after the first files were written: older files get them when opened.
-COLUMNS = {"releases": {"fence": "TEXT", "deployed": "TEXT"}}
+COLUMNS = {"releases": {"fence": "TEXT", "deployed": "TEXT", "migrations": "TEXT", "asked": "TEXT",
+                         "consent": "TEXT"}}
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +135,13 @@ class ReleaseRecord:
     """The deploy step in flight (deploy or rollback) and what runs it; None between steps."""
     deployed: DeployResult | None = None
     """The deploy step's result, once it is known."""
+    migrations: str | None = None
+    """The migration files the merge changes (policy `migrations.paths`), comma-separated; '' for none; None
+    before the merge is read."""
+    asked: Question | None = None
+    """The question the release waits on (state `asking`)."""
+    consent: str | None = None
+    """What the owner answered "go" to (`deploy`, `rollback`), so a resumed release does not ask again."""
 
     @property
     def in_flight(self) -> bool:
@@ -146,7 +168,7 @@ class ReleaseStore(Database):
 
     async def update(self, release_id: int, state: ReleaseState, **fields: object) -> ReleaseRecord:
         allowed = {"detail", "base_branch", "merge_sha", "previous_sha", "revert_sha", "deployed_at", "watch_until",
-                   "fence", "deployed"}
+                   "fence", "deployed", "migrations", "asked", "consent"}
         assert set(fields) <= allowed, set(fields) - allowed
         values = [json.dumps(v.to_json()) if isinstance(v, Fence | DeployResult) else v for v in fields.values()]
         sets = ", ".join(f"{name} = ?" for name in ("state", "updated_at", *fields))
@@ -186,6 +208,7 @@ Tell = Callable[[str], Awaitable[None]]
 
 
 
+NO_MIGRATIONS = Migrations(())
 NOTHING_DEPLOYED = ("merged; no deployer configured (AGENT_RUNNER_DEPLOYER=none), so nothing was deployed, "
                     "health-checked or watched")
 MIN_SHA_PREFIX = 7
@@ -221,6 +244,7 @@ class Releases:
     def __init__(self, rows: ReleaseStore, *, store: Store, forge: Forge, deployer: Deployer, repo: str,
                  home: Path, watch: WatchConfig, errors: ErrorSource | None = None,
                  progress: TaskProgress = lambda _task, _line: None, tell: Tell | None = None,
+                 migrations: Callable[[], Migrations] = lambda: NO_MIGRATIONS,
                  clock: Callable[[], float] = time.time) -> None:
         self.rows = rows
         self._store = store
@@ -232,6 +256,7 @@ class Releases:
         self._errors = errors
         self._progress = progress
         self._tell = tell
+        self._migrations = migrations  # read at each merge: the policy the owner has active then
         self._clock = clock
         self._lock = asyncio.Lock()  # one merge and deploy at a time
         self._admit = asyncio.Lock()
@@ -264,6 +289,85 @@ class Releases:
                                          reason=f"release {release.id}: merging at {head_sha[:12]}")
         self._launch(self._guarded(release, self._drive(release)))
         return release
+
+    async def answer(self, release_id: int, go: bool, *, actor: str) -> ReleaseRecord:
+        """The owner's answer to the question a migration release waits on: `go` deploys it (asked before the
+        deploy) or rolls it back (asked after a failed check); otherwise it is held merged and undeployed, or kept
+        running as it is. Raises KeyError for no such release, ForgeConflict when it asks nothing."""
+        async with self._admit:  # two answers at once (API and chat): one is taken
+            release = await self.rows.get(release_id)
+            if release.state != "asking" or release.asked is None:
+                raise ForgeConflict(f"release {release_id} (PR #{release.number}) is {release.state}; it waits for "
+                                    "no answer")
+            question = release.asked
+            later = [r for r in await self.rows.find(limit=10) if r.id > release.id and r.merge_sha]
+            if question == "rollback" and go and later:
+                raise ForgeConflict(f"release {later[-1].id} (PR #{later[-1].number}) has merged since; rolling "
+                                    f"release {release.id} back now would undo it too: do it by hand")
+            await self._store.audit(release.task_id, actor, "release_answer",
+                                    {"release": release.id, "number": release.number, "question": question,
+                                     "answer": "go" if go else "hold"})
+            if question == "deploy" and go:
+                release = await self._set(release, "deploying", asked=None, consent="deploy",
+                                          detail=f"the owner said deploy; deploying {self._migration_words(release)}")
+                self._launch(self._guarded(release, self._drive(release)))
+            elif question == "deploy":
+                release = await self._set(release, "held", asked=None, consent="hold",
+                                          detail=f"merged as {(release.merge_sha or '')[:12]} and held by the owner: "
+                                                 "not deployed (the next release deploys it with the rest)")
+                await self._say(release, f"PR #{release.number}: {release.detail}")
+            elif go:
+                # `watching` with the consent recorded: a restart resumes the rollback (start -> _watch -> verdict).
+                release = await self._set(release, "watching", asked=None, consent="rollback",
+                                          detail="the owner said roll back; rolling back")
+                verdict = await self._verdict_of(release) or Verdict(release.detail, None)
+                self._launch(self._guarded(release, self._roll_back(release, verdict, recorded=True)))
+            else:
+                release = await self._set(release, "deployed", asked=None, consent="hold",
+                                          detail=f"kept running on the owner's word ({release.detail}); roll "
+                                                 "forward with a fix")
+                await self._say(release, f"PR #{release.number}: {release.detail}")
+            return release
+
+    async def _ask(self, release: ReleaseRecord, question: Question, why: str) -> ReleaseRecord:
+        """Wait for the owner (state `asking`, no job runs): the release says what it waits for, and the owner is
+        told the two answers."""
+        files = self._migration_words(release)
+        if question == "deploy":
+            detail = f"merged; it changes {files}: waiting for the owner before the deploy"
+            ask = (f"PR #{release.number} is merged and changes {files}. Back up the database, then answer release "
+                   f"{release.id}: go (deploy it now) or hold (keep it merged and undeployed).")
+        else:
+            detail = f"{why}; it changes {files}: waiting for the owner before any rollback"
+            ask = (f"PR #{release.number}: {why}. It changes {files}, which a rollback of the code does not undo: "
+                   f"the old version will run against the migrated database. Answer release {release.id}: go (roll "
+                   "back anyway) or hold (keep it running and roll forward with a fix).")
+        release = await self._set(release, "asking", asked=question, detail=detail)
+        await self._say(release, ask)
+        return release
+
+    @staticmethod
+    def _migration_words(release: ReleaseRecord) -> str:
+        files = [f for f in (release.migrations or "").split(",") if f]
+        shown = ", ".join(files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        return f"database migrations ({shown})" if files else "no migrations"
+
+    async def _touched(self, source: str, release: ReleaseRecord) -> ReleaseRecord:
+        """Record which migration files the merge changes (once: a resumed release keeps the first answer)."""
+        if release.migrations is not None or release.merge_sha is None:
+            return release
+        policy_now = self._migrations()
+        changed: list[str] = []
+        if policy_now.paths:
+            try:
+                out = (await run_git(["diff", "--name-only", "--no-renames", "-z", f"{release.merge_sha}^1",
+                                      release.merge_sha], cwd=source)).out
+                changed = [p for p in out.split("\0") if p]
+            except (GitError, OSError) as exc:
+                # Unknown is not "none": a change we cannot read is treated as one that may migrate.
+                log.warning("could not list the files of %s: %s", release.merge_sha[:12], exc)
+                return await self.rows.update(release.id, release.state, migrations="(unreadable change)")
+        return await self.rows.update(release.id, release.state, migrations=",".join(policy_now.touched(changed)))
 
     def observe(self, fingerprint: str, occurrences: int, summary: str = "") -> Condemned | None:
         """An alert's error arrived. When it condemns the release being watched, say so: its rollback is under
@@ -391,13 +495,24 @@ class Releases:
         if release.previous_sha is None:
             previous = await self._parent(source, merge)
             release = await self.rows.update(release.id, "deploying", previous_sha=previous)  # before it is used
+        release = await self._touched(source, release)
+        migrates = bool(release.migrations)
+        if migrates and release.consent is None and release.fence is None:
+            return await self._ask(release, "deploy", "")
         release, left = await self._settle(release, source)
         steps = _Steps(self, release, left)
+        # A migration release is never rolled back without the owner: deployed with nothing to return to, an
+        # unhealthy one comes back "failed" and the owner is asked.
         outcome = await deploy_with_rollback(
-            self._deployer, DeploySource(source, merge, previous_sha=release.previous_sha),
+            self._deployer, DeploySource(source, merge, previous_sha=None if migrates else release.previous_sha),
             on_event=on_event, step=steps.run)
         release = steps.release
         merged = f"PR #{release.number} merged as {merge[:12]}"
+        if migrates and outcome.status == "failed" and release.previous_sha is not None:
+            verdict = Verdict(f"unhealthy after the deploy ({outcome.deployed.detail})", None)
+            await self._store.audit(release.task_id, "supervisor", "watch_verdict",
+                                    {"release": release.id, "reason": verdict.reason, "fingerprint": None})
+            return await self._ask(release, "rollback", verdict.reason)
         if outcome.status == "rolled_back":
             revert, reverted = await self._revert(branch, merge)
             release = await self._set(release, "rolled_back", revert_sha=revert,
@@ -457,12 +572,12 @@ class Releases:
 
     async def _watch(self, watching: _Watching) -> None:
         release = watching.release
-        assert release.deployed_at is not None and release.watch_until is not None
         if (condemned := await self._verdict_of(release)) is not None:  # decided before a restart: act on it
             if self._watching is watching:
                 self._watching = None
             await self._roll_back(release, condemned, recorded=True)
             return
+        assert release.deployed_at is not None and release.watch_until is not None
         fixed, known = await self._fingerprints(release)
         watch = watching.watch = Watch(deployed_at=release.deployed_at, until=release.watch_until,
                                        config=self._watch_config, fixed=fixed, known=known, source=self._errors,
@@ -513,11 +628,14 @@ class Releases:
             release = await self._set(release, "failed", detail=detail)
             await self._say(release, f"PR #{release.number}: {detail}. Look now.")
             return
-        self._note(release, f"post-deploy watch: {verdict.reason}; rolling back to {previous[:12]}")
         if not recorded:
             await self._store.audit(release.task_id, "watch", "watch_verdict",
                                     {"release": release.id, "reason": verdict.reason,
                                      "fingerprint": verdict.fingerprint})
+        if release.migrations and release.consent != "rollback":
+            await self._ask(release, "rollback", f"post-deploy watch: {verdict.reason}")
+            return
+        self._note(release, f"post-deploy watch: {verdict.reason}; rolling back to {previous[:12]}")
         try:
             source = await self._source()
             release, left = await self._settle(release, source)
