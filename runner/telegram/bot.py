@@ -26,6 +26,7 @@ import policy
 from runner.errors import NotifyError, ProposalVoid, RunnerError
 from runner.notify.base import Button, Message
 from runner.notify.telegram import AskAnswer, PrAction, TelegramNotifier, clip, esc, markup, pre
+from runner.review import pr_request
 from runner.service.operations import PolicyProposal
 from runner.service.policy_store import PolicyDesk
 from runner.store import TaskRecord
@@ -35,7 +36,7 @@ MAX_POLICY_BYTES = 256_000
 HELP = """<b>agent-runner</b>
 /agent &lt;task&gt; — a feature, or a fix if it reads like one (<code>/agent fix …</code> to say so)
 /dryrun &lt;task&gt; — the diff only, no PR
-/review [ref] — a read-only review of a commit or range
+/review [N | ref] — a read-only review of PR N (posted on it) or of a commit
 /approve_pr N · /reject_pr N — the PR you were shown
 /tasks · /task ID · /cancel ID
 /agent_status — health, queue, today's cost
@@ -180,6 +181,9 @@ def owner_router(ops: Actions, notifier: TelegramNotifier, owner_id: int, desk: 
     @router.message(Command("review"))
     async def review(message: TgMessage, command: CommandObject) -> None:
         ref = (command.args or "HEAD").strip()
+        if ref.lstrip("#").isdigit():  # a pull request: its head against its base, the findings posted on it
+            await start(message, "review", pr_request(int(ref.lstrip("#"))), True)
+            return
         await start(message, "review", f"Review the change {ref} and report findings; change nothing.", True)
 
     async def pr_number(message: TgMessage, command: CommandObject) -> int | None:
