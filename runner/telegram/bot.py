@@ -30,6 +30,7 @@ from runner.review import pr_request
 from runner.service.operations import PolicyProposal
 from runner.service.policy_store import PolicyDesk
 from runner.store import TaskRecord
+from runner.telegram.followups import FollowUpActions, follow_up_router
 
 FIX_WORDS = re.compile(r"\b(fix|bug|broken|crash\w*|error|exception|traceback|fails?|failing|regression)\b", re.I)
 MAX_POLICY_BYTES = 256_000
@@ -38,6 +39,7 @@ HELP = """<b>agent-runner</b>
 /dryrun &lt;task&gt; — the diff only, no PR
 /review [N | ref] — a read-only review of PR N (posted on it) or of a commit
 /approve_pr N · /reject_pr N — the PR you were shown
+/revise N &lt;text&gt; — a follow-up on PR N (or reply to the task's message)
 /tasks · /task ID · /cancel ID
 /agent_status — health, queue, today's cost
 /policy · /policy diff · /policy history · /policy rollback V
@@ -124,6 +126,8 @@ def describe(task: TaskRecord) -> str:
 def build_dispatcher(ops: Actions, notifier: TelegramNotifier, owner_id: int, desk: PolicyDesk) -> Dispatcher:
     """The owner's router first; whatever it does not take (anyone else) lands in the refusing one."""
     dp = Dispatcher()
+    if isinstance(ops, FollowUpActions):  # before the owner's router, whose last handler takes any message
+        dp.include_router(follow_up_router(ops, notifier, owner_id))
     dp.include_router(owner_router(ops, notifier, owner_id, desk))
     dp.include_router(outsider_router(ops, owner_id))
     return dp

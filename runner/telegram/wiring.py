@@ -19,6 +19,7 @@ from starlette.routing import BaseRoute, Route
 
 import policy
 from runner.config import Settings
+from runner.models import FollowUp
 from runner.notify.telegram import TelegramNotifier
 from runner.service import operations
 from runner.service.operations import Caller, PolicyProposal
@@ -54,6 +55,12 @@ class ServiceActions:
 
     async def reject(self, number: int) -> str:
         return f"PR #{number} {(await operations.reject(self.service, CHAT, number)).pr.state}"
+
+    async def follow_up(self, task_id: str, text: str) -> FollowUp:
+        return await operations.follow_up(self.service, CHAT, task_id, text)
+
+    async def follow_up_pr(self, number: int, text: str) -> FollowUp:
+        return await operations.follow_up_of_pr(self.service, CHAT, number, text)
 
     async def tasks(self, limit: int) -> list[TaskRecord]:
         return await self.service.store.list_tasks(limit=limit)
