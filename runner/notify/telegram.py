@@ -25,6 +25,7 @@ from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboar
 import policy
 from runner.errors import NotifyError
 from runner.notify.base import Button, Message
+from runner.review import Review, telegram_pages
 from runner.store import TaskRecord
 
 log = logging.getLogger("agent_runner.notify.telegram")
@@ -168,6 +169,20 @@ class TelegramNotifier:
         assert board.pump is not None
         await asyncio.shield(board.pump)
         self._boards.pop(task.id, None)
+        await self._send_review(task, result if result is not None else stored)
+
+    async def _send_review(self, task: TaskRecord, result: Mapping[str, Any] | None) -> None:
+        """A review arrives whole, after its task's message: as many messages as it needs, split between lines
+        under Telegram's limit (runner.review renders and escapes it)."""
+        found = Review.from_json((result or {}).get("review"))
+        if found is None:
+            return
+        title = f"Review of PR #{found.pr}" if found.pr is not None else f"Review, task {task.id}"
+        for page in telegram_pages(found, title=title, limit=MAX_TEXT):
+            try:
+                await self.send(Message(page))
+            except NotifyError:
+                log.warning("part of the review of %s not delivered", task.id, exc_info=True)
 
     def message_of(self, task_id: str) -> int | None:
         board = self._boards.get(task_id)
