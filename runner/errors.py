@@ -5,7 +5,8 @@
     ├── SandboxError                the container backend failed
     │   ├── SandboxStartError       the engine is down, the image is missing, the container did not start
     │   ├── SandboxTimeout          a command or the task's wall clock ran out (also a TimeoutError)
-    │   └── WorkspaceFull           the task wrote its workspace full (runner.sandbox.base)
+    │   ├── WorkspaceFull           the task wrote its workspace full (runner.sandbox.base)
+    │   └── ArchiveError            the workspace's tar does not read as one (also an OSError; runner.sandbox.archive)
     ├── EngineUnavailable           the Docker engine does not answer (runner.docker_engine)
     │   └── EngineGone              it stopped answering a client that had reached it
     ├── ForgeError                  the forge (GitHub, local git) refused or failed
@@ -19,6 +20,7 @@
     ├── DeployError                 the deployer could not do its work at all (runner.deploy.base)
     ├── NotifyError                 the notifier (Telegram) failed
     ├── UpstreamError               the model API failed or refused
+    ├── ScenarioError               a scripted model's scenario cannot be played (ValueError; runner.scripted_model)
     ├── LokiUnavailable             Loki gave no usable answer after its retries (runner.alerts.loki)
     ├── WatchSourceError            the post-deploy watch cannot read its error source now (runner.service.watch)
     ├── WebhookError                a webhook body or LogQL query is refused (a ValueError; runner.alerts.payload)

@@ -35,6 +35,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from runner.errors import RunnerError
 from runner.unix_server import EmbeddedServer
 
 __all__ = [
@@ -73,7 +74,7 @@ class ToolUseBlock:
 Block = TextBlock | ToolUseBlock
 
 
-class ScenarioError(ValueError):
+class ScenarioError(RunnerError, ValueError):
     """A scenario file that cannot be played: unreadable, not YAML, or not the scenario shape."""
 
 

@@ -18,6 +18,8 @@ from collections.abc import Callable, Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.errors import SandboxError
+
 MODE_FILE = 0o100644
 MODE_EXECUTABLE = 0o100755
 MODE_SYMLINK = 0o120000
@@ -26,8 +28,8 @@ IN_MEMORY = 1024**2  # members up to this size are hashed in memory; larger ones
 CHUNK = 1024**2
 
 
-class ArchiveError(OSError):
-    """The workspace's tar is not a readable archive."""
+class ArchiveError(SandboxError, OSError):
+    """The workspace's tar is not a readable archive (an OSError too, as reading a file that is not one is)."""
 
 
 @dataclass(frozen=True, slots=True)
