@@ -40,8 +40,8 @@ from runner.service.runtime import reap_orphans
 from runner.store import Store
 from runner.supervisor import Deps, run_task
 from runner.unix_server import serve_tcp
-from tests.conftest import _unavailable
 from tests.engine import PrivateEngine, private_engine  # noqa: F401  (the session fixture, used by `engine`)
+from tests.fakes.disk import small_disk
 
 AGENT_RUNNER = [sys.executable, "-m", "runner.cli"]
 SCRIPTED_KEY = "sk-ant-test-key-for-a-local-upstream"
@@ -199,43 +199,6 @@ async def silent_upstream() -> AsyncIterator[Upstream]:
         await server.wait_closed()
 
 
-# --- a small disk -------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def small_disk(path: Path, size: str) -> Iterator[Path]:
-    """A tmpfs of `size` mounted at `path` for the test's AGENT_RUNNER_HOME."""
-    if os.geteuid() != 0:
-        _unavailable("a small disk for AGENT_RUNNER_HOME needs root (mount -t tmpfs)")
-    path.mkdir(parents=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(path)], check=True)
-    try:
-        yield path
-    finally:
-        subprocess.run(["umount", "-l", str(path)], check=False)
-
-
-def fill(directory: Path, *, leave: int = 0) -> Path:
-    """Write a file into `directory` until its disk has at most `leave` bytes free; the file."""
-    filler = directory / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-    try:
-        for size in (2**20, 2**16, 2**12, 2**9, 1):
-            while _free(directory) - size >= leave:
-                try:
-                    os.write(fd, b"\0" * size)
-                except OSError:
-                    break
-    finally:
-        os.close(fd)
-    return filler
-
-
-def _free(directory: Path) -> int:
-    stat = os.statvfs(directory)
-    return stat.f_bavail * stat.f_frsize
-
-
 # --- the private engine -------------------------------------------------------------------------------------
 
 
@@ -391,11 +354,12 @@ async def test_a_disk_filling_mid_task_stops_it_keeps_its_diff_and_the_next_star
                          [_tool("Bash", command="python3 -c 'import time; time.sleep(3)'")],
                          [_tool("Bash", command="cat notes.txt")])
     args = await _run_args(tmp_path, "--scenario", str(scenario), "--policy", str(_policy(tmp_path)))
-    with small_disk(tmp_path / "home", "64m") as home:
+    with small_disk(tmp_path / "home", "64m") as disk:
+        home = disk.root
         async with agent_runner(*args, env=_env(home)) as child:
             # While the agent's command runs, the disk fills: the next decision's audit row cannot be written.
             await child.wait_for("allowed Bash python3")
-            filler = fill(home)
+            filler = disk.fill()
             code, result, progress = await child.finish()
         task_id = result["task_id"]
         kept = home / "tasks" / task_id / "kept.diff"
@@ -426,8 +390,9 @@ async def test_a_disk_filling_mid_task_stops_it_keeps_its_diff_and_the_next_star
 
 
 def test_a_full_disk_before_a_run_is_one_line_and_exit_2(tmp_path: Path) -> None:
-    with small_disk(tmp_path / "home", "40m") as home:
-        fill(home, leave=4 * 2**20)
+    with small_disk(tmp_path / "home", "40m") as disk:
+        home = disk.root
+        disk.fill(leave=4 * 2**20)
         args = asyncio.run(_run_args(tmp_path, "--scenario", str(_scenario(tmp_path, [_tool("Read",
                                                                                             file_path="x")]))))
         done = subprocess.run([*AGENT_RUNNER, *args], env=_env(home), capture_output=True, text=True, timeout=120)

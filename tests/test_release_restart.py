@@ -20,8 +20,8 @@ from runner.gitops import git_env
 from runner.models import TaskState
 from runner.sample import create_sample_repo
 from runner.store import Store
+from tests.fakes.loki import traceback_lines
 from tests.test_app import ALERT_SECRET, ALERTS, OWNER, TOKEN, _free_port, _serve_process
-from tests.test_autofix import traceback_lines
 
 
 def git(*args: str, cwd: Path) -> str:

@@ -32,10 +32,9 @@ from runner.service.watch import LokiErrors, WatchConfig
 from runner.store import Store, TaskRecord
 from tests.deploy.orphans import alive, orphan, overlap_guarded
 from tests.fakes.health import health_server
-from tests.fakes.loki import FakeLoki
+from tests.fakes.loki import FakeLoki, traceback_lines
+from tests.fakes.service import held_service as autofix_service
 from tests.forge.repos import Repos, git, make_repos
-from tests.test_autofix import service as autofix_service
-from tests.test_autofix import traceback_lines
 
 NO_WATCH = WatchConfig(seconds=0)
 WATCH = WatchConfig(seconds=30, interval=0.05, baseline_seconds=600)

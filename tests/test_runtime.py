@@ -9,7 +9,7 @@ import pytest
 
 from runner.errors import SandboxError, StateFull
 from runner.service.runtime import Housekeeper, Housekeeping, check_room
-from tests.test_sqlite import small_disk
+from tests.fakes.disk import small_disk
 
 
 class Clock:

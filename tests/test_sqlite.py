@@ -3,14 +3,11 @@ disk (a small tmpfs mounted for the test) are refused as StateError values that 
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
 import sqlite3
 import subprocess
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -19,49 +16,9 @@ from runner.errors import StateCorrupt, StateError, StateFull
 from runner.service.releases import ReleaseStore
 from runner.sqlite import RESTORE_STEPS, Database, check_file
 from runner.store import Store
+from tests.fakes.disk import small_disk
 
 PAGE = 4096
-
-
-@dataclass
-class Disk:
-    """A small filesystem of its own: `fill()` takes every free byte, `free()` gives them back."""
-
-    root: Path
-
-    def fill(self) -> None:
-        fd = os.open(self.root / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            while True:
-                os.write(fd, b"\0" * 65536)
-        except OSError:
-            pass
-        try:
-            while True:
-                os.write(fd, b"\0" * 512)
-        except OSError:
-            pass
-        finally:
-            os.close(fd)
-
-    def free(self) -> None:
-        (self.root / "filler").unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def small_disk(where: Path, size: str = "8m") -> Iterator[Disk]:
-    """A tmpfs of `size` mounted at `where` (as root), unmounted however the test ends."""
-    if os.geteuid() != 0:
-        if os.environ.get("CI") == "true":  # CI runs as root: a skip there would hide the full-disk tests
-            pytest.fail("mounting a small filesystem needs root", pytrace=False)
-        pytest.skip("mounting a small filesystem needs root")
-    where.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)], check=True)
-    try:
-        yield Disk(where)
-    finally:
-        if subprocess.run(["umount", str(where)], capture_output=True).returncode != 0:
-            subprocess.run(["umount", "-l", str(where)], check=True)
 
 
 async def filled(path: Path, tasks: int = 48) -> None:

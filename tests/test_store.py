@@ -14,7 +14,7 @@ from runner.errors import StateFull
 from runner.models import PrRef, RunResult, TaskState
 from runner.store import SCHEMA, Store
 from runner.unrecorded import NOTE_BYTES, Notes, Unrecorded
-from tests.test_sqlite import small_disk
+from tests.fakes.disk import small_disk
 
 
 async def running_task(store: Store) -> str:

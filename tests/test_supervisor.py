@@ -9,12 +9,8 @@ The end-to-end versions with the real daemon and the real CLI are the docker tes
 
 from __future__ import annotations
 
-import io
 import os
-import tarfile
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,125 +23,11 @@ from runner.forge.localgit import LocalGitForge
 from runner.model_proxy import ModelProxy
 from runner.models import RunResult, TaskState
 from runner.sample import create_sample_repo
-from runner.sandbox.base import Container, ExecResult, SandboxSpec, WorkspaceFull
+from runner.sandbox.base import Container, ExecResult, SandboxSpec
 from runner.store import Store
 from runner.supervisor import Deps, file_diff, run_task
-
-Files = dict[str, tuple[int, bytes]]  # path -> (git mode, content or link target)
-Process = Callable[[Files], None]  # one step of a process the agent left running
-
-
-@dataclass
-class Box:
-    container: Container
-    role: str
-    files: Files = field(default_factory=dict)
-    processes: list[Process] = field(default_factory=list)
-    received: list[set[str]] = field(default_factory=list)
-
-
-class FakeSandbox:
-    """A Sandbox whose containers are dictionaries; `calls` is every call made, in order, with the role."""
-
-    def __init__(self, *, on_exec: Callable[[Box, Sequence[str]], ExecResult] | None = None) -> None:
-        self.calls: list[tuple[str, str]] = []
-        self.boxes: dict[str, Box] = {}
-        self.gone: dict[str, Box] = {}
-        self.built: list[Mapping[str, bytes]] = []
-        self._on_exec = on_exec or (lambda box, argv: ExecResult(0, "1 passed", 0.1))
-
-    def _box(self, container: Container) -> Box:
-        box = self.boxes.get(container.id)
-        if box is None:
-            raise SandboxError(f"no container {container.id}")
-        for step in box.processes:  # what is still running keeps acting between our calls
-            step(box.files)
-        return box
-
-    async def start(self, spec: SandboxSpec) -> Container:
-        container = Container(f"fake-{uuid.uuid4().hex[:8]}", f"agent-runner-{spec.task_id}", spec.task_id,
-                              spec.limits.workspace_bytes)
-        self.boxes[container.id] = Box(container, spec.role)
-        self.calls.append(("start", spec.role))
-        return container
-
-    async def copy_in(self, container: Container, archive: Path) -> None:
-        box = self._box(container)
-        self.calls.append(("copy_in", box.role))
-        with tarfile.open(archive) as tar:
-            for member in tar:
-                name = member.name.removeprefix("./")
-                if member.issym():
-                    box.files[name] = (0o120000, member.linkname.encode())
-                elif member.isfile():
-                    box.files[name] = (0o100755 if member.mode & 0o100 else 0o100644,
-                                       tar.extractfile(member).read())  # type: ignore[union-attr]
-        box.received.append(set(box.files))
-        if _used(box.files) > container.workspace_bytes:
-            raise WorkspaceFull("the repository does not fit the workspace", container.workspace_bytes)
-
-    async def exec(self, container: Container, argv: Sequence[str], *, timeout: float,
-                   env: Mapping[str, str] | None = None, workdir: str = "/workspace") -> ExecResult:
-        box = self._box(container)
-        self.calls.append(("exec", box.role))
-        return self._on_exec(box, argv)
-
-    def attach_command(self, container: Container, argv: Sequence[str], env_names: Sequence[str]) -> list[str]:
-        return ["false"]  # the scripted agent never starts a CLI
-
-    async def kill_processes(self, container: Container) -> None:
-        box = self._box(container)
-        self.calls.append(("kill_processes", box.role))
-        box.processes.clear()
-
-    async def copy_out(self, container: Container, dest: Path) -> None:
-        box = self._box(container)
-        self.calls.append(("copy_out", box.role))
-        if box.processes:
-            raise SandboxError("processes of the task are still running")
-        if _used(box.files) >= container.workspace_bytes:
-            raise WorkspaceFull(f"the sandbox filled its workspace: it reached the size limit of "
-                                f"{container.workspace_bytes} bytes", container.workspace_bytes)
-        with tarfile.open(dest, "w") as tar:
-            for name, (mode, data) in box.files.items():
-                info = tarfile.TarInfo(f"./{name}")
-                if mode == 0o120000:
-                    info.type, info.linkname = tarfile.SYMTYPE, data.decode()
-                    tar.addfile(info)
-                else:
-                    info.size, info.mode = len(data), 0o755 if mode == 0o100755 else 0o644
-                    tar.addfile(info, io.BytesIO(data))
-
-    async def stop(self, container: Container) -> None:
-        box = self.boxes.pop(container.id, None)
-        if box is not None:
-            self.calls.append(("stop", box.role))
-            self.gone[container.id] = box
-
-    async def running(self) -> dict[str, str]:
-        return {box.container.task_id: "" for box in self.boxes.values()}
-
-    async def reap(self, keep: set[str]) -> list[str]:
-        reaped = [b.container for b in self.boxes.values() if b.container.task_id not in keep]
-        for container in reaped:
-            await self.stop(container)
-        return [c.task_id for c in reaped]
-
-    async def cached_dependencies(self, base_image: str, key: str) -> str | None:
-        return None
-
-    async def build_dependencies(self, base_image: str, files: Mapping[str, bytes], command: str, key: str) -> str:
-        self.calls.append(("build_dependencies", "dependencies"))
-        self.built.append(dict(files))
-        return f"fake/deps:{key}"
-
-    async def aclose(self) -> None:
-        return None
-
-
-def _used(files: Files) -> int:
-    return sum(len(data) for _, data in files.values())
-
+from tests.fakes.disk import fill, small_disk
+from tests.fakes.sandbox import Box, FakeSandbox, Files, used
 
 Agent = Callable[[FakeSandbox, Container, Gate], Awaitable[str]]
 
@@ -285,7 +167,7 @@ async def test_a_full_workspace_fails_the_task_naming_the_limit(world: dict[str,
     sandbox = FakeSandbox()
 
     async def agent(fake: FakeSandbox, box: Container, gate: Gate) -> str:
-        _write(fake, box, "big.bin", b"\0" * (box.workspace_bytes - _used(fake.boxes[box.id].files)))
+        _write(fake, box, "big.bin", b"\0" * (box.workspace_bytes - used(fake.boxes[box.id].files)))
         return "done"
 
     result = await _run(world, sandbox, agent, active=_limited(workspace_bytes=4 * 1024**2))
@@ -464,18 +346,14 @@ async def test_a_task_whose_engine_is_down_before_it_starts_says_no_engine_answe
 @pytest.fixture
 async def small_world(tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     """The world, its AGENT_RUNNER_HOME on a small disk of its own."""
-    from tests.test_faults import small_disk
-
     repo = await create_sample_repo(tmp_path / "origin")
-    with small_disk(tmp_path / "home", "48m") as home:
-        async with Store(home / "state.db") as store, ModelProxy("http://127.0.0.1:9", "unused") as proxy:
-            yield {"repo": repo, "store": store, "proxy": proxy, "home": home}
+    with small_disk(tmp_path / "home", "48m") as disk:
+        async with Store(disk.root / "state.db") as store, ModelProxy("http://127.0.0.1:9", "unused") as proxy:
+            yield {"repo": repo, "store": store, "proxy": proxy, "home": disk.root}
 
 
 async def test_a_decision_the_full_disk_refuses_stops_the_agent_and_keeps_its_work_beside_the_task(
         small_world: dict[str, Any]) -> None:
-    from tests.test_faults import fill
-
     sandbox = FakeSandbox()
     filler: list[Path] = []
 
@@ -507,8 +385,6 @@ async def test_a_decision_the_full_disk_refuses_stops_the_agent_and_keeps_its_wo
 
 async def test_a_final_transition_the_full_disk_refuses_keeps_the_result_for_the_next_start(
         small_world: dict[str, Any]) -> None:
-    from tests.test_faults import fill
-
     filler: list[Path] = []
 
     def tests_then_full(box: Box, argv: Sequence[str]) -> ExecResult:

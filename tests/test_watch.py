@@ -15,8 +15,7 @@ import pytest
 from runner.alerts.loki import LokiClient, LokiUnavailable
 from runner.alerts.tracebacks import extract_tracebacks
 from runner.service.watch import ContainerLogErrors, Errors, LokiErrors, Watch, WatchConfig, judge
-from tests.fakes.loki import FakeLoki
-from tests.test_autofix import traceback_lines
+from tests.fakes.loki import FakeLoki, traceback_lines
 
 CONFIG = WatchConfig(seconds=600, interval=0.05, baseline_seconds=3600, rate_factor=2.0, min_errors=3)
 NONE: frozenset[str] = frozenset()

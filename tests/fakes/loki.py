@@ -247,3 +247,14 @@ def _template(text: str, labels: Mapping[str, str], value: int) -> str:
 
 def _rfc3339(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+# One production traceback, shared by the tests of the auto-fix, the watch and releases.
+def traceback_lines(line: int = 42, user: int = 1001, message: str | None = None) -> list[str]:
+    """One production traceback, one log entry per line, as Docker's log driver ships it to Loki."""
+    return ["Traceback (most recent call last):",
+            '  File "/app/bot/app.py", line 17, in handle_balance',
+            "    return ledger.balance(user_id)",
+            f'  File "/app/bot/ledger.py", line {line}, in balance',
+            "    return self.totals[user_id] / self.counts[user_id]",
+            message or f"KeyError: {user}"]
