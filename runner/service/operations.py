@@ -38,7 +38,7 @@ from runner.alerts import autofix
 from runner.alerts.alertmanager import AlertNotification, DirectReport
 from runner.alerts.autofix import Outcome
 from runner.errors import RateLimited, TaskError, TaskNotFound
-from runner.forge import PullRequest
+from runner.forge import Forge, PullRequest
 from runner.models import FollowUp, TaskKind, TaskState
 from runner.service.policy_store import PolicyDesk
 from runner.service.releases import ReleaseRecord
@@ -48,7 +48,7 @@ from runner.store import Store, TaskRecord
 
 __all__ = ["Admission", "Approval", "Caller", "PolicyProposal", "Rejection", "activate_policy", "admit_alert",
            "approve", "cancel_task", "confirm_policy", "follow_up", "follow_up_of_pr", "propose_policy", "queue_task",
-           "refuse", "reject",
+           "refuse", "reject", "reject_pr",
            "rollback_policy", "withdraw_policy"]
 
 REFUSALS = ("rate_limited", "cooling_down")
@@ -192,12 +192,17 @@ async def reject(service: Service, caller: Caller, number: int) -> Rejection:
     """Close PR `number` without merging; its task ends `rejected` (and its fingerprint cools down)."""
     if service.forge is None:
         raise TaskError("no forge is configured")
-    task = await service.store.task_of_pr(number)
-    await service.store.audit(task.id if task else None, caller.actor, "reject", {"number": number})
-    pr = await service.forge.close(number)
+    return await reject_pr(service.forge, service.store, caller, number)
+
+
+async def reject_pr(forge: Forge, store: Store, caller: Caller, number: int) -> Rejection:
+    """`reject` on the forge and the state file alone, for a front end with no running service (the CLI)."""
+    task = await store.task_of_pr(number)
+    await store.audit(task.id if task else None, caller.actor, "reject", {"number": number})
+    pr = await forge.close(number)
     if task is not None:
-        task = await service.store.transition(task.id, TaskState.REJECTED, reason=f"PR #{number} rejected",
-                                              actor=caller.actor)
+        task = await store.transition(task.id, TaskState.REJECTED, reason=f"PR #{number} rejected",
+                                      actor=caller.actor)
     return Rejection(task, pr)
 
 
