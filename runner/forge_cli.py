@@ -108,8 +108,14 @@ def cmd_approve(args: argparse.Namespace, environ: Mapping[str, str] | None = No
 
 
 def cmd_reject(args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
-    async def work(forge: Forge, _settings: Settings) -> int:
-        pr = await forge.close(args.number)
+    """The service's own reject (runner.service.operations): the PR closed, its task `rejected`, audited once."""
+
+    async def work(forge: Forge, settings: Settings) -> int:
+        from runner.service import operations
+        from runner.store import Store
+
+        async with Store(settings.home / "state.db") as store:
+            pr = (await operations.reject_pr(forge, store, operations.Caller("cli", "cli"), args.number)).pr
         if args.json:
             _print(out, json.dumps(asdict(pr)))
         else:

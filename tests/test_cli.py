@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import io
 import os
 import subprocess
 import sys
 from pathlib import Path
+
+from runner import forge_cli
+from runner.config import Settings
+from runner.forge import create_forge
+from runner.gitops import run_git
+from runner.models import PrRef, RunResult, TaskState
+from runner.sample import create_sample_repo
+from runner.store import Store
 
 FIX_SCENARIO = Path(__file__).parents[1] / "runner" / "data" / "scenarios" / "fix-balance.yaml"
 
@@ -43,3 +54,42 @@ def test_run_on_a_missing_path_says_the_path_does_not_exist(tmp_path: Path) -> N
                     "the bot's bare repository (`agent-runner demo` creates one), or a git URL with GITHUB_TOKEN and "
                     "GITHUB_REPOSITORY")
     assert not (tmp_path / "home").exists()
+
+
+async def _proposed_pr(home: Path, origin: Path) -> tuple[Path, str]:
+    """A sample repository with PR #1 open on the local forge, and the service's task that proposed it."""
+    bare = await create_sample_repo(origin)
+    clone = origin / "clone"
+    await run_git(["clone", "--quiet", str(bare), str(clone)])
+    (clone / "NOTE.md").write_text("a change\n")
+    await run_git(["add", "NOTE.md"], cwd=clone)
+    await run_git(["-c", "user.name=t", "-c", "user.email=t@t", "commit", "--quiet", "-m", "note"], cwd=clone)
+    settings = Settings.from_env({"AGENT_RUNNER_HOME": str(home)})
+    async with create_forge(settings, repo=bare) as forge, Store(home / "state.db") as store:
+        sha = await forge.push_branch(clone, "agent/note")
+        pr = await forge.open_pr("note", "body", head="agent/note", base="main")
+        task = await store.create_task(kind="feature", prompt="a note", repo=str(bare), source="api",
+                                       requested_by="owner", dry_run=False)
+        result = RunResult(task.id, TaskState.PROPOSED, pr=PrRef(pr.number, "local://1", "agent/note", sha))
+        await store.transition(task.id, TaskState.PROPOSED, result=result)
+    return bare, task.id
+
+
+async def _task_and_audit(home: Path, task_id: str) -> tuple[TaskState, list[str]]:
+    async with Store(home / "state.db") as store:
+        task = await store.get_task(task_id)
+        return task.state, [e.event for e in await store.audit_log(event="reject")]
+
+
+def test_reject_ends_the_services_task_rejected_and_audits_once(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    bare, task_id = asyncio.run(_proposed_pr(home, tmp_path / "origin"))
+    out = io.StringIO()
+    args = argparse.Namespace(number=1, repo=None, json=False)
+    code = forge_cli.cmd_reject(args, environ={"AGENT_RUNNER_HOME": str(home), "AGENT_RUNNER_REPO": str(bare)},
+                                out=out)
+    assert code == 0, out.getvalue()
+    assert out.getvalue() == "closed #1 (agent/note), nothing merged\n"
+    state, rejects = asyncio.run(_task_and_audit(home, task_id))
+    assert state is TaskState.REJECTED  # as POST /agent/reject-pr leaves it, not `proposed` with a closed PR
+    assert rejects == ["reject"]
