@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import logging
 import sys
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -20,28 +21,35 @@ from typing import TYPE_CHECKING
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
 
 import policy
+from runner import grafana
 from runner.alerts import autofix
 from runner.alerts.loki import LokiClient
 from runner.api.routes import routes
 from runner.config import Settings, check_local_repo, settings_from_os
 from runner.deploy import Deployer, deployer_from_settings
-from runner.errors import ConfigError, StateError
+from runner.errors import ConfigError, OperationError, StateError
 from runner.forge import default_repo
 from runner.forge.workflows import push_notice
+from runner.grafana import GrafanaAuth, GrafanaNotification, grafana_endpoint
+from runner.links import task_link
 from runner.models import Progress, TaskId
 from runner.notify.base import Notifier
 from runner.notify.log import LogNotifier
+from runner.service import operations
 from runner.service.followups import open_followups
+from runner.service.operations import Caller
 from runner.service.policy_store import PolicyDesk, PolicyStore
-from runner.service.releases import Releases, ReleaseStore
+from runner.service.releases import ReleaseRecord, Releases, ReleaseStore
 from runner.service.runtime import Housekeeper, Housekeeping, Runtime, open_runtime, preflight, reap_orphans
 from runner.service.scheduler import Scheduler
 from runner.service.state import Service
 from runner.service.watch import ContainerLogErrors, ErrorSource, LokiErrors, WatchConfig
 from runner.store import TaskRecord
 from runner.supervisor import run_task
+from runner.taskpage import task_page_routes
 
 if TYPE_CHECKING:
     from types import ModuleType
@@ -51,6 +59,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("agent_runner")
 
 RuntimeFactory = Callable[[], AbstractAsyncContextManager[Runtime]]
+GRAFANA_TIMESTAMP_HEADER = "X-Grafana-Alerting-Timestamp"  # as monitoring/.../contact-points.yaml configures it
 
 
 def create_app(
@@ -110,7 +119,8 @@ def create_app(
 
                 result = await run_task(rt.deps, task, progress=both)
                 if notifier is not None:
-                    await notifier.task_finished(await rt.store.get_task(task.id), result.to_json())
+                    await notifier.task_finished(await rt.store.get_task(task.id), result.to_json(),
+                                                 link=page_link(settings, task.id, now=time.time()))
                 return result
 
             scheduler = Scheduler(rt.store, run, max_running=settings.max_sandboxes,
@@ -133,11 +143,71 @@ def create_app(
 
                     stack.push_async_callback(_stopped, asyncio.create_task(CommentPoller(service).run(),
                                                                             name="pr-comments"))
+            # The page reads the store, which exists only from here; its routes go when the app stops.
+            pages = page_routes(settings, rt, releases)
+            app.router.routes.extend(pages)
+            stack.callback(_unmount, app.router.routes, pages)
             if telegram is not None and notifier is not None:
                 await telegram.start_front_end(stack, service, notifier, app.router.routes)
             yield
 
-    return Starlette(routes=routes(), lifespan=lifespan, exception_handlers={StateError: _state_failed})
+    app = Starlette(routes=routes(extra=[grafana_route(settings, lambda: app.state.service)]), lifespan=lifespan,
+                    exception_handlers={StateError: _state_failed})
+    return app
+
+
+def grafana_route(settings: Settings, service_of: Callable[[], Service], *,
+                  clock: Callable[[], float] = time.time) -> Route:
+    """`POST /agent/grafana`: Grafana's webhook contact point, checked against GRAFANA_WEBHOOK_TOKEN and
+    GRAFANA_WEBHOOK_HMAC_SECRET (neither set: every request refused), then admitted exactly as Alertmanager's
+    alerts are (runner.service.operations.admit_alert: fingerprint, dedupe, cooldown, limits)."""
+    token, mac = settings.grafana_webhook_token, settings.grafana_webhook_hmac_secret
+    auth = (GrafanaAuth(authorization=token.reveal() if token else None, hmac_secret=mac.reveal() if mac else None,
+                        timestamp_header=GRAFANA_TIMESTAMP_HEADER)
+            if token is not None or mac is not None else None)
+
+    async def admit(parsed: GrafanaNotification) -> Response:
+        caller = Caller(grafana.ACTOR, grafana.ACTOR, {"path": grafana.ROUTE_PATH, "org": str(parsed.org_id)})
+        try:
+            admission = await operations.admit_alert(service_of(), caller, parsed.notification)
+        except OperationError as exc:
+            return JSONResponse({"error": str(exc)}, status_code=409)
+        alerts = [o.as_json() for o in admission.outcomes]
+        if admission.refused:  # nothing taken: Grafana retries the notification later
+            soonest = admission.retry_after
+            return JSONResponse({"error": "rate_limited", "alerts": alerts, "retry_after": soonest},
+                                status_code=429, headers={"Retry-After": str(soonest)})
+        return JSONResponse({"alerts": alerts}, status_code=202 if alerts else 200)
+
+    async def refuse(request: Request, reason: str) -> None:
+        client = request.client.host if request.client else ""
+        await operations.refuse(service_of().store, Caller(grafana.ACTOR, grafana.ACTOR,
+                                                           {"path": request.url.path, "client": client}), reason)
+
+    return Route(grafana.ROUTE_PATH, grafana_endpoint(auth, admit, refuse=refuse, clock=clock), methods=["POST"])
+
+
+def page_routes(settings: Settings, rt: Runtime, releases: Releases | None) -> list[BaseRoute]:
+    """The task page's routes (runner.taskpage), signed by the settings' link key; none without a key."""
+    key = settings.task_link_key()
+    if key is None:
+        return []
+
+    async def rows(task_id: str) -> list[ReleaseRecord]:
+        return await releases.rows.find(task_id=task_id) if releases is not None else []
+
+    token = settings.telegram_bot_token
+    return list(task_page_routes(rt.store, key, releases=rows, audit=rt.store.audit,
+                                 bot_token=token.reveal() if token is not None else None,
+                                 owner_id=settings.owner_telegram_id))
+
+
+def page_link(settings: Settings, task_id: str, *, now: float) -> str | None:
+    """The signed link to `task_id`'s page for the owner's messages; None without a public URL or a key."""
+    key = settings.task_link_key()
+    if settings.public_url is None or key is None:
+        return None
+    return task_link(key, task_id, now=now, base_url=settings.public_url)
 
 
 def chat_front_end(settings: Settings) -> ModuleType | None:
@@ -154,6 +224,10 @@ async def _state_failed(request: Request, exc: Exception) -> Response:
     # The state file refused (full disk, damage): say so in one line, instead of a bare 500 per request.
     log.error("%s %s: %s", request.method, request.url.path, exc)
     return JSONResponse({"error": "state_unavailable", "detail": str(exc)}, status_code=503)
+
+
+def _unmount(routes: list[BaseRoute], gone: list[BaseRoute]) -> None:
+    routes[:] = [r for r in routes if r not in gone]
 
 
 async def _stopped(job: asyncio.Task[None]) -> None:

@@ -4,8 +4,10 @@ and the provisioning files that make Grafana send it."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
-from collections.abc import Mapping
+import time
+from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,8 +21,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+import policy
 from runner.alerts.alertmanager import WebhookError, parse_alertmanager
 from runner.alerts.logql import ALERT_ONLY_LABELS, logql_for
+from runner.app import GRAFANA_TIMESTAMP_HEADER, create_app
+from runner.config import Settings
 from runner.grafana import (
     DEFAULT_SIGNATURE_HEADER,
     ROUTE_PATH,
@@ -31,7 +36,12 @@ from runner.grafana import (
     parse_grafana,
     verify,
 )
+from runner.model_proxy import ModelProxy
+from runner.sandbox.docker import DockerSandbox
+from runner.service.runtime import Runtime
 from runner.store import Store
+from runner.supervisor import Deps
+from runner.unix_server import serve_tcp
 from tests.fakes.grafana import FakeGrafana, GrafanaAlertSpec, go_json, label_fingerprint
 
 NOW = 1_777_777_777.0
@@ -318,3 +328,70 @@ def test_provisioning_rule_queries_the_loki_datasource_by_stream_labels() -> Non
 
 def test_go_json_matches_gos_marshal_escapes() -> None:
     assert go_json({"a": "<&>", "b": "é"}) == '{"a":"\\u003c\\u0026\\u003e","b":"é"}'.encode()
+
+
+# ----------------------------------------------------------------------------------------------- through the service
+
+OWNER_TOKEN = "owner-token-for-grafana-tests"
+
+
+def _service_app(home: Path, **env: str) -> Starlette:
+    """create_app as `serve` builds it, on backends whose tasks fail before they need a container (the
+    repository does not exist), so what is measured is admission: which alerts became tasks."""
+    settings = Settings.from_env({"AGENT_RUNNER_HOME": str(home), "AGENT_API_TOKEN": OWNER_TOKEN,
+                                  "AGENT_RUNNER_REPO": str(home / "missing.git"), **env})
+
+    @contextlib.asynccontextmanager
+    async def open_backends() -> AsyncIterator[Runtime]:
+        async with Store(home / "state.db") as store, DockerSandbox() as sandbox, \
+                ModelProxy("http://127.0.0.1:9", "unused") as proxy:
+            deps = Deps(home=home, store=store, sandbox=sandbox, proxy=proxy, policy=policy.load_default(),
+                        image=settings.sandbox_image)
+            yield Runtime(settings, deps, lambda _line: None)
+
+    return create_app(settings, runtime=open_backends, say=lambda _line: None)
+
+
+async def test_service_turns_a_signed_grafana_alert_into_one_fix_task_and_refuses_a_forged_one(tmp_path: Path) -> None:
+    app = _service_app(tmp_path, GRAFANA_WEBHOOK_TOKEN=TOKEN, GRAFANA_WEBHOOK_HMAC_SECRET=HMAC_SECRET)
+    grafana = FakeGrafana(credentials=TOKEN, hmac_secret=HMAC_SECRET, timestamp_header=GRAFANA_TIMESTAMP_HEADER)
+    forged = FakeGrafana(credentials=TOKEN, hmac_secret="guessed", timestamp_header=GRAFANA_TIMESTAMP_HEADER)
+    unsigned = FakeGrafana(credentials=TOKEN)
+    owner = {"Authorization": f"Bearer {OWNER_TOKEN}"}
+    async with serve_tcp(app, lifespan="on") as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        first = await grafana.send(client, ROUTE_PATH, [_spec("bot-1")], now=time.time())
+        # Grafana repeats a firing alert every repeat_interval: the same fingerprint, no second task.
+        again = await grafana.send(client, ROUTE_PATH, [_spec("bot-1")], now=time.time())
+        bad = await forged.send(client, ROUTE_PATH, [_spec("bot-2")], now=time.time())
+        bare = await unsigned.send(client, ROUTE_PATH, [_spec("bot-3")], now=time.time())
+        replayed = await grafana.send(client, ROUTE_PATH, [_spec("bot-4")], now=time.time() - 3600)
+        tasks = (await client.get("/tasks", headers=owner)).json()["tasks"]
+        shown = [(await client.get(f"/tasks/{t['id']}", headers=owner)).json() for t in tasks]
+        metrics = (await client.get("/metrics")).text
+    async with Store(tmp_path / "state.db") as store:
+        refused = await store.audit_log(None, event="refused")
+    assert first.status_code == 202, first.text
+    (outcome,) = first.json()["alerts"]
+    assert outcome["status"] == "accepted"
+    # The first task may already have failed (its repository does not exist): then the cooldown turns it away.
+    assert [o["status"] for o in again.json()["alerts"]] in (["duplicate"], ["cooling_down"])
+    assert [bad.status_code, bare.status_code, replayed.status_code] == [401, 401, 401]
+    assert bad.json()["reason"] == "bad signature" and bare.json()["reason"] == "no signature"
+    (task,) = shown  # exactly one, from the one good alert
+    assert task["id"] == outcome["task_id"] and task["kind"] == "fix" and task["source"] == "alertmanager"
+    assert task["fingerprint"] == outcome["fingerprint"] and "PythonTraceback" in task["prompt"]
+    assert "bot-1" in task["prompt"] and "grafana_folder" not in task["prompt"]
+    auth_refusals = [r for r in refused if r.detail["reason"] != "cooling_down"]
+    assert [(r.actor, r.detail["reason"], r.detail["path"]) for r in auth_refusals] == [
+        ("grafana", "bad signature", ROUTE_PATH), ("grafana", "no signature", ROUTE_PATH),
+        ("grafana", "signature timestamp too old (a replay?)", ROUTE_PATH)]
+    assert 'agent_runner_refusals_total{reason="bad signature"} 1' in metrics
+
+
+async def test_service_without_grafana_secrets_refuses_every_grafana_request(tmp_path: Path) -> None:
+    app = _service_app(tmp_path)
+    async with serve_tcp(app, lifespan="on") as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        response = await FakeGrafana(credentials=TOKEN).send(client, ROUTE_PATH, [_spec()], now=time.time())
+        tasks = (await client.get("/tasks", headers={"Authorization": f"Bearer {OWNER_TOKEN}"})).json()["tasks"]
+    assert response.status_code == 401 and response.json()["reason"] == "no credential configured"
+    assert tasks == []

@@ -106,6 +106,8 @@ def outcome(task: TaskRecord, result: Mapping[str, Any] | None) -> Message:
     if denials:
         parts.append(f"Denied tool calls: {len(denials)}")
     pr = result.get("pr")
+    if link is not None:
+        parts.append(f'<a href="{html.escape(link)}">Task page</a> (diff, tool calls, tests, release)')
     buttons: tuple[tuple[Button, ...], ...] = ()
     if isinstance(pr, Mapping) and pr.get("number") is not None:
         number, sha = int(pr["number"]), str(pr.get("head_sha", ""))
@@ -161,10 +163,11 @@ class TelegramNotifier:
         board.lines = [*board.lines[-(KEPT_LINES - 1):], line]
         self._touch(board)
 
-    async def task_finished(self, task: TaskRecord, result: Mapping[str, Any] | None) -> None:
+    async def task_finished(self, task: TaskRecord, result: Mapping[str, Any] | None,
+                            link: str | None = None) -> None:
         board = self._boards.setdefault(task.id, _Board(task.id))
         stored = task.result.to_json() if task.result is not None else None
-        board.final = outcome(task, result if result is not None else stored)
+        board.final = outcome(task, result if result is not None else stored, link)
         self._touch(board)
         assert board.pump is not None
         await asyncio.shield(board.pump)
