@@ -27,7 +27,7 @@ from typing import Any, Literal
 __all__ = [
     "MAX_FINDINGS", "MAX_FINDING_CHARS", "SEVERITIES", "Candidate", "Dropped", "Finding", "Review", "ReviewTarget",
     "candidates", "diff_lines", "line_count", "markdown_body", "markdown_comment", "pr_request", "review_instructions",
-    "target_of", "telegram_pages", "validate", "wanted_paths",
+    "SCHEMA", "structured", "target_of", "telegram_pages", "validate", "wanted_paths",
 ]
 
 Severity = Literal["critical", "major", "minor", "nit"]
@@ -179,8 +179,15 @@ def candidates(text: str) -> tuple[str, str, tuple[Candidate, ...], str]:
         data = json.loads(raw)
     except (ValueError, RecursionError) as exc:
         return prose, "", (), f"the findings block is not JSON ({str(exc)[:120]})"
+    verdict, found, problem = structured(data)
+    return prose, verdict, found, problem
+
+
+def structured(data: object) -> tuple[str, tuple[Candidate, ...], str]:
+    """(verdict, candidates, problem) from the findings object itself: the parsed ```json block, or what the
+    CLI returns as a session's structured output when it is asked for `SCHEMA` (SDK `output_format`)."""
     if not isinstance(data, dict) or not isinstance(data.get("findings"), list):
-        return prose, "", (), "the findings block is not an object with a findings list"
+        return "", (), "the findings block is not an object with a findings list"
     verdict = data.get("verdict")
     verdict = verdict if verdict in ("approve", "request_changes") else ""
     found = tuple(
@@ -188,7 +195,22 @@ def candidates(text: str) -> tuple[str, str, tuple[Candidate, ...], str]:
         if isinstance(item, dict) else Candidate(i, None, None, None, None)
         for i, item in enumerate(data["findings"])
     )
-    return prose, verdict, found, ""
+    return verdict, found, ""
+
+
+SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["findings"],
+    "properties": {
+        "verdict": {"enum": ["approve", "request_changes"]},
+        "findings": {"type": "array", "maxItems": MAX_FINDINGS, "items": {
+            "type": "object", "required": ["path", "line", "severity", "text"],
+            "properties": {"path": {"type": "string"}, "line": {"type": "integer", "minimum": 1},
+                           "severity": {"enum": list(SEVERITIES)},
+                           "text": {"type": "string", "maxLength": MAX_FINDING_CHARS}}}},
+    },
+}
+"""The findings' shape as a JSON schema, for the CLI's structured output; `validate` checks it again anyway."""
 
 
 def validate(found: Sequence[Candidate], lines: Mapping[str, int | None]) -> tuple[tuple[Finding, ...],

@@ -12,6 +12,8 @@ import pytest
 from runner.review import (
     MAX_FINDING_CHARS,
     MAX_FINDINGS,
+    SCHEMA,
+    SEVERITIES,
     Finding,
     Review,
     candidates,
@@ -20,6 +22,7 @@ from runner.review import (
     markdown_body,
     markdown_comment,
     pr_request,
+    structured,
     target_of,
     telegram_pages,
     validate,
@@ -156,3 +159,11 @@ def test_review_survives_json_and_stored_findings_are_checked_again() -> None:
     restored = Review.from_json(tampered)
     assert restored is not None and len(restored.findings) == 1
     assert Review.from_json("nonsense") is None
+
+
+def test_structured_output_is_read_as_the_block_is_and_its_schema_asks_the_same_shape() -> None:
+    findings = [{"path": "bot.py", "line": 3, "severity": "major", "text": "x"}]
+    data = {"verdict": "approve", "findings": findings}
+    assert structured(data) == candidates(message(findings, verdict="approve"))[1:]
+    item = SCHEMA["properties"]["findings"]["items"]
+    assert set(item["required"]) == set(findings[0]) and item["properties"]["severity"]["enum"] == list(SEVERITIES)
