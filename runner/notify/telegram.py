@@ -82,8 +82,9 @@ def markup(message: Message) -> InlineKeyboardMarkup | None:
                                                  for row in message.buttons])
 
 
-def outcome(task: TaskRecord, result: Mapping[str, Any] | None) -> Message:
-    """The last edit of a task's message: state, summary, files, tests, cost, and the PR's buttons."""
+def outcome(task: TaskRecord, result: Mapping[str, Any] | None, link: str | None = None) -> Message:
+    """The last edit of a task's message: state, summary, files, tests, cost, the task page's signed `link`,
+    and the PR's buttons."""
     result = result or {}
     parts = [f"<b>Task</b> <code>{esc(task.id)}</code> · {esc(task.kind)}{' (dry run)' if task.dry_run else ''}",
              f"<b>{esc(task.state.value)}</b>" + (f": {esc(task.reason)}" if task.reason else "")]
@@ -105,9 +106,9 @@ def outcome(task: TaskRecord, result: Mapping[str, Any] | None) -> Message:
     denials = result.get("denials") or []
     if denials:
         parts.append(f"Denied tool calls: {len(denials)}")
-    pr = result.get("pr")
     if link is not None:
         parts.append(f'<a href="{html.escape(link)}">Task page</a> (diff, tool calls, tests, release)')
+    pr = result.get("pr")
     buttons: tuple[tuple[Button, ...], ...] = ()
     if isinstance(pr, Mapping) and pr.get("number") is not None:
         number, sha = int(pr["number"]), str(pr.get("head_sha", ""))
