@@ -86,9 +86,9 @@ class Desk:
                       also: dict[str, str] | None = None) -> tuple[int, str, TaskRecord]:
         """An agent's pull request on its own branch (`path`, then each of `also`), and its task at `proposed`."""
         branch = f"agent/{path.replace('.', '-').replace('/', '-')}"
+        sha = self.repos.commit(path, content, f"add {path}", branch=branch)
         for extra, text in (also or {}).items():
             sha = self.repos.commit(extra, text, f"add {extra}")
-        sha = self.repos.commit(path, content, f"add {path}", branch=branch)
         await self.forge.push_branch(self.repos.clone, branch)
         pr = await self.forge.open_pr(f"Add {path}", "body", branch, "main")
         git("checkout", "-q", "main", cwd=self.repos.clone)
@@ -510,6 +510,7 @@ async def test_a_deploy_a_killed_process_left_running_is_stopped_at_its_timeout_
     assert done.deployed is not None and done.deployed.succeeded and "begun by" not in done.deployed.detail
     assert any(line.startswith(f"waiting for the deploy of {merged.sha[:12]}") for line in progress)
     assert any("begun before the restart is over; it runs again" in line for line in progress)
+    assert len(repos.log("main")) == 2 and bot.deploys() == [merged.sha]  # merged once; deployed to its end once
 
 
 # ------------------------------------------------------------------------------------- migration releases
@@ -641,4 +642,3 @@ async def test_a_migration_question_outlives_a_restart_and_is_answered_after_it(
         await d.releases.answer(release.id, True, actor="owner")
         done = await settled(d, release.id)
     assert done.state == "deployed" and bot.running == done.merge_sha
-    assert len(repos.log("main")) == 2 and bot.deploys() == [merged.sha]  # merged once; deployed to its end once
