@@ -278,6 +278,14 @@ class Store(Database):
                                (*params, number))
         return _task(rows[0]) if rows else None
 
+    async def tasks_of_prs(self, numbers: Collection[int]) -> dict[int, TaskRecord]:
+        """The newest task (in any state) whose pull request is each of `numbers`, for those that have one."""
+        if not numbers:
+            return {}
+        marks = ", ".join("?" for _ in numbers)
+        rows = await self._run(f"SELECT * FROM tasks WHERE pr_number IN ({marks}) ORDER BY created_at", list(numbers))
+        return {r["pr_number"]: _task(r) for r in rows}  # newest last, so it is the one kept
+
     async def fingerprints(self) -> frozenset[str]:
         """Every fingerprint a task was ever made for."""
         rows = await self._run("SELECT DISTINCT fingerprint FROM tasks WHERE fingerprint IS NOT NULL")
@@ -292,6 +300,20 @@ class Store(Database):
     async def audit_log(self, task_id: str | None = None, *, event: str | None = None) -> list[AuditEntry]:
         clause, params = where(equal={"task_id": task_id, "event": event})
         rows = await self._run(f"SELECT * FROM audit {clause} ORDER BY seq", params)
+        return [
+            AuditEntry(r["seq"], r["at"], r["task_id"], r["actor"], r["event"], json.loads(r["detail"])) for r in rows
+        ]
+
+    async def audit_page(self, *, task_id: str | None = None, event: str | None = None, since: float | None = None,
+                         until: float | None = None, before: int | None = None, limit: int = 100) -> list[AuditEntry]:
+        """Newest first: up to `limit` entries older than seq `before`, of `task_id` and `event`, at `since` or
+        later and before `until` (each None: any)."""
+        clause, params = where(equal={"task_id": task_id, "event": event})
+        for condition, value in (("at >= ?", since), ("at < ?", until), ("seq < ?", before)):
+            if value is not None:
+                clause += f" AND {condition}"
+                params.append(value)
+        rows = await self._run(f"SELECT * FROM audit {clause} ORDER BY seq DESC LIMIT ?", (*params, limit))
         return [
             AuditEntry(r["seq"], r["at"], r["task_id"], r["actor"], r["event"], json.loads(r["detail"])) for r in rows
         ]
