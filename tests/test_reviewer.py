@@ -14,6 +14,8 @@ import httpx
 import pytest
 
 import policy
+from runner import reviewer, workspace
+from runner.errors import TaskError
 from runner.forge.base import Forge
 from runner.forge.github import GitHubForge
 from runner.forge.localgit import LocalGitForge
@@ -62,11 +64,13 @@ def server(bare: Path) -> Iterator[GitHttpServer]:
         yield running
 
 
-async def open_transfer_pr(forge: Forge, tmp_path: Path, bare: Path) -> tuple[int, str]:
+async def open_transfer_pr(forge: Forge, tmp_path: Path, bare: Path, *, secret: bool = False) -> tuple[int, str]:
     work = tmp_path / "work"
     git("clone", "-q", str(bare), str(work), cwd=tmp_path)
     git("checkout", "-q", "-b", BRANCH, cwd=work)
     (work / "bot" / "transfer.py").write_text(TRANSFER)
+    if secret:
+        (work / "secrets" / "payment.key").write_text("NEW-SECRET-KEY-MATERIAL\n")
     git("add", ".", cwd=work)
     git("commit", "-q", "-m", "add transfer", cwd=work)
     sha = await forge.push_branch(work, BRANCH)
@@ -146,3 +150,29 @@ async def test_a_pr_review_on_the_local_forge_is_stored_with_the_pr(tmp_path: Pa
     assert stored.commit_sha == head
     assert [(c.path, c.line) for c in stored.comments] == [("bot/transfer.py", 4)]
     assert "bot/ledger.py:17" in stored.body
+
+
+async def test_a_pr_review_is_given_the_prs_diff_without_read_protected_files(tmp_path: Path, bare: Path) -> None:
+    async with LocalGitForge(bare, tmp_path / "forge.sqlite3") as forge:
+        number, head = await open_transfer_pr(forge, tmp_path, bare, secret=True)
+        git("--git-dir", str(bare), "update-ref", "refs/heads/main", git(  # main moves on after the branch
+            "--git-dir", str(bare), "commit-tree", "main^{tree}", "-p", "main", "-m", "later", cwd=tmp_path),
+            cwd=tmp_path)
+        planned = await reviewer.plan(forge, pr_request(number))
+        active = policy.load_default()
+        prepared = await workspace.prepare(tmp_path / "home", "t-1", str(bare), active, base_ref=planned.head_ref)
+        base, diff = await reviewer.change(prepared, active, planned)
+
+    assert (planned.pr, planned.head_ref, prepared.base_sha) == (number, head, head)
+    assert base == git("--git-dir", str(bare), "rev-parse", "main^", cwd=tmp_path)  # the merge base, not main
+    assert "+def transfer(ledger, src, dst, cents):" in diff
+    assert "payment.key" not in diff and "NEW-SECRET" not in diff  # kept from the agent as from its workspace
+    assert "+++ b/" in diff and diff.count("diff --git") == 1
+
+
+async def test_a_review_of_a_pr_needs_a_forge_and_a_ref_review_needs_none() -> None:
+    with pytest.raises(TaskError, match="needs a forge"):
+        await reviewer.plan(None, pr_request(4))
+    planned = await reviewer.plan(None, "Review the change feature/x and report findings; change nothing.")
+    assert (planned.pr, planned.head_ref) == (None, "feature/x")
+    assert (await reviewer.plan(None, "Review the change HEAD and report findings")).head_ref is None
