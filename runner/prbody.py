@@ -10,6 +10,7 @@ on the page is this module's own.
 from __future__ import annotations
 
 import re
+import shlex
 import unicodedata
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -92,6 +93,9 @@ class PrRequest:
     """How many rounds the agent worked (the supervisor's failing tests sent back rounds - 1 times)."""
     follow_ups: tuple[str, ...] = ()
     """The owner's follow-ups that added commits to the pull request, oldest first (the owner's words)."""
+    repo: str | None = None
+    """The local forge's bare repository, for the CLI's `--repo` (None with GitHub: the CLI reads
+    GITHUB_REPOSITORY). The supervisor's own path, not the agent's text."""
 
     @classmethod
     def from_task(
@@ -140,7 +144,7 @@ def render_pr_body(request: PrRequest) -> str:
     cleaned of control and bidi characters and cut to a bound, so it can neither format the page, mention
     anyone, nor impersonate the supervisor's own sections.
     """
-    approve = _approve_section(request.number, request.head_sha)
+    approve = _approve_section(request.number, request.head_sha, request.repo)
     parts = [
         _request_section(request),
         _summary_section(request.summary),
@@ -306,11 +310,13 @@ def _usage_section(usage: Usage) -> str:
     )
 
 
-def _approve_section(number: int | None, head_sha: str | None) -> str:
+def _approve_section(number: int | None, head_sha: str | None, repo: str | None = None) -> str:
     n = str(int(number)) if number is not None else "N"
     if head_sha is not None and not _SHA.fullmatch(head_sha):
         head_sha = None  # the forge's answer, but the body is no place to trust a SHA that is not one
     sha = f" --sha {head_sha}" if head_sha else ""
+    # Quoted for a shell; a path that no code span could hold on one line is left out rather than shown broken.
+    at = f" --repo {shlex.quote(repo)}" if repo and "`" not in repo and repo.isprintable() else ""
     lines = ["## How to approve", ""]
     if number is None:
         lines.append("N is this pull request's number.")
@@ -319,8 +325,8 @@ def _approve_section(number: int | None, head_sha: str | None) -> str:
     lines += [
         "",
         f"- Telegram: `/approve_pr {n}`",
-        f"- CLI: `agent-runner approve {n}{sha}`",
-        f"- To reject: `agent-runner reject {n}`",
+        f"- CLI: `agent-runner approve {n}{at}{sha}`",
+        f"- To reject: `agent-runner reject {n}{at}`",
     ]
     return "\n".join(lines)
 

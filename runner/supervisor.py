@@ -16,6 +16,7 @@ from typing import cast
 import policy
 from runner import kept, reviewer, session, tasklock, workspace
 from runner.agent import AgentOutcome, Asker, Gate, deny_asks, run_agent, system_prompt
+from runner.config import is_git_url
 from runner.errors import RunnerError, SandboxError, StateError
 from runner.forge.base import Forge
 from runner.gitops import run_git
@@ -515,10 +516,15 @@ async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, c
     await workspace.commit(prepared, change, f"{title}\n\nagent-runner task {task.id}", branch)
     await deps.forge.push_branch(prepared.trusted, branch)
     usage = _usage(deps.proxy, task.id)
-    body = render_pr_body(PrRequest.from_task(task, summary=summary, files=change.files, tests=tests,
-                                              denials=denials, usage=usage, verification=verification,
-                                              rounds=rounds))
-    pr = await deps.forge.open_pr(title, body, branch, prepared.base_branch)
+    request = dataclasses.replace(
+        PrRequest.from_task(task, summary=summary, files=change.files, tests=tests, denials=denials, usage=usage,
+                            verification=verification, rounds=rounds),
+        repo=None if is_git_url(task.repo) else task.repo)
+    pr = await deps.forge.open_pr(title, render_pr_body(request), branch, prepared.base_branch)
+    # The number exists only once the PR does: the body's approve/reject commands get it, and the head, now.
+    with contextlib.suppress(RunnerError):  # on failure the PR is open all the same; only its commands say N
+        await deps.forge.edit_body(pr.number, render_pr_body(dataclasses.replace(request, number=pr.number,
+                                                                                 head_sha=pr.head_sha)))
     return PrRef(number=pr.number, url=pr.url, branch=branch, head_sha=pr.head_sha)
 
 
