@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Sequence
+from importlib import resources
 from pathlib import Path
 
 from policy import PolicyError
@@ -15,6 +16,11 @@ from runner.errors import ConfigError, RunnerError, StateCorrupt, StateFull
 from runner.models import TASK_KINDS, RunResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNIMPLEMENTED = 0, 1, 2, 3
+
+SCENARIOS = resources.files("runner") / "data" / "scenarios"
+SCENARIO_HELP = ("play this scripted model instead of a real one: a YAML file, or the name of a bundled one ("
+                 + ", ".join(sorted(p.name.removesuffix(".yaml") for p in SCENARIOS.iterdir()
+                                    if p.name.endswith(".yaml"))) + ")")
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -55,25 +61,58 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dry-run", action="store_true", help="stop at the diff; push nothing")
     run.add_argument("--json", action="store_true", help="print only the JSON result on stdout")
     run.add_argument("--policy", type=Path, help="policy file (default: AGENT_RUNNER_POLICY, ./policy.yaml, built-in)")
-    run.add_argument("--scenario", type=Path, metavar="FILE",
-                     help="play this scripted model instead of a real one (what `demo` does without a key)")
+    run.add_argument("--scenario", type=scenario_path, metavar="FILE", help=SCENARIO_HELP)
     run.set_defaults(func=cmd_run)
 
     policy_cli.register(sub)
     forge_cli.register(sub)
 
-    demo = sub.add_parser("demo", help="run the whole cycle offline on the embedded defaults")
+    demo = sub.add_parser("demo", help="run the whole cycle offline on the embedded defaults",
+                          epilog=environment_help(), formatter_class=argparse.RawDescriptionHelpFormatter)
     demo.set_defaults(func=cmd_demo)
+
+    sample = sub.add_parser("sample-repo", help="create the sample bot's bare repository and print its path",
+                            epilog="environment: none is read",
+                            description="The sample bot (runner/data/sample-bot: /health, /balance and a real bug) "
+                                        "as one commit on main in a new bare repository, for AGENT_RUNNER_REPO.")
+    sample.add_argument("path", nargs="?", type=Path, default=Path("sample-bot.git"),
+                        help="where to create it (default: ./sample-bot.git); kept as it is if it exists")
+    sample.set_defaults(func=cmd_sample_repo)
 
     serve = sub.add_parser("serve", help="start the supervisor service", epilog=environment_help(),
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            description="The supervisor: the HTTP API on AGENT_RUNNER_HOST:AGENT_RUNNER_PORT, the "
                                        "Telegram chat when configured, releases and the post-deploy watch.")
-    serve.add_argument("--scenario", type=Path, metavar="FILE",
-                       help="play this scripted model instead of a real one, so the service runs offline without "
-                            "ANTHROPIC_API_KEY (as `run --scenario` and `demo` do)")
+    serve.add_argument("--scenario", type=scenario_path, metavar="FILE",
+                       help=SCENARIO_HELP + "; the service then runs offline without ANTHROPIC_API_KEY")
     serve.set_defaults(func=cmd_serve)
     return parser
+
+
+def scenario_path(text: str) -> Path:
+    """--scenario: a file, else a bundled scenario by name (`fix-balance`), so the README's commands work from any
+    directory; anything else is given back as a path, for the one-line "cannot read" of the scenario loader."""
+    given = Path(text)
+    if given.exists():
+        return given
+    bundled = SCENARIOS / (text if text.endswith(".yaml") else f"{text}.yaml")
+    if "/" not in text and bundled.is_file():
+        return Path(str(bundled))
+    return given
+
+
+def cmd_sample_repo(args: argparse.Namespace) -> int:
+    from runner.sample import create_bare_sample
+
+    target: Path = args.path.expanduser().absolute()
+    existed = target.exists()
+    if existed:
+        check_local_repo(target, name="sample-repo")  # an unrelated folder is refused, not reported as the sample
+    bare = asyncio.run(create_bare_sample(target))
+    if existed:
+        say(f"{bare} already exists; kept as it is")
+    print(bare, flush=True)  # alone on stdout, for `export AGENT_RUNNER_REPO=$(agent-runner sample-repo)`
+    return EXIT_OK
 
 
 def cmd_serve(args: argparse.Namespace) -> int:

@@ -16,12 +16,16 @@ RENAMED = {"dot-env": ".env"}
 
 async def create_sample_repo(dest: Path, *, branch: str = "main") -> Path:
     """A bare repository at dest/sample-bot.git with the sample bot as one commit on `branch`."""
-    bare = dest / "sample-bot.git"
+    return await create_bare_sample(dest / "sample-bot.git", branch=branch)
+
+
+async def create_bare_sample(bare: Path, *, branch: str = "main") -> Path:
+    """The sample bot as a bare repository at exactly `bare` (kept as it is when it already exists)."""
     if bare.exists():
         return bare
-    dest.mkdir(parents=True, exist_ok=True)
+    bare.parent.mkdir(parents=True, exist_ok=True)
     source = resources.files("runner") / "data" / "sample-bot"
-    with tempfile.TemporaryDirectory(dir=dest) as tmp:
+    with tempfile.TemporaryDirectory(dir=bare.parent) as tmp:
         work = Path(tmp) / "work"
         with resources.as_file(source) as src:
             shutil.copytree(src, work, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
