@@ -4,80 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from starlette.applications import Starlette
 
-import policy
-from policy.model import RateLimits
 from runner.app import create_app
-from runner.config import Settings
 from runner.deploy import create_deployer
 from runner.errors import ConfigError
-from runner.model_proxy import ModelProxy
 from runner.sample import create_sample_repo
-from runner.sandbox.docker import DockerSandbox
 from runner.service.releases import NOTHING_DEPLOYED
-from runner.service.runtime import Runtime
 from runner.store import Store
-from runner.supervisor import Deps
-from runner.unix_server import serve_tcp
+from tests.fakes.app import (
+    ALERTS,
+    OWNER,
+    TOKEN,
+    app_client,
+    owner_app,
+    owner_settings,
+    serve_app,
+    serve_process,
+)
+from tests.fakes.net import free_port
 
-TOKEN = "owner-token-for-tests"
-ALERT_SECRET = "alert-secret-for-tests"
-OWNER = {"Authorization": f"Bearer {TOKEN}"}
-ALERTS = {"Authorization": f"Bearer {ALERT_SECRET}"}
 FIX_SCENARIO = Path(__file__).parents[1] / "runner" / "data" / "scenarios" / "fix-balance.yaml"
-
-
-def _settings(home: Path, **extra: str) -> Settings:
-    return Settings.from_env({"AGENT_RUNNER_HOME": str(home), "AGENT_API_TOKEN": TOKEN,
-                              "ALERT_WEBHOOK_SECRET": ALERT_SECRET, **extra})
-
-
-def _runtime(settings: Settings, limits: RateLimits) -> Callable[[], contextlib.AbstractAsyncContextManager[Runtime]]:
-    """Backends for tasks that fail before they need a container: the engine is never called."""
-
-    @contextlib.asynccontextmanager
-    async def open_backends() -> AsyncIterator[Runtime]:
-        active = dataclasses.replace(policy.load_default(), rate_limits=limits)
-        async with Store(settings.home / "state.db") as store, DockerSandbox() as sandbox, \
-                ModelProxy("http://127.0.0.1:9", "unused") as proxy:
-            deps = Deps(home=settings.home, store=store, sandbox=sandbox, proxy=proxy, policy=active,
-                        image=settings.sandbox_image)
-            yield Runtime(settings, deps, lambda _line: None)
-
-    return open_backends
-
-
-def _app(home: Path, *, commands: int = 100, autofixes: int = 100, **extra: str) -> Starlette:
-    settings = _settings(home, AGENT_RUNNER_REPO=str(home / "missing.git"), **extra)
-    limits = RateLimits(commands_per_hour=commands, autofixes_per_hour=autofixes)
-    return create_app(settings, runtime=_runtime(settings, limits), say=lambda _line: None)
-
-
-@contextlib.asynccontextmanager
-async def _serve(app: Starlette) -> AsyncIterator[str]:
-    """The app under uvicorn on a free loopback port, lifespan included."""
-    async with serve_tcp(app, lifespan="on") as url:
-        yield url
-
-
-@contextlib.asynccontextmanager
-async def _client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
-    async with _serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
-        yield client
 
 
 async def _wait_state(client: httpx.AsyncClient, task_id: str, states: set[str], timeout: float = 30) -> dict[str, Any]:
@@ -116,8 +72,8 @@ def _webhook(*alerts: dict[str, Any]) -> dict[str, Any]:
 
 
 async def test_command_refusals_are_answered_401_and_audited(tmp_path: Path) -> None:
-    app = _app(tmp_path / "home")
-    async with _client(app) as client:
+    app = owner_app(tmp_path / "home")
+    async with app_client(app) as client:
         body = {"prompt": "add /balance", "dry_run": True}
         assert (await client.post("/agent/command", json=body)).status_code == 401
         wrong = {"Authorization": "Bearer nope-" + TOKEN}
@@ -140,7 +96,7 @@ async def test_command_refusals_are_answered_401_and_audited(tmp_path: Path) -> 
 
 
 async def test_command_validates_its_body(tmp_path: Path) -> None:
-    async with _client(_app(tmp_path / "home")) as client:
+    async with app_client(owner_app(tmp_path / "home")) as client:
         for body, needle in [({}, "prompt"), ({"prompt": "x", "kind": "deploy"}, "kind"),
                              ({"prompt": "x", "dry_run": "yes"}, "dry_run"),
                              ({"prompt": "x", "repo": "/elsewhere.git"}, "only a dry run")]:
@@ -151,7 +107,7 @@ async def test_command_validates_its_body(tmp_path: Path) -> None:
 
 
 async def test_command_answers_202_at_once_and_streams_the_task_to_its_end(tmp_path: Path) -> None:
-    async with _client(_app(tmp_path / "home")) as client:
+    async with app_client(owner_app(tmp_path / "home")) as client:
         response = await client.post("/agent/command", headers=OWNER,
                                      json={"prompt": "add /balance", "kind": "feature", "dry_run": True})
         assert response.status_code == 202
@@ -174,7 +130,7 @@ async def test_command_answers_202_at_once_and_streams_the_task_to_its_end(tmp_p
 async def test_command_over_the_hourly_limit_is_answered_429_with_retry_after(tmp_path: Path) -> None:
     home = tmp_path / "home"
     body = {"prompt": "add /balance", "dry_run": True}
-    async with _client(_app(home, commands=2)) as client:
+    async with app_client(owner_app(home, commands=2)) as client:
         assert [(await client.post("/agent/command", json=body, headers=OWNER)).status_code
                 for _ in range(2)] == [202, 202]
         refused = await client.post("/agent/command", json=body, headers=OWNER)
@@ -182,8 +138,8 @@ async def test_command_over_the_hourly_limit_is_answered_429_with_retry_after(tm
         assert 3500 < int(refused.headers["Retry-After"]) <= 3600
         assert refused.json()["retry_after"] == int(refused.headers["Retry-After"])
     # A restart does not reset the count: it comes from the tasks the store holds.
-    app = _app(home, commands=2)
-    async with _client(app) as client:
+    app = owner_app(home, commands=2)
+    async with app_client(app) as client:
         assert (await client.post("/agent/command", json=body, headers=OWNER)).status_code == 429
         refusals = await app.state.service.store.audit_log(event="refused")
         metrics = (await client.get("/metrics")).text
@@ -192,7 +148,7 @@ async def test_command_over_the_hourly_limit_is_answered_429_with_retry_after(tm
 
 
 async def test_task_routes_answer_404_and_409(tmp_path: Path) -> None:
-    async with _client(_app(tmp_path / "home")) as client:
+    async with app_client(owner_app(tmp_path / "home")) as client:
         assert (await client.get("/tasks/nope", headers=OWNER)).status_code == 404
         assert (await client.get("/tasks/nope/events", headers=OWNER)).status_code == 404
         assert (await client.post("/tasks/nope/cancel", headers=OWNER)).status_code == 404
@@ -206,8 +162,8 @@ async def test_task_routes_answer_404_and_409(tmp_path: Path) -> None:
 
 
 async def test_auto_fix_starts_one_fix_task_per_firing_alert(tmp_path: Path) -> None:
-    app = _app(tmp_path / "home")
-    async with _client(app) as client:
+    app = owner_app(tmp_path / "home")
+    async with app_client(app) as client:
         body = _webhook(_alert({"alertname": "BotErrors", "service": "bot"}),
                         _alert({"alertname": "BotErrors", "service": "worker"}),
                         _alert({"alertname": "BotErrors", "service": "old"}, status="resolved"))
@@ -227,7 +183,7 @@ async def test_auto_fix_starts_one_fix_task_per_firing_alert(tmp_path: Path) -> 
 
 
 async def test_auto_fix_over_its_limit_is_answered_429(tmp_path: Path) -> None:
-    async with _client(_app(tmp_path / "home", autofixes=1)) as client:
+    async with app_client(owner_app(tmp_path / "home", autofixes=1)) as client:
         first = await client.post("/agent/auto-fix", json=_webhook(_alert({"alertname": "A"})), headers=ALERTS)
         second = await client.post("/agent/auto-fix", json=_webhook(_alert({"alertname": "B"})), headers=ALERTS)
         # The owner's own allowance is separate.
@@ -238,7 +194,7 @@ async def test_auto_fix_over_its_limit_is_answered_429(tmp_path: Path) -> None:
 
 
 async def test_health_needs_no_token_and_metrics_count_tasks_by_state(tmp_path: Path) -> None:
-    async with _client(_app(tmp_path / "home")) as client:
+    async with app_client(owner_app(tmp_path / "home")) as client:
         health = await client.get("/health")
         task_id = (await client.post("/agent/command", headers=OWNER,
                                      json={"prompt": "x", "dry_run": True})).json()["task_id"]
@@ -274,9 +230,9 @@ async def _raw_post(port: int, path: str, body: dict[str, Any]) -> tuple[int, di
 
 async def test_app_burst_of_commands_every_request_answered(tmp_path: Path) -> None:
     burst, limit = 200, 150
-    app = _app(tmp_path / "home", commands=limit)
+    app = owner_app(tmp_path / "home", commands=limit)
     body = {"prompt": "add /balance", "dry_run": True, "repo": str(tmp_path / "nowhere.git")}
-    async with _serve(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
         port = int(url.rsplit(":", 1)[1])
         started = time.perf_counter()
         answers = await asyncio.gather(*(_raw_post(port, "/agent/command", body) for _ in range(burst)))
@@ -298,17 +254,10 @@ async def test_app_burst_of_commands_every_request_answered(tmp_path: Path) -> N
 # -------------------------------------------------------------------------------------------- end to end
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.mark.docker
 async def test_serve_runs_a_task_through_the_api_to_a_pull_request_and_deploys_it(tmp_path: Path) -> None:
     repo = await create_sample_repo(tmp_path / "origin")
-    port = _free_port()
+    port = free_port()
     # No key: `serve --scenario` plays the scripted model itself, as a new user tries the service offline.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_"))}
     env.update(AGENT_RUNNER_HOME=str(tmp_path / "home"), AGENT_RUNNER_REPO=str(repo),
@@ -373,7 +322,7 @@ async def test_serve_without_a_key_or_a_scenario_exits_2_with_one_line_naming_bo
     done = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "runner.cli", "serve"], capture_output=True, text=True, timeout=120,
         env=_cli_env(tmp_path / "home", AGENT_API_TOKEN=TOKEN, AGENT_RUNNER_REPO=str(repo),
-                     AGENT_RUNNER_PORT=str(_free_port())))
+                     AGENT_RUNNER_PORT=str(free_port())))
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines() == [
         "agent-runner: serve needs a model: set ANTHROPIC_API_KEY, or pass --scenario FILE to play a scripted model "
@@ -409,25 +358,7 @@ async def test_create_app_refuses_to_start_without_a_repository(tmp_path: Path) 
     from runner.errors import ConfigError
 
     with pytest.raises(ConfigError, match="AGENT_RUNNER_REPO"):
-        create_app(_settings(tmp_path / "home"), deployer=create_deployer("none"))
-
-
-@contextlib.asynccontextmanager
-async def _serve_process(env: dict[str, str], port: int) -> AsyncIterator[asyncio.subprocess.Process]:
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runner.cli", "serve", env=env,
-                                                stderr=asyncio.subprocess.DEVNULL)
-    try:
-        async with httpx.AsyncClient(timeout=5) as client, asyncio.timeout(30):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.terminate()
-        await asyncio.wait_for(proc.wait(), 60)
+        create_app(owner_settings(tmp_path / "home"), deployer=create_deployer("none"))
 
 
 @pytest.mark.docker
@@ -437,7 +368,7 @@ async def test_serve_killed_mid_task_fails_it_reaps_its_container_and_resumes_th
     from runner.scripted_model import Scenario, ToolUseBlock, serve_scripted_model
 
     repo = await create_sample_repo(tmp_path / "origin")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_"))}
     env.update(AGENT_RUNNER_HOME=str(tmp_path / "home"), AGENT_RUNNER_REPO=str(repo), AGENT_RUNNER_PORT=str(port),
                AGENT_API_TOKEN=TOKEN, ANTHROPIC_API_KEY="scripted-anything", AGENT_RUNNER_MAX_SANDBOXES="1")
@@ -445,7 +376,7 @@ async def test_serve_killed_mid_task_fails_it_reaps_its_container_and_resumes_th
     url = f"http://127.0.0.1:{port}"
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
         async with serve_scripted_model(stall) as model, \
-                _serve_process({**env, "ANTHROPIC_BASE_URL": model.base_url}, port) as proc:
+                serve_process({**env, "ANTHROPIC_BASE_URL": model.base_url}, port) as proc:
             body = {"prompt": "average_spend crashes; fix it", "kind": "fix", "dry_run": True}
             first = (await client.post("/agent/command", headers=OWNER, json=body)).json()["task_id"]
             second = (await client.post("/agent/command", headers=OWNER, json=body)).json()["task_id"]
@@ -458,7 +389,7 @@ async def test_serve_killed_mid_task_fails_it_reaps_its_container_and_resumes_th
         assert docker_client.containers.list(filters={"label": f"{LABEL_TASK}={first}"})
 
         async with serve_scripted_model(Scenario.from_file(FIX_SCENARIO)) as model, \
-                _serve_process({**env, "ANTHROPIC_BASE_URL": model.base_url}, port):
+                serve_process({**env, "ANTHROPIC_BASE_URL": model.base_url}, port):
             interrupted = (await client.get(f"/tasks/{first}", headers=OWNER)).json()
             assert docker_client.containers.list(all=True, filters={"label": f"{LABEL_TASK}={first}"}) == []
             resumed = await _wait_state(client, second, {"diff_ready", "failed"}, timeout=240)
@@ -472,7 +403,7 @@ async def test_serve_killed_mid_task_fails_it_reaps_its_container_and_resumes_th
 async def test_create_app_refuses_a_local_repository_that_does_not_exist(tmp_path: Path) -> None:
     from runner.errors import ConfigError
 
-    settings = _settings(tmp_path / "home", AGENT_RUNNER_REPO=str(tmp_path / "missing.git"))
+    settings = owner_settings(tmp_path / "home", AGENT_RUNNER_REPO=str(tmp_path / "missing.git"))
     with pytest.raises(ConfigError, match="does not exist"):
         create_app(settings, deployer=create_deployer("none"))
 
@@ -483,14 +414,14 @@ async def test_serve_stopped_mid_task_fails_it_and_removes_its_container(tmp_pat
     from runner.scripted_model import Scenario, ToolUseBlock, serve_scripted_model
 
     repo = await create_sample_repo(tmp_path / "origin")
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_"))}
     env.update(AGENT_RUNNER_HOME=str(tmp_path / "home"), AGENT_RUNNER_REPO=str(repo), AGENT_RUNNER_PORT=str(port),
                AGENT_API_TOKEN=TOKEN, ANTHROPIC_API_KEY="scripted-anything")
     stall = Scenario.of([ToolUseBlock("Bash", {"command": "sleep 300"})])
     async with serve_scripted_model(stall) as model, \
             httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-        async with _serve_process({**env, "ANTHROPIC_BASE_URL": model.base_url}, port) as proc:
+        async with serve_process({**env, "ANTHROPIC_BASE_URL": model.base_url}, port) as proc:
             body = {"prompt": "fix it", "kind": "fix", "dry_run": True}
             task_id = (await client.post("/agent/command", headers=OWNER, json=body)).json()["task_id"]
             async with asyncio.timeout(120):
@@ -536,7 +467,7 @@ async def test_serve_refuses_a_repository_folder_that_is_not_git_at_start(tmp_pa
     folder = tmp_path / "not-a-repo"
     folder.mkdir()
     with pytest.raises(ConfigError, match=r"AGENT_RUNNER_REPO '.*not-a-repo' is not a git repository; "):
-        create_app(_settings(tmp_path / "home", AGENT_RUNNER_REPO=str(folder)), deployer=create_deployer("none"))
+        create_app(owner_settings(tmp_path / "home", AGENT_RUNNER_REPO=str(folder)), deployer=create_deployer("none"))
     done = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "runner.cli", "serve", "--scenario", str(FIX_SCENARIO)],
         capture_output=True, text=True, timeout=120,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import socket
 import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -35,6 +34,7 @@ from runner.store import Store
 from runner.supervisor import Deps
 from runner.unix_server import serve_tcp
 from tests.fakes.loki import FakeLoki, Rule
+from tests.fakes.net import free_port
 
 ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
 MONITORING = Path(__file__).parents[1] / "monitoring"
@@ -42,12 +42,6 @@ SECRET = "e2e-alert-secret"
 TOKEN = "e2e-owner-token"
 
 pytestmark = pytest.mark.alertmanager
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _error_lines(line: int, user: int) -> list[str]:
@@ -83,7 +77,7 @@ def _alertmanager(tmp_path: Path, webhook_url: str) -> Iterator[str]:
             hook["http_config"]["authorization"] = {"type": "Bearer", "credentials_file": str(secret_file)}
     config_file = tmp_path / "alertmanager.yml"
     config_file.write_text(yaml.safe_dump(config))
-    port = _free_port()
+    port = free_port()
     log = (tmp_path / "alertmanager.log").open("wb")
     process = subprocess.Popen(
         [ALERTMANAGER, f"--config.file={config_file}", f"--storage.path={tmp_path / 'am-data'}",

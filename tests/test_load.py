@@ -8,7 +8,6 @@ import json
 import os
 import re
 import resource
-import socket
 import sys
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import policy
 from runner.models import TaskState
 from runner.sample import create_sample_repo
 from runner.sandbox.base import LABEL_TASK
+from tests.fakes.net import free_port
 
 TOKEN = "owner-token-for-load"
 OWNER = {"Authorization": f"Bearer {TOKEN}"}
@@ -30,13 +30,6 @@ LIMIT = 20  # commands per hour: this many real tasks are accepted, the rest ref
 MAX_SANDBOXES = 2
 DRAIN_TIMEOUT = 480.0  # 20 real sandbox runs, two at a time, each fix with its self-correction round, 2 cores
 TERMINAL = {s.value for s in TaskState if s.terminal}
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _policy_text(commands_per_hour: int) -> str:
@@ -105,7 +98,7 @@ async def test_serve_burst_of_1000_commands_answers_all_and_drains_with_two_sand
     repo = await create_sample_repo(tmp_path / "origin")
     policy_file = tmp_path / "policy.yaml"
     policy_file.write_text(_policy_text(LIMIT))
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log_path = tmp_path / "serve.log"
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_"))}

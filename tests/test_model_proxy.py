@@ -28,6 +28,7 @@ from starlette.routing import Route
 
 from runner.model_proxy import Budget, ModelProxy, Price, PriceTable, Refusal, Usage, model_patterns
 from runner.scripted_model import Scenario, TextBlock, ToolUseBlock, create_scripted_model, serve_scripted_model
+from tests.fakes.net import free_port
 
 REAL_KEY = "sk-ant-real-key-never-in-the-sandbox"
 FORWARDER = Path(__file__).parent.parent / "sandbox-image" / "model-forwarder.py"
@@ -57,13 +58,6 @@ def scripted_proxy(**kwargs: Any) -> tuple[ModelProxy, Any]:
     kwargs.setdefault("default_models", MODELS)
     proxy = ModelProxy("http://upstream.invalid", REAL_KEY, transport=httpx.ASGITransport(app=model.app), **kwargs)
     return proxy, model
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import policy
-from tests.test_app import OWNER, _app, _client
+from tests.fakes.app import OWNER, app_client, owner_app
 
 
 def _named(name: str) -> str:
@@ -13,7 +13,7 @@ def _named(name: str) -> str:
 
 
 async def test_policy_put_validates_activates_versions_and_rolls_back(tmp_path: Path) -> None:
-    async with _client(_app(tmp_path)) as client:
+    async with app_client(owner_app(tmp_path)) as client:
         start = (await client.get("/policy", headers=OWNER)).json()
         refused = await client.get("/policy")
         broken = await client.put("/policy", headers=OWNER, content="schema: 1\nversion: x\nprofiles: [oops\n")
@@ -38,7 +38,7 @@ async def test_policy_put_validates_activates_versions_and_rolls_back(tmp_path: 
 
 async def test_policy_with_failing_examples_is_refused(tmp_path: Path) -> None:
     lying = _named("liar") + "  - {tool: Bash, input: {command: rm -rf /}, expect: allow}\n"
-    async with _client(_app(tmp_path)) as client:
+    async with app_client(owner_app(tmp_path)) as client:
         response = await client.put("/policy", headers=OWNER, content=lying)
         active = (await client.get("/policy", headers=OWNER)).json()
     assert response.status_code == 422 and "examples fail" in response.json()["problems"][0]["message"]
@@ -46,9 +46,9 @@ async def test_policy_with_failing_examples_is_refused(tmp_path: Path) -> None:
 
 
 async def test_activated_policy_outlives_a_restart(tmp_path: Path) -> None:
-    async with _client(_app(tmp_path)) as client:
+    async with app_client(owner_app(tmp_path)) as client:
         assert (await client.put("/policy", headers=OWNER, content=_named("kept"))).status_code == 200
-    async with _client(_app(tmp_path)) as client:
+    async with app_client(owner_app(tmp_path)) as client:
         assert (await client.get("/policy", headers=OWNER)).json()["version"] == "kept"
 
 
@@ -56,7 +56,7 @@ async def test_rate_limits_of_an_activated_policy_apply_to_the_next_request(tmp_
     strict = _named("strict").replace("commands_per_hour: 10", "commands_per_hour: 1", 1)
     assert "commands_per_hour: 1 " in strict
     body = {"prompt": "add /balance", "dry_run": True, "repo": str(tmp_path / "nowhere.git")}
-    async with _client(_app(tmp_path, commands=100)) as client:
+    async with app_client(owner_app(tmp_path, commands=100)) as client:
         assert (await client.post("/agent/command", headers=OWNER, json=body)).status_code == 202
         assert (await client.put("/policy", headers=OWNER, content=strict)).status_code == 200
         refused = await client.post("/agent/command", headers=OWNER, json=body)

@@ -20,8 +20,9 @@ from runner.gitops import git_env
 from runner.models import TaskState
 from runner.sample import create_sample_repo
 from runner.store import Store
+from tests.fakes.app import ALERT_SECRET, ALERTS, OWNER, TOKEN, serve_process
 from tests.fakes.loki import traceback_lines
-from tests.test_app import ALERT_SECRET, ALERTS, OWNER, TOKEN, _free_port, _serve_process
+from tests.fakes.net import free_port
 
 
 def git(*args: str, cwd: Path) -> str:
@@ -88,7 +89,7 @@ async def test_serve_killed_mid_deploy_and_mid_watch_resumes_merges_once_and_sti
     text = policy.default_text()
     assert "autofixes_per_hour: 5 " in text
     strict.write_text(text.replace("autofixes_per_hour: 5 ", "autofixes_per_hour: 0 ", 1))
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_", "LOKI"))}
     env.update(AGENT_RUNNER_HOME=str(home), AGENT_RUNNER_REPO=str(repo), AGENT_RUNNER_PORT=str(port),
                AGENT_API_TOKEN=TOKEN, ALERT_WEBHOOK_SECRET=ALERT_SECRET, ANTHROPIC_API_KEY="unused",
@@ -97,7 +98,7 @@ async def test_serve_killed_mid_deploy_and_mid_watch_resumes_merges_once_and_sti
                AGENT_RUNNER_WATCH_SECONDS="600", AGENT_RUNNER_WATCH_INTERVAL="1")
     async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
         # 1. approved, merged, deploying: killed while the deploy command runs.
-        async with _serve_process(env, port) as proc:
+        async with serve_process(env, port) as proc:
             approved = await client.post("/agent/approve-pr", headers=OWNER, json={"number": number, "head_sha": sha})
             assert approved.status_code == 202, approved.text
             release_path = approved.json()["links"]["release"]
@@ -110,7 +111,7 @@ async def test_serve_killed_mid_deploy_and_mid_watch_resumes_merges_once_and_sti
 
         # 2. restarted while that deploy still runs: the release waits for it, starts no second one, and keeps
         #    its result once it ends.
-        async with _serve_process(env, port) as proc:
+        async with serve_process(env, port) as proc:
             waiting = await until(client, release_path, lambda r: "waiting for the deploy" in r["detail"])
             await asyncio.sleep(1.5)  # long enough for a second deploy to have started, were one started
             starts_while_waiting = [line for line in log.read_text().splitlines() if line.startswith("start")]
@@ -121,7 +122,7 @@ async def test_serve_killed_mid_deploy_and_mid_watch_resumes_merges_once_and_sti
             await proc.wait()
 
         # 3. restarted mid-watch: the watch resumes, and an error the release brought rolls it back.
-        async with _serve_process(env, port):
+        async with serve_process(env, port):
             resumed = await until(client, release_path, lambda r: r["state"] == "watching")
             report = {"traceback": "\n".join(traceback_lines()), "service": "bot"}
             async with asyncio.timeout(30):

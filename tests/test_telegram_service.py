@@ -12,7 +12,8 @@ import pytest
 from runner.sample import create_sample_repo
 from runner.scripted_model import Scenario, serve_scripted_model
 from runner.store import Store
-from tests.fakes.telegram import BOT_ID, FakeTelegram, free_port, serve
+from tests.fakes.net import free_port
+from tests.fakes.telegram import BOT_ID, FakeTelegram, serve
 
 FIX_SCENARIO = Path(__file__).parents[1] / "runner" / "data" / "scenarios" / "fix-balance.yaml"
 OWNER, STRANGER = 777, 999

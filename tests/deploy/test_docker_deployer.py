@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from runner.deploy import DeployError, DeployEvent, DeploySource, create_deploye
 from runner.deploy.docker import IMAGE_REPO_PREFIX, LABEL_ROLE, LABEL_SERVICE, LABEL_SHA, DockerDeployer
 from runner.gitops import head_sha, run_git
 from runner.sample import create_sample_repo
+from tests.fakes.net import free_port
 
 pytestmark = pytest.mark.docker
 
@@ -70,19 +70,12 @@ def service(docker_client: Any) -> Iterator[str]:
         docker_client.images.remove(image.id, force=True)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 @pytest.fixture
 async def http_deployer(service: str, docker_client: Any, tmp_path: Path) -> AsyncIterator[DockerDeployer]:
     deployer = DockerDeployer(
         service,
         build_base_image=BASE_IMAGE,
-        port=_free_port(),
+        port=free_port(),
         health_timeout=6.0,
         health_interval=0.2,
         build_network="none",
@@ -234,7 +227,7 @@ async def test_docker_deployer_replaces_a_compose_services_container_keeping_its
 
     compose = [c for c in (["docker-compose"], ["docker", "compose"])
                if shutil.which(c[0]) and subprocess.run([*c, "version"], capture_output=True).returncode == 0][0]
-    project, port = f"arc{uuid.uuid4().hex[:8]}", _free_port()
+    project, port = f"arc{uuid.uuid4().hex[:8]}", free_port()
     context = tmp_path / "bot-src"
     await run_git(["clone", "--quiet", str(sample.bare), str(context)])
     (tmp_path / "compose.yaml").write_text(

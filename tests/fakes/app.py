@@ -1,0 +1,91 @@
+"""The service as the HTTP tests meet it: `create_app` over backends whose tasks fail before they need a container,
+served by uvicorn on loopback; and `agent-runner serve` as a child process, once it answers /health."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import sys
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import httpx
+from starlette.applications import Starlette
+
+import policy
+from policy.model import RateLimits
+from runner.app import create_app
+from runner.config import Settings
+from runner.model_proxy import ModelProxy
+from runner.sandbox.docker import DockerSandbox
+from runner.service.runtime import Runtime
+from runner.store import Store
+from runner.supervisor import Deps
+from runner.unix_server import serve_tcp
+
+__all__ = ["ALERTS", "ALERT_SECRET", "OWNER", "TOKEN", "app_client", "failing_runtime", "owner_app", "owner_settings",
+           "serve_app", "serve_process"]
+
+TOKEN = "owner-token-for-tests"
+ALERT_SECRET = "alert-secret-for-tests"
+OWNER = {"Authorization": f"Bearer {TOKEN}"}
+ALERTS = {"Authorization": f"Bearer {ALERT_SECRET}"}
+
+
+def owner_settings(home: Path, **extra: str) -> Settings:
+    return Settings.from_env({"AGENT_RUNNER_HOME": str(home), "AGENT_API_TOKEN": TOKEN,
+                              "ALERT_WEBHOOK_SECRET": ALERT_SECRET, **extra})
+
+
+def failing_runtime(settings: Settings,
+                    limits: RateLimits) -> Callable[[], contextlib.AbstractAsyncContextManager[Runtime]]:
+    """Backends for tasks that fail before they need a container: the engine is never called."""
+
+    @contextlib.asynccontextmanager
+    async def open_backends() -> AsyncIterator[Runtime]:
+        active = dataclasses.replace(policy.load_default(), rate_limits=limits)
+        async with Store(settings.home / "state.db") as store, DockerSandbox() as sandbox, \
+                ModelProxy("http://127.0.0.1:9", "unused") as proxy:
+            deps = Deps(home=settings.home, store=store, sandbox=sandbox, proxy=proxy, policy=active,
+                        image=settings.sandbox_image)
+            yield Runtime(settings, deps, lambda _line: None)
+
+    return open_backends
+
+
+def owner_app(home: Path, *, commands: int = 100, autofixes: int = 100, **extra: str) -> Starlette:
+    settings = owner_settings(home, AGENT_RUNNER_REPO=str(home / "missing.git"), **extra)
+    limits = RateLimits(commands_per_hour=commands, autofixes_per_hour=autofixes)
+    return create_app(settings, runtime=failing_runtime(settings, limits), say=lambda _line: None)
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: Starlette) -> AsyncIterator[str]:
+    """The app under uvicorn on a free loopback port, lifespan included."""
+    async with serve_tcp(app, lifespan="on") as url:
+        yield url
+
+
+@contextlib.asynccontextmanager
+async def app_client(app: Starlette) -> AsyncIterator[httpx.AsyncClient]:
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        yield client
+
+
+@contextlib.asynccontextmanager
+async def serve_process(env: dict[str, str], port: int) -> AsyncIterator[asyncio.subprocess.Process]:
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runner.cli", "serve", env=env,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with httpx.AsyncClient(timeout=5) as client, asyncio.timeout(30):
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
+                        break
+                await asyncio.sleep(0.1)
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        await asyncio.wait_for(proc.wait(), 60)
