@@ -642,3 +642,59 @@ async def test_a_migration_question_outlives_a_restart_and_is_answered_after_it(
         await d.releases.answer(release.id, True, actor="owner")
         done = await settled(d, release.id)
     assert done.state == "deployed" and bot.running == done.merge_sha
+
+
+async def test_the_owner_answers_a_migration_release_over_the_api(tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    """Through create_app as `serve` builds it: approve over HTTP, the release waits (visible at /releases), the
+    answer route is the owner's alone, and its `go` deploys."""
+    import policy
+    from runner.app import create_app
+    from runner.config import Settings
+    from runner.model_proxy import ModelProxy
+    from runner.sandbox.docker import DockerSandbox
+    from runner.service.runtime import Runtime
+    from runner.supervisor import Deps
+    from runner.unix_server import serve_tcp
+
+    async with LocalGitForge(repos.origin, tmp_path / "forge.sqlite3") as forge:
+        repos.commit(MIGRATION, "def upgrade(): ...\n", "add a migration", branch="agent/migration")
+        await forge.push_branch(repos.clone, "agent/migration")
+        pr = await forge.open_pr("Add a migration", "body", "agent/migration", "main")
+    bot.state.write_text(repos.head("main") or "")
+    settings = Settings.from_env({"AGENT_RUNNER_HOME": str(tmp_path / "home"), "AGENT_API_TOKEN": "owner-token",
+                                  "AGENT_RUNNER_REPO": str(repos.origin), "AGENT_RUNNER_WATCH_SECONDS": "0"})
+
+    @contextlib.asynccontextmanager
+    async def open_backends() -> AsyncIterator[Runtime]:
+        async with Store(settings.home / "state.db") as store, DockerSandbox() as sandbox, \
+                ModelProxy("http://127.0.0.1:9", "unused") as proxy, \
+                LocalGitForge(repos.origin, tmp_path / "forge.sqlite3") as served_forge:
+            deps = Deps(home=settings.home, store=store, sandbox=sandbox, proxy=proxy, policy=policy.load_default(),
+                        image=settings.sandbox_image, forge=served_forge)
+            yield Runtime(settings, deps, lambda _line: None)
+
+    owner = {"Authorization": "Bearer owner-token"}
+    app = create_app(settings, runtime=open_backends, deployer=deployer(bot), say=lambda _line: None)
+    async with serve_tcp(app, lifespan="on") as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        approved = await client.post("/agent/approve-pr", headers=owner,
+                                     json={"number": pr.number, "head_sha": pr.head_sha})
+        assert approved.status_code == 202, approved.text
+        link = approved.json()["links"]["release"]
+        async with asyncio.timeout(30):
+            while (waiting := (await client.get(link, headers=owner)).json())["state"] != "asking":
+                await asyncio.sleep(0.05)
+        answer = f"/releases/{waiting['id']}/answer"
+        stranger = await client.post(answer, json={"answer": "go"})
+        garbled = await client.post(answer, headers=owner, json={"answer": "yes"})
+        missing = await client.post("/releases/999/answer", headers=owner, json={"answer": "go"})
+        assert bot.deploys() == []  # waiting: nothing deployed, whoever asks
+        went = await client.post(answer, headers=owner, json={"answer": "go"})
+        async with asyncio.timeout(30):
+            while (done := (await client.get(link, headers=owner)).json())["state"] in ("asking", "deploying"):
+                await asyncio.sleep(0.05)
+        again = await client.post(answer, headers=owner, json={"answer": "hold"})
+    assert "waiting for the owner before the deploy" in waiting["detail"] and MIGRATION in waiting["detail"]
+    assert [stranger.status_code, garbled.status_code, missing.status_code] == [401, 400, 404]
+    assert went.status_code == 200 and went.json()["consent"] == "deploy"
+    assert done["state"] == "deployed" and bot.deploys() == [done["merge_sha"]] and bot.running == done["merge_sha"]
+    assert again.status_code == 409 and "waits for no answer" in again.json()["error"]

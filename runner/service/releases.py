@@ -333,15 +333,16 @@ class Releases:
         """Wait for the owner (state `asking`, no job runs): the release says what it waits for, and the owner is
         told the two answers."""
         files = self._migration_words(release)
+        how = f'POST /releases/{release.id}/answer {{"answer": "go"}} or {{"answer": "hold"}}'
         if question == "deploy":
             detail = f"merged; it changes {files}: waiting for the owner before the deploy"
             ask = (f"PR #{release.number} is merged and changes {files}. Back up the database, then answer release "
-                   f"{release.id}: go (deploy it now) or hold (keep it merged and undeployed).")
+                   f"{release.id}: go (deploy it now) or hold (keep it merged and undeployed); {how}.")
         else:
             detail = f"{why}; it changes {files}: waiting for the owner before any rollback"
             ask = (f"PR #{release.number}: {why}. It changes {files}, which a rollback of the code does not undo: "
                    f"the old version will run against the migrated database. Answer release {release.id}: go (roll "
-                   "back anyway) or hold (keep it running and roll forward with a fix).")
+                   f"back anyway) or hold (keep it running and roll forward with a fix); {how}.")
         release = await self._set(release, "asking", asked=question, detail=detail)
         await self._say(release, ask)
         return release
