@@ -23,7 +23,9 @@ from claude_agent_sdk import (
     ProcessError,
     ResultMessage,
     TextBlock,
+    ToolResultBlock,
     ToolUseBlock,
+    UserMessage,
     query,
 )
 from claude_agent_sdk.types import HookContext, HookInput, HookJSONOutput
@@ -144,6 +146,8 @@ class Gate:
         """Why the state file refused a decision's audit row; from then on every call is denied."""
         self.stopping = asyncio.Event()
         """Set when the session must end now (the audit refused): run_agent stops it as it stops a limit."""
+        self.decided: set[str] = set()
+        """The tool_use ids the hook was asked about; a result for any other id is the CLI's own answer."""
 
     def close(self, reason: str) -> None:
         """From now on every call is denied: a limit was reached while the CLI may still be asking."""
@@ -231,9 +235,24 @@ class Gate:
         self._progress(f"{'allowed' if allowed else 'denied'} the final {path}: {reason}")
         return allowed, reason
 
+    async def refused_by_cli(self, tool: str, tool_input: dict[str, Any], answer: str) -> None:
+        """Audit a call the CLI answered without asking the hook (a tool it does not offer, its own permission
+        check), so the log holds every call the agent attempted, not only those the policy decided."""
+        reason = " ".join(answer.split())[:300]
+        try:
+            await self._audit("cli_refusal", {"tool": tool, "input_digest": input_digest(tool_input),
+                                              "decision": "deny", "reason": reason,
+                                              "policy_sha256": self.policy.sha256})
+        except StateError as exc:  # as in decide: no record, no more calls
+            self.unrecorded = self.unrecorded or exc
+            self.close(f"the supervisor cannot record its decisions: {exc}")
+            self.stopping.set()
+        self._progress(f"the CLI refused {tool} itself: {reason}")
+
     async def hook(self, hook_input: HookInput, tool_use_id: str | None, context: HookContext) -> HookJSONOutput:
         if hook_input["hook_event_name"] != "PreToolUse":
             return {}
+        self.decided.add(tool_use_id or str(hook_input.get("tool_use_id", "")))
         allowed, reason = await self.decide(hook_input["tool_name"], hook_input["tool_input"])
         return {
             "hookSpecificOutput": {
@@ -346,11 +365,13 @@ async def run_agent(
     session_end: tuple[Stop, str] = ("completed", "")
 
     seen: set[str] = set()
+    attempted: dict[str, ToolUseBlock] = {}
 
     async def consume() -> None:
         nonlocal turns, summary, session_end, session_id
         async for message in query(prompt=prompt, options=options):
             if isinstance(message, AssistantMessage):
+                attempted.update((b.id, b) for b in message.content if isinstance(b, ToolUseBlock))
                 # The CLI may stream one turn as several messages (a block each); a turn is a model message id.
                 turn_id = message.message_id or message.uuid or str(len(seen))
                 if turn_id not in seen:
@@ -365,6 +386,11 @@ async def run_agent(
                     gate.close(f"the turn limit ({max_turns}) is reached")
                     session_end = ("turn_limit", "")
                     return
+            elif isinstance(message, UserMessage) and isinstance(message.content, list):
+                for block in message.content:
+                    if (isinstance(block, ToolResultBlock) and block.tool_use_id not in gate.decided
+                            and (call := attempted.get(block.tool_use_id)) is not None):
+                        await gate.refused_by_cli(call.name, call.input, _result_text(block.content))
             elif isinstance(message, ResultMessage):
                 session_id = message.session_id or session_id
                 if message.is_error:
@@ -420,6 +446,12 @@ class _QuietReaderExit(logging.Filter):
 
 
 logging.getLogger("claude_agent_sdk._internal.query").addFilter(_QuietReaderExit())
+
+
+def _result_text(content: str | list[dict[str, Any]] | None) -> str:
+    if isinstance(content, list):
+        return " ".join(str(part.get("text", "")) for part in content if isinstance(part, dict))
+    return content or ""
 
 
 def describe_failure(exc: BaseException) -> str:
