@@ -10,6 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+import yaml
+
 from runner import forge_cli
 from runner.config import Settings
 from runner.forge import create_forge
@@ -93,3 +96,29 @@ def test_reject_ends_the_services_task_rejected_and_audits_once(tmp_path: Path) 
     state, rejects = asyncio.run(_task_and_audit(home, task_id))
     assert state is TaskState.REJECTED  # as POST /agent/reject-pr leaves it, not `proposed` with a closed PR
     assert rejects == ["reject"]
+
+
+async def _audit_rows(home: Path, event: str) -> list[dict[str, object]]:
+    async with Store(home / "state.db") as store:
+        return [e.detail for e in await store.audit_log(event=event)]
+
+
+@pytest.mark.docker
+def test_run_audits_a_tool_call_the_cli_refused_before_asking_the_gate(tmp_path: Path) -> None:
+    # WebSearch is not among the tools the session offers, so the real CLI answers it with an error itself and
+    # the PreToolUse hook never hears of it; the audit log must hold it all the same.
+    scenario = tmp_path / "refused.yaml"
+    scenario.write_text(yaml.safe_dump({"turns": [[{"type": "tool_use", "name": "WebSearch",
+                                                    "input": {"query": "how to fix"}}]],
+                                        "final_text": "I could not search."}))
+    bare = asyncio.run(create_sample_repo(tmp_path / "origin"))
+    home = tmp_path / "home"
+    done = subprocess.run([sys.executable, "-m", "runner.cli", "run", "--repo", str(bare), "--prompt", "look it up",
+                           "--dry-run", "--scenario", str(scenario)], capture_output=True, text=True, timeout=600,
+                          env=_cli_env(home))
+    assert '"task_id"' in done.stdout, done.stderr
+    refusals = asyncio.run(_audit_rows(home, "cli_refusal"))
+    assert [r["tool"] for r in refusals] == ["WebSearch"], done.stderr
+    assert refusals[0]["decision"] == "deny" and refusals[0]["reason"], refusals
+    decided = asyncio.run(_audit_rows(home, "tool_decision"))
+    assert all(d["tool"] != "WebSearch" for d in decided)  # the policy was never asked: this row is the only trace
