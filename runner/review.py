@@ -375,7 +375,9 @@ def telegram_pages(review: Review, *, title: str = "", limit: int = TELEGRAM_LIM
         lines.append("")
         lines.append(f"<b>{finding.severity}</b> <code>{esc(finding.path)}:{finding.line}</code>")
         lines.extend(esc(line) for line in finding.text.splitlines())
-    return _pages(lines, limit)
+    marker = f"<b>{esc(title or 'Review')}</b> (continued, {{}}/{{}})"
+    pages = _pages(lines, limit - len(marker) - 12)  # room for the marker that heads each later page
+    return tuple(page if i == 0 else f"{marker.format(i + 1, len(pages))}\n{page}" for i, page in enumerate(pages))
 
 
 def _pages(lines: Sequence[str], limit: int) -> tuple[str, ...]:

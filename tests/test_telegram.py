@@ -293,3 +293,28 @@ async def test_telegram_webhook_refuses_a_wrong_secret_and_feeds_a_right_one(bot
                                   headers={"X-Telegram-Bot-Api-Secret-Token": "s3cret"})
     assert (wrong.status_code, right.status_code) == (401, 200)
     assert seen == [5]
+
+
+async def test_telegram_review_of_a_pr_arrives_whole_after_the_task_message(bot: Harness) -> None:
+    from runner.models import RunResult
+    from runner.review import Finding, Review, pr_request
+
+    bot.fake.send_text(OWNER, "/review #3")
+    await bot.fake.wait_for(lambda: bool(bot.ops.submitted))
+    assert bot.ops.submitted == [("review", pr_request(3), True)]  # the PR's head against its base
+    task = (await bot.store.list_tasks())[0]
+    findings = tuple(Finding("bot/app.py", i + 1, "minor", f"point {i} <b>&</b> " + "word " * 120) for i in range(25))
+    result = RunResult(task_id=task.id, status=TaskState.DIFF_READY, reason="review: 25 findings",
+                       review=Review(summary="Mostly fine.", findings=findings, pr=3)).to_json()
+    done = await bot.store.transition(task.id, TaskState.DIFF_READY, reason="review: 25 findings", result=result)
+    await bot.notifier.task_finished(done, result)
+    texts = [s.params["text"] for s in bot.fake.sent("sendMessage")]
+    first = next(i for i, t in enumerate(texts) if t.startswith("<b>Review of PR #3</b> · 25 findings"))
+    pages = texts[first:]
+    assert first >= 1 and len(pages) >= 4 and all(len(p) < 4096 for p in pages)  # after the task's message
+    assert [p.split("\n", 1)[0] for p in pages[1:]] == [
+        f"<b>Review of PR #3</b> (continued, {i}/{len(pages)})" for i in range(2, len(pages) + 1)]
+    shown = "\n".join(pages)
+    for finding in findings:
+        assert f"<code>bot/app.py:{finding.line}</code>" in shown
+        assert finding.text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").strip() in shown

@@ -72,7 +72,9 @@ async def test_a_long_review_arrives_whole_in_messages_under_the_limit(
         parser.close()
         assert parser.open == []
     assert pages[0].startswith("<b>Review of PR #3</b>") and "2 dropped as invalid" in pages[0]
-    text = html.unescape(re.sub(r"</?(b|code)>", "", "\n".join(pages)))
+    bodies = [pages[0], *(p.split("\n", 1)[1] for p in pages[1:])]  # each later page headed by its marker
+    assert all(p.startswith("<b>Review of PR #3</b> (continued, ") for p in pages[1:])
+    text = html.unescape(re.sub(r"</?(b|code)>", "", "\n".join(bodies)))
     for finding in findings:
         assert f"major bot.py:{finding.line}\n{finding.text}" in text  # every finding, whole, in order
     assert "<i>" not in "".join(pages)  # the agent's markup arrives as text
