@@ -111,15 +111,21 @@ def check_result(result: RunResult, head: str) -> None:
 
 
 @pytest.mark.docker
+@pytest.mark.parametrize("mode", ["own repository", "fork"])
 async def test_a_pr_review_becomes_one_github_review_with_line_comments(
-        tmp_path: Path, bare: Path, server: GitHttpServer) -> None:
-    fake = FakeGitHub(TOKEN, "octo/bot", git_dir=bare)
+        tmp_path: Path, bare: Path, server: GitHttpServer, mode: str) -> None:
+    fake = FakeGitHub(TOKEN, "octo/bot", git_dir=bare, fork_root=bare.parent, fork_delay=1)
+    # In fork mode the PR's head is in the fork: the review reads it from the repository's refs/pull/N/head.
+    fork = {"fork": "agent-runner-bot/bot", "fork_git_url": server.url("bot.git")} if mode == "fork" else {}
     async with GitHubForge("octo/bot", TOKEN, api_url="https://api.github.test",
-                           transport=httpx.ASGITransport(app=fake.app), git_url=server.url("sample-bot.git")) as forge:
+                           transport=httpx.ASGITransport(app=fake.app), git_url=server.url("sample-bot.git"),
+                           **fork) as forge:  # type: ignore[arg-type]
         number, head = await open_transfer_pr(forge, tmp_path, bare)
         result, _, prompts = await review_pr(tmp_path, forge, forge.git_url, number)
 
     check_result(result, head)
+    if mode == "fork":  # the head was never in the repository's branches, only in its refs/pull/N/head
+        assert git("--git-dir", str(bare), "for-each-ref", "refs/heads/agent/", cwd=tmp_path) == ""
     # The agent was given the change (its sandbox holds one commit, no history), fenced as data.
     assert any("+def transfer(ledger, src, dst, cents):" in p for p in prompts)
     (sent,) = fake.reviews_sent  # one review, accepted as GitHub accepts it
