@@ -1,7 +1,8 @@
 """`agent-runner demo`: the whole cycle offline on the embedded defaults, narrated on the terminal.
 
-A sample bot with a bug is deployed as a container; the agent fixes the bug in a sandbox; the owner
-approves the PR; the fix is deployed and health-checked. Then a second change that passes the tests but
+A sample bot with a bug is deployed as a container; the agent fixes the bug in a sandbox; the owner asks
+for one more change to that PR (a follow-up: the agent's session resumed, a second commit on the same branch) and
+approves it at its new head; the fix is deployed and health-checked. Then a second change that passes the tests but
 breaks /health is approved, deployed, found unhealthy, rolled back, and reverted on main. A third passes the
 tests and the health check but makes production raise; the post-deploy watch sees the new traceback in the
 bot's log, rolls it back and reverts it. Approvals go through the service's own release machinery.
@@ -21,14 +22,17 @@ from pathlib import Path
 
 import docker
 import httpx
+import yaml
 
 from runner.config import Settings
 from runner.deploy import DeploySource
 from runner.deploy.docker import DockerDeployer
+from runner.errors import ForgeError
 from runner.forge import create_forge
 from runner.gitops import run_git
 from runner.models import RunResult, TaskState
 from runner.sample import create_sample_repo
+from runner.service.followups import FollowUps, FollowUpStore
 from runner.service.releases import IN_FLIGHT, ReleaseRecord, Releases, ReleaseStore
 from runner.service.runtime import open_runtime
 from runner.service.watch import ContainerLogErrors, WatchConfig
@@ -37,6 +41,9 @@ from runner.store import Store
 FIX_PROMPT = "Users without outgoing transactions get a crash from /balance (average_spend). Fix it."
 HEALTH_PROMPT = "Make /health also report how many users the ledger holds."
 NAMES_PROMPT = "Let /balance take the user's name, like /balance?user=alice."
+FOLLOW_UP_PROMPT = "Also write down in docs/balance.md what /balance shows for a user without spending."
+FOLLOW_UP_DOC = ("# /balance\n\nA user without outgoing transactions gets an average spend of 0.00 "
+                 "instead of an error.\n")
 # Short, so the demo does not wait ten minutes: read the bot's log every second for two minutes.
 DEMO_WATCH = WatchConfig(seconds=120, interval=1, baseline_seconds=600)
 SERVICE = "agent-runner-demo-bot"
@@ -87,6 +94,19 @@ async def run_demo(settings: Settings) -> int:
             rows += _task_rows("fix task", fix)
             if fix.pr is None:
                 return _table(rows, started, failed=True)
+            _step(f"2b. the owner asks for a change to PR #{fix.pr.number}: " + FOLLOW_UP_PROMPT)
+            first_head = fix.pr.head_sha
+            fix = await _follow_up(settings, repo, store, fix, "fix-balance.yaml" if scripted else None, root)
+            rows.append((f"  follow-up on PR #{fix.pr.number}" if fix.pr else "  follow-up",
+                         f"second commit {fix.pr.head_sha[:12]}" if fix.pr else "failed"))
+            if fix.pr is None:
+                return _table(rows, started, failed=True)
+            try:
+                await releases.approve(fix.pr.number, first_head, actor="demo:owner", task=None)
+                _say("an approval at the old head was taken: it should have been refused")
+                return _table(rows, started, failed=True)
+            except ForgeError as exc:
+                _say(f"an approval at the old head {first_head[:12]} is refused: {exc}")
             _step(f"3. the owner approves PR #{fix.pr.number} at {fix.pr.head_sha[:12]}: merge, deploy, health check")
             release = await _approve(releases, store, fix)
             _say(f"GET /balance?user=2 -> {await _get(port, '/balance?user=2')}")
@@ -155,6 +175,43 @@ async def _task(settings: Settings, repo: str, prompt: str, kind: str, scenario:
     else:
         _say(f"the task ended {result.status.value}: {result.reason}")
     return result
+
+
+async def _follow_up(settings: Settings, repo: str, store: Store, result: RunResult, scenario: str | None,
+                     root: Path) -> RunResult:
+    """The owner's follow-up on the task's PR (runner.service.followups, as the service runs it): a new sandbox
+    from the PR's head, the agent's session resumed, a second commit on the same branch. The old head's approval
+    is refused from then on. Returns the task's result bound to the new head (its `pr` None if it failed)."""
+    path = None
+    if scenario is not None:
+        # The scripted model picks its turn by the conversation's length: the resumed session holds the fix's
+        # whole conversation, so the follow-up's turn comes after the fix scenario's turns and one for its end.
+        script = yaml.safe_load((SCENARIOS / scenario).read_text(encoding="utf-8"))
+        script["turns"] += [[{"type": "text", "text": "The fix is ready for review."}],
+                            [{"type": "text", "text": "Writing down what /balance shows now."},
+                             {"type": "tool_use", "name": "Write",
+                              "input": {"file_path": "/workspace/docs/balance.md", "content": FOLLOW_UP_DOC}}]]
+        script["final_text"] = "Documented /balance for users without spending in docs/balance.md."
+        path = root / "follow-up-scenario.yaml"
+        path.write_text(yaml.safe_dump(script, sort_keys=False), encoding="utf-8")
+    assert result.pr is not None
+    old = result.pr.head_sha
+    async with open_runtime(settings, repo=repo, say=_say, scenario=path) as rt:
+        desk = FollowUps(FollowUpStore(rt.store.path), rt.deps, progress=lambda _task, line: _say(line))
+        try:
+            follow = await desk.submit(await rt.store.get_task(result.task_id), FOLLOW_UP_PROMPT,
+                                       actor="demo:owner", source="demo")
+            follow = await desk.wait(follow.id)
+        finally:
+            await desk.aclose()
+            await desk.rows.aclose()
+    task = await store.get_task(result.task_id)
+    if follow.state != "done" or task.result is None:
+        _say(f"the follow-up ended {follow.state}: {follow.reason}")
+        return dataclasses.replace(result, pr=None)
+    new = follow.head_sha or ""
+    _say(f"session {follow.session}; PR #{follow.number}: {old[:12]} -> {new[:12]} (a fast-forward, never forced)")
+    return task.result
 
 
 def _task_rows(label: str, result: RunResult) -> list[tuple[str, str]]:

@@ -25,6 +25,9 @@ async def test_demo_runs_the_whole_cycle_and_both_rollbacks(tmp_path: Path, dock
     assert "a SCRIPTED model plays the agent" in err  # honest about who plays the agent
     table = dict(line.strip().split("  ", 1) for line in out.splitlines() if line.startswith("  PR #"))
     assert "deployed and healthy, watched" in table["PR #1"]
+    # The owner's follow-up on PR #1: a second commit, the session resumed, the old head's approval refused.
+    assert any(line.strip().startswith("follow-up on PR #1") and "second commit" in line for line in out.splitlines())
+    assert "session resumed" in err and "an approval at the old head" in err and "is refused" in err
     assert "rolled_back (unhealthy), reverted on main" in table["PR #2"]
     assert "rolled_back (by the post-deploy watch), reverted on main" in table["PR #3"]
     assert "a new error appeared after the deploy" in err and "KeyError" in err

@@ -41,6 +41,7 @@ def add_comment(fake: FakeGitHub, number: int, body: str, login: str) -> dict[st
         "author_association": "OWNER" if login.lower() == fake.owner.lower() else "NONE",
     }
     fake.comments.setdefault(number, []).append(comment)
+    fake.pulls[number]["comments"] = fake.pulls[number].get("comments", 0) + 1  # as the fake's own POST counts
     return comment
 
 
