@@ -342,7 +342,7 @@ def markdown_comment(finding: Finding) -> str:
     return f"**{finding.severity}** (agent-runner review)\n\n{_md_fence(finding.text)}"
 
 
-def markdown_body(review: Review, off_diff: Sequence[Finding]) -> str:
+def markdown_body(review: Review, off_diff: Sequence[Finding], *, where: str = "outside the diff") -> str:
     """The review's own body: its verdict, the agent's prose fenced, the findings on lines no hunk shows (a
     GitHub line comment must be on one), and what was dropped."""
     parts = [f"**agent-runner review**{': ' + review.verdict.replace('_', ' ') if review.verdict else ''} · "
@@ -353,7 +353,7 @@ def markdown_body(review: Review, off_diff: Sequence[Finding]) -> str:
     if review.summary:
         parts.append(_md_fence(review.summary))
     for finding in off_diff:
-        parts.append(f"`{finding.path.replace('`', '')}:{finding.line}` (outside the diff)\n\n"
+        parts.append(f"`{finding.path.replace('`', '')}:{finding.line}`{f' ({where})' if where else ''}\n\n"
                      f"{markdown_comment(finding)}")
     return "\n\n".join(parts)
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, replace
 
 import policy
 from runner import review
-from runner.errors import ForgeError, TaskError
+from runner.errors import ForgeConflict, ForgeError, TaskError
 from runner.forge.base import Forge, ReviewComment
 from runner.gitops import run_git
 from runner.store import Store
@@ -97,20 +97,33 @@ async def read(prepared: Prepared, summary: str, *, base_sha: str, pr: int | Non
 
 async def post(forge: Forge, checked: review.Review, diff: str) -> review.Review:
     """Post the review on its pull request: findings on lines the diff shows as line comments, the others in
-    its body. The result says where it went, or why it did not (the forge refused it: nothing was posted)."""
+    its body. A forge that refuses the line comments (its diff is not quite ours: GitHub follows renames, we do
+    not) gets the review once more with every finding in the body, so the owner's review is never lost for
+    a placement. The result says where it went, or why it did not."""
     assert checked.pr is not None
     shown = review.diff_lines(diff)
     on = [f for f in checked.findings if f.line in shown.get(f.path, frozenset())]
     off = [f for f in checked.findings if f not in on]
+    refused = ""
     try:
         posted = await forge.post_review(checked.pr, commit_sha=checked.head_sha,
                                          body=review.markdown_body(checked, off),
                                          comments=[ReviewComment(f.path, f.line, review.markdown_comment(f))
                                                    for f in on])
-    except ForgeError as exc:
+    except ForgeConflict as exc:  # the head moved: a review of it would be of code nobody reviewed
         return replace(checked, posted=f"not posted on PR #{checked.pr}: {exc}")
+    except ForgeError as exc:
+        if not on:
+            return replace(checked, posted=f"not posted on PR #{checked.pr}: {exc}")
+        refused = f" (its line comments were refused: {str(exc)[:200]}; all {len(checked.findings)} are in the body)"
+        try:
+            posted = await forge.post_review(checked.pr, commit_sha=checked.head_sha,
+                                             body=review.markdown_body(checked, checked.findings, where=""))
+        except ForgeError as again:
+            return replace(checked, posted=f"not posted on PR #{checked.pr}: {again}")
+        on = []
     return replace(checked, posted=f"posted on PR #{checked.pr} with {len(on)} line comment"
-                                   f"{'s' if len(on) != 1 else ''}: {posted.url}")
+                                   f"{'s' if len(on) != 1 else ''}{refused}: {posted.url}")
 
 
 async def conclude(forge: Forge | None, store: Store, task_id: str, prepared: Prepared, summary: str,

@@ -22,7 +22,7 @@ from runner.forge.localgit import LocalGitForge
 from runner.gitops import git_env
 from runner.model_proxy import ModelProxy
 from runner.models import RunResult, TaskState
-from runner.review import MAX_FINDING_CHARS, pr_request
+from runner.review import MAX_FINDING_CHARS, Finding, Review, pr_request
 from runner.sample import create_sample_repo
 from runner.sandbox.docker import DockerSandbox
 from runner.scripted_model import Scenario, serve_scripted_model
@@ -182,3 +182,26 @@ async def test_a_review_of_a_pr_needs_a_forge_and_a_ref_review_needs_none() -> N
     planned = await reviewer.plan(None, "Review the change feature/x and report findings; change nothing.")
     assert (planned.pr, planned.head_ref) == (None, "feature/x")
     assert (await reviewer.plan(None, "Review the change HEAD and report findings")).head_ref is None
+
+
+async def test_a_review_whose_line_comments_github_refuses_is_posted_whole_in_its_body(
+        tmp_path: Path, bare: Path, server: GitHttpServer) -> None:
+    fake = FakeGitHub(TOKEN, "octo/bot", git_dir=bare)
+    async with GitHubForge("octo/bot", TOKEN, api_url="https://api.github.test",
+                           transport=httpx.ASGITransport(app=fake.app), git_url=server.url("sample-bot.git"),
+                           retries=0) as forge:
+        number, head = await open_transfer_pr(forge, tmp_path, bare)
+        fake.fail("POST", f"/pulls/{number}/reviews", 422, {"message": "Unprocessable Entity",
+                                                            "errors": ["Line could not be resolved"]})
+        checked = Review(summary="s", findings=(Finding("bot/transfer.py", 4, "major", "on the diff"),
+                                                Finding("bot/ledger.py", 17, "critical", "off it")),
+                         head_sha=head, pr=number)
+        diff = git("--git-dir", str(bare), "diff", f"main...{head}", cwd=tmp_path)
+        posted = await reviewer.post(forge, checked, diff)
+
+    posts = [r for r in fake.requests if r.method == "POST" and r.path.endswith(f"/pulls/{number}/reviews")]
+    (accepted,) = fake.reviews_sent  # the first, with its line comment, was answered 422
+    assert len(posts) == 2 and accepted["comments"] == []
+    (review,) = fake.reviews[number]
+    assert "`bot/transfer.py:4`\n" in review["body"] and "`bot/ledger.py:17`\n" in review["body"]
+    assert "line comments were refused" in posted.posted and posted.posted.endswith(review["html_url"])
