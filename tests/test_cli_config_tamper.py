@@ -12,7 +12,7 @@ import pytest
 
 from runner.scripted_model import Scenario, TextBlock, ToolUseBlock
 from runner.store import Store
-from tests.test_realistic_agent import _text, run_scenario, tool_results
+from tests.fakes.runs import result_text, run_scenario, tool_results
 
 pytestmark = pytest.mark.docker
 
@@ -65,7 +65,7 @@ async def test_settings_written_mid_session_do_not_change_how_later_calls_are_de
     )
     result, requests = await run_scenario(tmp_path, scenario, "--dry-run")
     results = tool_results(requests)
-    texts = [_text(b) for b in results]
+    texts = [result_text(b) for b in results]
     assert "tampered 5" in texts[1]
     assert '"disableAllHooks": true' in texts[2]  # the hostile settings really were in place
     denied = [(d["tool"], d["rule"]) for d in result["denials"]]

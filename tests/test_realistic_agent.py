@@ -3,60 +3,18 @@ policy must let it do ordinary work without one denial; and the CLI's working di
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 import yaml
 
-from runner.sample import create_sample_repo
-from runner.scripted_model import RecordedRequest, Scenario, ToolUseBlock, serve_scripted_model
+from runner.scripted_model import Scenario, ToolUseBlock
 from runner.store import Store
+from tests.fakes.runs import result_text, run_scenario, tool_results
 
 pytestmark = pytest.mark.docker
 
-AGENT_RUNNER = [sys.executable, "-m", "runner.cli"]
 REALISTIC = Path(__file__).parents[1] / "runner" / "data" / "scenarios" / "realistic-feature.yaml"
-
-
-def _env(home: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_RUNNER_"))}
-    env.update(AGENT_RUNNER_HOME=str(home), ANTHROPIC_API_KEY="sk-ant-test-key", **extra)
-    return env
-
-
-async def run_scenario(tmp_path: Path, scenario: Scenario, *args: str) -> tuple[dict[str, Any], list[RecordedRequest]]:
-    """`agent-runner run` on the sample bot with `scenario` as the model; the result and what the model saw."""
-    repo = await create_sample_repo(tmp_path / "origin")
-    async with serve_scripted_model(scenario) as model:
-        proc = await asyncio.create_subprocess_exec(
-            *AGENT_RUNNER, "run", "--repo", str(repo), "--prompt", "average_spend crashes; fix it", "--json",
-            *args, env=_env(tmp_path / "home", ANTHROPIC_BASE_URL=model.base_url),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 240)
-        requests = list(model.requests)
-    lines = out.decode().strip().splitlines()
-    assert lines, err.decode()
-    return json.loads(lines[-1]), requests
-
-
-def tool_results(requests: list[RecordedRequest]) -> list[dict[str, Any]]:
-    """Every tool_result block of the longest conversation the CLI sent, in order."""
-    convs = [r.json.get("messages", []) for r in requests if r.kind == "agent" and isinstance(r.json, dict)]
-    longest = max(convs, key=len)
-    return [b for m in longest if isinstance(m.get("content"), list) for b in m["content"]
-            if isinstance(b, dict) and b.get("type") == "tool_result"]
-
-
-def _text(block: dict[str, Any]) -> str:
-    content = block.get("content")
-    if isinstance(content, list):
-        return "".join(c.get("text", "") for c in content if isinstance(c, dict))
-    return str(content)
 
 
 async def test_realistic_agent_does_an_ordinary_fix_without_a_denial(tmp_path: Path) -> None:
@@ -71,8 +29,8 @@ async def test_realistic_agent_does_an_ordinary_fix_without_a_denial(tmp_path: P
     results = tool_results(requests)
     asked = sum(isinstance(b, ToolUseBlock) for turn in scenario.turns for b in turn)
     assert len(results) == asked == 18
-    assert [b for b in results if b.get("is_error")] == [], [_text(b) for b in results if b.get("is_error")]
-    texts = [_text(b) for b in results]
+    assert [b for b in results if b.get("is_error")] == [], [result_text(b) for b in results if b.get("is_error")]
+    texts = [result_text(b) for b in results]
     assert any("ZeroDivisionError" in t for t in texts)  # the reproduction, before the fix
     assert any("ok 0.0" in t for t in texts)  # the inline import check, after it
     assert any("passed" in t for t in texts) and any("removed" in t for t in texts)
