@@ -14,27 +14,19 @@ import stat
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
-
-from claude_agent_sdk import (
-    AssistantMessage,
-    ClaudeAgentOptions,
-    HookMatcher,
-    ProcessError,
-    ResultMessage,
-    TextBlock,
-    ToolResultBlock,
-    ToolUseBlock,
-    UserMessage,
-    query,
-)
-from claude_agent_sdk.types import HookContext, HookInput, HookJSONOutput
+from typing import TYPE_CHECKING, Any, Literal
 
 import policy
 from policy.paths import normalize
 from runner.errors import StateError
 from runner.models import Denial
 from runner.sandbox.base import MODEL_FORWARD_PORT, Container, Sandbox
+
+if TYPE_CHECKING:
+    # The SDK (with mcp) is seconds of imports here: imported by run_agent, when a session starts, so `serve`
+    # answers /health without it (issue 18's start-up).
+    from claude_agent_sdk import ToolUseBlock
+    from claude_agent_sdk.types import HookContext, HookInput, HookJSONOutput
 
 # What crosses into the container: only these variables, by name. The SDK merges the supervisor's
 # whole environment into the CLI subprocess, and the real key must not follow it in.
@@ -321,6 +313,18 @@ async def run_agent(
 
     `resume`: a session this container's CLI ran before (AgentOutcome.session_id); its transcript is in the
     container's config directory, which killing the container's processes keeps, so `prompt` continues it."""
+    from claude_agent_sdk import (
+        AssistantMessage,
+        ClaudeAgentOptions,
+        HookMatcher,
+        ResultMessage,
+        TextBlock,
+        ToolResultBlock,
+        ToolUseBlock,
+        UserMessage,
+        query,
+    )
+
     tail = StderrTail()
     wrapper = write_cli_wrapper(workdir, sandbox.attach_command(container, ["claude"], FORWARDED_ENV))
     tools = list(gate.policy.allowed_tools(gate.kind))
@@ -457,6 +461,8 @@ def _result_text(content: str | list[dict[str, Any]] | None) -> str:
 def describe_failure(exc: BaseException) -> str:
     """A failed session's error in a line. The SDK's ProcessError says only "Check stderr output for details"
     (the stderr tail is kept beside it); anything else is its type and first line."""
+    from claude_agent_sdk import ProcessError
+
     if isinstance(exc, ProcessError):
         return f"the CLI exited with code {exc.exit_code}" if exc.exit_code is not None else "the CLI failed"
     first = (str(exc).strip().splitlines() or [""])[0][:500]
