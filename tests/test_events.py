@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 
-from runner.api.events import Cursor
+from runner.api.events import Cursor, stream
 from runner.models import TaskState
 from tests.fakes.app import OWNER, app_client, owner_app
 
@@ -65,3 +65,18 @@ async def test_events_resume_after_the_last_event_id_with_nothing_twice(tmp_path
     assert [e[2] for e in restarted if e[1] == "progress"] == [e[2] for e in full if e[1] == "progress"]
     assert [(name, data["state"]) for _, name, data in restarted if name != "progress"] == [
         ("state", "failed"), ("end", "failed")]
+
+
+async def test_an_idle_stream_sends_keep_alive_comments(tmp_path: Path) -> None:
+    app = owner_app(tmp_path / "home")
+    async with app_client(app):
+        service = app.state.service
+        # Queued after the scheduler's start-up resume, never submitted to it: it waits, nothing happens.
+        task = await service.store.create_task(kind="feature", prompt="x", repo="r", source="api",
+                                               requested_by="owner", dry_run=True)
+        chunks = stream(service, task.id, Cursor(), keepalive=0.2)
+        async with asyncio.timeout(10):
+            first, second, third = [await anext(chunks) for _ in range(3)]
+        await chunks.aclose()
+    assert first == f"id: 0.queued\nevent: state\ndata: {json.dumps({'state': 'queued', 'reason': ''})}\n\n"
+    assert second == third == ": keep-alive\n\n"

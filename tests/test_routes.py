@@ -144,3 +144,14 @@ async def test_audit_is_paged_newest_first_and_filtered_by_task_event_and_time(t
     assert len(mine) == 5
     assert bad.status_code == 400 and "limit" in bad.json()["error"]
     assert anonymous.status_code == 401
+
+
+async def test_health_names_the_policy_active_now(tmp_path: Path) -> None:
+    named = policy.default_text().replace('version: "default-2025-06"', 'version: "owner-7"', 1)
+    async with app_client(owner_app(tmp_path / "home")) as client:
+        before = (await client.get("/health")).json()["policy"]
+        assert (await client.put("/policy", headers=OWNER, content=named)).status_code == 200
+        after = (await client.get("/health")).json()["policy"]
+        active = (await client.get("/policy", headers=OWNER)).json()
+    assert before["version"] == "default-2025-06"
+    assert after == {"version": "owner-7", "sha256": active["sha256"]} and after["sha256"] != before["sha256"]

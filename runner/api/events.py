@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,7 +44,7 @@ class Cursor:
 
 
 async def stream(service: Service, task_id: str, cursor: Cursor, *,
-                 keepalive: float = KEEPALIVE_SECONDS) -> AsyncIterator[str]:
+                 keepalive: float = KEEPALIVE_SECONDS) -> AsyncGenerator[str, None]:
     """Progress lines as they come, a `state` event on each change, `end` once the task's run is over; from
     after `cursor`."""
     scheduler = service.scheduler

@@ -21,6 +21,7 @@ from runner.api.endpoints import BadRequest, api, body_of, caller_of, error, own
 from runner.api.openapi import Answer, openapi_route
 from runner.api.schemas import (
     Accepted,
+    ActivePolicy,
     AlertmanagerWebhook,
     AlertOutcome,
     AlertOutcomes,
@@ -372,9 +373,11 @@ async def auto_fix(request: Request) -> Response:
 
 @api("GET", "/health", "Liveness and the scheduler's load", "none", answers={200: Answer("Up", Health)})
 async def health(request: Request) -> Response:
-    scheduler = service_of(request).scheduler
+    service = service_of(request)
+    scheduler, active = service.scheduler, service.runtime.deps.policy
     return render(Health(status="ok", running=scheduler.running, waiting=scheduler.waiting,
-                         max_sandboxes=scheduler.max_running))
+                         max_sandboxes=scheduler.max_running,
+                         policy=ActivePolicy(version=active.version, sha256=active.sha256)))
 
 
 @api("GET", "/metrics", "Prometheus metrics", "none",

@@ -377,11 +377,17 @@ class AlertsRateLimited(ResponseBody):
 # --------------------------------------------------------------------------------------------- health
 
 
+class ActivePolicy(ResponseBody):
+    version: str = Field(description="The active policy's own `version:` field")
+    sha256: str
+
+
 class Health(ResponseBody):
     status: Literal["ok"]
     running: int
     waiting: int
     max_sandboxes: int
+    policy: ActivePolicy = Field(description="The policy tasks are decided by now (after any PUT /policy)")
 
 
 # ------------------------------------------------------------------------------------------ follow-ups
