@@ -44,7 +44,8 @@ from runner.service import operations
 from runner.service.followups import open_followups
 from runner.service.operations import Caller
 from runner.service.policy_store import PolicyDesk, PolicyStore
-from runner.service.releases import ReleaseRecord, Releases, ReleaseStore
+from runner.service.release_store import ReleaseRecord, ReleaseStore
+from runner.service.releases import Releases
 from runner.service.runtime import Housekeeper, Housekeeping, Runtime, open_runtime, preflight, reap_orphans
 from runner.service.scheduler import Scheduler
 from runner.service.state import Service

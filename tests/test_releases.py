@@ -27,7 +27,8 @@ from runner.deploy.none import NoneDeployer
 from runner.errors import ForgeConflict, ForgeNotFound
 from runner.forge.localgit import LocalGitForge
 from runner.models import TaskState
-from runner.service.releases import NO_MIGRATIONS, NOTHING_DEPLOYED, Releases, ReleaseStore, approved_head
+from runner.service.release_store import ReleaseStore
+from runner.service.releases import NO_MIGRATIONS, NOTHING_DEPLOYED, Releases, approved_head
 from runner.service.watch import LokiErrors, WatchConfig
 from runner.store import Store, TaskRecord
 from tests.deploy.orphans import alive, orphan, overlap_guarded

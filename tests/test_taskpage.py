@@ -17,7 +17,7 @@ from starlette.applications import Starlette
 
 from runner.links import sign_init_data, task_link
 from runner.models import Denial, PrRef, RunResult, TaskId, TaskState, TestRun, Usage
-from runner.service.releases import ReleaseRecord, ReleaseState, ReleaseStore
+from runner.service.release_store import ReleaseRecord, ReleaseState, ReleaseStore
 from runner.store import Store
 from runner.taskpage import load_view, render, split_diff, task_page_routes
 

@@ -25,24 +25,19 @@ keeps it merged and undeployed (`held`) / keeps it running for a fix to roll for
 One release at a time merges and deploys. A release's watch ends when the next release starts, since a
 rollback can only go back one step; a watch that has already condemned its release finishes its rollback first.
 
-Size: about 640 lines holding three concepts still: the release store, the state machine and the git revert
-helpers; they split into release_store.py, releases.py and the revert helpers' own module (issue 15).
+The release rows are runner.service.release_store's; reverting a merge on its branch is runner.reverts'.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import re
-import sqlite3
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
 
 from policy import Migrations
 from runner.deploy import (
@@ -56,151 +51,34 @@ from runner.deploy import (
     deploy_with_rollback,
 )
 from runner.errors import ForgeConflict, ForgeError
-from runner.forge import Forge, GitAuth, MergeMethod, PullRequest
+from runner.forge import Forge, MergeMethod, PullRequest
 from runner.gitops import GitError, run_git
 from runner.models import TaskId, TaskState
+from runner.reverts import revert_on_base, reverted_clone
+from runner.service.release_store import (
+    IN_FLIGHT,
+    RELEASE_STATES,
+    Question,
+    ReleaseRecord,
+    ReleaseState,
+    ReleaseStore,
+)
 from runner.service.watch import ErrorSource, Verdict, Watch, WatchConfig
-from runner.sqlite import Database, where
 from runner.store import Store, TaskRecord
 from runner.workspace import update_mirror
 
+# The release store's names, for the modules that import them from here (new code: runner.service.release_store).
+__all__ = ["IN_FLIGHT", "NO_MIGRATIONS", "NOTHING_DEPLOYED", "RELEASE_STATES", "Condemned", "ReleaseRecord",
+           "ReleaseState", "ReleaseStore", "Releases", "approved_head", "revert_on_base"]
+
 log = logging.getLogger("agent_runner.releases")
 
-ReleaseState = Literal["approved", "merging", "deploying", "watching", "deployed", "rolled_back", "failed",
-                       "not_merged", "asking", "held"]
-RELEASE_STATES: tuple[ReleaseState, ...] = get_args(ReleaseState)
-IN_FLIGHT: tuple[ReleaseState, ...] = ("approved", "merging", "deploying")
-Question = Literal["deploy", "rollback"]
-"""What a release touching database migrations waits for the owner to answer (state `asking`): whether to deploy
-it (after the merge), and whether to roll it back (after a failed health check or watch)."""
 TASK_STATE_OF: dict[ReleaseState, TaskState] = {
     "merging": TaskState.MERGING, "deploying": TaskState.DEPLOYING, "watching": TaskState.DEPLOYED,
     "deployed": TaskState.DEPLOYED, "rolled_back": TaskState.ROLLED_BACK, "failed": TaskState.FAILED,
     "not_merged": TaskState.PROPOSED,  # back where the owner can look again, with the reason
     "held": TaskState.CANCELLED,  # merged and never deployed, on the owner's word: the task stops there
 }
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS releases (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
-    number INTEGER NOT NULL,
-    head_sha TEXT NOT NULL,
-    method TEXT NOT NULL DEFAULT 'squash',
-    task_id TEXT,
-    actor TEXT NOT NULL,
-    state TEXT NOT NULL,
-    detail TEXT NOT NULL DEFAULT '',
-    base_branch TEXT,
-    merge_sha TEXT,
-    previous_sha TEXT,
-    revert_sha TEXT,
-    deployed_at REAL,
-    watch_until REAL,
-    created_at REAL NOT NULL,
-    updated_at REAL NOT NULL,
-    fence TEXT,
-    deployed TEXT,
-    migrations TEXT,
-    asked TEXT,
-    consent TEXT
-);
-CREATE INDEX IF NOT EXISTS releases_state ON releases(state);
-"""
-# Columns added after the first files were written: older files get them when opened.
-COLUMNS = {"releases": {"fence": "TEXT", "deployed": "TEXT", "migrations": "TEXT", "asked": "TEXT",
-                         "consent": "TEXT"}}
-
-
-@dataclass(frozen=True, slots=True)
-class ReleaseRecord:
-    id: int
-    number: int
-    head_sha: str
-    method: MergeMethod
-    task_id: str | None
-    actor: str
-    state: ReleaseState
-    detail: str
-    base_branch: str | None
-    merge_sha: str | None
-    previous_sha: str | None
-    """What ran before this release: the version a rollback returns to."""
-    revert_sha: str | None
-    """The commit that reverted the merge on the base branch after a rollback."""
-    deployed_at: float | None
-    watch_until: float | None
-    created_at: float
-    updated_at: float
-    fence: Fence | None = None
-    """The deploy step in flight (deploy or rollback) and what runs it; None between steps."""
-    deployed: DeployResult | None = None
-    """The deploy step's result, once it is known."""
-    migrations: str | None = None
-    """The migration files the merge changes (policy `migrations.paths`), comma-separated; '' for none; None
-    before the merge is read."""
-    asked: Question | None = None
-    """The question the release waits on (state `asking`)."""
-    consent: str | None = None
-    """What the owner answered "go" to (`deploy`, `rollback`), so a resumed release does not ask again."""
-
-    @property
-    def in_flight(self) -> bool:
-        return self.state in IN_FLIGHT
-
-    def as_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-class ReleaseStore(Database):
-    """The releases table, in the supervisor's SQLite file beside the tasks (its own connection)."""
-
-    def __init__(self, path: Path, *, clock: Callable[[], float] = time.time) -> None:
-        super().__init__(path, SCHEMA, columns=COLUMNS)
-        self._clock = clock
-
-    async def add(self, *, number: int, head_sha: str, task_id: str | None, actor: str,
-                  method: MergeMethod = "squash") -> ReleaseRecord:
-        now = self._clock()
-        rows = await self._run("INSERT INTO releases (number, head_sha, method, task_id, actor, state, created_at, "
-                               "updated_at) VALUES (?, ?, ?, ?, ?, 'approved', ?, ?) RETURNING id",
-                               (number, head_sha, method, task_id, actor, now, now))
-        return await self.get(int(rows[0]["id"]))
-
-    async def update(self, release_id: int, state: ReleaseState, **fields: object) -> ReleaseRecord:
-        allowed = {"detail", "base_branch", "merge_sha", "previous_sha", "revert_sha", "deployed_at", "watch_until",
-                   "fence", "deployed", "migrations", "asked", "consent"}
-        assert set(fields) <= allowed, set(fields) - allowed
-        values = [json.dumps(v.to_json()) if isinstance(v, Fence | DeployResult) else v for v in fields.values()]
-        sets = ", ".join(f"{name} = ?" for name in ("state", "updated_at", *fields))
-        await self._run(f"UPDATE releases SET {sets} WHERE id = ?",
-                        (state, self._clock(), *values, release_id))
-        return await self.get(release_id)
-
-    async def get(self, release_id: int) -> ReleaseRecord:
-        rows = await self._run("SELECT * FROM releases WHERE id = ?", (release_id,))
-        if not rows:
-            raise KeyError(release_id)
-        return _record(rows[0])
-
-    async def find(self, *, states: tuple[ReleaseState, ...] = (), number: int | None = None,
-                   task_id: str | None = None, limit: int = 100) -> list[ReleaseRecord]:
-        clause, params = where(equal={"number": number, "task_id": task_id}, one_of={"state": states})
-        rows = await self._run(f"SELECT * FROM releases {clause} ORDER BY id DESC LIMIT ?", (*params, limit))
-        return [_record(r) for r in rows]
-
-
-    async def counts(self) -> dict[str, int]:
-        """Releases by state."""
-        return {row["state"]: int(row["n"])
-                for row in await self._run("SELECT state, COUNT(*) AS n FROM releases GROUP BY state")}
-
-
-def _record(row: sqlite3.Row) -> ReleaseRecord:
-    fields = {key: row[key] for key in row.keys()}  # noqa: SIM118 - sqlite3.Row is not a dict
-    fence, deployed = fields.pop("fence"), fields.pop("deployed")
-    return ReleaseRecord(**fields, fence=Fence.from_json(json.loads(fence)) if fence else None,
-                         deployed=DeployResult.from_json(json.loads(deployed)) if deployed else None)
-
 
 TaskProgress = Callable[[str | None, str], None]
 """Hears a release's step, for the task it belongs to (None: a release of a PR no task of ours proposed)."""
@@ -679,14 +557,8 @@ class Releases:
 
     async def _revert_pr(self, branch: str, merge: str) -> PullRequest:
         """The revert as a pull request, for a base branch that refuses direct pushes (branch protection)."""
-        auth = self._forge.git_auth()
-        env, secrets = (auth.env, auth.secrets) if auth is not None else (None, ())
-        with tempfile.TemporaryDirectory(prefix="agent-runner-revert-") as tmp:
-            clone = Path(tmp) / "clone"
-            await run_git(["clone", "--quiet", "--branch", branch, "--", self._repo, str(clone)], env=env,
-                          secrets=secrets)
-            await run_git(["revert", "--no-edit", merge], cwd=clone)
-            head = f"agent/revert-{merge[:12]}"
+        head = f"agent/revert-{merge[:12]}"
+        async with reverted_clone(self._repo, branch, merge, self._forge.git_auth()) as clone:
             await self._forge.push_branch(clone, head)
         return await self._forge.open_pr(
             f"Revert {merge[:12]}: rolled back after its deploy", f"agent-runner rolled back the release of "
@@ -737,18 +609,6 @@ class Releases:
             except Exception:  # the owner's channel being down must not fail the release
                 log.warning("could not tell the owner about release %s", release.id, exc_info=True)
 
-
-async def revert_on_base(repo: str, branch: str, sha: str, auth: GitAuth | None = None) -> str:
-    """Revert `sha` on `branch` of `repo` (a bare repository, or the forge's URL with `auth`); a fast-forward
-    push, so a change that landed meanwhile makes it fail rather than be overwritten."""
-    env, secrets = (auth.env, auth.secrets) if auth is not None else (None, ())
-    with tempfile.TemporaryDirectory(prefix="agent-runner-revert-") as tmp:
-        clone = Path(tmp) / "clone"
-        await run_git(["clone", "--quiet", "--branch", branch, "--", repo, str(clone)], env=env, secrets=secrets)
-        await run_git(["revert", "--no-edit", sha], cwd=clone)
-        await run_git(["push", "--quiet", "origin", f"HEAD:refs/heads/{branch}"], cwd=clone, env=env,
-                      secrets=secrets)
-        return (await run_git(["rev-parse", "HEAD"], cwd=clone)).out
 
 
 @dataclass(frozen=True, slots=True)
