@@ -9,6 +9,6 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 
 if __name__ == "__main__":
-    names = ("bench_policy.py", "bench_sandbox.py", "bench_metrics.py")
+    names = ("bench_policy.py", "bench_sandbox.py", "bench_metrics.py", "bench_startup.py")
     codes = [subprocess.call([sys.executable, str(HERE / name)]) for name in names]
     sys.exit(max(codes))

@@ -12,10 +12,10 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
-import policy
-from policy import Decision, Effect, Policy, PolicyLoadError, ToolCall
+if TYPE_CHECKING:  # the engine (bashlex, tree-sitter) is imported by the commands that decide, not by `--help`
+    from policy import Decision, Policy, ToolCall
 
 POLICY_ENV = "AGENT_RUNNER_POLICY"
 DEFAULT_POLICY_FILE = "policy.yaml"
@@ -72,10 +72,11 @@ def resolve_policy_path(explicit: str | None, environ: Mapping[str, str], cwd: P
 
 
 def _load(explicit: str | None, err: IO[str]) -> Policy | None:
+    import policy
     path = resolve_policy_path(explicit, os.environ, Path.cwd())
     try:
         return policy.load_file(path) if path is not None else policy.load_default()
-    except PolicyLoadError as exc:
+    except policy.PolicyLoadError as exc:
         for line, _key, message in exc.problems:
             where = f"{exc.source}:{line}" if line is not None else exc.source
             print(f"{where}: {message}", file=err)
@@ -87,11 +88,13 @@ def _decision_json(d: Decision) -> str:
 
 
 def _deny_line(p: Policy, reason: str) -> str:
+    from policy import Decision, Effect
     d = Decision(Effect.DENY, "input.malformed", reason, None, p.version, p.sha256)
     return _decision_json(d)
 
 
 def _call_from_args(args: argparse.Namespace, err: IO[str]) -> ToolCall | None:
+    from policy import ToolCall
     if not args.tool or args.tool_input is None:
         print("policy check: --tool and --input are required (or --batch FILE)", file=err)
         return None
@@ -107,6 +110,7 @@ def _call_from_args(args: argparse.Namespace, err: IO[str]) -> ToolCall | None:
 
 
 def _call_from_line(line: str, kind: str) -> ToolCall | str:
+    from policy import ToolCall
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -124,6 +128,8 @@ def _call_from_line(line: str, kind: str) -> ToolCall | str:
 
 def cmd_check(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     """Print one decision as JSON (or one per batch line); exit 0 if everything is allowed, 1 if not."""
+    import policy
+    from policy import Effect
     out, err = out or sys.stdout, err or sys.stderr
     if args.batch is not None and (args.tool or args.tool_input is not None):
         print("policy check: use either --batch or --tool/--input", file=err)
@@ -161,6 +167,7 @@ def cmd_check(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str]
 
 def cmd_test(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     """Run the policy's examples; print each failure and a summary."""
+    import policy
     out, err = out or sys.stdout, err or sys.stderr
     p = _load(args.policy, err)
     if p is None:
@@ -175,6 +182,7 @@ def cmd_test(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] 
 
 def cmd_validate(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     """Load the file (schema errors with line numbers) and run its examples; 0 when it may become active."""
+    import policy
     out, err = out or sys.stdout, err or sys.stderr
     p = _load(args.file or args.policy, err)
     if p is None:
@@ -190,6 +198,8 @@ def cmd_validate(args: argparse.Namespace, out: IO[str] | None = None, err: IO[s
 
 def cmd_explain(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None) -> int:
     """Print each simple command (or the call) with its effect and rule, then the decision."""
+    import policy
+    from policy import Effect
     out, err = out or sys.stdout, err or sys.stderr
     p = _load(args.policy, err)
     if p is None:

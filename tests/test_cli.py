@@ -8,7 +8,9 @@ import io
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -43,6 +45,22 @@ print(heavy)
 
 def test_cli_run_imports_no_front_end_it_does_not_use() -> None:
     done = subprocess.run([sys.executable, "-c", RUN_IMPORTS], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+HELP_IMPORTS = """
+import contextlib, io, sys
+import runner.cli
+with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):
+    runner.cli.main(["--help"])
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("policy", "bashlex", "tree_sitter", "claude_agent_sdk")))
+"""
+
+
+def test_cli_help_imports_no_policy_engine() -> None:
+    # bashlex alone is ~0.5 s of imports here: `--help` and the commands that decide nothing never load it.
+    done = subprocess.run([sys.executable, "-c", HELP_IMPORTS], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
 
@@ -98,7 +116,7 @@ def test_reject_ends_the_services_task_rejected_and_audits_once(tmp_path: Path) 
     assert rejects == ["reject"]
 
 
-async def _audit_rows(home: Path, event: str) -> list[dict[str, object]]:
+async def _audit_rows(home: Path, event: str) -> list[Mapping[str, Any]]:
     async with Store(home / "state.db") as store:
         return [e.detail for e in await store.audit_log(event=event)]
 
