@@ -17,18 +17,16 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from runner import tasklock
 from runner.errors import RunnerError, TaskError
 from runner.models import FOLLOW_UP_STATES, FollowUp, FollowUpOutcome, FollowUpState, Progress, TaskId, TaskState
-from runner.service.scheduler import WINDOW_SECONDS
+from runner.service.runtime import Runtime
+from runner.service.scheduler import WINDOW_SECONDS, Scheduler
 from runner.sqlite import Database
 from runner.store import Store, TaskRecord
 from runner.supervisor import Deps, run_follow_up, task_lock
-
-if TYPE_CHECKING:
-    from runner.service.state import Service
 
 log = logging.getLogger("agent_runner.followups")
 
@@ -258,7 +256,17 @@ class FollowUps:
                           {"follow_up": follow.id, "state": "failed", "reason": reason})
 
 
-async def open_followups(stack: contextlib.AsyncExitStack, service: Service, *, notifier: Any = None,
+class Hosting(Protocol):
+    """What the desk needs of the running service (runner.service.state.Service, which imports this module)."""
+
+    @property
+    def runtime(self) -> Runtime: ...
+
+    @property
+    def scheduler(self) -> Scheduler: ...
+
+
+async def open_followups(stack: contextlib.AsyncExitStack, service: Hosting, *, notifier: Any = None,
                          say: Progress = log.info) -> FollowUps:
     """The follow-up desk of a running service, with what a previous process left resumed or failed; the owner
     hears each outcome through `notifier` (Telegram: the task's message again, with buttons at the new head)."""
