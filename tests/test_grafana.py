@@ -3,9 +3,13 @@ and the provisioning files that make Grafana send it."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
+import os
+import socket
+import sys
 import time
 from collections.abc import AsyncIterator, Mapping
 from datetime import UTC, datetime
@@ -37,12 +41,14 @@ from runner.grafana import (
     verify,
 )
 from runner.model_proxy import ModelProxy
+from runner.sample import create_sample_repo
 from runner.sandbox.docker import DockerSandbox
 from runner.service.runtime import Runtime
 from runner.store import Store
 from runner.supervisor import Deps
 from runner.unix_server import serve_tcp
 from tests.fakes.grafana import FakeGrafana, GrafanaAlertSpec, go_json, label_fingerprint
+from tests.fakes.loki import FakeLoki, traceback_lines
 
 NOW = 1_777_777_777.0
 TOKEN = "grafana-token-0123456789"
@@ -395,3 +401,63 @@ async def test_service_without_grafana_secrets_refuses_every_grafana_request(tmp
         tasks = (await client.get("/tasks", headers={"Authorization": f"Bearer {OWNER_TOKEN}"})).json()["tasks"]
     assert response.status_code == 401 and response.json()["reason"] == "no credential configured"
     assert tasks == []
+
+
+FIX_SCENARIO = Path(__file__).parents[1] / "runner" / "data" / "scenarios" / "fix-balance.yaml"
+
+
+@pytest.mark.docker
+async def test_serve_turns_a_grafana_storm_for_one_bug_into_exactly_one_fix_task(tmp_path: Path) -> None:
+    """`agent-runner serve` as an owner runs it, with Loki (the stand-in) holding one traceback logged by two
+    containers: Grafana's notification of both, and its repeat, make one fix task; a forged one makes none."""
+    repo = await create_sample_repo(tmp_path / "origin")
+    loki, started = FakeLoki(), datetime.now(UTC)
+    for container in ("bot-1", "bot-2"):
+        base = int((started.timestamp() - 20) * 10**9)
+        loki.add({"service": "bot", "container": container},
+                 [(base + i, line) for i, line in enumerate(traceback_lines())])
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    grafana = FakeGrafana(credentials=TOKEN, hmac_secret=HMAC_SECRET, timestamp_header=GRAFANA_TIMESTAMP_HEADER)
+    forged = FakeGrafana(credentials=TOKEN, hmac_secret="guessed", timestamp_header=GRAFANA_TIMESTAMP_HEADER)
+    storm = [_spec("bot-1", starts_at=started), _spec("bot-2", starts_at=started)]
+    async with serve_tcp(loki.app) as loki_url:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_",
+                                                                          "GRAFANA_", "TELEGRAM_", "LOKI_"))}
+        env.update(AGENT_RUNNER_HOME=str(tmp_path / "home"), AGENT_RUNNER_REPO=str(repo), AGENT_RUNNER_PORT=str(port),
+                   AGENT_API_TOKEN=OWNER_TOKEN, LOKI_URL=loki_url, AGENT_RUNNER_REPO_ROOTS="/app",
+                   GRAFANA_WEBHOOK_TOKEN=TOKEN, GRAFANA_WEBHOOK_HMAC_SECRET=HMAC_SECRET)
+        proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runner.cli", "serve", "--scenario",
+                                                    str(FIX_SCENARIO), env=env, stderr=asyncio.subprocess.PIPE)
+        try:
+            async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+                async with asyncio.timeout(90):
+                    while True:
+                        with contextlib.suppress(httpx.TransportError):
+                            if (await client.get("/health")).status_code == 200:
+                                break
+                        await asyncio.sleep(0.1)
+                first = await grafana.send(client, ROUTE_PATH, storm, now=time.time())
+                repeat = await grafana.send(client, ROUTE_PATH, storm, now=time.time())
+                bad = await forged.send(client, ROUTE_PATH, [_spec("bot-3", starts_at=started)], now=time.time())
+                owner = {"Authorization": f"Bearer {OWNER_TOKEN}"}
+                tasks = (await client.get("/tasks", headers=owner)).json()["tasks"]
+                task = (await client.get(f"/tasks/{tasks[0]['id']}", headers=owner)).json() if tasks else {}
+        finally:
+            proc.terminate()
+            _, err = await asyncio.wait_for(proc.communicate(), 90)
+    async with Store(tmp_path / "home" / "state.db") as store:
+        refused = await store.audit_log(None, event="refused")
+    assert first.status_code == 202, (first.text, err.decode()[-2000:])
+    outcomes = first.json()["alerts"]
+    assert len({o["fingerprint"] for o in outcomes}) == 1  # two containers, one traceback: one bug
+    assert [o["status"] for o in outcomes] == ["accepted", "accepted"] and len({o["task_id"] for o in outcomes}) == 1
+    assert {o["status"] for o in repeat.json()["alerts"]} <= {"duplicate", "cooling_down"}
+    assert bad.status_code == 401 and bad.json()["reason"] == "bad signature"
+    assert len(tasks) == 1, tasks  # exactly one fix task
+    assert task["kind"] == "fix" and task["fingerprint"] == outcomes[0]["fingerprint"]
+    assert "KeyError" in task["prompt"] and "bot/ledger.py" in task["prompt"]
+    assert [(r.actor, r.detail["reason"]) for r in refused if r.detail["reason"] != "cooling_down"] == [
+        ("grafana", "bad signature")]
+    assert loki.queries, "the traceback was not read from Loki"
