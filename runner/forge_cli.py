@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from typing import Any, TextIO, TypeVar
 
-from runner.config import Settings, check_local_repo, is_git_url
+from runner.config import Settings, check_local_repo, environment_help, is_git_url
 from runner.deploy import DeployError, deployer_from_settings
 from runner.errors import ConfigError, ForgeConflict, ForgeError, ForgeRateLimited
 from runner.forge import MERGE_METHODS, Forge, create_forge
@@ -32,12 +32,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     repo_help = ("bare repository of the local forge (default: AGENT_RUNNER_REPO; used when GITHUB_TOKEN and "
                  "GITHUB_REPOSITORY are not set)")
 
-    prs = subparsers.add_parser("prs", help="list open pull requests")
+    # Each reads the whole Settings (forge, deployer, home), so each --help lists every variable it reads.
+    epilog, raw = environment_help(), argparse.RawDescriptionHelpFormatter
+
+    prs = subparsers.add_parser("prs", help="list open pull requests", epilog=epilog, formatter_class=raw)
     prs.add_argument("--repo", metavar="PATH", help=repo_help)
     prs.add_argument("--json", action="store_true", help="print one JSON array")
     prs.set_defaults(func=cmd_prs)
 
-    approve = subparsers.add_parser("approve", help="merge a pull request at its reviewed head")
+    approve = subparsers.add_parser("approve", help="merge a pull request at its reviewed head", epilog=epilog,
+                                    formatter_class=raw)
     approve.add_argument("number", type=int)
     approve.add_argument("--sha", help="the head SHA the pull request was shown at (default: its recorded head)")
     approve.add_argument("--method", choices=MERGE_METHODS, default="squash")
@@ -45,7 +49,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     approve.add_argument("--json", action="store_true", help="print one JSON object")
     approve.set_defaults(func=cmd_approve)
 
-    reject = subparsers.add_parser("reject", help="close a pull request without merging")
+    reject = subparsers.add_parser("reject", help="close a pull request without merging", epilog=epilog,
+                                    formatter_class=raw)
     reject.add_argument("number", type=int)
     reject.add_argument("--repo", metavar="PATH", help=repo_help)
     reject.add_argument("--json", action="store_true", help="print one JSON object")
