@@ -10,29 +10,36 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the engine (bashlex, tree-sitter) is imported by the commands that decide, not by `--help`
     from policy import Decision, Policy, ToolCall
+    from runner.service.policy_store import PolicyVersion
 
 POLICY_ENV = "AGENT_RUNNER_POLICY"
+HOME_ENV = "AGENT_RUNNER_HOME"
 DEFAULT_POLICY_FILE = "policy.yaml"
 EXIT_ALLOW, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `policy` command and its subcommands; each sets ``func`` returning the exit code."""
-    parser = subparsers.add_parser("policy", help="check, test, validate and explain the tool-call policy")
-    sub = parser.add_subparsers(dest="policy_command", required=True, metavar="{check,test,validate,explain}")
+    env = f"environment: {POLICY_ENV} (the policy file when none is given)"
+    parser = subparsers.add_parser("policy", help="check, test, validate and explain the tool-call policy",
+                                   epilog=env)
+    sub = parser.add_subparsers(dest="policy_command", required=True,
+                                metavar="{check,test,validate,explain,history}")
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument(
             "--policy", metavar="FILE", help=f"policy file (default: ${POLICY_ENV}, ./policy.yaml, built-in)"
         )
 
-    check = sub.add_parser("check", help="decide one tool call (or a JSON-lines batch) and print the decision")
+    check = sub.add_parser("check", epilog=env,
+                           help="decide one tool call (or a JSON-lines batch) and print the decision")
     common(check)
     check.add_argument("--kind", default="feature", help="task kind (feature, fix, review, dry-run)")
     check.add_argument("--tool", help="tool name, e.g. Bash, Read, Write")
@@ -40,22 +47,33 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     check.add_argument("--batch", metavar="FILE", help='JSON lines {"tool", "input", "kind"?}; "-" for stdin')
     check.set_defaults(func=cmd_check)
 
-    test = sub.add_parser("test", help="run the policy's own examples (its tests: section)")
+    test = sub.add_parser("test", epilog=env, help="run the policy's own examples (its tests: section)")
     common(test)
     test.set_defaults(func=cmd_test)
 
-    validate = sub.add_parser("validate", help="check a policy file's schema and examples, with line numbers")
+    validate = sub.add_parser("validate", epilog=env,
+                              help="check a policy file's schema and examples, with line numbers")
     validate.add_argument("file", nargs="?", help="policy file (default: as for --policy)")
     validate.add_argument("--policy", dest="policy", help=argparse.SUPPRESS)
     validate.set_defaults(func=cmd_validate)
 
-    explain = sub.add_parser("explain", help="show the parsed commands of a call and the rule that decided each")
+    explain = sub.add_parser("explain", epilog=env,
+                             help="show the parsed commands of a call and the rule that decided each")
     common(explain)
     explain.add_argument("--kind", default="feature")
     explain.add_argument("--tool", required=True)
     explain.add_argument("--input", dest="tool_input", metavar="JSON", required=True)
     explain.add_argument("--json", action="store_true", help="print JSON instead of text")
     explain.set_defaults(func=cmd_explain)
+
+    history = sub.add_parser("history", help="the service's policy versions, newest first, and which is active",
+                             epilog=f"environment: {HOME_ENV} (the service's state; default ~/.agent-runner)",
+                             description="Every policy the service recorded (PUT /policy, the chat's /policy set, "
+                                         "rollbacks) from the state file under AGENT_RUNNER_HOME; nothing is "
+                                         "created when there is none.")
+    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--json", action="store_true", help="print one JSON array")
+    history.set_defaults(func=cmd_history)
 
 
 # --- policy resolution ---------------------------------------------------------------------------------------------
@@ -233,3 +251,40 @@ def cmd_explain(args: argparse.Namespace, out: IO[str] | None = None, err: IO[st
             file=out,
         )
     return EXIT_ALLOW if ex.decision.effect is Effect.ALLOW else EXIT_REFUSED
+
+
+def cmd_history(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] | None = None,
+                environ: Mapping[str, str] | None = None) -> int:
+    """Print the service's recorded policy versions (newest first), marking the active one; 1 when none."""
+    import asyncio
+
+    out, err = out or sys.stdout, err or sys.stderr
+    env = os.environ if environ is None else environ
+    home = Path(env.get(HOME_ENV) or Path(env.get("HOME", "/root")) / ".agent-runner")
+    state = home / "state.db"
+    if not state.is_file():  # opening the store would create it: a typo in the home is said, not papered over
+        print(f"policy history: no service state at {state} ({HOME_ENV}); no policy was recorded there", file=err)
+        return EXIT_REFUSED
+    versions, active = asyncio.run(_history(state, args.limit))
+    if args.json:
+        print(json.dumps([{"version": v.version, "at": v.at, "actor": v.actor, "name": v.name, "sha256": v.sha256,
+                           "note": v.note, "active": v.version == active} for v in versions]), file=out)
+    elif not versions:
+        print(f"no policy version recorded in {state}: the service uses the policy it was started with", file=out)
+    for v in versions if not args.json else ():
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(v.at))
+        mark = "  active" if v.version == active else ""
+        note = f"  ({v.note})" if v.note else ""
+        print(f"v{v.version}  {when}Z  {v.actor}  {v.name}  sha256 {v.sha256[:12]}{mark}{note}", file=out)
+    return EXIT_ALLOW if versions else EXIT_REFUSED
+
+
+async def _history(state: Path, limit: int) -> tuple[list[PolicyVersion], int | None]:
+    from runner.service.policy_store import PolicyStore
+
+    store = PolicyStore(state)
+    try:
+        active = await store.active()
+        return await store.history(limit), active.version if active else None
+    finally:
+        await store.aclose()

@@ -15,12 +15,16 @@ from typing import Any
 import pytest
 import yaml
 
-from runner import forge_cli
-from runner.config import Settings
+import policy
+from runner import forge_cli, policy_cli
+from runner.cli import build_parser
+from runner.config import Settings, environment_keys
 from runner.forge import create_forge
 from runner.gitops import run_git
 from runner.models import PrRef, RunResult, TaskState
 from runner.sample import create_sample_repo
+from runner.service import operations
+from runner.service.policy_store import PolicyDesk, PolicyStore
 from runner.store import Store
 
 FIX_SCENARIO = Path(__file__).parents[1] / "runner" / "data" / "scenarios" / "fix-balance.yaml"
@@ -140,3 +144,57 @@ def test_run_audits_a_tool_call_the_cli_refused_before_asking_the_gate(tmp_path:
     assert refusals[0]["decision"] == "deny" and refusals[0]["reason"], refusals
     decided = asyncio.run(_audit_rows(home, "tool_decision"))
     assert all(d["tool"] != "WebSearch" for d in decided)  # the policy was never asked: this row is the only trace
+
+
+def _leaf_parsers(parser: argparse.ArgumentParser, name: str = "agent-runner"
+                  ) -> list[tuple[str, argparse.ArgumentParser]]:
+    subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    if not subs:
+        return [(name, parser)]
+    return [leaf for a in subs for sub_name, sub in a.choices.items() for leaf in _leaf_parsers(sub, sub_name)]
+
+
+# What each command reads besides its arguments: the whole Settings, one variable, or nothing.
+READS_ONE = {"check": "AGENT_RUNNER_POLICY", "test": "AGENT_RUNNER_POLICY", "validate": "AGENT_RUNNER_POLICY",
+             "explain": "AGENT_RUNNER_POLICY", "history": "AGENT_RUNNER_HOME"}
+
+
+def test_every_subcommand_help_lists_the_environment_it_reads() -> None:
+    leaves = dict(_leaf_parsers(build_parser()))
+    assert {"run", "serve", "demo", "prs", "approve", "reject", "sample-repo", *READS_ONE} <= set(leaves)
+    for name, parser in leaves.items():
+        text = parser.format_help()
+        assert "environment" in text, name
+        if name == "sample-repo":
+            assert "environment: none is read" in text
+        elif name in READS_ONE:
+            assert READS_ONE[name] in text, name
+        else:  # it builds Settings, so every variable Settings reads is named
+            missing = [key for key in environment_keys() if key not in text]
+            assert not missing, (name, missing)
+
+
+async def _activate_like_put_policy(home: Path, text: str) -> policy.Policy:
+    # The operation PUT /policy and the chat's confirm call, on the service's own state file.
+    async with Store(home / "state.db") as store:
+        versions = PolicyStore(store.path)
+        try:
+            desk = PolicyDesk(versions, policy.default_text())
+            return await operations.activate_policy(desk, store, operations.Caller("owner", "api"), text)
+        finally:
+            await versions.aclose()
+
+
+def test_policy_history_shows_the_version_put_policy_activated(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    args = argparse.Namespace(limit=20, json=False)
+    err = io.StringIO()
+    assert policy_cli.cmd_history(args, out=io.StringIO(), err=err, environ={"AGENT_RUNNER_HOME": str(home)}) == 1
+    assert "no service state at" in err.getvalue() and not home.exists()  # nothing created by asking
+    text = policy.default_text().replace('version: "default-2025-06"', 'version: "owner-2"', 1)
+    activated = asyncio.run(_activate_like_put_policy(home, text))
+    out = io.StringIO()
+    assert policy_cli.cmd_history(args, out=out, environ={"AGENT_RUNNER_HOME": str(home)}) == 0
+    [line] = out.getvalue().splitlines()
+    assert activated.version == "owner-2"
+    assert line.startswith("v1  ") and "  owner  owner-2  sha256 " in line and line.endswith("  active"), line
