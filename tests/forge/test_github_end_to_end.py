@@ -147,7 +147,7 @@ async def test_a_task_on_a_private_github_repository_becomes_a_pull_request(
         result = await run_task(deps, task)
     assert result.status is TaskState.PROPOSED, result.reason
     assert result.pr is not None and result.pr.number in fake.pulls
-    assert tuple(result.files_changed) == ("bot/ledger.py",)
+    assert tuple(result.files_changed) == ("bot/ledger.py", "tests/test_ledger.py")  # the fix and its regression test
     pr = await forge.get_pr(result.pr.number)
     if forge.fork:  # the bot's repository never held the agent's code before approval: its CI had nothing to run
         assert pr.head_repo == forge.fork and agent_branches(bare) == []
