@@ -199,13 +199,18 @@ class Releases:
                 release = await self._set(release, "watching", asked=None, consent="rollback",
                                           detail="the owner said roll back; rolling back")
                 verdict = await self._verdict_of(release) or Verdict(release.detail, None)
-                self._launch(self._guarded(release, self._roll_back(release, verdict, recorded=True)))
+                self._launch(self._guarded(release, self._consented_rollback(release, verdict)))
             else:
                 release = await self._set(release, "deployed", asked=None, consent="hold",
                                           detail=f"kept running on the owner's word ({release.detail}); roll "
                                                  "forward with a fix")
                 await self._say(release, f"PR #{release.number}: {release.detail}")
             return release
+
+    async def _consented_rollback(self, release: ReleaseRecord, verdict: Verdict) -> None:
+        # Under the release lock: a release approved meanwhile deploys after this rollback, never during it.
+        async with self._lock:
+            await self._roll_back(release, verdict, recorded=True)
 
     async def _ask(self, release: ReleaseRecord, question: Question, why: str) -> ReleaseRecord:
         """Wait for the owner (state `asking`, no job runs): the release says what it waits for, and the owner is
