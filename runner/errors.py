@@ -20,7 +20,7 @@
     ├── DeployError                 the deployer could not do its work at all (runner.deploy.base)
     ├── NotifyError                 the notifier (Telegram) failed
     ├── UpstreamError               the model API failed or refused
-    ├── ScenarioError               a scripted model's scenario cannot be played (ValueError; runner.scripted_model)
+    ├── ScenarioError               a scripted model's scenario cannot be played (ValueError; runner.scenario)
     ├── LokiUnavailable             Loki gave no usable answer after its retries (runner.alerts.loki)
     ├── WatchSourceError            the post-deploy watch cannot read its error source now (runner.service.watch)
     ├── WebhookError                a webhook body or LogQL query is refused (a ValueError; runner.alerts.payload)

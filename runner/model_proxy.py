@@ -18,6 +18,11 @@ are kept per task as a typed value (`upstream_failures`), so a task's reason can
     proxy.usage(task_id)       # Usage(input_tokens=..., cost_usd=..., requests=...)
     proxy.refusals(task_id)    # (Refusal(status=400, field="mcp_servers", reason=...), ...)
     proxy.upstream_failures(task_id).describe()   # "the model upstream answered 500 8 times"
+
+Size: about 570 lines, one class on purpose. What could leave has left (the request check,
+runner.model_gateway; budgets and usage, runner.metering; the socket, runner.unix_server): what remains is
+one request's life (token, reservation, forward, relay, settle), whose steps share the task's state and must
+release it however the request ends; split, the release would be spread over modules.
 """
 
 from __future__ import annotations

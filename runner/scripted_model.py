@@ -11,6 +11,10 @@ Side requests the CLI makes on its own (title generation, quota probes with `max
 requests without tools) get a short text answer and never advance the script.
 
     python -m runner.scripted_model --scenario FILE [--host H] [--port N | --uds PATH]
+
+Size: about 420 lines, one concept (a fake provider speaking the Messages API): choosing the turn, the JSON
+and SSE answers, recording what the CLI sent, and serving it. The scenario format is its own module
+(runner.scenario, re-exported here); the SSE encoding stays, as nothing else speaks it.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import secrets
 import socket
 import sys
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -35,7 +39,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
-from runner.errors import RunnerError
+from runner.scenario import Block, Scenario, ScenarioError, TextBlock, ToolUseBlock
 from runner.unix_server import EmbeddedServer
 
 __all__ = [
@@ -51,108 +55,11 @@ __all__ = [
     "serve_scripted_model",
 ]
 
-DEFAULT_FINAL_TEXT = "Done."
-DEFAULT_SIDE_TEXT = "Scripted task"
 DEFAULT_MODEL = "claude-scripted"
 # Deltas are cut into chunks this long so clients see several content_block_delta events per block.
 DELTA_CHUNK = 16
 
 RequestKind = Literal["agent", "side"]
-
-
-@dataclass(frozen=True, slots=True)
-class TextBlock:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ToolUseBlock:
-    name: str
-    input: Mapping[str, Any] = field(default_factory=dict)
-
-
-Block = TextBlock | ToolUseBlock
-
-
-class ScenarioError(RunnerError, ValueError):
-    """A scenario file that cannot be played: unreadable, not YAML, or not the scenario shape."""
-
-
-@dataclass(frozen=True, slots=True)
-class Scenario:
-    """What the scripted model says, turn by turn.
-
-    Turn k+1 is played once the conversation holds as many `tool_result` blocks as turns 0..k
-    asked for `tool_use`s. A turn without `tool_use` ends the conversation (`end_turn`) and asks for one
-    follow-up: the next turn is played when the user speaks again in the same (resumed) session.
-    """
-
-    turns: tuple[tuple[Block, ...], ...]
-    final_text: str = DEFAULT_FINAL_TEXT
-    side_text: str = DEFAULT_SIDE_TEXT
-
-    @classmethod
-    def of(cls, *turns: Sequence[Block], final_text: str = DEFAULT_FINAL_TEXT) -> Scenario:
-        return cls(turns=tuple(tuple(turn) for turn in turns), final_text=final_text)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Scenario:
-        """Parse `{"turns": [[{"type": "text", "text": ...} | {"type": "tool_use", "name": ..., "input": {...}}]]}`."""
-        raw_turns = data.get("turns")
-        if not isinstance(raw_turns, list):
-            raise ValueError("scenario: 'turns' must be a list of turns")
-        turns: list[tuple[Block, ...]] = []
-        for t, raw_turn in enumerate(raw_turns):
-            if not isinstance(raw_turn, list) or not raw_turn:
-                raise ValueError(f"scenario: turn {t} must be a non-empty list of blocks")
-            turns.append(tuple(_parse_block(raw, f"turn {t} block {b}") for b, raw in enumerate(raw_turn)))
-        final_text = data.get("final_text", DEFAULT_FINAL_TEXT)
-        side_text = data.get("side_text", DEFAULT_SIDE_TEXT)
-        if not isinstance(final_text, str) or not isinstance(side_text, str):
-            raise ValueError("scenario: 'final_text' and 'side_text' must be strings")
-        return cls(turns=tuple(turns), final_text=final_text, side_text=side_text)
-
-    @classmethod
-    def from_file(cls, path: str | Path) -> Scenario:
-        """Load a scenario from YAML or JSON (JSON is YAML, so one parser reads both).
-
-        Raises ScenarioError (a ValueError) naming the file, and the line when the YAML itself is broken.
-        """
-        try:
-            data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ScenarioError(f"scenario {path}: cannot be read: {exc}") from exc
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-            raise ScenarioError(f"scenario {path}{where}: not valid YAML: {problem}") from exc
-        if not isinstance(data, dict):
-            raise ScenarioError(f"scenario {path}: expected a mapping at the top level")
-        try:
-            return cls.from_dict(data)
-        except ValueError as exc:
-            raise ScenarioError(f"scenario {path}: {str(exc).removeprefix('scenario: ')}") from exc
-
-    def turn_for(self, tool_results: int) -> int | None:
-        """Index of the turn to play when the conversation holds `tool_results` results; None past the end."""
-        asked = 0
-        for index, turn in enumerate(self.turns):
-            if asked >= tool_results:
-                return index
-            asked += sum(isinstance(block, ToolUseBlock) for block in turn) or 1
-        return None
-
-
-def _parse_block(raw: Any, where: str) -> Block:
-    if not isinstance(raw, dict):
-        raise ValueError(f"scenario: {where} must be a mapping")
-    kind = raw.get("type")
-    if kind == "text" and isinstance(raw.get("text"), str):
-        return TextBlock(text=raw["text"])
-    if kind == "tool_use" and isinstance(raw.get("name"), str) and isinstance(raw.get("input", {}), dict):
-        return ToolUseBlock(name=raw["name"], input=dict(raw.get("input", {})))
-    raise ValueError(f"scenario: {where} must be a text block (text) or a tool_use block (name, input)")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,10 @@
-"""DockerDeployer: build the merged commit into an image, replace the bot's container, wait healthy, roll back."""
+"""DockerDeployer: build the merged commit into an image, replace the bot's container, wait healthy, roll back.
+
+Size: about 460 lines, one backend of the Deployer protocol (runner.deploy.base): build, replace, wait and
+roll back share the client and the one-release-at-a-time lock; the health probes are runner.deploy.health,
+and the container's recreation spec (docker's create arguments read back from the running one) stays here
+beside the only code that uses it.
+"""
 
 from __future__ import annotations
 
