@@ -88,7 +88,7 @@ async def open_runtime(
 ) -> AsyncIterator[Runtime]:
     async with contextlib.AsyncExitStack() as stack:
         active = load_policy(settings, policy_path)
-        say(f"policy {active.version} (sha256 {active.sha256[:12]})")
+        say(f"policy {active.source}: version {active.version}, sha256 {active.sha256[:12]}")  # file, name, hash
         upstream, key = settings.anthropic_base_url, settings.anthropic_api_key
         if scenario is not None or key is None:
             from runner.scripted_model import Scenario, ScenarioError, serve_scripted_model
