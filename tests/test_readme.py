@@ -83,6 +83,9 @@ def test_readme_try_without_a_key_runs_verbatim(tmp_path: Path) -> None:
     assert answers[1]["number"] == 1 and answers[1]["release_id"] == 1, out  # the approval was accepted
     assert lines[-2].startswith("merged; no deployer configured"), out  # the release says what it did not do
     assert lines[-1] == "deployed", out  # and the task followed its release
+    # One start-up line names the policy in force: which file (here the built-in one), its version, its hash.
+    assert re.search(r"^\[agent-runner\] policy <default policy>: version \S+, sha256 [0-9a-f]{12}$", log,
+                     flags=re.M), log[:2000]
     pr = asyncio.run(_pull_request(tmp_path / "home", bare, 1))
     # The body's commands were filled in once the PR existed: its number, the bare repository, the head.
     assert f"`agent-runner approve 1 --repo {bare.resolve()} --sha {pr.head_sha}`" in pr.body, pr.body
