@@ -42,7 +42,7 @@ TELEGRAM_LIMIT = 4096
 
 _BLOCK = re.compile(r"^```json[ \t]*\n(.*?)\n```[ \t]*$", re.MULTILINE | re.DOTALL)
 _PR_REQUEST = re.compile(r"\AReview pull request #(\d{1,9})\b")
-_REF_REQUEST = re.compile(r"\AReview the change ([A-Za-z0-9][A-Za-z0-9._/-]{0,199})(?=[\s;:,]|\Z)")
+_REF_REQUEST = re.compile(r"\AReview the change ([A-Za-z0-9][A-Za-z0-9._/~^-]{0,199})(?=[\s;:,]|\Z)")
 
 
 @dataclass(frozen=True, slots=True)

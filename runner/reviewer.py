@@ -18,7 +18,7 @@ from runner.store import Store
 from runner.workspace import Prepared
 
 MAX_DIFF_CHARS = 120_000  # of the change shown to the agent; the forge's own diff decides where comments go
-EMPTY_TREE = "4b825dc642cb6eb9a060ae54bf8d69288fbee4904"
+EMPTY_TREE = "4b825dc642cb6eb9a060e54bf8d69288fbee4904"  # git hash-object -t tree /dev/null
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,7 +108,9 @@ def test_line_count_counts_a_last_line_without_newline_and_refuses_binary() -> N
 def test_target_of_reads_back_a_pr_request_and_a_ref() -> None:
     assert target_of(pr_request(12)).pr == 12
     assert target_of("Review the change feature/x and report findings; change nothing.").ref == "feature/x"
+    assert target_of("Review the change HEAD~1 and report findings").ref == "HEAD~1"
     assert target_of("Review the change a..b; change nothing.").ref == "HEAD"
+    assert target_of("Review the change --upload-pack=x and report").ref == "HEAD"  # never an option to git
     assert target_of("anything else").pr is None
 
 

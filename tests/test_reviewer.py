@@ -205,3 +205,21 @@ async def test_a_review_whose_line_comments_github_refuses_is_posted_whole_in_it
     (review,) = fake.reviews[number]
     assert "`bot/transfer.py:4`\n" in review["body"] and "`bot/ledger.py:17`\n" in review["body"]
     assert "line comments were refused" in posted.posted and posted.posted.endswith(review["html_url"])
+
+
+async def test_a_ref_review_is_given_the_branch_against_the_default_branch_or_a_commit_against_its_parent(
+        tmp_path: Path, bare: Path) -> None:
+    async with LocalGitForge(bare, tmp_path / "forge.sqlite3") as forge:
+        _, head = await open_transfer_pr(forge, tmp_path, bare)
+    active = policy.load_default()
+    on_branch = await reviewer.plan(None, f"Review the change {BRANCH} and report findings; change nothing.")
+    prepared = await workspace.prepare(tmp_path / "home", "t-1", str(bare), active, base_ref=on_branch.head_ref)
+    base, diff = await reviewer.change(prepared, active, on_branch)
+    main = git("--git-dir", str(bare), "rev-parse", "main", cwd=tmp_path)
+    assert (prepared.base_sha, base) == (head, main) and "+def transfer(" in diff
+
+    on_main = await reviewer.plan(None, "Review the change HEAD and report findings; change nothing.")
+    prepared = await workspace.prepare(tmp_path / "home", "t-2", str(bare), active, base_ref=on_main.head_ref)
+    base, diff = await reviewer.change(prepared, active, on_main)
+    assert prepared.base_sha == main and base == reviewer.EMPTY_TREE  # the first commit: against nothing
+    assert "+++ b/bot/ledger.py" in diff and "payment.key" not in diff and "dot-env" not in diff
