@@ -61,3 +61,17 @@ async def test_rate_limits_of_an_activated_policy_apply_to_the_next_request(tmp_
         assert (await client.put("/policy", headers=OWNER, content=strict)).status_code == 200
         refused = await client.post("/agent/command", headers=OWNER, json=body)
     assert refused.status_code == 429 and refused.json()["limit"] == "1 commands per hour"
+
+
+async def test_a_malformed_policy_body_is_a_400_and_changes_nothing(tmp_path: Path) -> None:
+    async with app_client(owner_app(tmp_path)) as client:
+        start = (await client.get("/policy", headers=OWNER)).json()
+        not_text = await client.put("/policy", headers=OWNER, json={"text": 5})
+        no_text = await client.put("/policy", headers=OWNER, json={"yaml": _named("x")})
+        not_utf8 = await client.put("/policy", headers=OWNER, content=b"version: \xff\n")
+        history = (await client.get("/policy/history", headers=OWNER)).json()["versions"]
+        now = (await client.get("/policy", headers=OWNER)).json()
+    assert not_text.status_code == 400 and not_text.json()["error"].startswith("text: ")
+    assert no_text.status_code == 400 and no_text.json()["error"] == "text: Field required"
+    assert not_utf8.status_code == 400 and "YAML text" in not_utf8.json()["error"]
+    assert now["sha256"] == start["sha256"] and len(history) <= 1
