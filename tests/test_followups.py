@@ -160,3 +160,38 @@ async def test_poller_considers_each_comment_once_also_after_a_restart(desk: tup
     assert await poller.once() == []
     add_comment(github, 1, "thanks", "octo")
     assert await CommentPoller(service).once() == ["not an /agent command"]  # a new process remembers the first
+
+
+def _forge_pr(github: FakeGitHub, head: str) -> None:
+    github.pulls[1].update(head={"ref": "agent/feature-greet", "sha": head, "repo": {"full_name": "octo/bot"}},
+                           base={"ref": "main"}, html_url="https://github.com/octo/bot/pull/1", body="")
+
+
+async def test_a_follow_up_a_killed_supervisor_left_running_is_failed_and_bound_to_the_forges_head(
+        desk: tuple[Service, FakeGitHub]) -> None:
+    service, github = desk
+    task = await _proposed(service)
+    assert service.followups is not None
+    rows = service.followups.rows
+    landed = await rows.add(task_id=task.id, number=1, text="one", actor="owner", source="api", base_sha="a" * 40)
+    await rows.update(landed.id, "running")
+    _forge_pr(github, "b" * 40)  # its push had reached the forge when the supervisor died
+    assert await service.followups.start() == []
+    after = await rows.get(landed.id)
+    assert after.state == "failed" and after.head_sha == "b" * 40
+    assert "after its commit bbbbbbbbbbbb reached the forge" in after.reason
+    bound = await service.store.get_task(task.id)
+    assert bound.state is TaskState.PROPOSED and bound.result is not None and bound.result.pr is not None
+    assert bound.result.pr.head_sha == "b" * 40  # an approval now names what the forge has
+
+
+async def test_a_queued_follow_up_is_resumed_at_start_and_refused_when_its_pr_moved_meanwhile(
+        desk: tuple[Service, FakeGitHub]) -> None:
+    service, _ = desk
+    task = await _proposed(service)
+    assert service.followups is not None
+    stale = await service.followups.rows.add(task_id=task.id, number=1, text="one", actor="owner", source="api",
+                                             base_sha="c" * 40)
+    assert await service.followups.start() == [stale.id]
+    ended = await service.followups.wait(stale.id)
+    assert ended.state == "failed" and "moved on before the follow-up started" in ended.reason
