@@ -27,16 +27,21 @@ EXIT_ALLOW, EXIT_REFUSED, EXIT_USAGE = 0, 1, 2
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the `policy` command and its subcommands; each sets ``func`` returning the exit code."""
-    env = f"environment: {POLICY_ENV} (the policy file when none is given)"
+    env = (f"environment: {POLICY_ENV} (the policy file when none is given), {HOME_ENV} (the service's state, "
+           "for --active)")
     parser = subparsers.add_parser("policy", help="check, test, validate and explain the tool-call policy",
                                    epilog=env)
     sub = parser.add_subparsers(dest="policy_command", required=True,
                                 metavar="{check,test,validate,explain,history}")
 
     def common(p: argparse.ArgumentParser) -> None:
-        p.add_argument(
+        which = p.add_mutually_exclusive_group()
+        which.add_argument(
             "--policy", metavar="FILE", help=f"policy file (default: ${POLICY_ENV}, ./policy.yaml, built-in)"
         )
+        which.add_argument("--active", action="store_true",
+                           help=f"the policy the service has active (PUT /policy, /policy set), from the state "
+                                f"file under ${HOME_ENV}; said on stderr")
 
     check = sub.add_parser("check", epilog=env,
                            help="decide one tool call (or a JSON-lines batch) and print the decision")
@@ -89,10 +94,13 @@ def resolve_policy_path(explicit: str | None, environ: Mapping[str, str], cwd: P
     return str(local) if local.is_file() else None
 
 
-def _load(explicit: str | None, err: IO[str]) -> Policy | None:
+def _load(explicit: str | None, err: IO[str], active: bool = False) -> Policy | None:
     import policy
+
     path = resolve_policy_path(explicit, os.environ, Path.cwd())
     try:
+        if active:
+            return _active_policy(os.environ, err)
         return policy.load_file(path) if path is not None else policy.load_default()
     except policy.PolicyLoadError as exc:
         for line, _key, message in exc.problems:
@@ -152,7 +160,7 @@ def cmd_check(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str]
     if args.batch is not None and (args.tool or args.tool_input is not None):
         print("policy check: use either --batch or --tool/--input", file=err)
         return EXIT_USAGE
-    p = _load(args.policy, err)
+    p = _load(args.policy, err, getattr(args, "active", False))
     if p is None:
         return EXIT_USAGE
     if args.batch is None:
@@ -187,7 +195,7 @@ def cmd_test(args: argparse.Namespace, out: IO[str] | None = None, err: IO[str] 
     """Run the policy's examples; print each failure and a summary."""
     import policy
     out, err = out or sys.stdout, err or sys.stderr
-    p = _load(args.policy, err)
+    p = _load(args.policy, err, getattr(args, "active", False))
     if p is None:
         return EXIT_REFUSED
     results = policy.run_examples(p)
@@ -219,7 +227,7 @@ def cmd_explain(args: argparse.Namespace, out: IO[str] | None = None, err: IO[st
     import policy
     from policy import Effect
     out, err = out or sys.stdout, err or sys.stderr
-    p = _load(args.policy, err)
+    p = _load(args.policy, err, getattr(args, "active", False))
     if p is None:
         return EXIT_USAGE
     call = _call_from_args(args, err)
@@ -259,9 +267,7 @@ def cmd_history(args: argparse.Namespace, out: IO[str] | None = None, err: IO[st
     import asyncio
 
     out, err = out or sys.stdout, err or sys.stderr
-    env = os.environ if environ is None else environ
-    home = Path(env.get(HOME_ENV) or Path(env.get("HOME", "/root")) / ".agent-runner")
-    state = home / "state.db"
+    state = _state_file(os.environ if environ is None else environ)
     if not state.is_file():  # opening the store would create it: a typo in the home is said, not papered over
         print(f"policy history: no service state at {state} ({HOME_ENV}); no policy was recorded there", file=err)
         return EXIT_REFUSED
@@ -277,6 +283,39 @@ def cmd_history(args: argparse.Namespace, out: IO[str] | None = None, err: IO[st
         note = f"  ({v.note})" if v.note else ""
         print(f"v{v.version}  {when}Z  {v.actor}  {v.name}  sha256 {v.sha256[:12]}{mark}{note}", file=out)
     return EXIT_ALLOW if versions else EXIT_REFUSED
+
+
+def _state_file(environ: Mapping[str, str]) -> Path:
+    return Path(environ.get(HOME_ENV) or Path(environ.get("HOME", "/root")) / ".agent-runner") / "state.db"
+
+
+def _active_policy(environ: Mapping[str, str], err: IO[str]) -> Policy | None:
+    """The service's active version, loaded, and one stderr line saying which it is; None (said) when the state
+    file holds none: the service then runs the policy file it was started with, which only it knows."""
+    import asyncio
+
+    import policy
+
+    state = _state_file(environ)
+    versions, active = asyncio.run(_history(state, 1)) if state.is_file() else ([], None)
+    if active is None:
+        print(f"policy: no policy was activated in the service ({state}); it runs the file it was started with: "
+              "pass that with --policy", file=err)
+        return None
+    version = asyncio.run(_version(state, active))
+    print(f"policy: the service's active policy, version v{version.version} of {state} ({version.name}, sha256 "
+          f"{version.sha256[:12]}, by {version.actor})", file=err)
+    return policy.load(version.text, source=f"policy version {version.version}")
+
+
+async def _version(state: Path, number: int) -> PolicyVersion:
+    from runner.service.policy_store import PolicyStore
+
+    store = PolicyStore(state)
+    try:
+        return await store.get(number)
+    finally:
+        await store.aclose()
 
 
 async def _history(state: Path, limit: int) -> tuple[list[PolicyVersion], int | None]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import json
 import os
 import subprocess
 import sys
@@ -198,3 +199,22 @@ def test_policy_history_shows_the_version_put_policy_activated(tmp_path: Path) -
     [line] = out.getvalue().splitlines()
     assert activated.version == "owner-2"
     assert line.startswith("v1  ") and "  owner  owner-2  sha256 " in line and line.endswith("  active"), line
+
+
+def test_policy_check_active_decides_with_the_services_active_version_and_says_so(tmp_path: Path,
+                                                                                 monkeypatch: pytest.MonkeyPatch
+                                                                                 ) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("AGENT_RUNNER_HOME", str(home))
+    monkeypatch.chdir(tmp_path)  # no ./policy.yaml to fall back on
+    args = argparse.Namespace(policy=None, active=True, kind="feature", tool="Bash",
+                              tool_input='{"command": "git status"}', batch=None)
+    err = io.StringIO()
+    assert policy_cli.cmd_check(args, out=io.StringIO(), err=err) == 2  # nothing activated: said, not guessed
+    assert "no policy was activated in the service" in err.getvalue()
+    text = policy.default_text().replace('version: "default-2025-06"', 'version: "owner-3"', 1)
+    asyncio.run(_activate_like_put_policy(home, text))
+    out, err = io.StringIO(), io.StringIO()
+    assert policy_cli.cmd_check(args, out=out, err=err) == 0
+    assert json.loads(out.getvalue())["policy_version"] == "owner-3"
+    assert err.getvalue().startswith("policy: the service's active policy, version v1 of ")
