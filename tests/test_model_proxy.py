@@ -29,6 +29,7 @@ from starlette.routing import Route
 from runner.model_proxy import Budget, ModelProxy, Price, PriceTable, Refusal, Usage, model_patterns
 from runner.scripted_model import Scenario, TextBlock, ToolUseBlock, create_scripted_model, serve_scripted_model
 from tests.fakes.net import free_port
+from tests.fakes.runs import offline_env
 
 REAL_KEY = "sk-ant-real-key-never-in-the-sandbox"
 FORWARDER = Path(__file__).parent.parent / "sandbox-image" / "model-forwarder.py"
@@ -79,17 +80,6 @@ def forwarder(socket_path: Path) -> Iterator[str]:
     finally:
         process.terminate()
         process.wait()
-
-
-def offline_env(base_url: str, api_key: str, config_dir: Path) -> dict[str, str]:
-    return {
-        "ANTHROPIC_BASE_URL": base_url,
-        "ANTHROPIC_API_KEY": api_key,
-        "CLAUDE_CONFIG_DIR": str(config_dir),
-        "DISABLE_TELEMETRY": "1",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "DISABLE_AUTOUPDATER": "1",
-    }
 
 
 async def run_cli(prompt: str, workspace: Path, env: dict[str, str], *, model: str | None = MODEL,

@@ -22,6 +22,7 @@ from runner.scripted_model import (
     create_scripted_model,
     serve_scripted_model,
 )
+from tests.fakes.runs import offline_env
 
 HEADERS = {"x-api-key": "test-key", "anthropic-version": "2023-06-01"}
 TOOLS = [{"name": "Bash", "description": "run a command", "input_schema": {"type": "object"}}]
@@ -31,18 +32,6 @@ SCENARIO = Scenario.of(
     [ToolUseBlock("Bash", {"command": "echo one"}), ToolUseBlock("Bash", {"command": "echo two"})],
     final_text="All done.",
 )
-
-
-def offline_env(base_url: str, api_key: str, config_dir: Path) -> dict[str, str]:
-    """What the CLI needs to talk only to `base_url`, and to keep its state out of the user's home."""
-    return {
-        "ANTHROPIC_BASE_URL": base_url,
-        "ANTHROPIC_API_KEY": api_key,
-        "CLAUDE_CONFIG_DIR": str(config_dir),
-        "DISABLE_TELEMETRY": "1",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
-        "DISABLE_AUTOUPDATER": "1",
-    }
 
 
 def messages_body(tool_results: int = 0, *, stream: bool = False, tools: Any = TOOLS) -> dict[str, Any]:

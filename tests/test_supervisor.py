@@ -28,6 +28,7 @@ from runner.store import Store
 from runner.supervisor import Deps, file_diff, run_task
 from tests.fakes.disk import fill, small_disk
 from tests.fakes.sandbox import Box, FakeSandbox, Files, used
+from tests.sandbox.processes import user_processes
 
 Agent = Callable[[FakeSandbox, Container, Gate], Awaitable[str]]
 
@@ -445,24 +446,6 @@ if os.fork() == 0:
     os._exit(0)
 """
 
-LISTING = ("import os\nfor p in filter(str.isdigit, os.listdir('/proc')):\n"
-           "    try:\n"
-           "        s = dict(l.split(':\\t', 1) for l in open(f'/proc/{p}/status') if ':\\t' in l)\n"
-           "    except OSError:\n"
-           "        continue\n"
-           "    if int(p) != os.getpid() and s['Uid'].split()[0] != '0' and s['State'][0] not in 'ZX':\n"
-           "        print(p, s['Name'].strip())\n")
-
-
-def _processes(container_id: str) -> list[str]:
-    """Our own listing, as root in the container: every live process that is not init's."""
-    import subprocess
-
-    out = subprocess.run(["docker", "exec", "-u", "0", container_id, "python3", "-c", LISTING],
-                         capture_output=True, text=True, check=True).stdout
-    return out.split("\n")[:-1]
-
-
 def _recording(runtime: str) -> Any:
     from runner.sandbox.docker import DockerSandbox
 
@@ -474,11 +457,11 @@ def _recording(runtime: str) -> Any:
             self.seen: list[tuple[str, str, list[str]]] = []
 
         async def kill_processes(self, container: Container) -> None:
-            self.seen.append(("kill_processes", container.name, _processes(container.id)))
+            self.seen.append(("kill_processes", container.name, user_processes(container.id)))
             await super().kill_processes(container)
 
         async def copy_out(self, container: Container, dest: Path) -> None:
-            self.seen.append(("copy_out", container.name, _processes(container.id)))
+            self.seen.append(("copy_out", container.name, user_processes(container.id)))
             await super().copy_out(container, dest)
 
     return Recording()

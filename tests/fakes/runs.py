@@ -13,7 +13,7 @@ from typing import Any
 from runner.sample import create_sample_repo
 from runner.scripted_model import RecordedRequest, Scenario, serve_scripted_model
 
-__all__ = ["AGENT_RUNNER", "cli_env", "result_text", "run_scenario", "tool_results"]
+__all__ = ["AGENT_RUNNER", "cli_env", "offline_env", "result_text", "run_scenario", "tool_results"]
 
 AGENT_RUNNER = [sys.executable, "-m", "runner.cli"]
 
@@ -52,3 +52,15 @@ def result_text(block: dict[str, Any]) -> str:
     if isinstance(content, list):
         return "".join(c.get("text", "") for c in content if isinstance(c, dict))
     return str(content)
+
+
+def offline_env(base_url: str, api_key: str, config_dir: Path) -> dict[str, str]:
+    """What the CLI needs to talk only to `base_url`, and to keep its state out of the user's home."""
+    return {
+        "ANTHROPIC_BASE_URL": base_url,
+        "ANTHROPIC_API_KEY": api_key,
+        "CLAUDE_CONFIG_DIR": str(config_dir),
+        "DISABLE_TELEMETRY": "1",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC": "1",
+        "DISABLE_AUTOUPDATER": "1",
+    }

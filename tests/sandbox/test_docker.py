@@ -21,20 +21,10 @@ import pytest
 from runner.errors import SandboxError
 from runner.sandbox.base import Limits, SandboxSpec, WorkspaceFull
 from runner.sandbox.docker import SETUP_NETWORK, DockerSandbox
+from tests.sandbox.processes import user_processes
 from tests.sandbox.runtimes import RUNTIMES, need_runtime
 
 pytestmark = pytest.mark.docker
-
-# Our own process listing, as root in the container (independent of the backend's): every live process
-# that is not root's, i.e. not the container's init.
-LISTING = ("import os\nfor p in filter(str.isdigit, os.listdir('/proc')):\n"
-           "    try:\n"
-           "        s = dict(l.split(':\\t', 1) for l in open(f'/proc/{p}/status') if ':\\t' in l)\n"
-           "    except OSError:\n"
-           "        continue\n"
-           "    if int(p) != os.getpid() and s['Uid'].split()[0] != '0' and s['State'][0] not in 'ZX':\n"
-           "        print(p, s['Name'].strip())\n")
-
 
 def _tar(path: Path, files: dict[str, bytes]) -> Path:
     with tarfile.open(path, "w") as tar:
@@ -43,12 +33,6 @@ def _tar(path: Path, files: dict[str, bytes]) -> Path:
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
     return path
-
-
-def _others(container_id: str) -> list[str]:
-    out = subprocess.run(["docker", "exec", "-u", "0", container_id, "python3", "-c", LISTING],
-                         capture_output=True, text=True, check=True).stdout
-    return out.split("\n")[:-1]
 
 
 def _spec(image: str, **limits: int) -> SandboxSpec:
@@ -66,12 +50,12 @@ async def test_kill_processes_leaves_nothing_of_the_task_and_keeps_the_workspace
             loop = "nohup sh -c 'while :; do date +%s%N > /workspace/beat; done' >/dev/null 2>&1 &"
             await sandbox.exec(box, ["sh", "-c", loop], timeout=30)
             await asyncio.sleep(0.5)
-            assert any("sh" in line for line in _others(box.id)), "the planted loop is not running"
+            assert any("sh" in line for line in user_processes(box.id)), "the planted loop is not running"
             with pytest.raises(SandboxError, match="still running"):
                 await sandbox.copy_out(box, tmp_path / "early.tar")
 
             await sandbox.kill_processes(box)
-            assert _others(box.id) == []
+            assert user_processes(box.id) == []
             await sandbox.copy_out(box, tmp_path / "one.tar")
             await asyncio.sleep(0.3)
             await sandbox.copy_out(box, tmp_path / "two.tar")
