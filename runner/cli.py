@@ -114,8 +114,10 @@ def cmd_sample_repo(args: argparse.Namespace) -> int:
 
     target: Path = args.path.expanduser().absolute()
     existed = target.exists()
-    if existed:
-        check_local_repo(target, name="sample-repo")  # an unrelated folder is refused, not reported as the sample
+    if existed and not ((target / "HEAD").is_file() and (target / "objects").is_dir()):
+        # An unrelated folder is refused, never reported as the sample.
+        raise ConfigError(f"sample-repo: {target} exists and is not a bare repository; give a path that does not "
+                          "exist yet (default: ./sample-bot.git)")
     bare = asyncio.run(create_bare_sample(target))
     if existed:
         say(f"{bare} already exists; kept as it is")

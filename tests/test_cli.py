@@ -218,3 +218,19 @@ def test_policy_check_active_decides_with_the_services_active_version_and_says_s
     assert policy_cli.cmd_check(args, out=out, err=err) == 0
     assert json.loads(out.getvalue())["policy_version"] == "owner-3"
     assert err.getvalue().startswith("policy: the service's active policy, version v1 of ")
+
+
+def test_sample_repo_prints_the_bare_repository_it_made_and_refuses_an_unrelated_folder(tmp_path: Path) -> None:
+    made = subprocess.run([sys.executable, "-m", "runner.cli", "sample-repo"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env=_cli_env(tmp_path / "home"))
+    assert made.returncode == 0, made.stderr
+    assert made.stdout == f"{tmp_path / 'sample-bot.git'}\n"  # alone on stdout, for $(agent-runner sample-repo)
+    log = subprocess.run(["git", "--git-dir", str(tmp_path / "sample-bot.git"), "log", "--format=%s", "main"],
+                         capture_output=True, text=True, check=True)
+    assert log.stdout.strip() == "sample bot: ledger, /balance, /health"
+    (tmp_path / "other").mkdir()
+    refused = subprocess.run([sys.executable, "-m", "runner.cli", "sample-repo", "other"], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=120, env=_cli_env(tmp_path / "home"))
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert "exists and is not a bare repository" in refused.stderr
+    assert list((tmp_path / "other").iterdir()) == []
