@@ -167,9 +167,14 @@ OPENAPI_OPERATION = Operation("GET", "/openapi.json", "This document", "none",
 
 def openapi_route(operations: Iterable[Operation]) -> Route:
     """`GET /openapi.json`: the description of `operations`, without auth (it holds no secrets)."""
-    body = document(operations)
+    operations = list(operations)
+    built: list[Schema] = []
 
     async def openapi_json(request: Request) -> Response:
-        return JSONResponse(body)
+        # Built at the first request, not at start-up: generating it builds every model's schema (~0.1 s), and
+        # the models themselves defer building their validators until first used.
+        if not built:
+            built.append(document(operations))
+        return JSONResponse(built[0])
 
     return Route(OPENAPI_OPERATION.path, openapi_json, methods=[OPENAPI_OPERATION.method])

@@ -29,7 +29,7 @@ Time = Annotated[float, Field(allow_inf_nan=False)]
 
 
 class RequestBody(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True, defer_build=True)
 
     @model_validator(mode="before")
     @classmethod
@@ -38,11 +38,17 @@ class RequestBody(BaseModel):
 
 
 class Query(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
+
+
+class Described(BaseModel):
+    """A body another module parses (runner.alerts, runner.api.followups): here only to be described."""
+
+    model_config = ConfigDict(defer_build=True)
 
 
 class ResponseBody(BaseModel):
-    model_config = ConfigDict(frozen=True, json_schema_serialization_defaults_required=True)
+    model_config = ConfigDict(frozen=True, json_schema_serialization_defaults_required=True, defer_build=True)
 
 
 # ------------------------------------------------------------------------------------------------ errors
@@ -316,7 +322,7 @@ class Rollback(RequestBody):
 Labels = dict[str, str]
 
 
-class Alert(BaseModel):
+class Alert(Described):
     status: Literal["firing", "resolved"]
     labels: Labels
     annotations: Labels = {}
@@ -327,7 +333,7 @@ class Alert(BaseModel):
     fingerprint: str = ""
 
 
-class AlertmanagerWebhook(BaseModel):
+class AlertmanagerWebhook(Described):
     """Alertmanager's webhook_config body, version 4."""
 
     version: Literal["4"]
@@ -342,7 +348,7 @@ class AlertmanagerWebhook(BaseModel):
     alerts: list[Alert] = Field(max_length=MAX_ALERTS)
 
 
-class DirectReport(BaseModel):
+class DirectReport(Described):
     """A traceback posted directly, for setups without Loki."""
 
     model_config = ConfigDict(extra="forbid")
@@ -357,7 +363,7 @@ class AlertOutcome(ResponseBody):
 
     # Rendered without its None fields, as runner.alerts.autofix.Outcome.as_json sends it.
 
-    model_config = ConfigDict(frozen=True, json_schema_serialization_defaults_required=False)
+    model_config = ConfigDict(frozen=True, json_schema_serialization_defaults_required=False, defer_build=True)
 
     fingerprint: str
     status: Literal["accepted", "duplicate", "rate_limited", "cooling_down", "rolled_back"]
@@ -396,7 +402,7 @@ class Health(ResponseBody):
 # Issue 16's routes (runner.api.followups) parse their own bodies; these describe them.
 
 
-class FollowUpText(BaseModel):
+class FollowUpText(Described):
     text: str = Field(min_length=1, description="What should change on the task's pull request")
 
 
@@ -424,7 +430,7 @@ class FollowUpRefused(ResponseBody):
     retry_after: int
 
 
-class GitHubIssueComment(BaseModel):
+class GitHubIssueComment(Described):
     """GitHub's `issue_comment` webhook event (only what is read of it)."""
 
     action: str
@@ -433,7 +439,7 @@ class GitHubIssueComment(BaseModel):
 
 
 class WebhookIgnored(ResponseBody):
-    model_config = ConfigDict(frozen=True, json_schema_serialization_defaults_required=False)
+    model_config = ConfigDict(frozen=True, json_schema_serialization_defaults_required=False, defer_build=True)
 
     ok: bool | None = Field(None, description="Set for GitHub's `ping`")
     ignored: str | None = Field(None, description="Why the delivery started nothing")
