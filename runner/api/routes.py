@@ -1,5 +1,6 @@
-"""HTTP endpoints: each parses nothing itself (runner.api.endpoints hands it its body and query as models), calls
-one action of runner.service.operations or one Store query, and renders a model of runner.api.schemas.
+"""HTTP endpoints: each is handed its body and query parsed into models (runner.api.endpoints), calls one action
+of runner.service.operations or one Store query, and renders a model of runner.api.schemas. Two bodies are read
+by their own parsers: a policy (YAML, or JSON) and Alertmanager's webhook (runner.alerts.alertmanager).
 
 Each `@api(...)` is the route, its credential and its description at once: `routes()` serves them and
 `GET /openapi.json` describes them (runner.api.openapi), so no route can be served undescribed or unguarded.
