@@ -14,7 +14,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -137,7 +137,8 @@ def create_app(
                 note(f"resumed {len(resumed)} queued task(s): {', '.join(resumed)}")
             policies = await open_policies(stack, rt, scheduler)
             loki = await stack.enter_async_context(LokiClient(settings.loki_url)) if settings.loki_url else None
-            releases = await open_releases(stack, rt, active, scheduler, notifier, note, loki)
+            releases = await open_releases(stack, rt, active, scheduler, notifier, note, loki,
+                                           ask=notifier.ask_owner if notifier is not None else None)
             service = app.state.service = Service(settings, rt, scheduler, active, policies, releases, loki)
             if rt.deps.forge is not None:
                 service.followups = await open_followups(stack, service, notifier=notifier, say=note)
@@ -263,8 +264,10 @@ async def _stopped(job: asyncio.Task[None]) -> None:
 
 
 async def open_releases(stack: contextlib.AsyncExitStack, rt: Runtime, deployer: Deployer, scheduler: Scheduler,
-                        notifier: Notifier | None, note: Progress, loki: LokiClient | None) -> Releases | None:
-    """The release desk, with the releases a previous process left in flight resumed."""
+                        notifier: Notifier | None, note: Progress, loki: LokiClient | None, *,
+                        ask: Callable[[str], Awaitable[bool]] | None = None) -> Releases | None:
+    """The release desk, with the releases a previous process left in flight resumed; `ask` puts a migration
+    release's question to the owner with buttons (Telegram's Go / Hold)."""
     settings, forge, repo = rt.settings, rt.deps.forge, rt.settings.repo
     if forge is None or repo is None:
         return None
@@ -283,7 +286,8 @@ async def open_releases(stack: contextlib.AsyncExitStack, rt: Runtime, deployer:
                         home=settings.home,
                         watch=WatchConfig.from_settings(settings), errors=errors, progress=progress,
                         tell=(notifier or LogNotifier()).announce,
-                        migrations=lambda: rt.deps.policy.migrations)  # the active policy's, at each merge
+                        migrations=lambda: rt.deps.policy.migrations,  # the active policy's, at each merge
+                        ask=ask)
     stack.push_async_callback(releases.aclose)
     resumed = await releases.start()
     if resumed:

@@ -8,29 +8,39 @@ import contextlib
 import dataclasses
 import json
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from starlette.applications import Starlette
 
+import policy
 from policy import Migrations
 from runner.alerts import autofix
 from runner.alerts.alertmanager import parse_auto_fix
 from runner.alerts.loki import LokiClient
 from runner.alerts.tracebacks import extract_tracebacks
+from runner.app import create_app
+from runner.config import Settings
 from runner.deploy import Deployer
 from runner.deploy.command import CommandDeployer
 from runner.deploy.none import NoneDeployer
 from runner.errors import ForgeConflict, ForgeNotFound
+from runner.forge import PullRequest
 from runner.forge.localgit import LocalGitForge
+from runner.model_proxy import ModelProxy
 from runner.models import TaskState
+from runner.sandbox.docker import DockerSandbox
 from runner.service.release_store import ReleaseStore
 from runner.service.releases import NO_MIGRATIONS, NOTHING_DEPLOYED, Releases, approved_head
+from runner.service.runtime import Runtime
 from runner.service.watch import LokiErrors, WatchConfig
 from runner.store import Store, TaskRecord
+from runner.supervisor import Deps
+from runner.unix_server import serve_tcp
 from tests.deploy.orphans import alive, orphan, overlap_guarded
 from tests.fakes.health import health_server
 from tests.fakes.loki import FakeLoki, traceback_lines
@@ -127,7 +137,8 @@ def deployer(bot: Bot, *, pause: float = 0.0, command: str | None = None, **opti
 @contextlib.asynccontextmanager
 async def desk(tmp_path: Path, repos: Repos, bot: Bot, *, watch: WatchConfig = NO_WATCH, loki: FakeLoki | None = None,
                pause: float = 0.0, active: Deployer | None = None,
-               migrations: Migrations = NO_MIGRATIONS) -> AsyncIterator[Desk]:
+               migrations: Migrations = NO_MIGRATIONS,
+               ask: Callable[[str], Awaitable[bool]] | None = None) -> AsyncIterator[Desk]:
     """Releases over the real pieces; leaving the block stops its jobs as a shutdown would (rows stay)."""
     told: list[str] = []
     progress: list[tuple[str | None, str]] = []
@@ -150,7 +161,7 @@ async def desk(tmp_path: Path, repos: Repos, bot: Bot, *, watch: WatchConfig = N
         releases = Releases(rows, store=store, forge=forge, deployer=active, repo=str(repos.origin),
                             home=tmp_path / "home", watch=watch,
                             errors=errors, progress=lambda task, line: progress.append((task, line)), tell=tell,
-                            migrations=lambda: migrations)
+                            migrations=lambda: migrations, ask=ask)
         stack.push_async_callback(releases.aclose)
         yield Desk(releases, store, forge, repos, bot, told, progress)
 
@@ -590,7 +601,7 @@ async def test_an_unhealthy_migration_release_is_not_rolled_back_until_the_owner
         done = await settled(d, release.id)
         assert (await d.store.get_task(task.id)).state is TaskState.ROLLED_BACK
     assert "unhealthy after the deploy" in waiting.detail and "before any rollback" in waiting.detail
-    assert "a rollback of the code does not undo" in asked and "go (roll back anyway) or hold" in asked
+    assert "rollback of the code does not undo a migration" in asked and "go (roll back anyway) or hold" in asked
     assert done.state == "rolled_back" and bot.running == before and repos.head("main") == done.revert_sha
     assert bot.deploys() == [done.merge_sha, before]
 
@@ -645,25 +656,19 @@ async def test_a_migration_question_outlives_a_restart_and_is_answered_after_it(
     assert done.state == "deployed" and bot.running == done.merge_sha
 
 
-async def test_the_owner_answers_a_migration_release_over_the_api(tmp_path: Path, repos: Repos, bot: Bot) -> None:
-    """Through create_app as `serve` builds it: approve over HTTP, the release waits (visible at /releases), the
-    answer route is the owner's alone, and its `go` deploys."""
-    import policy
-    from runner.app import create_app
-    from runner.config import Settings
-    from runner.model_proxy import ModelProxy
-    from runner.sandbox.docker import DockerSandbox
-    from runner.service.runtime import Runtime
-    from runner.supervisor import Deps
-    from runner.unix_server import serve_tcp
-
+async def _migration_pr(tmp_path: Path, repos: Repos, bot: Bot) -> PullRequest:
     async with LocalGitForge(repos.origin, tmp_path / "forge.sqlite3") as forge:
         repos.commit(MIGRATION, "def upgrade(): ...\n", "add a migration", branch="agent/migration")
         await forge.push_branch(repos.clone, "agent/migration")
         pr = await forge.open_pr("Add a migration", "body", "agent/migration", "main")
     bot.state.write_text(repos.head("main") or "")
+    return pr
+
+
+def _service(tmp_path: Path, repos: Repos, bot: Bot, **env: str) -> tuple[Starlette, Settings]:
+    """create_app as `serve` builds it, over the local forge of `repos` and the bot's deploy command."""
     settings = Settings.from_env({"AGENT_RUNNER_HOME": str(tmp_path / "home"), "AGENT_API_TOKEN": "owner-token",
-                                  "AGENT_RUNNER_REPO": str(repos.origin), "AGENT_RUNNER_WATCH_SECONDS": "0"})
+                                  "AGENT_RUNNER_REPO": str(repos.origin), "AGENT_RUNNER_WATCH_SECONDS": "0", **env})
 
     @contextlib.asynccontextmanager
     async def open_backends() -> AsyncIterator[Runtime]:
@@ -674,28 +679,131 @@ async def test_the_owner_answers_a_migration_release_over_the_api(tmp_path: Path
                         image=settings.sandbox_image, forge=served_forge)
             yield Runtime(settings, deps, lambda _line: None)
 
-    owner = {"Authorization": "Bearer owner-token"}
-    app = create_app(settings, runtime=open_backends, deployer=deployer(bot), say=lambda _line: None)
+    return create_app(settings, runtime=open_backends, deployer=deployer(bot), say=lambda _line: None), settings
+
+
+OWNER_API = {"Authorization": "Bearer owner-token"}
+
+
+async def _release_state(client: httpx.AsyncClient, link: str, leave: tuple[str, ...]) -> Any:
+    async with asyncio.timeout(30):
+        while (release := (await client.get(link, headers=OWNER_API)).json())["state"] in leave:
+            await asyncio.sleep(0.05)
+    return release
+
+
+async def test_the_owner_answers_a_migration_release_over_the_api(tmp_path: Path, repos: Repos, bot: Bot) -> None:
+    """Through create_app as `serve` builds it: approve over HTTP, the release waits (visible at /releases), the
+    answer route is the owner's alone, and its `go` deploys."""
+    pr = await _migration_pr(tmp_path, repos, bot)
+    app, _ = _service(tmp_path, repos, bot)
     async with serve_tcp(app, lifespan="on") as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
-        approved = await client.post("/agent/approve-pr", headers=owner,
+        approved = await client.post("/agent/approve-pr", headers=OWNER_API,
                                      json={"number": pr.number, "head_sha": pr.head_sha})
         assert approved.status_code == 202, approved.text
         link = approved.json()["links"]["release"]
-        async with asyncio.timeout(30):
-            while (waiting := (await client.get(link, headers=owner)).json())["state"] != "asking":
-                await asyncio.sleep(0.05)
+        waiting = await _release_state(client, link, ("approved", "merging", "deploying"))
         answer = f"/releases/{waiting['id']}/answer"
         stranger = await client.post(answer, json={"answer": "go"})
-        garbled = await client.post(answer, headers=owner, json={"answer": "yes"})
-        missing = await client.post("/releases/999/answer", headers=owner, json={"answer": "go"})
+        garbled = await client.post(answer, headers=OWNER_API, json={"answer": "yes"})
+        missing = await client.post("/releases/999/answer", headers=OWNER_API, json={"answer": "go"})
         assert bot.deploys() == []  # waiting: nothing deployed, whoever asks
-        went = await client.post(answer, headers=owner, json={"answer": "go"})
-        async with asyncio.timeout(30):
-            while (done := (await client.get(link, headers=owner)).json())["state"] in ("asking", "deploying"):
-                await asyncio.sleep(0.05)
-        again = await client.post(answer, headers=owner, json={"answer": "hold"})
+        went = await client.post(answer, headers=OWNER_API, json={"answer": "go"})
+        done = await _release_state(client, link, ("asking", "deploying"))
+        again = await client.post(answer, headers=OWNER_API, json={"answer": "hold"})
+    assert waiting["state"] == "asking"
     assert "waiting for the owner before the deploy" in waiting["detail"] and MIGRATION in waiting["detail"]
     assert [stranger.status_code, garbled.status_code, missing.status_code] == [401, 400, 404]
     assert went.status_code == 200 and went.json()["consent"] == "deploy"
     assert done["state"] == "deployed" and bot.deploys() == [done["merge_sha"]] and bot.running == done["merge_sha"]
     assert again.status_code == 409 and "waits for no answer" in again.json()["error"]
+
+
+async def test_the_owner_answers_a_migration_release_with_telegrams_go_button(tmp_path: Path, repos: Repos,
+                                                                              bot: Bot) -> None:
+    """The question reaches the owner's chat (the Bot API stand-in, real aiogram) with Go and Hold; pressing Go
+    deploys, and the answer is audited as the chat owner's."""
+    from tests.fakes.telegram import FakeTelegram, serve
+
+    pr = await _migration_pr(tmp_path, repos, bot)
+    fake, owner_id = FakeTelegram(), 777
+    async with serve(fake) as telegram:
+        app, _ = _service(tmp_path, repos, bot, TELEGRAM_BOT_TOKEN=fake.token, TELEGRAM_API_BASE=telegram,
+                          OWNER_TELEGRAM_ID=str(owner_id))
+        async with serve_tcp(app, lifespan="on", timeout=120) as url, \
+                httpx.AsyncClient(base_url=url, timeout=30) as client:
+            approved = await client.post("/agent/approve-pr", headers=OWNER_API,
+                                         json={"number": pr.number, "head_sha": pr.head_sha})
+            link = approved.json()["links"]["release"]
+
+            def question() -> tuple[int, str, str] | None:
+                for (chat, mid), message in sorted(fake.messages.items()):
+                    for label, data in fake.buttons(chat, mid):
+                        if "Go" in label:
+                            return mid, str(message.get("text", "")), data
+                return None
+
+            await fake.wait_for(lambda: question() is not None, timeout=60)
+            found = question()
+            assert found is not None
+            mid, text, go = found
+            assert bot.deploys() == []
+            fake.press(owner_id, owner_id, mid, go)
+            done = await _release_state(client, link, ("approved", "merging", "deploying", "asking"))
+        async with Store(tmp_path / "home" / "state.db") as store:
+            answers = await store.audit_log(event="release_answer")
+    assert MIGRATION in text and "go (deploy it now) or hold" in text
+    assert [label for label, _ in fake.buttons(owner_id, mid)] == ["✅ Go", "✋ Hold"]
+    assert done["state"] == "deployed" and bot.running == done["merge_sha"]
+    assert [(a.actor, a.detail["answer"]) for a in answers] == [("telegram:owner", "go")]
+
+
+async def test_a_migration_question_put_with_buttons_takes_their_answer(tmp_path: Path, repos: Repos,
+                                                                        bot: Bot) -> None:
+    questions: list[str] = []
+
+    async def owner_presses_go(text: str) -> bool:  # the chat's Go / Hold buttons, pressed at once
+        questions.append(text)
+        return True
+
+    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS, ask=owner_presses_go) as d:
+        number, sha, task = await d.propose(MIGRATION, "def upgrade(): ...\n")
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        async with asyncio.timeout(20):
+            while (done := await d.releases.rows.get(release.id)).state != "deployed":
+                await asyncio.sleep(0.02)
+        answers = await d.store.audit_log(task.id, event="release_answer")
+    assert len(questions) == 1 and f"answer release {release.id}: go (deploy it now)" in questions[0]
+    assert bot.running == done.merge_sha and done.consent == "deploy"
+    assert [(a.actor, a.detail["answer"]) for a in answers] == [("telegram:owner", "go")]
+
+
+async def test_an_api_answer_spends_the_chats_question_and_a_restart_puts_it_again(tmp_path: Path, repos: Repos,
+                                                                                  bot: Bot) -> None:
+    asked: list[str] = []
+    stopped: list[str] = []
+
+    async def owner_away(text: str) -> bool:  # nobody presses anything
+        asked.append(text)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            stopped.append(text)
+            raise
+        return False
+
+    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS, ask=owner_away) as d:
+        number, sha, task = await d.propose(MIGRATION, "def upgrade(): ...\n")
+        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        await asking(d, release.id, "deploy")
+    assert len(asked) == 1 and len(stopped) == 1  # shut down: its buttons answer nothing now
+    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS, ask=owner_away) as d:
+        await d.releases.start()
+        async with asyncio.timeout(10):
+            while len(asked) < 2:
+                await asyncio.sleep(0.01)
+        await d.releases.answer(release.id, False, actor="owner")
+        done = await settled(d, release.id)
+        await asyncio.sleep(0)
+        assert len(stopped) == 2  # answered over the API: the question put again is withdrawn
+    assert done.state == "held" and bot.deploys() == []

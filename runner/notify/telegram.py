@@ -275,6 +275,20 @@ class TelegramNotifier:
         finally:
             self._asks.pop(token, None)
 
+    async def ask_owner(self, text: str) -> bool:
+        """`text` (plain, escaped here) with Go and Hold buttons; True on Go. Waits until it is answered: cancel
+        the caller to stop waiting (a release's question, answered another way)."""
+        token = secrets.token_hex(8)
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._asks[token] = future
+        buttons = ((Button("✅ Go", AskAnswer(token=token, allow=True).pack()),
+                    Button("✋ Hold", AskAnswer(token=token, allow=False).pack())),)
+        try:
+            await self.send(Message(f"❓ {esc(clip(text, MAX_TEXT // 2))}", buttons))
+            return await future
+        finally:
+            self._asks.pop(token, None)
+
     def answer(self, token: str, allow: bool) -> bool:
         """The owner pressed Allow or Deny; False when the question is gone (answered, timed out)."""
         future = self._asks.get(token)

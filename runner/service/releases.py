@@ -123,6 +123,7 @@ class Releases:
                  home: Path, watch: WatchConfig, errors: ErrorSource | None = None,
                  progress: TaskProgress = lambda _task, _line: None, tell: Tell | None = None,
                  migrations: Callable[[], Migrations] = lambda: NO_MIGRATIONS,
+                 ask: Callable[[str], Awaitable[bool]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.rows = rows
         self._store = store
@@ -135,6 +136,8 @@ class Releases:
         self._progress = progress
         self._tell = tell
         self._migrations = migrations  # read at each merge: the policy the owner has active then
+        self._ask_owner = ask
+        self._questions: dict[int, asyncio.Task[None]] = {}
         self._clock = clock
         self._lock = asyncio.Lock()  # one merge and deploy at a time
         self._admit = asyncio.Lock()
@@ -178,6 +181,8 @@ class Releases:
                 raise ForgeConflict(f"release {release_id} (PR #{release.number}) is {release.state}; it waits for "
                                     "no answer")
             question = release.asked
+            if (pending := self._questions.pop(release_id, None)) is not None and pending is not asyncio.current_task():
+                pending.cancel()  # answered over the API: the chat's buttons are spent
             later = [r for r in await self.rows.find(limit=10) if r.id > release.id and r.merge_sha]
             if question == "rollback" and go and later:
                 raise ForgeConflict(f"release {later[-1].id} (PR #{later[-1].number}) has merged since; rolling "
@@ -216,19 +221,43 @@ class Releases:
         """Wait for the owner (state `asking`, no job runs): the release says what it waits for, and the owner is
         told the two answers."""
         files = self._migration_words(release)
-        how = f'POST /releases/{release.id}/answer {{"answer": "go"}} or {{"answer": "hold"}}'
-        if question == "deploy":
-            detail = f"merged; it changes {files}: waiting for the owner before the deploy"
-            ask = (f"PR #{release.number} is merged and changes {files}. Back up the database, then answer release "
-                   f"{release.id}: go (deploy it now) or hold (keep it merged and undeployed); {how}.")
-        else:
-            detail = f"{why}; it changes {files}: waiting for the owner before any rollback"
-            ask = (f"PR #{release.number}: {why}. It changes {files}, which a rollback of the code does not undo: "
-                   f"the old version will run against the migrated database. Answer release {release.id}: go (roll "
-                   f"back anyway) or hold (keep it running and roll forward with a fix); {how}.")
+        detail = (f"merged; it changes {files}: waiting for the owner before the deploy" if question == "deploy"
+                  else f"{why}; it changes {files}: waiting for the owner before any rollback")
         release = await self._set(release, "asking", asked=question, detail=detail)
-        await self._say(release, ask)
+        await self._put(release)
         return release
+
+    async def _put(self, release: ReleaseRecord) -> None:
+        """Put the release's question to the owner: with buttons through `ask` (its answer is taken as the
+        owner's, unless one came another way first), else as a message through `tell`."""
+        how = f'POST /releases/{release.id}/answer {{"answer": "go"}} or {{"answer": "hold"}}'
+        if release.asked == "deploy":
+            text = (f"PR #{release.number} (release {release.id}): {release.detail}. Back up the database, then "
+                    f"answer release {release.id}: go (deploy it now) or hold (keep it merged and undeployed); {how}.")
+        else:
+            text = (f"PR #{release.number} (release {release.id}): {release.detail}. A rollback of the code does not "
+                    "undo a migration: the old version would run against the migrated database. Answer release "
+                    f"{release.id}: go (roll back anyway) or hold (keep it running and roll forward with a fix); "
+                    f"{how}.")
+        ask = self._ask_owner
+        if ask is None:
+            await self._say(release, text)
+            return
+        self._note(release, text)
+
+        async def hear() -> None:
+            try:
+                go = await ask(text)
+            except Exception:  # the chat being down leaves the API's answer
+                log.warning("could not ask the owner about release %s", release.id, exc_info=True)
+                return
+            with contextlib.suppress(ForgeConflict, KeyError):  # answered another way meanwhile
+                await self.answer(release.id, go, actor="telegram:owner")
+
+        # Not one of the release's jobs: waiting on the owner is not work in flight (wait_idle does not wait on it).
+        job = self._questions[release.id] = asyncio.ensure_future(hear())
+        job.add_done_callback(lambda done: self._questions.pop(release.id, None) if
+                              self._questions.get(release.id) is done else None)
 
     @staticmethod
     def _migration_words(release: ReleaseRecord) -> str:
@@ -285,11 +314,14 @@ class Releases:
             else:
                 self._launch(self._guarded(release, self._drive(release)))
             resumed.append(release.id)
+        if self._ask_owner is not None:  # the buttons of a question put before the stop answer nothing now
+            for release in await self.rows.find(states=("asking",), limit=100):
+                await self._put(release)
         return resumed
 
     async def aclose(self) -> None:
         """Stop every job where it is; its row says where, and the next start resumes it."""
-        jobs = list(self._jobs)
+        jobs = [*self._jobs, *self._questions.values()]
         for job in jobs:
             job.cancel()
         await asyncio.gather(*jobs, return_exceptions=True)
