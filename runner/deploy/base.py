@@ -97,6 +97,18 @@ class DeployResult:
     logs_tail: str = ""
     ran: bool = True
 
+    @classmethod
+    def failed(cls, version: str, detail: str, started: float, logs: str = "") -> DeployResult:
+        """The step did not run to its end; timed from `started` (time.monotonic()), its logs' tail kept."""
+        return cls(ok=False, version=version, healthy=False, detail=detail,
+                   duration_seconds=time.monotonic() - started, logs_tail=tail(logs))
+
+    @classmethod
+    def done(cls, version: str, healthy: bool, detail: str, started: float, logs: str = "") -> DeployResult:
+        """The step ran, and the service then was `healthy` or not; timed and tailed as `failed` is."""
+        return cls(ok=True, version=version, healthy=healthy, detail=detail,
+                   duration_seconds=time.monotonic() - started, logs_tail=tail(logs))
+
     @property
     def succeeded(self) -> bool:
         return self.ok and self.healthy
@@ -214,9 +226,7 @@ async def _emit(on_event: EventSink | None, event: DeployEvent) -> None:
 
 def failed_result(source: DeploySource, exc: DeployError, started: float) -> DeployResult:
     """A step whose machinery failed, as a result (`started`: time.monotonic() when it began)."""
-    return DeployResult(
-        ok=False, version=source.sha, healthy=False, detail=str(exc), duration_seconds=time.monotonic() - started
-    )
+    return DeployResult.failed(source.sha, str(exc), started)
 
 
 Step = Callable[[DeployAction, DeploySource], Awaitable[DeployResult]]
@@ -241,13 +251,15 @@ async def deploy_with_rollback(
     async def direct(action: DeployAction, target: DeploySource) -> DeployResult:
         return await (deployer.deploy(target) if action == "deploy" else deployer.rollback(target))
 
-    run = step or direct
+    async def attempt(action: DeployAction, target: DeploySource) -> DeployResult:
+        started = time.monotonic()
+        try:
+            return await (step or direct)(action, target)
+        except DeployError as exc:
+            return failed_result(target, exc, started)
+
     await _emit(on_event, DeployEvent("deploying", source.sha))
-    started = time.monotonic()
-    try:
-        deployed = await run("deploy", source)
-    except DeployError as exc:
-        deployed = failed_result(source, exc, started)
+    deployed = await attempt("deploy", source)
     if deployed.succeeded:
         await _emit(on_event, DeployEvent("deployed", source.sha, deployed.detail))
         return Outcome(deployed)
@@ -256,11 +268,7 @@ async def deploy_with_rollback(
     if previous is None:
         return Outcome(deployed)
     await _emit(on_event, DeployEvent("rolling_back", previous.sha))
-    started = time.monotonic()
-    try:
-        rolled_back = await run("rollback", previous)
-    except DeployError as exc:
-        rolled_back = failed_result(previous, exc, started)
+    rolled_back = await attempt("rollback", previous)
     kind: DeployEventKind = "rolled_back" if rolled_back.succeeded else "rollback_failed"
     await _emit(on_event, DeployEvent(kind, previous.sha, rolled_back.detail))
     return Outcome(deployed, rolled_back)

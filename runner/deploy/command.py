@@ -37,7 +37,6 @@ from runner.deploy.base import (
     DeployResult,
     DeploySource,
     Fence,
-    tail,
 )
 from runner.deploy.health import Verdict, health_client, probe_http, wait_healthy
 
@@ -148,13 +147,10 @@ class CommandDeployer:
         status = int((place / "status").read_text().strip() or "1")
         by = "begun by a previous supervisor process"
         if status != 0:
-            return DeployResult(ok=False, version=fence.sha, healthy=False,
-                                detail=f"{fence.action} command {by} exited {status}",
-                                duration_seconds=time.monotonic() - started, logs_tail=tail(output))
+            return DeployResult.failed(fence.sha, f"{fence.action} command {by} exited {status}", started, output)
         healthy, health_detail = await self._health(self._environment(source, fence.action))
-        return DeployResult(ok=True, version=fence.sha, healthy=healthy,
-                            detail=f"{fence.action} command {by} ran to its end; {health_detail}",
-                            duration_seconds=time.monotonic() - started, logs_tail=tail(output))
+        return DeployResult.done(fence.sha, healthy, f"{fence.action} command {by} ran to its end; {health_detail}",
+                                 started, output)
 
     def _environment(self, source: DeploySource, action: str) -> dict[str, str]:
         env = {key: os.environ[key] for key in INHERITED if key in os.environ}
@@ -172,24 +168,11 @@ class CommandDeployer:
             run = await self._fenced(Path(fence.place), fence, env)
         if run.returncode != 0:
             why = f"timed out after {self.timeout:g}s" if run.returncode is None else f"exited {run.returncode}"
-            return DeployResult(
-                ok=False,
-                version=source.sha,
-                healthy=False,
-                detail=f"{action} command {why}",
-                duration_seconds=time.monotonic() - started,
-                logs_tail=tail(run.output),
-            )
+            return DeployResult.failed(source.sha, f"{action} command {why}", started, run.output)
         command_seconds = time.monotonic() - started
         healthy, health_detail = await self._health(env)
-        return DeployResult(
-            ok=True,
-            version=source.sha,
-            healthy=healthy,
-            detail=f"{action} command ran in {command_seconds:.2f}s; {health_detail}",
-            duration_seconds=time.monotonic() - started,
-            logs_tail=tail(run.output),
-        )
+        detail = f"{action} command ran in {command_seconds:.2f}s; {health_detail}"
+        return DeployResult.done(source.sha, healthy, detail, started, run.output)
 
     async def _health(self, env: Mapping[str, str]) -> tuple[bool, str]:
         if self.health_url is None and self.health_command is None:

@@ -32,7 +32,6 @@ from runner.deploy.base import (
     DeployResult,
     DeploySource,
     Fence,
-    tail,
 )
 from runner.deploy.health import Verdict, health_client, probe_http, wait_healthy
 from runner.docker_engine import EngineUnavailable, connect, short
@@ -174,15 +173,11 @@ class DockerDeployer:
                 lambda: self._check(container), timeout=self.health_timeout, interval=self.health_interval
             )
             verdict = "healthy" if health.healthy else "unhealthy"
-            return DeployResult(
-                ok=True,
-                version=fence.sha,
-                healthy=health.healthy,
-                detail=(f"{fence.action} {fence.sha[:12]} found running as {self.service} (begun by a previous "
-                        f"supervisor process); {verdict} after {health.seconds:.2f}s: {health.detail}"),
-                duration_seconds=time.monotonic() - started,
-                logs_tail=tail(await self._logs(container)),
-            )
+            return DeployResult.done(
+                fence.sha, health.healthy,
+                f"{fence.action} {fence.sha[:12]} found running as {self.service} (begun by a previous "
+                f"supervisor process); {verdict} after {health.seconds:.2f}s: {health.detail}",
+                started, await self._logs(container))
 
     async def _release(self, source: DeploySource, action: str) -> DeployResult:
         if not _SHA.match(source.sha):
@@ -193,14 +188,8 @@ class DockerDeployer:
                 image = await self._image(source)
             except _BuildFailed as exc:
                 # The running container was not touched: the old version still serves.
-                return DeployResult(
-                    ok=False,
-                    version=source.sha,
-                    healthy=False,
-                    detail=f"{action}: {exc.detail}; the running container was left as it was",
-                    duration_seconds=time.monotonic() - started,
-                    logs_tail=tail(exc.log),
-                )
+                return DeployResult.failed(
+                    source.sha, f"{action}: {exc.detail}; the running container was left as it was", started, exc.log)
             replace_started = time.monotonic()
             container = await self._replace(image.tag, source.sha)
             replace_seconds = time.monotonic() - replace_started
@@ -210,17 +199,11 @@ class DockerDeployer:
             logs = await self._logs(container)
             how = f"built in {image.seconds:.2f}s" if image.built else f"image reused ({image.seconds:.2f}s)"
             verdict = "healthy" if health.healthy else "unhealthy"
-            return DeployResult(
-                ok=True,
-                version=source.sha,
-                healthy=health.healthy,
-                detail=(
-                    f"{action} {source.sha[:12]} as {self.service}: {how}, container replaced in "
-                    f"{replace_seconds:.2f}s, {verdict} after {health.seconds:.2f}s: {health.detail}"
-                ),
-                duration_seconds=time.monotonic() - started,
-                logs_tail=tail(logs),
-            )
+            return DeployResult.done(
+                source.sha, health.healthy,
+                f"{action} {source.sha[:12]} as {self.service}: {how}, container replaced in "
+                f"{replace_seconds:.2f}s, {verdict} after {health.seconds:.2f}s: {health.detail}",
+                started, logs)
 
     async def _image(self, source: DeploySource) -> _Image:
         client = await self._docker()
