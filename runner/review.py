@@ -40,7 +40,9 @@ MAX_DROPPED_KEPT = 20  # reasons kept per review (the count is always whole)
 MAX_BLOCK_CHARS = 32_000_000  # a block beyond this is not parsed at all (json.loads of it costs memory)
 TELEGRAM_LIMIT = 4096
 
-_BLOCK = re.compile(r"^```json[ \t]*\n(.*?)\n```[ \t]*$", re.MULTILINE | re.DOTALL)
+_OPEN = re.compile(r"```json[ \t]*")
+_CLOSE = re.compile(r"```[ \t]*")
+MAX_BODY_CHARS = 60_000  # GitHub refuses a review body over 65,536 characters (and then posts nothing)
 _PR_REQUEST = re.compile(r"\AReview pull request #(\d{1,9})\b")
 _REF_REQUEST = re.compile(r"\AReview the change ([A-Za-z0-9][A-Za-z0-9._/~^-]{0,199})(?=[\s;:,]|\Z)")
 
@@ -167,12 +169,12 @@ class Review:
 def candidates(text: str) -> tuple[str, str, tuple[Candidate, ...], str]:
     """(prose, verdict, candidates, problem) from the agent's last message: its last ```json block holding an
     object with a `findings` list. `problem` says why none could be read ("" when the block was read)."""
-    blocks = list(_BLOCK.finditer(text))
-    if not blocks:
+    block = _last_block(text)
+    if block is None:
         return _summary(text), "", (), "the review has no ```json block of findings"
-    block = blocks[-1]
-    prose = _summary(text[: block.start()] + text[block.end():])
-    raw = block.group(1)
+    start, end = block
+    prose = _summary(text[:start] + text[end:])
+    raw = text[start:end].split("\n", 1)[1].rsplit("\n", 1)[0] if text[start:end].count("\n") >= 1 else ""
     if len(raw) > MAX_BLOCK_CHARS:
         return prose, "", (), f"the findings block is over {MAX_BLOCK_CHARS} characters; not read"
     try:
@@ -181,6 +183,23 @@ def candidates(text: str) -> tuple[str, str, tuple[Candidate, ...], str]:
         return prose, "", (), f"the findings block is not JSON ({str(exc)[:120]})"
     verdict, found, problem = structured(data)
     return prose, verdict, found, problem
+
+
+def _last_block(text: str) -> tuple[int, int] | None:
+    """Where the last ```json block is (from its opening line to the end of its closing one), in one pass over
+    the lines: the text is the agent's, and a regex that rescans from each opening fence would let it make
+    the supervisor's loop spin (a million unclosed fences)."""
+    found: tuple[int, int] | None = None
+    opened: int | None = None
+    at = 0
+    for line in text.splitlines(keepends=True):
+        bare = line.rstrip("\r\n")
+        if opened is None and _OPEN.fullmatch(bare):
+            opened = at
+        elif opened is not None and _CLOSE.fullmatch(bare):
+            found, opened = (opened, at + len(bare)), None
+        at += len(line)
+    return found
 
 
 def structured(data: object) -> tuple[str, tuple[Candidate, ...], str]:
@@ -352,9 +371,16 @@ def markdown_body(review: Review, off_diff: Sequence[Finding], *, where: str = "
                      "(see the task's audit log).")
     if review.summary:
         parts.append(_md_fence(review.summary))
-    for finding in off_diff:
-        parts.append(f"`{finding.path.replace('`', '')}:{finding.line}`{f' ({where})' if where else ''}\n\n"
-                     f"{markdown_comment(finding)}")
+    size = sum(len(p) + 2 for p in parts)
+    for i, finding in enumerate(off_diff):
+        part = (f"`{finding.path.replace('`', '')}:{finding.line}`{f' ({where})' if where else ''}\n\n"
+                f"{markdown_comment(finding)}")
+        if size + len(part) > MAX_BODY_CHARS - 200:
+            parts.append(f"… and {len(off_diff) - i} more finding{'s' if len(off_diff) - i != 1 else ''}, too "
+                         "long for one review: the task's result holds them all.")
+            break
+        parts.append(part)
+        size += len(part) + 2
     return "\n\n".join(parts)
 
 

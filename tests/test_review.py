@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import json
 import re
+import time
 from collections.abc import Sequence
 
 import pytest
@@ -169,3 +170,18 @@ def test_structured_output_is_read_as_the_block_is_and_its_schema_asks_the_same_
     assert structured(data) == candidates(message(findings, verdict="approve"))[1:]
     item = SCHEMA["properties"]["findings"]["items"]
     assert set(item["required"]) == set(findings[0]) and item["properties"]["severity"]["enum"] == list(SEVERITIES)
+
+
+def test_candidates_read_a_message_full_of_unclosed_fences_in_linear_time() -> None:
+    hostile = "```json\n" * 300_000  # no closing fence: a regex rescanning from each opening one takes hours
+    started = time.monotonic()
+    _, _, found, problem = candidates(hostile)
+    assert time.monotonic() - started < 10.0
+    assert found == () and "no ```json block" in problem
+
+
+def test_markdown_body_stays_under_githubs_limit() -> None:
+    many = [Finding("bot.py", i + 1, "minor", "y" * MAX_FINDING_CHARS) for i in range(MAX_FINDINGS)]
+    body = markdown_body(Review(summary="s" * 3000, findings=tuple(many)), many)
+    assert len(body) < 65_536
+    assert body.endswith("more findings, too long for one review: the task's result holds them all.")
