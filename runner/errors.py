@@ -33,7 +33,7 @@
     │   ├── RateLimited             a limit or a fingerprint's cooldown refused it; carries retry_after
     │   ├── PolicyVersionNotFound   no policy version with that number
     │   ├── ProposalVoid            a policy proposal that can no longer be confirmed
-    │   └── BadRequest              an HTTP request that is malformed: 400, or 413 (runner.api.routes)
+    │   └── BadRequest              an HTTP request that is malformed: 400, or 413 (runner.api.endpoints)
     └── StateError                  the state file (SQLite) failed; the message names the file
         ├── StateFull               its disk is full: nothing more can be recorded until space is freed
         └── StateCorrupt            it is damaged (truncated, overwritten, not a database): restore a backup
