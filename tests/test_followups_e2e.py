@@ -49,6 +49,7 @@ API_TOKEN = "owner-api-token"
 HOOK_SECRET = "github-webhook-secret"
 OWNER_TG = 777
 ASK = "greet with an exclamation mark"
+PROMPT = "fix average_spend for users without spending, and add a greet(name) helper"
 
 
 @dataclass
@@ -112,10 +113,10 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
                                                  forge=forge), lambda _line: None)
 
             app = create_app(settings, runtime=runtime)
-            async with serve_tcp(app, lifespan="on", timeout=90) as url:
+            async with serve_tcp(app, lifespan="on", timeout=180) as url:  # start-up on shared cores
                 service: Service = app.state.service
                 async with httpx.AsyncClient(base_url=url, headers=_auth(), timeout=30) as client:
-                    answer = await client.post("/agent/command", json={"prompt": "fix average_spend for users without spending, and add a greet(name) helper"})
+                    answer = await client.post("/agent/command", json={"prompt": PROMPT})
                 assert answer.status_code == 202, answer.text
                 task_id = answer.json()["task_id"]
 

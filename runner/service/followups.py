@@ -21,12 +21,13 @@ from typing import Any, Protocol
 
 from runner import tasklock
 from runner.errors import RunnerError, TaskError
+from runner.followup import run_follow_up
 from runner.models import FOLLOW_UP_STATES, FollowUp, FollowUpOutcome, FollowUpState, Progress, TaskId, TaskState
 from runner.service.runtime import Runtime
 from runner.service.scheduler import WINDOW_SECONDS, Scheduler
 from runner.sqlite import Database
 from runner.store import Store, TaskRecord
-from runner.supervisor import Deps, run_follow_up, task_lock
+from runner.supervisor import Deps, task_lock
 
 log = logging.getLogger("agent_runner.followups")
 
