@@ -656,9 +656,11 @@ async def test_a_migration_question_outlives_a_restart_and_is_answered_after_it(
     assert done.state == "deployed" and bot.running == done.merge_sha
 
 
-async def _migration_pr(tmp_path: Path, repos: Repos, bot: Bot) -> PullRequest:
+async def _migration_pr(tmp_path: Path, repos: Repos, bot: Bot, *, broken: bool = False) -> PullRequest:
     async with LocalGitForge(repos.origin, tmp_path / "forge.sqlite3") as forge:
         repos.commit(MIGRATION, "def upgrade(): ...\n", "add a migration", branch="agent/migration")
+        if broken:  # the bot's health check fails on a tree holding broken.py
+            repos.commit("broken.py", "raise SystemExit\n", "break the bot")
         await forge.push_branch(repos.clone, "agent/migration")
         pr = await forge.open_pr("Add a migration", "body", "agent/migration", "main")
     bot.state.write_text(repos.head("main") or "")
@@ -807,3 +809,30 @@ async def test_an_api_answer_spends_the_chats_question_and_a_restart_puts_it_aga
         await asyncio.sleep(0)
         assert len(stopped) == 2  # answered over the API: the question put again is withdrawn
     assert done.state == "held" and bot.deploys() == []
+
+
+@pytest.mark.docker  # the fix task it queues starts a sandbox
+async def test_holding_an_unhealthy_migration_release_queues_a_fix_to_roll_forward(tmp_path: Path, repos: Repos,
+                                                                                   bot: Bot) -> None:
+    pr = await _migration_pr(tmp_path, repos, bot, broken=True)
+    app, _ = _service(tmp_path, repos, bot)
+    async with serve_tcp(app, lifespan="on") as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        approved = await client.post("/agent/approve-pr", headers=OWNER_API,
+                                     json={"number": pr.number, "head_sha": pr.head_sha})
+        link = approved.json()["links"]["release"]
+        release_id = (await _release_state(client, link, ("approved", "merging", "deploying")))["id"]
+        await client.post(f"/releases/{release_id}/answer", headers=OWNER_API, json={"answer": "go"})
+        async with asyncio.timeout(30):  # deploying, then asking again: about the rollback this time
+            while "before any rollback" not in (unhealthy := (await client.get(link, headers=OWNER_API)).json())[
+                    "detail"]:
+                await asyncio.sleep(0.05)
+        assert bot.running == unhealthy["merge_sha"]  # not rolled back without the owner
+        held = await client.post(f"/releases/{release_id}/answer", headers=OWNER_API, json={"answer": "hold"})
+        done = await _release_state(client, link, ("asking",))
+        tasks = (await client.get("/tasks", headers=OWNER_API)).json()["tasks"]
+        fix = (await client.get(f"/tasks/{tasks[0]['id']}", headers=OWNER_API)).json() if tasks else {}
+    assert "before any rollback" in unhealthy["detail"] and held.status_code == 200
+    assert done["state"] == "deployed" and bot.running == done["merge_sha"] and done["revert_sha"] is None
+    assert len(tasks) == 1 and f"fix task {fix['id']} is queued" in done["detail"]
+    assert fix["kind"] == "fix" and "fix forward rather than roll back" in fix["prompt"]
+    assert "unhealthy after the deploy" in fix["prompt"] and "release-data" in fix["prompt"]

@@ -124,6 +124,7 @@ class Releases:
                  progress: TaskProgress = lambda _task, _line: None, tell: Tell | None = None,
                  migrations: Callable[[], Migrations] = lambda: NO_MIGRATIONS,
                  ask: Callable[[str], Awaitable[bool]] | None = None,
+                 fix: Callable[[ReleaseRecord, str], Awaitable[str]] | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         self.rows = rows
         self._store = store
@@ -137,6 +138,7 @@ class Releases:
         self._tell = tell
         self._migrations = migrations  # read at each merge: the policy the owner has active then
         self._ask_owner = ask
+        self._fix = fix  # (release, actor) -> the id of a fix task queued for the error it was kept running with
         self._questions: dict[int, asyncio.Task[None]] = {}
         self._clock = clock
         self._lock = asyncio.Lock()  # one merge and deploy at a time
@@ -206,11 +208,23 @@ class Releases:
                 verdict = await self._verdict_of(release) or Verdict(release.detail, None)
                 self._launch(self._guarded(release, self._consented_rollback(release, verdict)))
             else:
+                forward = await self._roll_forward(release, actor)
                 release = await self._set(release, "deployed", asked=None, consent="hold",
                                           detail=f"kept running on the owner's word ({release.detail}); roll "
-                                                 "forward with a fix")
+                                                 f"forward with a fix{forward}")
                 await self._say(release, f"PR #{release.number}: {release.detail}")
             return release
+
+    async def _roll_forward(self, release: ReleaseRecord, actor: str) -> str:
+        """Start the fix the owner chose over a rollback, if a `fix` hook was given; how that went, in words."""
+        if self._fix is None:
+            return ""
+        try:
+            task_id = await self._fix(release, actor)
+        except Exception as exc:  # a full hourly limit, a missing repository: the owner starts it by hand
+            log.warning("no fix task for release %s: %s", release.id, exc)
+            return f" (no fix task was started: {exc})"
+        return f": fix task {task_id} is queued"
 
     async def _consented_rollback(self, release: ReleaseRecord, verdict: Verdict) -> None:
         # Under the release lock: a release approved meanwhile deploys after this rollback, never during it.
