@@ -28,6 +28,7 @@ from tests.fakes.app import (
     app_client,
     owner_app,
     owner_settings,
+    raw_post,
     serve_app,
     serve_process,
 )
@@ -211,23 +212,6 @@ async def test_health_needs_no_token_and_metrics_count_tasks_by_state(tmp_path: 
     assert 'agent_runner_autofix_tasks{state="failed"} 0' in metrics.text
 
 
-async def _raw_post(port: int, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    """One client, one connection, one request. The load is made this way, not with one httpx client, because
-    httpcore's pool scans every connection on every request: with 200 at once it measured itself, not the server.
-    """
-    data = json.dumps(body).encode()
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: application/json\r\nConnection: close\r\nContent-Length: {len(data)}\r\n\r\n")
-    writer.write(head.encode() + data)
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    status_line, _, rest = raw.partition(b"\r\n")
-    return int(status_line.split()[1]), json.loads(rest.partition(b"\r\n\r\n")[2])
-
-
 async def test_app_burst_of_commands_every_request_answered(tmp_path: Path) -> None:
     burst, limit = 200, 150
     app = owner_app(tmp_path / "home", commands=limit)
@@ -235,7 +219,9 @@ async def test_app_burst_of_commands_every_request_answered(tmp_path: Path) -> N
     async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=60) as client:
         port = int(url.rsplit(":", 1)[1])
         started = time.perf_counter()
-        answers = await asyncio.gather(*(_raw_post(port, "/agent/command", body) for _ in range(burst)))
+        raw = json.dumps(body).encode()
+        answers = [(code, data) for code, _, data in
+                   await asyncio.gather(*(raw_post(port, "/agent/command", raw) for _ in range(burst)))]
         elapsed = time.perf_counter() - started
         codes = [code for code, _ in answers]
         accepted = {data["task_id"] for code, data in answers if code == 202}

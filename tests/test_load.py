@@ -20,6 +20,7 @@ import policy
 from runner.models import TaskState
 from runner.sample import create_sample_repo
 from runner.sandbox.base import LABEL_TASK
+from tests.fakes.app import raw_post
 from tests.fakes.net import free_port
 
 TOKEN = "owner-token-for-load"
@@ -46,23 +47,6 @@ def _raise_file_limit(needed: int) -> None:
     if soft != resource.RLIM_INFINITY and soft < needed:
         resource.setrlimit(resource.RLIMIT_NOFILE, (needed if hard == resource.RLIM_INFINITY else min(needed, hard),
                                                     hard))
-
-
-async def _post(port: int, body: bytes) -> tuple[int, dict[str, str], dict[str, Any]]:
-    """One client: its own TCP connection, one POST /agent/command, the status, headers and JSON body."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    head = (f"POST /agent/command HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {TOKEN}\r\n"
-            f"Content-Type: application/json\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n")
-    writer.write(head.encode() + body)
-    await writer.drain()
-    raw = await reader.read()
-    writer.close()
-    await writer.wait_closed()
-    head_bytes, _, payload = raw.partition(b"\r\n\r\n")
-    status_line, *header_lines = head_bytes.decode("latin-1").split("\r\n")
-    headers = {name.strip().lower(): value.strip()
-               for name, _, value in (line.partition(":") for line in header_lines)}
-    return int(status_line.split()[1]), headers, json.loads(payload)
 
 
 def _serving_pid(pid: int, port: int) -> int:
@@ -132,7 +116,7 @@ async def test_serve_burst_of_1000_commands_answers_all_and_drains_with_two_sand
             server_pid = _serving_pid(proc.pid, port)
 
             started = time.perf_counter()
-            answers = await asyncio.gather(*(_post(port, body) for _ in range(BURST)))
+            answers = await asyncio.gather(*(raw_post(port, "/agent/command", body, TOKEN) for _ in range(BURST)))
             burst_seconds = time.perf_counter() - started
 
             accepted = {data["task_id"] for status, _, data in answers if status == 202}

@@ -24,8 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Literal
 
-import httpx
-
 from runner import tasklock
 from runner.deploy.base import (
     DEFAULT_DEPLOY_TIMEOUT,
@@ -38,7 +36,7 @@ from runner.deploy.base import (
     DeploySource,
     Fence,
 )
-from runner.deploy.health import Verdict, health_client, probe_http, wait_healthy
+from runner.deploy.health import HttpProbe, Verdict, wait_healthy
 
 ENV_SHA = "AGENT_RUNNER_DEPLOY_SHA"
 ENV_REPO = "AGENT_RUNNER_DEPLOY_REPO"
@@ -101,7 +99,7 @@ class CommandDeployer:
         self._runs = runs
         self._scratch: Path | None = None
         self._clock = clock
-        self._http: httpx.AsyncClient | None = None
+        self._probe = HttpProbe()
         self._one = asyncio.Lock()  # one command at a time: two would race over the one service
 
     async def __aenter__(self) -> CommandDeployer:
@@ -111,9 +109,7 @@ class CommandDeployer:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        await self._probe.aclose()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
@@ -184,9 +180,7 @@ class CommandDeployer:
 
     async def _check(self, env: Mapping[str, str]) -> tuple[Verdict, str]:
         if self.health_url is not None:
-            if self._http is None:
-                self._http = health_client()
-            return await probe_http(self._http, self.health_url)
+            return await self._probe(self.health_url)
         assert self.health_command is not None
         # Each probe gets at most one polling interval's worth of patience beyond a floor of a few seconds.
         run = await self._shell(self.health_command, env, max(5.0, self.health_interval))

@@ -21,7 +21,6 @@ from typing import Any, TypeVar
 
 import docker
 import docker.errors
-import httpx
 
 from runner.deploy.base import (
     DEFAULT_DEPLOY_TIMEOUT,
@@ -33,7 +32,7 @@ from runner.deploy.base import (
     DeploySource,
     Fence,
 )
-from runner.deploy.health import Verdict, health_client, probe_http, wait_healthy
+from runner.deploy.health import HttpProbe, Verdict, wait_healthy
 from runner.docker_engine import EngineUnavailable, connect, short
 from runner.gitops import GitError, run_git
 
@@ -133,7 +132,7 @@ class DockerDeployer:
         self.work_dir = work_dir
         self._client = client
         self._owns_client = client is None
-        self._http: httpx.AsyncClient | None = None
+        self._probe = HttpProbe()
         # One release at a time: two deploys racing would fight over the container name and port.
         self._lock = asyncio.Lock()
 
@@ -145,9 +144,7 @@ class DockerDeployer:
         await self.aclose()
 
     async def aclose(self) -> None:
-        if self._http is not None:
-            await self._http.aclose()
-            self._http = None
+        await self._probe.aclose()
         if self._client is not None and self._owns_client:
             await asyncio.to_thread(self._client.close)
             self._client = None
@@ -375,9 +372,7 @@ class DockerDeployer:
                 return "healthy", said
         if self.port is None:
             return "healthy", "container running (no health check configured)"
-        if self._http is None:
-            self._http = health_client()
-        return await probe_http(self._http, f"http://127.0.0.1:{self.port}{self.health_path}")
+        return await self._probe(f"http://127.0.0.1:{self.port}{self.health_path}")
 
     async def _logs(self, container: Any) -> str:
         try:

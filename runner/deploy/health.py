@@ -41,6 +41,24 @@ async def probe_http(client: httpx.AsyncClient, url: str) -> tuple[Verdict, str]
     return "waiting", f"GET {url} -> {response.status_code} {response.text[:200]}"
 
 
+class HttpProbe:
+    """The deployer's HTTP health probe: `await probe(url)`. Its client opens at the first probe (a deployer that
+    never checks over HTTP holds no connection) and closes with the deployer (`aclose`)."""
+
+    def __init__(self) -> None:
+        self._client: httpx.AsyncClient | None = None
+
+    async def __call__(self, url: str) -> tuple[Verdict, str]:
+        if self._client is None:
+            self._client = health_client()
+        return await probe_http(self._client, url)
+
+    async def aclose(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+
+
 async def wait_healthy(
     check: Callable[[], Awaitable[tuple[Verdict, str]]], *, timeout: float, interval: float
 ) -> Health:

@@ -6,9 +6,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 from starlette.applications import Starlette
@@ -25,7 +27,7 @@ from runner.supervisor import Deps
 from runner.unix_server import serve_tcp
 
 __all__ = ["ALERTS", "ALERT_SECRET", "OWNER", "TOKEN", "app_client", "failing_runtime", "owner_app", "owner_settings",
-           "serve_app", "serve_process"]
+           "raw_post", "serve_app", "serve_process"]
 
 TOKEN = "owner-token-for-tests"
 ALERT_SECRET = "alert-secret-for-tests"
@@ -89,3 +91,24 @@ async def serve_process(env: dict[str, str], port: int) -> AsyncIterator[asyncio
         if proc.returncode is None:
             proc.terminate()
         await asyncio.wait_for(proc.wait(), 60)
+
+
+async def raw_post(port: int, path: str, body: bytes, token: str = TOKEN) -> tuple[int, dict[str, str], Any]:
+    """One client: its own TCP connection, one JSON POST with the owner's token; the status, headers and JSON body.
+
+    A burst is made this way, not with one httpx client, because httpcore's pool scans every connection on every
+    request: with 200 at once it measured itself, not the server.
+    """
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Type: application/json\r\nConnection: close\r\nContent-Length: {len(body)}\r\n\r\n")
+    writer.write(head.encode() + body)
+    await writer.drain()
+    raw = await reader.read()
+    writer.close()
+    await writer.wait_closed()
+    head_bytes, _, payload = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head_bytes.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip()
+               for name, _, value in (line.partition(":") for line in header_lines)}
+    return int(status_line.split()[1]), headers, json.loads(payload)
