@@ -2,9 +2,9 @@
 from the API, a Telegram reply and a signed GitHub PR comment, each ending with a second commit on the same PR
 (a fast-forward of its head), the agent's earlier session resumed, and an approval at the old head refused.
 
-One fixture brings the service up (fake GitHub over its real REST shapes and git's smart HTTP, fake Telegram
-over the Bot API, the service's own HTTP on loopback) and runs the first task to its PR: each test then follows
-up through one front end.
+One service for the module (fake GitHub over its real REST shapes and git's smart HTTP, fake Telegram over the
+Bot API, the service's own HTTP on loopback) starts one first task per test side by side; each test takes its
+task at its PR and follows up through one front end.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import pytest_asyncio
 
 import policy
 from runner.app import create_app
@@ -41,7 +42,7 @@ from tests.fakes.github import FakeGitHub, GitHttpServer
 from tests.fakes.github_webhooks import add_comment, comment_event, deliver
 from tests.fakes.telegram import BOT_ID, FakeTelegram, serve
 
-pytestmark = pytest.mark.docker
+pytestmark = [pytest.mark.docker, pytest.mark.asyncio(loop_scope="module")]
 
 FOLLOW_UP = Path(__file__).parents[1] / "runner" / "data" / "scenarios" / "follow-up.yaml"
 TOKEN = "ghp_fake-token-of-the-supervisor"
@@ -87,8 +88,20 @@ async def _value(value: object) -> object:
     return await value if asyncio.iscoroutine(value) else value
 
 
-@pytest.fixture
-async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
+@dataclass
+class Service_:
+    url: str
+    service: Service
+    github: FakeGitHub
+    telegram: FakeTelegram
+    bare: Path
+    first_tasks: list[str]
+    """One first task per test, all submitted at start-up so that they run side by side."""
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def running(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Service_]:
+    tmp_path = tmp_path_factory.mktemp("followups")
     bare = await create_sample_repo(tmp_path / "served")
     home = tmp_path / "home"
     with GitHttpServer(bare.parent, TOKEN).running() as git_server:
@@ -114,20 +127,31 @@ async def stack(tmp_path: Path) -> AsyncIterator[Stack]:
 
             app = create_app(settings, runtime=runtime)
             async with serve_tcp(app, lifespan="on", timeout=180) as url:  # start-up on shared cores
-                service: Service = app.state.service
+                firsts = []
                 async with httpx.AsyncClient(base_url=url, headers=_auth(), timeout=30) as client:
-                    answer = await client.post("/agent/command", json={"prompt": PROMPT})
-                assert answer.status_code == 202, answer.text
-                task_id = answer.json()["task_id"]
+                    # Words that differ early: two tasks with the same words, side by side, would pick the same
+                    # branch name (runner.prbody.branch_name only knows the branches that exist already).
+                    for front in ("api", "telegram", "github"):
+                        answer = await client.post("/agent/command", json={"prompt": f"{front}: {PROMPT}"})
+                        assert answer.status_code == 202, answer.text
+                        firsts.append(answer.json()["task_id"])
+                yield Service_(url, app.state.service, github, telegram, bare, firsts)
 
-                async def proposed() -> bool:
-                    return (await service.store.get_task(task_id)).state.terminal or \
-                        (await service.store.get_task(task_id)).state is TaskState.PROPOSED
 
-                await until(proposed, 300, "the first task's PR")
-                task = await service.store.get_task(task_id)
-                assert task.state is TaskState.PROPOSED, task.reason
-                yield Stack(url, service, github, telegram, bare, task)
+@pytest_asyncio.fixture(loop_scope="module")
+async def stack(running: Service_) -> Stack:
+    """The service, and a first task of its own at its PR (one each test follows up)."""
+    task_id = running.first_tasks.pop(0)
+    service = running.service
+
+    async def ended() -> bool:
+        task = await service.store.get_task(task_id)
+        return task.state.terminal or task.state is TaskState.PROPOSED
+
+    await until(ended, 400, "the first task's PR")
+    task = await service.store.get_task(task_id)
+    assert task.state is TaskState.PROPOSED, task.reason
+    return Stack(running.url, service, running.github, running.telegram, running.bare, task)
 
 
 def _auth() -> dict[str, str]:
@@ -200,7 +224,7 @@ async def test_telegram_reply_follow_up_adds_a_second_commit_and_the_old_buttons
     old_approve = next(data for text, data in tg.buttons(OWNER_TG, first) if "Approve" in text)
     reply = tg._user_message(OWNER_TG, text=ASK, reply_to_message=tg.messages[(OWNER_TG, first)])
     tg._push({"message": reply})
-    await tg.wait_for(lambda: any("Follow-up" in t and "queued" in t for t in tg.texts(OWNER_TG)), timeout=60)
+    await tg.wait_for(lambda: any(f"on PR #{stack.number} queued" in t for t in tg.texts(OWNER_TG)), timeout=60)
     assert stack.service.followups is not None
     follow = (await stack.service.followups.rows.find(task_id=stack.task.id))[0]
     assert follow.source == "telegram" and follow.actor == "telegram:owner"
