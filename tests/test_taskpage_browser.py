@@ -23,7 +23,7 @@ from starlette.applications import Starlette
 
 from runner.links import sign_init_data, task_link
 from runner.taskpage import task_page_routes
-from tests.test_taskpage import BOT_TOKEN, HOSTILE, OWNER, SECRET, Seeded, seed
+from tests.fakes.taskpage import BOT_TOKEN, HOSTILE, OWNER, SECRET, Seeded, seed
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # The README's screenshot is refreshed on purpose (TASK_PAGE_SCREENSHOT=docs/task-page.png); a plain run keeps
