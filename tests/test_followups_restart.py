@@ -1,11 +1,13 @@
 """A supervisor killed mid-follow-up (SIGKILL of `serve`, so nothing of it runs its clean-up): the next start fails
 the follow-up cleanly (nothing was pushed, the PR stays at the head the owner was shown and can be approved
-there), reaps its sandbox, and the PR takes a new follow-up."""
+there), reaps its sandbox, and the PR takes a new follow-up; without a kept session that one starts a new session
+and says so."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -101,8 +103,23 @@ async def test_serve_killed_mid_follow_up_fails_it_cleanly_and_the_pr_stays_usab
             assert branch == pr["head_sha"]  # nothing reached the forge
             assert not engine.containers.list(all=True, filters={"name": box})  # reaped at the start
             # The PR is as the owner last saw it: a new follow-up is admitted, the one left is not "running".
+            # Its kept session is gone here, so it starts a new one and says why; the scripted model, given a new
+            # conversation, plays its first turn again (the fix's Edit applies once more): a commit all the same.
+            shutil.rmtree(home / "tasks" / task_id / "session")
             again = await client.post(f"/tasks/{task_id}/follow-ups", json={"text": "greet with a !"})
             assert again.status_code == 202, again.text
+            rows = FollowUpStore(home / "state.db")
+            try:
+                async with asyncio.timeout(300):
+                    while (second := await rows.get(again.json()["follow_up"])).open:
+                        await asyncio.sleep(1)
+            finally:
+                await rows.aclose()
+            assert second.session == "new: no session was kept for the task", second
+            assert second.state == "done" and second.base_sha == pr["head_sha"], second
+            parent = subprocess.run(["git", "--git-dir", str(repo), "rev-parse", f"{second.head_sha}^"],
+                                    env=git_env(), capture_output=True, text=True, check=True).stdout.strip()
+            assert parent == pr["head_sha"]
     finally:
         proc.kill()
         await proc.wait()
