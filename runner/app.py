@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import sys
@@ -322,6 +323,10 @@ def watch_source(settings: Settings, loki: LokiClient | None) -> ErrorSource | N
     return None
 
 
+POLICY_FILE_ACTOR = "policy file"
+"""Who recorded a version read from AGENT_RUNNER_POLICY at start-up (the owner's activations name the owner)."""
+
+
 async def open_policies(stack: contextlib.AsyncExitStack, rt: Runtime, scheduler: Scheduler) -> PolicyDesk:
     """Policy versions in the state database; a version the owner activated (API or chat) outlives restarts."""
     store = PolicyStore(rt.store.path)
@@ -334,8 +339,20 @@ async def open_policies(stack: contextlib.AsyncExitStack, rt: Runtime, scheduler
         scheduler.set_limits(active.rate_limits)  # and the next request is counted against its limits
 
     desk = PolicyDesk(store, initial, on_activate=activate)
-    if (stored := await store.active()) is not None:
-        activate(policy.load(stored.text, source=f"policy version {stored.version}"))
+    stored = await store.active()
+    if stored is None or stored.actor == POLICY_FILE_ACTOR:
+        # The file is in charge until the owner activates a version: record what it says now (a changed file is
+        # a new version), so the history holds every policy tasks were decided by and each can be rolled back to.
+        if stored is None or stored.sha256 != hashlib.sha256(initial.encode()).hexdigest():
+            loaded = rt.deps.policy
+            stored = await store.add(initial, name=loaded.version, actor=POLICY_FILE_ACTOR,
+                                     note=f"read from {loaded.source} at start-up")
+        rt.say(f"policy history: version {stored.version} is the policy file's text")
+        return desk
+    activate(policy.load(stored.text, source=f"policy version {stored.version}"))
+    differs = "; the file's text differs" if stored.sha256 != hashlib.sha256(initial.encode()).hexdigest() else ""
+    rt.say(f"policy: version {stored.version} of the history is active ({stored.name}, sha256 {stored.sha256[:12]}, "
+           f"activated by {stored.actor}), not {source}{differs}: activate the file's text with PUT /policy to use it")
     return desk
 
 

@@ -40,18 +40,20 @@ def owner_settings(home: Path, **extra: str) -> Settings:
                               "ALERT_WEBHOOK_SECRET": ALERT_SECRET, **extra})
 
 
-def failing_runtime(settings: Settings,
-                    limits: RateLimits) -> Callable[[], contextlib.AbstractAsyncContextManager[Runtime]]:
-    """Backends for tasks that fail before they need a container: the engine is never called."""
+def failing_runtime(settings: Settings, limits: RateLimits, *, start_policy: policy.Policy | None = None,
+                    say: Callable[[str], None] = lambda _line: None,
+                    ) -> Callable[[], contextlib.AbstractAsyncContextManager[Runtime]]:
+    """Backends for tasks that fail before they need a container: the engine is never called. The policy is the
+    embedded default unless `start_policy` (as if read from AGENT_RUNNER_POLICY); `say` hears the start-up lines."""
 
     @contextlib.asynccontextmanager
     async def open_backends() -> AsyncIterator[Runtime]:
-        active = dataclasses.replace(policy.load_default(), rate_limits=limits)
+        active = dataclasses.replace(start_policy or policy.load_default(), rate_limits=limits)
         async with Store(settings.home / "state.db") as store, DockerSandbox() as sandbox, \
                 ModelProxy("http://127.0.0.1:9", "unused") as proxy:
             deps = Deps(home=settings.home, store=store, sandbox=sandbox, proxy=proxy, policy=active,
                         image=settings.sandbox_image)
-            yield Runtime(settings, deps, lambda _line: None)
+            yield Runtime(settings, deps, say)
 
     return open_backends
 
