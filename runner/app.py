@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
-import json
 import logging
 import sys
 import time
@@ -29,11 +28,10 @@ import policy
 from runner import grafana
 from runner.alerts import autofix
 from runner.alerts.loki import LokiClient
-from runner.api.endpoints import owner_only
 from runner.api.routes import routes
 from runner.config import Settings, check_local_repo, settings_from_os
 from runner.deploy import Deployer, deployer_from_settings
-from runner.errors import ConfigError, ForgeConflict, OperationError, StateError
+from runner.errors import ConfigError, OperationError, StateError
 from runner.forge import default_repo
 from runner.forge.workflows import push_notice
 from runner.grafana import GrafanaAuth, GrafanaNotification, grafana_endpoint
@@ -158,8 +156,7 @@ def create_app(
                 await telegram.start_front_end(stack, service, notifier, app.router.routes)
             yield
 
-    extra: list[BaseRoute] = [grafana_route(settings, lambda: app.state.service),
-                              Route("/releases/{release_id:int}/answer", owner_only(answer_release), methods=["POST"])]
+    extra: list[BaseRoute] = [grafana_route(settings, lambda: app.state.service)]
     app = Starlette(routes=routes(extra=extra), lifespan=lifespan, exception_handlers={StateError: _state_failed})
     return app
 
@@ -193,28 +190,6 @@ def grafana_route(settings: Settings, service_of: Callable[[], Service], *,
                                                            {"path": request.url.path, "client": client}), reason)
 
     return Route(grafana.ROUTE_PATH, grafana_endpoint(auth, admit, refuse=refuse, clock=clock), methods=["POST"])
-
-
-async def answer_release(request: Request) -> Response:
-    """`POST /releases/{id}/answer` `{"answer": "go" | "hold"}`: the owner's answer to the question a release
-    that changes database migrations waits on (runner.service.releases: deploy it? roll it back?)."""
-    service: Service = request.app.state.service
-    try:
-        body = json.loads(await request.body())
-    except ValueError:
-        body = None
-    answer = body.get("answer") if isinstance(body, dict) else None
-    if answer not in ("go", "hold"):
-        return JSONResponse({"error": 'the body must be {"answer": "go"} or {"answer": "hold"}'}, status_code=400)
-    if service.releases is None:
-        return JSONResponse({"error": "no forge is configured"}, status_code=409)
-    try:
-        release = await service.releases.answer(request.path_params["release_id"], answer == "go", actor="owner")
-    except KeyError:
-        return JSONResponse({"error": "no such release"}, status_code=404)
-    except ForgeConflict as exc:
-        return JSONResponse({"error": str(exc)}, status_code=409)
-    return JSONResponse(release.as_json())
 
 
 async def roll_forward(service: Service, release: ReleaseRecord, actor: str) -> str:

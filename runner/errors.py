@@ -20,6 +20,7 @@
     ├── DeployError                 the deployer could not do its work at all (runner.deploy.base)
     ├── NotifyError                 the notifier (Telegram) failed
     ├── UpstreamError               the model API failed or refused
+    ├── SessionInvalid              a kept agent transcript cannot be resumed (a ValueError; runner.session)
     ├── ScenarioError               a scripted model's scenario cannot be played (ValueError; runner.scenario)
     ├── LokiUnavailable             Loki gave no usable answer after its retries (runner.alerts.loki)
     ├── WatchSourceError            the post-deploy watch cannot read its error source now (runner.service.watch)

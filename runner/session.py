@@ -23,6 +23,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from runner.errors import RunnerError
 from runner.sandbox.base import Container, Sandbox
 
 SESSION_CAP_BYTES = 4 * 2**20
@@ -61,7 +62,7 @@ class Transcript:
     records: int
 
 
-class SessionInvalid(ValueError):
+class SessionInvalid(RunnerError, ValueError):
     """Why a transcript cannot be used (missing, too big, not JSON lines of this session)."""
 
 

@@ -82,6 +82,10 @@ ADDED: dict[tuple[str, str], dict[int, str]] = {
     ("POST", "/github/webhook"): {
         200: "", 202: "base_sha follow_up head_sha pr reason session state task_id", 400: "error", 401: "error",
         413: "error"},
+    ("POST", "/releases/{release_id}/answer"): {
+        200: "actor base_branch created_at deployed_at detail head_sha id merge_sha method number previous_sha "
+             "revert_sha state task_id updated_at watch_until", 400: "error", 401: "error reason", 404: "error",
+        409: "error", 413: "error"},
 }
 
 

@@ -58,6 +58,7 @@ from runner.api.schemas import (
     Reject,
     Rejected,
     Release,
+    ReleaseAnswer,
     ReleasesList,
     Rollback,
     StateAt,
@@ -268,6 +269,26 @@ async def get_release(request: Request) -> Response:
         if service.releases is None or not given.isascii() or not given.isdigit() or len(given) > 18:
             raise KeyError(given)  # not an id SQLite could hold: no such release either
         release = await service.releases.rows.get(int(given))
+    except KeyError:
+        return error(404, "no such release")
+    return render(Release.model_validate(release.as_json()))
+
+
+@api("POST", "/releases/{release_id}/answer",
+     "Answer the question a release that changes database migrations waits on (state asking): deploy it? roll "
+     "it back?", body=ReleaseAnswer,
+     path_params={"release_id": "A release id (what approve-pr answered); anything else is a 404"},
+     answers={200: Answer("Answered; the release goes on", Release), 404: Answer("No such release", Error),
+              409: Answer("The release waits for no answer, or no forge is configured", Error)})
+async def answer_release(request: Request, body: ReleaseAnswer) -> Response:
+    service = service_of(request)
+    if service.releases is None:
+        return error(409, "no forge is configured")
+    given = request.path_params["release_id"]
+    if not given.isascii() or not given.isdigit() or len(given) > 18:
+        return error(404, "no such release")
+    try:
+        release = await service.releases.answer(int(given), body.answer == "go", actor=caller_of(request).actor)
     except KeyError:
         return error(404, "no such release")
     return render(Release.model_validate(release.as_json()))

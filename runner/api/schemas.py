@@ -166,6 +166,12 @@ class Release(ResponseBody):
     updated_at: float
     fence: dict[str, Any] | None = Field(None, description="The deploy step in flight, if any")
     deployed: dict[str, Any] | None = Field(None, description="The deploy step's result, once known")
+    migrations: str | None = Field(None, description="The migration files the merge changes (policy "
+                                   "migrations.paths), comma-separated; empty for none; null before the merge")
+    asked: Literal["deploy", "rollback"] | None = Field(
+        None, description="The question the release waits on in state `asking`: answer with "
+                          "POST /releases/{id}/answer {answer: go|hold}")
+    consent: str | None = Field(None, description="What the owner answered go to (deploy, rollback)")
 
 
 class Task(TaskSummary):
@@ -203,6 +209,10 @@ class Approved(ResponseBody):
     release_id: int
     state: Literal["approved"]
     links: ApprovalLinks
+
+
+class ReleaseAnswer(RequestBody):
+    answer: Literal["go", "hold"] = Field(description="go: deploy it (or roll it back); hold: keep it as it is")
 
 
 class Reject(RequestBody):
