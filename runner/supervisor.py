@@ -508,19 +508,22 @@ async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, c
                    tests: TestRun, summary: str, denials: list[Denial], verification: str | None,
                    rounds: int = 1) -> PrRef:
     assert deps.forge is not None
-    # Not only open PRs' branches: a rejected PR's branch stays, and pushing onto it would be refused as diverged.
-    existing = await run_git(["for-each-ref", "--format=%(refname:strip=2)", "refs/heads/"], cwd=prepared.mirror)
-    taken = {pr.head_branch for pr in await deps.forge.list_open()} | set(existing.out.split())
-    branch = branch_name(task.kind, task.fingerprint or task.prompt, taken)
     title = pr_title(task.kind, task.prompt)
-    await workspace.commit(prepared, change, f"{title}\n\nagent-runner task {task.id}", branch)
-    await deps.forge.push_branch(prepared.trusted, branch)
     usage = _usage(deps.proxy, task.id)
     request = dataclasses.replace(
         PrRequest.from_task(task, summary=summary, files=change.files, tests=tests, denials=denials, usage=usage,
                             verification=verification, rounds=rounds),
         repo=None if is_git_url(task.repo) else task.repo)
-    pr = await deps.forge.open_pr(title, render_pr_body(request), branch, prepared.base_branch)
+    # Choosing a branch name, pushing it and opening its PR happen in turn across this home's tasks: two tasks
+    # whose words make the same name would otherwise both pick it, and the second push be refused as diverged.
+    async with tasklock.waiting(deps.home / "locks" / "publish.lock"):
+        # Not only open PRs' branches: a rejected PR's branch stays, and pushing onto it would be refused.
+        existing = await run_git(["for-each-ref", "--format=%(refname:strip=2)", "refs/heads/"], cwd=prepared.mirror)
+        taken = {pr.head_branch for pr in await deps.forge.list_open()} | set(existing.out.split())
+        branch = branch_name(task.kind, task.fingerprint or task.prompt, taken)
+        await workspace.commit(prepared, change, f"{title}\n\nagent-runner task {task.id}", branch)
+        await deps.forge.push_branch(prepared.trusted, branch)
+        pr = await deps.forge.open_pr(title, render_pr_body(request), branch, prepared.base_branch)
     # The number exists only once the PR does: the body's approve/reject commands get it, and the head, now.
     with contextlib.suppress(RunnerError):  # on failure the PR is open all the same; only its commands say N
         await deps.forge.edit_body(pr.number, render_pr_body(dataclasses.replace(request, number=pr.number,

@@ -9,6 +9,7 @@ The end-to-end versions with the real daemon and the real CLI are the docker tes
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
@@ -718,3 +719,18 @@ async def test_a_fixs_pull_request_title_says_fix_once(world: dict[str, Any]) ->
                                  image="agent-runner/sandbox:latest", forge=forge, agent=session), task)
     assert result.pr is not None, result.reason
     assert (await forge.get_pr(result.pr.number)).title == "fix: the crash in average_spend"
+
+
+async def test_two_tasks_whose_words_make_the_same_branch_name_both_open_a_pull_request(
+        world: dict[str, Any]) -> None:
+    """Run side by side, both used to pick `agent/feature-do-it`; the second push was refused as diverged."""
+    async def agent(fake: FakeSandbox, box: Container, gate: Gate) -> str:
+        _write(fake, box, f"bot/{box.task_id}.py", b"X = 1\n")
+        return "done"
+
+    first, second = await asyncio.gather(_run(world, FakeSandbox(), agent, dry_run=False),
+                                         _run(world, FakeSandbox(), agent, dry_run=False))
+    assert first["status"] == second["status"] == "proposed", (first["reason"], second["reason"])
+    branches = sorted(r["pr"]["branch"] for r in (first, second))
+    assert branches == ["agent/feature-do-it", "agent/feature-do-it-2"]
+    assert {r["pr"]["number"] for r in (first, second)} == {1, 2}
