@@ -187,6 +187,12 @@ async def test_settle_stops_a_run_past_its_timeout_and_a_new_run_never_overlaps_
     deployer = CommandDeployer(command, timeout=1.0, runs=runs)
     fence = deployer.fence("release-1-deploy-1", "deploy", GOOD)
     orphan(fence, command, runs)
+    # The orphan's timeout counts from its fence; on a loaded machine it can pass before the command has even
+    # logged its start, and a kill then would leave nothing to check: wait for that line.
+    deadline = time.monotonic() + 30
+    while not lines(log):
+        assert time.monotonic() < deadline, "the orphaned command never started"
+        await asyncio.sleep(0.02)
     async with deployer:
         started = time.monotonic()
         assert await deployer.settle(fence, DeploySource("/srv/bot.git", GOOD)) is None  # stopped: run it again
@@ -195,12 +201,14 @@ async def test_settle_stops_a_run_past_its_timeout_and_a_new_run_never_overlaps_
 
 
 async def test_a_plain_deploy_waits_for_a_run_a_killed_supervisor_left(tmp_path: Path) -> None:
-    """Even without its fence, a new run of the deployer waits for (here: stops, at its timeout) a run still
-    holding its lock: two deploy commands never run at once."""
+    """Even without its fence, a new run of the deployer waits for a run still holding its lock (until it ends,
+    or stops it at its timeout): two deploy commands never run at once."""
     log, runs, slow = tmp_path / "deploys.log", tmp_path / "runs", tmp_path / "slow"
     slow.touch()
     command = overlap_guarded(f"while [ -e {slow} ]; do sleep 0.05; done", log, tmp_path / "exclusive")
-    deployer = CommandDeployer(command, timeout=1.5, runs=runs)
+    # The timeout only bounds the test: the orphan ends when `slow` goes. It counts from the orphan's fence, and
+    # starting the orphan (a Python child) took more than 1.5 s on two loaded cores, so the deploy stopped it at once.
+    deployer = CommandDeployer(command, timeout=15.0, runs=runs)
     orphan(deployer.fence("left", "deploy", OLD), command, runs)
     slow.unlink()  # the next run (a new one) must not wait: only the orphan is slow... were it not gone already
     slow.touch()
