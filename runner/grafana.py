@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -151,7 +152,7 @@ def parse_grafana(body: object) -> GrafanaNotification:
                        "version": "4", "alerts": shaped, "groupLabels": _own(body.get("groupLabels"))[0],
                        "commonLabels": _own(body.get("commonLabels"))[0]}
     try:
-        notification = parse_alertmanager(as_alertmanager)
+        notification = dataclasses.replace(parse_alertmanager(as_alertmanager), sender=ACTOR)
     except WebhookError as exc:
         raise WebhookError(str(exc).replace("webhook", "grafana", 1)) from exc
     return GrafanaNotification(notification, org_id, _text(body, "state", "grafana"), _text(body, "title", "grafana"),

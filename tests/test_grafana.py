@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import json
 import os
 import socket
@@ -109,7 +110,8 @@ def test_parse_grafana_gives_the_value_the_alertmanager_path_gives() -> None:
                                          "fingerprint")},
                     "labels": {k: v for k, v in a["labels"].items() if k != "grafana_folder"}}
                    for a in raw["alerts"]]}
-    assert parsed.notification == parse_alertmanager(as_alertmanager)
+    # The same value, but for who sent it (the task says `requested_by: grafana:<receiver>`).
+    assert parsed.notification == dataclasses.replace(parse_alertmanager(as_alertmanager), sender="grafana")
     assert [a.grafana_labels for a in parsed.alerts] == [{"grafana_folder": "agent-runner"}] * 2
     # So the Loki query is the Alertmanager path's: the stream labels only.
     assert logql_for(parsed.notification.alerts[0], '{job=~".+"}') == '{container="bot-1", service="bot"}'
@@ -457,6 +459,7 @@ async def test_serve_turns_a_grafana_storm_for_one_bug_into_exactly_one_fix_task
     assert bad.status_code == 401 and bad.json()["reason"] == "bad signature"
     assert len(tasks) == 1, tasks  # exactly one fix task
     assert task["kind"] == "fix" and task["fingerprint"] == outcomes[0]["fingerprint"]
+    assert task["requested_by"].startswith("grafana:")  # who asked, as the owner reads it: not alertmanager
     assert "KeyError" in task["prompt"] and "bot/ledger.py" in task["prompt"]
     assert [(r.actor, r.detail["reason"]) for r in refused if r.detail["reason"] != "cooling_down"] == [
         ("grafana", "bad signature")]

@@ -58,6 +58,8 @@ class AlertNotification:
     external_url: str
     truncated_alerts: int
     alerts: tuple[Alert, ...]
+    sender: str = "alertmanager"
+    """Who posted it: `alertmanager`, or `grafana` for Grafana's contact point (same body, its own route)."""
 
     @property
     def firing(self) -> tuple[Alert, ...]:

@@ -221,7 +221,7 @@ def _digest(value: object) -> str:
 
 
 def _source(report: AlertNotification | DirectReport) -> str:
-    return "report" if isinstance(report, DirectReport) else f"alertmanager:{report.receiver}"
+    return "report" if isinstance(report, DirectReport) else f"{report.sender}:{report.receiver}"
 
 
 # ------------------------------------------------------------------------------------------- admission
