@@ -139,6 +139,14 @@ class _Board:
     pump: asyncio.Task[None] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class _Asked:
+    """A question waiting for the owner's press; `replies` answer its yes and its no (the pop-up's words)."""
+
+    future: asyncio.Future[bool]
+    replies: tuple[str, str]
+
+
 class TelegramNotifier:
     """Talks to the owner's private chat (`chat_id`, which is the owner's user id) through `bot`."""
 
@@ -149,7 +157,7 @@ class TelegramNotifier:
         self._interval = min_interval
         self._clock = clock
         self._boards: dict[str, _Board] = {}
-        self._asks: dict[str, asyncio.Future[bool]] = {}
+        self._asks: dict[str, _Asked] = {}
 
     async def __aenter__(self) -> TelegramNotifier:
         return self
@@ -262,7 +270,7 @@ class TelegramNotifier:
     async def ask(self, task_id: str, call: policy.ToolCall, decision: policy.Decision) -> bool:
         token = secrets.token_hex(8)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._asks[token] = future
+        self._asks[token] = _Asked(future, ("Allowed", "Denied"))
         shown = json.dumps(dict(call.input), ensure_ascii=False, default=str)
         text = (f"❓ <b>Task</b> <code>{esc(task_id)}</code> wants <b>{esc(call.tool)}</b>\n"
                 f"{pre(clip(shown, 2500), 2700)}\n"
@@ -280,7 +288,7 @@ class TelegramNotifier:
         the caller to stop waiting (a release's question, answered another way)."""
         token = secrets.token_hex(8)
         future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
-        self._asks[token] = future
+        self._asks[token] = _Asked(future, ("Going ahead", "Holding"))
         buttons = ((Button("✅ Go", AskAnswer(token=token, allow=True).pack()),
                     Button("✋ Hold", AskAnswer(token=token, allow=False).pack())),)
         try:
@@ -289,13 +297,14 @@ class TelegramNotifier:
         finally:
             self._asks.pop(token, None)
 
-    def answer(self, token: str, allow: bool) -> bool:
-        """The owner pressed Allow or Deny; False when the question is gone (answered, timed out)."""
-        future = self._asks.get(token)
-        if future is None or future.done():
-            return False
-        future.set_result(allow)
-        return True
+    def answer(self, token: str, allow: bool) -> str | None:
+        """The owner pressed a question's yes or no (Allow/Deny, Go/Hold): what the press is answered with, or
+        None when the question is gone (answered, timed out)."""
+        asked = self._asks.get(token)
+        if asked is None or asked.future.done():
+            return None
+        asked.future.set_result(allow)
+        return asked.replies[0] if allow else asked.replies[1]
 
     # plumbing ----------------------------------------------------------------------------------------------
 
@@ -321,7 +330,7 @@ class TelegramNotifier:
         for pump in pumps:
             pump.cancel()
         await asyncio.gather(*pumps, return_exceptions=True)
-        for future in self._asks.values():
-            if not future.done():
-                future.set_result(False)
+        for asked in self._asks.values():
+            if not asked.future.done():
+                asked.future.set_result(False)
         await self.bot.session.close()

@@ -360,8 +360,8 @@ def owner_router(ops: Actions, notifier: TelegramNotifier, owner_id: int, desk: 
 
     @router.callback_query(AskAnswer.filter())
     async def ask_button(query: CallbackQuery, callback_data: AskAnswer) -> None:
-        live = notifier.answer(callback_data.token, callback_data.allow)
-        await query.answer(("Allowed" if callback_data.allow else "Denied") if live else "This question has expired.")
+        reply = notifier.answer(callback_data.token, callback_data.allow)
+        await query.answer(reply or "This question has expired.")
 
     @router.callback_query(PolicyConfirm.filter())
     async def policy_button(query: CallbackQuery, callback_data: PolicyConfirm) -> None:

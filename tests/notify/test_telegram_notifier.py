@@ -110,6 +110,17 @@ async def test_notifier_ask_waits_for_the_button(fake: FakeTelegram, notifier: T
     buttons = fake.buttons(OWNER, max(k[1] for k in fake.messages))
     allow = AskAnswer.unpack(buttons[0][1])
     assert allow.allow and "pip install &lt;evil&gt;" in fake.sent("sendMessage")[-1].params["text"]
-    assert notifier.answer(allow.token, True)
+    assert notifier.answer(allow.token, True) == "Allowed"
     assert await pending is True
-    assert not notifier.answer(allow.token, False)  # answered once; a second press changes nothing
+    assert notifier.answer(allow.token, False) is None  # answered once; a second press changes nothing
+
+
+async def test_a_release_question_is_answered_in_its_own_words(fake: FakeTelegram, notifier: TelegramNotifier) -> None:
+    """Go/Hold on a migration release: the pop-up says what happens, not a tool call's Allowed/Denied."""
+    pending = asyncio.create_task(notifier.ask_owner("PR #3 changes migrations/0002.sql: deploy it?"))
+    await fake.wait_for(lambda: bool(fake.sent("sendMessage")))
+    buttons = fake.buttons(OWNER, max(k[1] for k in fake.messages))
+    go, hold = (AskAnswer.unpack(data) for _, data in buttons)
+    assert go.allow and not hold.allow and go.token == hold.token
+    assert notifier.answer(hold.token, False) == "Holding"
+    assert await pending is False
