@@ -5,7 +5,8 @@ for one more change to that PR (a follow-up: the agent's session resumed, a seco
 approves it at its new head; the fix is deployed and health-checked. Then a second change that passes the tests but
 breaks /health is approved, deployed, found unhealthy, rolled back, and reverted on main. A third passes the
 tests and the health check but makes production raise; the post-deploy watch sees the new traceback in the
-bot's log, rolls it back and reverts it. Approvals go through the service's own release machinery.
+bot's log, rolls it back and reverts it; its first round failed the supervisor's tests, and the failure went back to
+the agent in the same session (self-correction). Approvals go through the service's own release machinery.
 """
 
 from __future__ import annotations
@@ -219,6 +220,8 @@ def _task_rows(label: str, result: RunResult) -> list[tuple[str, str]]:
     return [
         (label, f"{result.status.value}" + (f", PR #{result.pr.number}" if result.pr else "")),
         ("  tests run by the supervisor", f"exit {tests.exit_code}" if tests else "not run"),
+        ("  rounds", str(result.rounds) + (": its failing tests went back to the agent, which fixed them"
+                                           if result.rounds > 1 else "")),
         ("  tool calls denied by the policy", str(len(result.denials))),
         ("  model tokens", f"{result.usage.input_tokens} in / {result.usage.output_tokens} out"),
     ]

@@ -30,5 +30,8 @@ async def test_demo_runs_the_whole_cycle_and_both_rollbacks(tmp_path: Path, dock
     assert "session resumed" in err and "an approval at the old head" in err and "is refused" in err
     assert "rolled_back (unhealthy), reverted on main" in table["PR #2"]
     assert "rolled_back (by the post-deploy watch), reverted on main" in table["PR #3"]
+    # Self-correction: PR #3's first round failed the supervisor's tests; the second, in the same session, passed.
+    rounds = [line.split("rounds", 1)[1].strip() for line in out.splitlines() if line.strip().startswith("rounds")]
+    assert rounds[:2] == ["1", "1"] and rounds[2].startswith("2: its failing tests went back"), rounds
     assert "a new error appeared after the deploy" in err and "KeyError" in err
     assert err.count("GET /balance?user=2 -> 200") == 2  # after the fix, and again after the watch's rollback
