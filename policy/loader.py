@@ -227,15 +227,16 @@ def _patterns(doc: _Doc, data: Mapping[str, Any], key: str, name: str, default: 
 
 def _migrations(doc: _Doc, data: Mapping[str, Any]) -> Migrations:
     m = doc.mapping(data, "", "migrations")
-    doc.known(m, "migrations", {"paths"})
+    doc.known(m, "migrations", {"paths", "ask_before_deploy"})
+    ask = doc.get(m, "migrations", "ask_before_deploy", bool, False)
     if "paths" in m and m["paths"] == []:
-        return Migrations(())  # said on purpose: no change counts as a migration
+        return Migrations((), ask)  # said on purpose: no change counts as a migration
     paths = doc.strings(m, "migrations", "paths", DEFAULT_MIGRATION_PATHS)
     for p in paths:
         if p.startswith("!"):
             doc.error("migrations.paths", f"migrations.paths: negated patterns ({p!r}) are not supported; "
                       "list what to match")
-    return Migrations(tuple(p for p in paths if not p.startswith("!")))
+    return Migrations(tuple(p for p in paths if not p.startswith("!")), ask)
 
 
 def _profiles(doc: _Doc, data: Mapping[str, Any], base: Limits) -> dict[str, Profile]:

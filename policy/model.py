@@ -244,6 +244,9 @@ class Migrations:
     """
 
     paths: tuple[str, ...] = DEFAULT_MIGRATION_PATHS
+    ask_before_deploy: bool = False
+    """Also wait for the owner's go before deploying such a release (by default it deploys as usual, and only a
+    failed health check or watch waits for the owner instead of rolling back)."""
     _set: PatternSet = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:

@@ -527,7 +527,8 @@ async def test_a_deploy_a_killed_process_left_running_is_stopped_at_its_timeout_
 
 # ------------------------------------------------------------------------------------- migration releases
 
-MIGRATIONS = Migrations()  # the policy's default paths: Alembic, Django, SQL under migrations/
+MIGRATIONS = Migrations()  # the policy's default paths: Alembic, Django, SQL under migrations/; deployed as usual
+ASK_FIRST = Migrations(ask_before_deploy=True)  # migrations.ask_before_deploy: the owner's go before the deploy too
 MIGRATION = "app/migrations/0002_balance.py"
 
 
@@ -540,7 +541,7 @@ async def asking(d: Desk, release_id: int, question: str) -> Any:
 
 async def test_a_migration_release_waits_for_the_owner_before_its_deploy_and_go_deploys_it(
         tmp_path: Path, repos: Repos, bot: Bot) -> None:
-    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
+    async with desk(tmp_path, repos, bot, migrations=ASK_FIRST) as d:
         before = repos.head("main")
         number, sha, task = await d.propose(MIGRATION, "def upgrade():\n    pass\n")
         release = await d.releases.approve(number, sha, actor="owner", task=task)
@@ -564,7 +565,7 @@ async def test_a_migration_release_waits_for_the_owner_before_its_deploy_and_go_
 
 async def test_a_migration_release_held_by_the_owner_is_never_deployed(tmp_path: Path, repos: Repos,
                                                                        bot: Bot) -> None:
-    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
+    async with desk(tmp_path, repos, bot, migrations=ASK_FIRST) as d:
         before = repos.head("main")
         number, sha, task = await d.propose(MIGRATION, "def upgrade():\n    pass\n")
         release = await d.releases.approve(number, sha, actor="owner", task=task)
@@ -591,8 +592,7 @@ async def test_an_unhealthy_migration_release_is_not_rolled_back_until_the_owner
         before = repos.head("main")
         number, sha, task = await d.propose("broken.py", "raise SystemExit\n", also={MIGRATION: "def upgrade(): ...\n"})
         release = await d.releases.approve(number, sha, actor="owner", task=task)
-        await asking(d, release.id, "deploy")
-        await d.releases.answer(release.id, True, actor="owner")
+        # Deployed as usual (nothing asked before it): only its failure waits for the owner.
         waiting = await asking(d, release.id, "rollback")
         # Unhealthy, and still running: a rollback of the code would not undo the migration.
         assert bot.deploys() == [waiting.merge_sha] and bot.running == waiting.merge_sha
@@ -611,8 +611,7 @@ async def test_an_unhealthy_migration_release_held_by_the_owner_keeps_running(tm
     async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
         number, sha, task = await d.propose("broken.py", "raise SystemExit\n", also={MIGRATION: "def upgrade(): ...\n"})
         release = await d.releases.approve(number, sha, actor="owner", task=task)
-        await asking(d, release.id, "deploy")
-        await d.releases.answer(release.id, True, actor="owner")
+        # Deployed as usual (nothing asked before it): only its failure waits for the owner.
         await asking(d, release.id, "rollback")
         await d.releases.answer(release.id, False, actor="owner")
         done = await settled(d, release.id)
@@ -628,8 +627,7 @@ async def test_a_migration_release_condemned_by_its_watch_asks_before_rolling_ba
         before = repos.head("main")
         number, sha, task = await d.propose(MIGRATION, "def upgrade(): ...\n", fingerprint="fp-keyerror")
         release = await d.releases.approve(number, sha, actor="owner", task=task)
-        await asking(d, release.id, "deploy")
-        await d.releases.answer(release.id, True, actor="owner")
+        # Deployed as usual (nothing asked before it): only its failure waits for the owner.
         async with asyncio.timeout(20):
             while d.releases.watched != release.id:
                 await asyncio.sleep(0.01)
@@ -644,11 +642,11 @@ async def test_a_migration_release_condemned_by_its_watch_asks_before_rolling_ba
 
 async def test_a_migration_question_outlives_a_restart_and_is_answered_after_it(tmp_path: Path, repos: Repos,
                                                                                 bot: Bot) -> None:
-    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
+    async with desk(tmp_path, repos, bot, migrations=ASK_FIRST) as d:
         number, sha, task = await d.propose(MIGRATION, "def upgrade(): ...\n")
         release = await d.releases.approve(number, sha, actor="owner", task=task)
         await asking(d, release.id, "deploy")
-    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
+    async with desk(tmp_path, repos, bot, migrations=ASK_FIRST) as d:
         assert await d.releases.start() == []  # nothing runs while it waits
         assert (await d.releases.rows.get(release.id)).state == "asking"
         await d.releases.answer(release.id, True, actor="owner")
@@ -667,8 +665,15 @@ async def _migration_pr(tmp_path: Path, repos: Repos, bot: Bot, *, broken: bool 
     return pr
 
 
-def _service(tmp_path: Path, repos: Repos, bot: Bot, **env: str) -> tuple[Starlette, Settings]:
-    """create_app as `serve` builds it, over the local forge of `repos` and the bot's deploy command."""
+def _service(tmp_path: Path, repos: Repos, bot: Bot, *, ask_first: bool = False,
+             **env: str) -> tuple[Starlette, Settings]:
+    """create_app as `serve` builds it, over the local forge of `repos` and the bot's deploy command; the default
+    policy, with `migrations.ask_before_deploy` turned on when `ask_first`."""
+    text = policy.default_text()
+    if ask_first:
+        assert "ask_before_deploy: false" in text
+        text = text.replace("ask_before_deploy: false", "ask_before_deploy: true", 1)
+    active = policy.load(text)
     settings = Settings.from_env({"AGENT_RUNNER_HOME": str(tmp_path / "home"), "AGENT_API_TOKEN": "owner-token",
                                   "AGENT_RUNNER_REPO": str(repos.origin), "AGENT_RUNNER_WATCH_SECONDS": "0", **env})
 
@@ -677,7 +682,7 @@ def _service(tmp_path: Path, repos: Repos, bot: Bot, **env: str) -> tuple[Starle
         async with Store(settings.home / "state.db") as store, DockerSandbox() as sandbox, \
                 ModelProxy("http://127.0.0.1:9", "unused") as proxy, \
                 LocalGitForge(repos.origin, tmp_path / "forge.sqlite3") as served_forge:
-            deps = Deps(home=settings.home, store=store, sandbox=sandbox, proxy=proxy, policy=policy.load_default(),
+            deps = Deps(home=settings.home, store=store, sandbox=sandbox, proxy=proxy, policy=active,
                         image=settings.sandbox_image, forge=served_forge)
             yield Runtime(settings, deps, lambda _line: None)
 
@@ -698,7 +703,7 @@ async def test_the_owner_answers_a_migration_release_over_the_api(tmp_path: Path
     """Through create_app as `serve` builds it: approve over HTTP, the release waits (visible at /releases), the
     answer route is the owner's alone, and its `go` deploys."""
     pr = await _migration_pr(tmp_path, repos, bot)
-    app, _ = _service(tmp_path, repos, bot)
+    app, _ = _service(tmp_path, repos, bot, ask_first=True)
     async with serve_tcp(app, lifespan="on") as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
         approved = await client.post("/agent/approve-pr", headers=OWNER_API,
                                      json={"number": pr.number, "head_sha": pr.head_sha})
@@ -730,8 +735,8 @@ async def test_the_owner_answers_a_migration_release_with_telegrams_go_button(tm
     pr = await _migration_pr(tmp_path, repos, bot)
     fake, owner_id = FakeTelegram(), 777
     async with serve(fake) as telegram:
-        app, _ = _service(tmp_path, repos, bot, TELEGRAM_BOT_TOKEN=fake.token, TELEGRAM_API_BASE=telegram,
-                          OWNER_TELEGRAM_ID=str(owner_id))
+        app, _ = _service(tmp_path, repos, bot, ask_first=True, TELEGRAM_BOT_TOKEN=fake.token,
+                          TELEGRAM_API_BASE=telegram, OWNER_TELEGRAM_ID=str(owner_id))
         async with serve_tcp(app, lifespan="on", timeout=120) as url, \
                 httpx.AsyncClient(base_url=url, timeout=30) as client:
             approved = await client.post("/agent/approve-pr", headers=OWNER_API,
@@ -768,7 +773,7 @@ async def test_a_migration_question_put_with_buttons_takes_their_answer(tmp_path
         questions.append(text)
         return True
 
-    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS, ask=owner_presses_go) as d:
+    async with desk(tmp_path, repos, bot, migrations=ASK_FIRST, ask=owner_presses_go) as d:
         number, sha, task = await d.propose(MIGRATION, "def upgrade(): ...\n")
         release = await d.releases.approve(number, sha, actor="owner", task=task)
         async with asyncio.timeout(20):
@@ -794,12 +799,12 @@ async def test_an_api_answer_spends_the_chats_question_and_a_restart_puts_it_aga
             raise
         return False
 
-    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS, ask=owner_away) as d:
+    async with desk(tmp_path, repos, bot, migrations=ASK_FIRST, ask=owner_away) as d:
         number, sha, task = await d.propose(MIGRATION, "def upgrade(): ...\n")
         release = await d.releases.approve(number, sha, actor="owner", task=task)
         await asking(d, release.id, "deploy")
     assert len(asked) == 1 and len(stopped) == 1  # shut down: its buttons answer nothing now
-    async with desk(tmp_path, repos, bot, migrations=MIGRATIONS, ask=owner_away) as d:
+    async with desk(tmp_path, repos, bot, migrations=ASK_FIRST, ask=owner_away) as d:
         await d.releases.start()
         async with asyncio.timeout(10):
             while len(asked) < 2:
@@ -820,9 +825,8 @@ async def test_holding_an_unhealthy_migration_release_queues_a_fix_to_roll_forwa
         approved = await client.post("/agent/approve-pr", headers=OWNER_API,
                                      json={"number": pr.number, "head_sha": pr.head_sha})
         link = approved.json()["links"]["release"]
-        release_id = (await _release_state(client, link, ("approved", "merging", "deploying")))["id"]
-        await client.post(f"/releases/{release_id}/answer", headers=OWNER_API, json={"answer": "go"})
-        async with asyncio.timeout(30):  # deploying, then asking again: about the rollback this time
+        release_id = approved.json()["release_id"]
+        async with asyncio.timeout(30):  # deployed as usual, unhealthy: asking about the rollback
             while "before any rollback" not in (unhealthy := (await client.get(link, headers=OWNER_API)).json())[
                     "detail"]:
                 await asyncio.sleep(0.05)

@@ -427,7 +427,8 @@ class Releases:
             release = await self.rows.update(release.id, "deploying", previous_sha=previous)  # before it is used
         release = await self._touched(source, release)
         migrates = bool(release.migrations)
-        if migrates and release.consent is None and release.fence is None:
+        if (migrates and self._migrations().ask_before_deploy and release.consent is None
+                and release.fence is None):
             return await self._ask(release, "deploy", "")
         release, left = await self._settle(release, source)
         steps = _Steps(self, release, left)

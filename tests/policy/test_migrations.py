@@ -70,6 +70,7 @@ def test_policy_migration_paths_may_be_none() -> None:
     ('    - "**/migrations/*.py"', '    - "!**/migrations/__init__.py"', "migrations.paths"),
     ('    - "**/migrations/*.py"', "    - 3", "migrations.paths"),
     ("migrations:\n  paths:\n", "migrations: yes\nunused:\n  paths:\n", "migrations"),
+    ("  ask_before_deploy: false", "  ask_before_deploy: sometimes", "migrations.ask_before_deploy"),
 ])
 def test_policy_refuses_bad_migration_settings_with_their_line(old: str, new: str, key: str) -> None:
     text = _text().replace(old, new, 1)
@@ -79,4 +80,10 @@ def test_policy_refuses_bad_migration_settings_with_their_line(old: str, new: st
     assert any(k == key for _, k, _ in caught.value.problems), caught.value.problems
     line = next(n for n, k, _ in caught.value.problems if k == key)
     block = text.splitlines().index(next(ln for ln in text.splitlines() if ln.startswith("migrations:"))) + 1
-    assert line is not None and block <= line <= block + 6  # the line named is in the migrations block
+    assert line is not None and block <= line <= block + 9  # the line named is in the migrations block
+
+
+def test_a_migration_release_is_deployed_as_usual_unless_the_owner_asks_to_be_asked_first() -> None:
+    assert policy.load_default().migrations.ask_before_deploy is False
+    asked = policy.load(_text().replace("  ask_before_deploy: false", "  ask_before_deploy: true", 1))
+    assert asked.migrations.ask_before_deploy is True and asked.migrations.paths == DEFAULT_MIGRATION_PATHS
