@@ -3,6 +3,10 @@
 A call is cut into parts (the tool itself; each simple command of a Bash string; each path read or written)
 and every part gets an effect. Owner rules are tried first for a part (first match wins); built-in checks
 (bash structure, protected paths, paths outside the workspace, read-only profiles) deny regardless of them.
+
+Size: about 480 lines, one concept (combining the parts of a call into one decision): the Bash
+walk, paths and command knowledge are policy.bash, policy.paths and policy.commands; what stays is the order of
+rules and checks, which reads best in one place.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""policy.yaml text to a validated, frozen Policy; every schema error carries the line it is on."""
+"""policy.yaml text to a validated, frozen Policy; every schema error carries the line it is on.
+
+Size: about 470 lines, one concept (the schema of policy.yaml): one reader per section over the same
+line-tracking document, so every error names its line; the model it builds is policy.model's.
+"""
 
 from __future__ import annotations
 

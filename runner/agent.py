@@ -1,4 +1,10 @@
-"""The agent driver: the Agent SDK runs here, the CLI runs in the sandbox, every tool call goes to the policy."""
+"""The agent driver: the Agent SDK runs here, the CLI runs in the sandbox, every tool call goes to the policy.
+
+Size: about 470 lines: the Gate (the PreToolUse decision and its audit) and the session driver live
+together because the driver builds the gate's hook, the CLI wrapper and the limits into one SDK session and
+reads the gate's denials back when it ends; the prompts are runner.prompts', the model channel
+runner.model_proxy's.
+"""
 
 from __future__ import annotations
 

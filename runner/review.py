@@ -12,6 +12,10 @@ in the reviewed tree (what the sandbox was given) and `validate` keeps only find
 text file, a line inside it, a severity of `SEVERITIES` and a text under `MAX_FINDING_CHARS`; every other one
 is dropped with its reason (counted, audited, never posted). What is kept is still the agent's words: every
 renderer here fences or escapes them for where they are shown.
+
+Size: about 440 lines, one concept (a review's findings as untrusted data): reading them, checking them
+against the reviewed tree and rendering them for GitHub and Telegram share the Finding value and the caps; the
+I/O (git, forge, audit) is runner.reviewer's.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""A task's way through: provision, agent, stop and extract, validate, test afresh, then a diff or a pull request."""
+"""A task's way through: provision, agent, stop and extract, validate, test afresh, then a diff or a pull request.
+
+Size: about 540 lines, one concept (a task's way through, in order): its steps share the Deps,
+the prepared trees and the task's state transitions; self-correction rounds loop over the same steps, and the
+follow-up pipeline (runner.followup) reuses them.
+"""
 
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ hole in the escaping could not run anything.
 
 `load_view` reads the store; `render` is pure. The routes that serve it (signed links, the Mini App) are in
 the second half of this module: `task_page_routes(...)`.
+
+Size: about 520 lines: the page's renderer (pure, most of it) and its two routes, kept together so
+that the escaping rules and the Content-Security-Policy that relies on them are read in one file.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ store, build the tree on a private index, list every change with modes and symli
 against the policy. Only the supervisor's fixed ALWAYS_IGNORED list applies: a `.gitignore` the sandbox
 wrote is an ordinary file of the change. tree_archive(): a tree of the trusted clone as a tar, for the
 fresh containers the supervisor's tests and verification run in.
+
+Size: about 470 lines, one concept (the two trees of a task and the moves between them): prepare,
+populate and extract share the Prepared paths and the private-index discipline; reading the tar itself is
+runner.sandbox.archive's.
 """
 
 from __future__ import annotations

@@ -4,6 +4,10 @@ Fork mode (`fork="owner/name"`, GITHUB_FORK): agent branches are pushed to a for
 pull requests are opened from it (`head: "forkowner:branch"`), so the bot's workflows run on them without its
 secrets. Everything that reads a pull request works the same for both; a fork's branch is deleted once its
 pull request is merged or closed.
+
+Size: about 450 lines, one backend of the Forge protocol (runner.forge.base): its methods share the
+client, the retry and rate-limit handling and the fork logic; the error mapping and parsers are small helpers
+beside the only code that uses them.
 """
 
 from __future__ import annotations

@@ -5,6 +5,10 @@ the commit and `update-ref <base> <new> <old>` moves the base branch only if it 
 was computed from. A claim row in SQLite, taken in an IMMEDIATE transaction, makes a second approval of the
 same pull request (another coroutine or another process) refuse instead of merging twice; the commit about
 to land is recorded first, so a merge interrupted after `update-ref` is recognised, never repeated.
+
+Size: about 600 lines, one backend of the Forge protocol (runner.forge.base) and its SQLite
+tables (pull requests, comments, reviews, merge claims): each method is one forge operation, and the merge's
+claim-and-record protocol needs the tables and the git plumbing side by side.
 """
 
 from __future__ import annotations

@@ -26,6 +26,11 @@ One release at a time merges and deploys. A release's watch ends when the next r
 rollback can only go back one step; a watch that has already condemned its release finishes its rollback first.
 
 The release rows are runner.service.release_store's; reverting a merge on its branch is runner.reverts'.
+
+Size: about 720 lines, one state machine (approved → merging → deploying → watching → deployed,
+rolled_back, failed, asking, held): every step records the release's row before it acts and is resumed by
+`start()` after a restart, so the steps, the owner's questions and the resume logic read together; the rows
+are runner.service.release_store's, the revert runner.reverts', the watch runner.service.watch's.
 """
 
 from __future__ import annotations
