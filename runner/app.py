@@ -46,7 +46,15 @@ from runner.service.operations import Caller
 from runner.service.policy_store import PolicyDesk, PolicyStore
 from runner.service.release_store import ReleaseRecord, ReleaseStore
 from runner.service.releases import Releases
-from runner.service.runtime import Housekeeper, Housekeeping, Runtime, open_runtime, preflight, reap_orphans
+from runner.service.runtime import (
+    DEFAULT_SCENARIO,
+    Housekeeper,
+    Housekeeping,
+    Runtime,
+    open_runtime,
+    preflight,
+    reap_orphans,
+)
 from runner.service.scheduler import Scheduler
 from runner.service.state import Service
 from runner.service.watch import ContainerLogErrors, ErrorSource, LokiErrors, WatchConfig
@@ -351,11 +359,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     preflight(settings)  # a full disk, a damaged state file, a bad policy: one line here, not a lifespan traceback
     scenario: Path | None = args.scenario
     if settings.anthropic_api_key is None and scenario is None:
-        # Here, not in the lifespan: uvicorn would print its traceback around it after seconds of start-up.
-        raise ConfigError("serve needs a model: set ANTHROPIC_API_KEY, or pass --scenario FILE to play a scripted "
-                          "model offline (runner/data/scenarios/*.yaml)")
+        scenario = DEFAULT_SCENARIO  # the embedded default: the service can be tried with nothing set
     if scenario is not None:
-        check_scenario(scenario)
+        check_scenario(scenario)  # here, not in the lifespan, where uvicorn wraps it in a traceback
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="[agent-runner] %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # the model proxy logs its own requests
     uvicorn.run(create_app(settings, scenario=scenario), host=settings.host, port=settings.port, log_level="info")

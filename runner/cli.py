@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
                            description="The supervisor: the HTTP API on AGENT_RUNNER_HOST:AGENT_RUNNER_PORT, the "
                                        "Telegram chat when configured, releases and the post-deploy watch.")
     serve.add_argument("--scenario", type=scenario_path, metavar="FILE",
-                       help=SCENARIO_HELP + "; the service then runs offline without ANTHROPIC_API_KEY")
+                       help=SCENARIO_HELP + "; without ANTHROPIC_API_KEY the default is fix-balance")
     serve.set_defaults(func=cmd_serve)
     return parser
 

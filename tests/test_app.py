@@ -244,12 +244,12 @@ async def test_app_burst_of_commands_every_request_answered(tmp_path: Path) -> N
 async def test_serve_runs_a_task_through_the_api_to_a_pull_request_and_deploys_it(tmp_path: Path) -> None:
     repo = await create_sample_repo(tmp_path / "origin")
     port = free_port()
-    # No key: `serve --scenario` plays the scripted model itself, as a new user tries the service offline.
+    # No key and no --scenario: `serve` plays its embedded default (fix-balance), as a new user tries it offline.
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANTHROPIC_", "GITHUB_", "AGENT_"))}
     env.update(AGENT_RUNNER_HOME=str(tmp_path / "home"), AGENT_RUNNER_REPO=str(repo),
                AGENT_RUNNER_PORT=str(port), AGENT_API_TOKEN=TOKEN)
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runner.cli", "serve", "--scenario",
-                                                str(FIX_SCENARIO), env=env, stderr=asyncio.subprocess.PIPE)
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runner.cli", "serve", env=env,
+                                                stderr=asyncio.subprocess.PIPE)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             async with asyncio.timeout(60):
@@ -292,7 +292,7 @@ async def test_serve_runs_a_task_through_the_api_to_a_pull_request_and_deploys_i
     assert release["detail"] == NOTHING_DEPLOYED and release["watch_until"] is None
     assert [r["id"] for r in listed] == [release["id"]]
     assert [r["id"] for r in after["releases"]] == [release["id"]]  # the task links its release
-    assert "no real model: a scripted model plays the agent (fix-balance.yaml" in err.decode()
+    assert NO_KEY_LINE.format("fix-balance.yaml") in err.decode().splitlines()
     # uvicorn shuts the lifespan down on SIGTERM, then re-raises the signal, so -15 is its clean exit.
     assert proc.returncode in (0, -15), err.decode()[-3000:]
 
@@ -303,16 +303,52 @@ def _cli_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
-async def test_serve_without_a_key_or_a_scenario_exits_2_with_one_line_naming_both(tmp_path: Path) -> None:
+NO_KEY_LINE = ("[agent-runner] no ANTHROPIC_API_KEY: a scripted model plays the agent ({}); set ANTHROPIC_API_KEY "
+               "to use the real model")
+
+
+async def _serve_until_healthy(env: dict[str, str], port: int, *args: str) -> tuple[int, str]:
+    """Start `serve` (with `args`), wait for /health, stop it: the status /health answered and all of stderr."""
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runner.cli", "serve", *args, env=env,
+                                                stderr=asyncio.subprocess.PIPE)
+    status = 0
+    try:
+        async with httpx.AsyncClient(timeout=5) as client, asyncio.timeout(90):
+            while proc.returncode is None:
+                with contextlib.suppress(httpx.TransportError):
+                    status = (await client.get(f"http://127.0.0.1:{port}/health")).status_code
+                    break
+                await asyncio.sleep(0.1)
+    finally:
+        if proc.returncode is None:
+            proc.terminate()
+        _, err = await asyncio.wait_for(proc.communicate(), 60)
+    return status, err.decode()
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize(("args", "played"), [((), "fix-balance.yaml"),
+                                              (("--scenario", "health-users"), "health-users.yaml")])
+async def test_serve_without_a_key_plays_a_scripted_model_and_says_so_in_one_line(
+        tmp_path: Path, args: tuple[str, ...], played: str) -> None:
     repo = await create_sample_repo(tmp_path / "origin")
-    done = await asyncio.to_thread(
-        subprocess.run, [sys.executable, "-m", "runner.cli", "serve"], capture_output=True, text=True, timeout=120,
-        env=_cli_env(tmp_path / "home", AGENT_API_TOKEN=TOKEN, AGENT_RUNNER_REPO=str(repo),
-                     AGENT_RUNNER_PORT=str(free_port())))
-    assert done.returncode == 2, done.stderr
-    assert done.stderr.strip().splitlines() == [
-        "agent-runner: serve needs a model: set ANTHROPIC_API_KEY, or pass --scenario FILE to play a scripted model "
-        "offline (runner/data/scenarios/*.yaml)"]  # before uvicorn: no "Started server process", no traceback
+    port = free_port()
+    status, err = await _serve_until_healthy(
+        _cli_env(tmp_path / "home", AGENT_API_TOKEN=TOKEN, AGENT_RUNNER_REPO=str(repo), AGENT_RUNNER_PORT=str(port)),
+        port, *args)
+    assert status == 200, err[-3000:]  # it started, where it used to exit 2
+    said = [line for line in err.splitlines() if "scripted model" in line or "ANTHROPIC_API_KEY" in line]
+    assert said == [NO_KEY_LINE.format(played)], err[-3000:]  # one plain line, naming what plays and the fix
+
+
+def test_scripted_notice_with_a_key_says_the_scenario_overrides_the_real_model(tmp_path: Path) -> None:
+    from runner.service.runtime import DEFAULT_SCENARIO, scripted_notice
+
+    keyed = owner_settings(tmp_path / "home", ANTHROPIC_API_KEY="sk-real")
+    assert scripted_notice(keyed, DEFAULT_SCENARIO) == (
+        "--scenario: a scripted model plays the agent (fix-balance.yaml), not the model at https://api.anthropic.com; "
+        "start without --scenario to use it")
+    assert DEFAULT_SCENARIO.is_file()  # the embedded default ships with the package
 
 
 async def test_serve_with_a_broken_scenario_exits_2_with_the_line_that_names_it(tmp_path: Path) -> None:

@@ -53,7 +53,7 @@ def _fresh_env(port: int) -> dict[str, str]:
 
 def test_readme_try_without_a_key_block_shows_the_real_commands() -> None:
     block = readme_block(HEADING)
-    assert "agent-runner sample-repo" in block and "serve --scenario" in block
+    assert "agent-runner sample-repo" in block and "agent-runner serve 2>" in block  # the embedded default model
     assert "ANTHROPIC_API_KEY" not in block  # the point of the section: no key anywhere
 
 
@@ -83,6 +83,10 @@ def test_readme_try_without_a_key_runs_verbatim(tmp_path: Path) -> None:
     assert answers[1]["number"] == 1 and answers[1]["release_id"] == 1, out  # the approval was accepted
     assert lines[-2].startswith("merged; no deployer configured"), out  # the release says what it did not do
     assert lines[-1] == "deployed", out  # and the task followed its release
+    # No key and no --scenario: one plain line says what plays the agent, and how to use the real model instead.
+    assert re.findall(r"^\[agent-runner\] .*(?:scripted model|ANTHROPIC_API_KEY).*$", log, flags=re.M) == [
+        "[agent-runner] no ANTHROPIC_API_KEY: a scripted model plays the agent (fix-balance.yaml); set "
+        "ANTHROPIC_API_KEY to use the real model"], log[:2000]
     # One start-up line names the policy in force: which file (here the built-in one), its version, its hash.
     assert re.search(r"^\[agent-runner\] policy <default policy>: version \S+, sha256 [0-9a-f]{12}$", log,
                      flags=re.M), log[:2000]

@@ -8,6 +8,7 @@ import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import policy
@@ -25,6 +26,8 @@ from runner.store import Store, TaskRecord
 from runner.supervisor import Deps, run_task, task_lock
 
 SCRIPTED_KEY = "scripted-model-key"  # what the scripted upstream is given; it checks nothing
+# What `serve` plays with no model key: the demo's first task, so the README's curl fix works with nothing set.
+DEFAULT_SCENARIO = Path(str(resources.files("runner") / "data" / "scenarios" / "fix-balance.yaml"))
 # A task clones the repository under AGENT_RUNNER_HOME and records every step in its state file: below this,
 # it would fail part-way with its work lost, so nothing starts.
 MIN_FREE_BYTES = 32 * 2**20
@@ -101,7 +104,7 @@ async def open_runtime(
                 raise ConfigError(str(exc)) from None
             server = await stack.enter_async_context(serve_scripted_model(script))
             upstream, api_key = server.base_url, SCRIPTED_KEY
-            say(f"no real model: a scripted model plays the agent ({scenario.name}, on {upstream})")
+            say(scripted_notice(settings, scenario))
         else:
             api_key = key.reveal()
         check_room(settings.home)
@@ -119,6 +122,15 @@ async def open_runtime(
         deps = Deps(home=settings.home, store=store, sandbox=sandbox, proxy=proxy, policy=active,
                     image=settings.sandbox_image, forge=forge)
         yield Runtime(settings, deps, say)
+
+
+def scripted_notice(settings: Settings, scenario: Path) -> str:
+    """The one start-up line that says a scripted model, not the real one, plays the agent, and how to change it."""
+    if settings.anthropic_api_key is None:
+        return (f"no ANTHROPIC_API_KEY: a scripted model plays the agent ({scenario.name}); set ANTHROPIC_API_KEY "
+                "to use the real model")
+    return (f"--scenario: a scripted model plays the agent ({scenario.name}), not the model at "
+            f"{settings.anthropic_base_url}; start without --scenario to use it")
 
 
 def audit_refusals(store: Store) -> Callable[[str, Refusal], Awaitable[None]]:
