@@ -14,9 +14,10 @@ demo: venv engine image
 test: venv engine image alertmanager compose browser check
 	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 $(PYTEST_ARGS)
 
-# Everything that needs no Docker engine (and so no image): the inner loop, under two minutes on two cores.
+# Everything that needs no Docker engine (and so no image): the inner loop, spread over every core (pytest-xdist;
+# the Docker tests of `make test` stay serial: they share one engine and count its containers).
 quick: venv
-	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not docker" --durations=20 $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not docker" -n auto --durations=20 $(PYTEST_ARGS)
 
 check: venv
 	$(BIN)/ruff check runner policy tests bench
