@@ -42,3 +42,20 @@ def test_the_size_a_module_states_is_roughly_its_size() -> None:
             if paragraph.startswith("Size: about ") and words[3].rstrip(",:") == "lines":
                 stated, real = int(words[2]), text.count("\n")
                 assert abs(stated - real) <= real / 4, f"{path.name} says {stated} lines, has {real}"
+
+
+def test_the_readmes_layout_names_every_module_of_runner() -> None:
+    """The README's layout section matches the tree: each module is named there (a package's modules may be
+    named by the package, as `sandbox/` or `tracebacks/` are)."""
+    readme = (Path(runner.__file__).parents[1] / "README.md").read_text()
+    block = readme.split("## Layout", 1)[1].split("```", 2)[1]
+    root = Path(runner.__file__).parent
+    missing = []
+    for path in sorted(root.rglob("*.py")):
+        relative = path.relative_to(root)
+        if relative.parts[0] == "data" or path.name == "__init__.py":
+            continue
+        named_by_package = any(f"{part}/" in block for part in relative.parts[:-1])
+        if path.stem not in block and not named_by_package:
+            missing.append(str(relative))
+    assert missing == [], "name these in the README's Layout section"
