@@ -9,6 +9,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from runner.alerts.logql import WebhookError, validate_logql
 from runner.errors import ConfigError
@@ -150,8 +151,9 @@ class Settings:
 
         def url(key: str, default: str | None) -> str | None:
             value = environ.get(key, "") or default
-            if value is not None and not value.startswith(("http://", "https://")):
-                problems.append(f"{key} must be an http(s) URL, got {value!r}")
+            if value is not None and not well_formed_url(value):
+                problems.append(f"{key} must be an http(s) URL with a host, like http://127.0.0.1:8000/health, "
+                                f"got {value!r}")
             return value.rstrip("/") if value else value
 
         home = Path(environ.get("AGENT_RUNNER_HOME") or Path(environ.get("HOME", "/root")) / ".agent-runner")
@@ -238,6 +240,17 @@ class Settings:
         if problems:
             raise ConfigError("bad configuration: " + "; ".join(problems))
         return settings
+
+
+def well_formed_url(value: str) -> bool:
+    """http(s), a host and, if given, a numeric port: `http://` or `http://:8000/health` would only fail later,
+    at the first request made to them (the first deploy's health check), far from the setting to fix."""
+    parts = urlsplit(value)
+    try:
+        parts.port  # noqa: B018 - parsing the port is the check: a bad one raises
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
 def is_git_url(repo: str) -> bool:

@@ -20,6 +20,7 @@ from runner.deploy import create_deployer
 from runner.errors import ConfigError
 from runner.sample import create_sample_repo
 from runner.service.releases import NOTHING_DEPLOYED
+from runner.service.runtime import check_forge
 from runner.store import Store
 from tests.fakes.app import (
     ALERTS,
@@ -32,6 +33,7 @@ from tests.fakes.app import (
     serve_app,
     serve_process,
 )
+from tests.fakes.github import FakeGitHub
 from tests.fakes.net import free_port
 
 FIX_SCENARIO = Path(__file__).parents[1] / "runner" / "data" / "scenarios" / "fix-balance.yaml"
@@ -498,3 +500,107 @@ async def test_serve_refuses_a_repository_folder_that_is_not_git_at_start(tmp_pa
     [line] = done.stderr.strip().splitlines()
     assert line.startswith("agent-runner: AGENT_RUNNER_REPO ") and "is not a git repository" in line
 
+
+
+# ------------------------------------------------------------------------------------ validated at start
+
+GITHUB_TOKEN_VALUE = "ghp_fake-start-up-token"
+
+
+def _github_settings(home: Path, token: str, repository: str = "octo/bot") -> Any:
+    return owner_settings(home, GITHUB_TOKEN=token, GITHUB_REPOSITORY=repository,
+                          GITHUB_API_URL="https://api.github.test")
+
+
+async def test_check_forge_names_a_refused_github_token_and_passes_a_good_one(tmp_path: Path) -> None:
+    fake = FakeGitHub(GITHUB_TOKEN_VALUE)
+    transport = httpx.ASGITransport(app=fake.app)
+    with pytest.raises(ConfigError) as caught:
+        await check_forge(_github_settings(tmp_path, "ghp_revoked"), None, transport=transport)
+    assert str(caught.value) == ("GITHUB_TOKEN is refused by GitHub: 401 Bad credentials; the token is invalid, "
+                                 "expired or revoked: make a new one (contents and pull requests: write) and set "
+                                 "GITHUB_TOKEN")
+    await check_forge(_github_settings(tmp_path, GITHUB_TOKEN_VALUE), None, transport=transport)
+    assert [(r.method, r.path, r.authorized) for r in fake.requests] == [
+        ("GET", "/repos/octo/bot", False), ("GET", "/repos/octo/bot", True)]  # one request each, the token's
+
+
+async def test_check_forge_names_a_repository_the_token_cannot_find(tmp_path: Path) -> None:
+    transport = httpx.ASGITransport(app=FakeGitHub(GITHUB_TOKEN_VALUE).app)
+    with pytest.raises(ConfigError) as caught:
+        await check_forge(_github_settings(tmp_path, GITHUB_TOKEN_VALUE, "octo/bott"), None, transport=transport)
+    assert str(caught.value).startswith("GITHUB_REPOSITORY octo/bott is not found with GITHUB_TOKEN: 404 Not Found; "
+                                        "check the owner/name")
+
+
+async def test_check_forge_refuses_a_git_url_without_a_token_and_a_missing_bare_repository(tmp_path: Path) -> None:
+    settings = owner_settings(tmp_path / "home")
+    with pytest.raises(ConfigError) as caught:
+        await check_forge(settings, "https://github.com/octo/bot.git")
+    assert str(caught.value).startswith("AGENT_RUNNER_REPO 'https://github.com/octo/bot.git' is a git URL, but "
+                                        "GITHUB_TOKEN is not set: set GITHUB_TOKEN")
+    with pytest.raises(ConfigError, match="the path does not exist"):
+        await check_forge(settings, str(tmp_path / "missing.git"))
+    await check_forge(settings, str(await create_sample_repo(tmp_path / "origin")))  # a bare repository: fine
+
+
+def _serve_refused(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "runner.cli", "serve"], capture_output=True, text=True,
+                          timeout=120, env=env)
+
+
+async def test_serve_refuses_a_github_token_github_refuses_in_one_line_before_it_listens(tmp_path: Path) -> None:
+    fake = FakeGitHub(GITHUB_TOKEN_VALUE)
+    async with serve_app(fake.app) as api:
+        env = _cli_env(tmp_path / "home", AGENT_API_TOKEN=TOKEN, GITHUB_TOKEN="ghp_revoked",
+                       GITHUB_REPOSITORY="octo/bot", GITHUB_API_URL=api, AGENT_RUNNER_PORT=str(free_port()))
+        done = await asyncio.to_thread(_serve_refused, env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        "agent-runner: GITHUB_TOKEN is refused by GitHub: 401 Bad credentials; the token is invalid, expired or "
+        "revoked: make a new one (contents and pull requests: write) and set GITHUB_TOKEN"]
+    assert [r.path for r in fake.requests] == ["/repos/octo/bot"]  # refused at its first answer, nothing after
+
+
+@pytest.mark.docker
+async def test_serve_starts_on_github_with_a_token_github_accepts(tmp_path: Path) -> None:
+    fake = FakeGitHub(GITHUB_TOKEN_VALUE)
+    port = free_port()
+    async with serve_app(fake.app) as api:
+        status, err = await _serve_until_healthy(
+            _cli_env(tmp_path / "home", AGENT_API_TOKEN=TOKEN, GITHUB_TOKEN=GITHUB_TOKEN_VALUE,
+                     GITHUB_REPOSITORY="octo/bot", GITHUB_API_URL=api, AGENT_RUNNER_PORT=str(port)), port)
+    assert status == 200, err[-3000:]
+    assert fake.requests[0].path == "/repos/octo/bot" and fake.requests[0].authorized
+
+
+@pytest.mark.parametrize(("deploy", "line"), [
+    ({"AGENT_RUNNER_DEPLOYER": "command", "AGENT_RUNNER_DEPLOY_COMMAND": "restart-the-bott now"},
+     "agent-runner: AGENT_RUNNER_DEPLOY_COMMAND runs 'restart-the-bott', which is not on PATH; install it, or give "
+     "its full path"),
+    ({"AGENT_RUNNER_DEPLOYER": "docker", "AGENT_RUNNER_DEPLOY_SERVICE": "bot"},
+     "agent-runner: AGENT_RUNNER_DEPLOYER=docker needs AGENT_RUNNER_DEPLOY_BASE_IMAGE, the image the bot's "
+     "Dockerfile builds FROM (python:3.12-slim)"),
+    ({"AGENT_RUNNER_DEPLOYER": "command", "AGENT_RUNNER_DEPLOY_COMMAND": "true", "AGENT_RUNNER_HEALTH_URL": "http://"},
+     "agent-runner: bad configuration: AGENT_RUNNER_HEALTH_URL must be an http(s) URL with a host, like "
+     "http://127.0.0.1:8000/health, got 'http://'"),
+])
+async def test_serve_refuses_a_deployer_it_cannot_run_in_one_line(tmp_path: Path, deploy: dict[str, str],
+                                                                   line: str) -> None:
+    repo = await create_sample_repo(tmp_path / "origin")
+    env = _cli_env(tmp_path / "home", AGENT_API_TOKEN=TOKEN, AGENT_RUNNER_REPO=str(repo),
+                   AGENT_RUNNER_PORT=str(free_port()), **deploy)
+    done = await asyncio.to_thread(_serve_refused, env)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines() == [line]
+
+
+@pytest.mark.docker
+async def test_serve_starts_with_a_deploy_command_it_finds_and_a_well_formed_health_url(tmp_path: Path) -> None:
+    repo = await create_sample_repo(tmp_path / "origin")
+    port = free_port()
+    status, err = await _serve_until_healthy(
+        _cli_env(tmp_path / "home", AGENT_API_TOKEN=TOKEN, AGENT_RUNNER_REPO=str(repo), AGENT_RUNNER_PORT=str(port),
+                 AGENT_RUNNER_DEPLOYER="command", AGENT_RUNNER_DEPLOY_COMMAND="git --version",
+                 AGENT_RUNNER_HEALTH_URL="http://127.0.0.1:9/health"), port)
+    assert status == 200, err[-3000:]

@@ -68,3 +68,17 @@ def test_grafana_and_page_settings_parse_and_bad_ones_are_named() -> None:
                            "AGENT_RUNNER_LINK_SECRET": "short"})
     assert "AGENT_RUNNER_PUBLIC_URL must be an http(s) URL" in str(caught.value)
     assert "AGENT_RUNNER_LINK_SECRET must be at least 16 characters" in str(caught.value)
+
+
+@pytest.mark.parametrize("bad", ["http://", "http://:8000/health", "ftp://127.0.0.1/health", "127.0.0.1:8000/health",
+                                 "http://127.0.0.1:80x0/health"])
+def test_from_env_refuses_a_health_url_without_a_scheme_a_host_or_a_port_number(bad: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env({"AGENT_RUNNER_HOME": "/tmp/h", "AGENT_RUNNER_HEALTH_URL": bad})
+    assert str(caught.value) == (f"bad configuration: AGENT_RUNNER_HEALTH_URL must be an http(s) URL with a host, "
+                                 f"like http://127.0.0.1:8000/health, got {bad!r}")
+
+
+def test_from_env_takes_a_well_formed_health_url() -> None:
+    for good in ("http://127.0.0.1:8000/health", "https://bot.example/health", "http://[::1]:8000/health"):
+        assert Settings.from_env({"AGENT_RUNNER_HOME": "/tmp/h", "AGENT_RUNNER_HEALTH_URL": good}).health_url == good

@@ -36,6 +36,7 @@ __all__ = [
     "Fence",
     "Outcome",
     "Step",
+    "check_deployer",
     "create_deployer",
     "deployer_from_settings",
     "deploy_with_rollback",
@@ -85,3 +86,19 @@ def deployer_from_settings(settings: Settings) -> Deployer:
         return create_deployer("docker", service=settings.deploy_service or "",
                                build_base_image=settings.deploy_base_image)
     return create_deployer("none")
+
+
+def check_deployer(settings: Settings, *, path: str | None = None) -> None:
+    """What the configured deployer needs, checked at `serve` start (ConfigError, one line naming the fix): the
+    command's program on `path` (default: PATH), or a Docker engine that answers and has the build's base image."""
+    if settings.deployer == "command":
+        from runner.deploy.command import check_deploy_command
+
+        check_deploy_command(settings.deploy_command or "", path=path)
+    elif settings.deployer == "docker":
+        if settings.deploy_base_image is None:
+            raise ConfigError("AGENT_RUNNER_DEPLOYER=docker needs AGENT_RUNNER_DEPLOY_BASE_IMAGE, the image the "
+                              "bot's Dockerfile builds FROM (python:3.12-slim)")
+        from runner.deploy.docker import check_deployer_engine
+
+        check_deployer_engine(settings.deploy_service or "", settings.deploy_base_image)

@@ -15,6 +15,8 @@ import contextlib
 import fcntl
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import tempfile
@@ -37,6 +39,7 @@ from runner.deploy.base import (
     Fence,
 )
 from runner.deploy.health import HttpProbe, Verdict, wait_healthy
+from runner.errors import ConfigError
 
 ENV_SHA = "AGENT_RUNNER_DEPLOY_SHA"
 ENV_REPO = "AGENT_RUNNER_DEPLOY_REPO"
@@ -51,6 +54,49 @@ WRAPPER = 'echo $$ > "$2/pid"; /bin/sh -c "$1" </dev/null; status=$?; echo $stat
 SETTLE_POLL = 0.2  # how often a run left by a previous supervisor is looked at
 STOP_GRACE = 10.0  # how long a killed process group may take to let go of its lock
 KEEP_RUNS = 20  # finished runs' directories kept for inspection
+
+
+# Words /bin/sh runs itself: a command that starts with one (`cd /srv/bot && make deploy`) has no program to
+# look for, and the shell finds out the rest when it runs.
+SHELL_WORDS = frozenset(". : [ alias break case cd command continue eval exec exit export false for getopts "
+                        "if read readonly return set shift test trap true type ulimit umask unset until wait "
+                        "while".split())
+_ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def deploy_program(command: str) -> str | None:
+    """The program `command` starts first (after any `VAR=value`), or None when the shell runs it itself; the
+    command is only split as /bin/sh would split it, never run. ValueError when it does not split (a quote open)."""
+    lexer = shlex.shlex(command, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    lexer.commenters = "#"
+    for word in list(lexer):  # the whole string, so an open quote anywhere is refused
+        if _ASSIGNMENT.match(word) or word in ("(", "{", "!"):  # what comes before the program
+            continue
+        return None if word in SHELL_WORDS or not word.strip("();&|<>") else word
+    return None
+
+
+def check_deploy_command(command: str, *, path: str | None = None, cwd: Path | None = None) -> None:
+    """At start: the command's program is on `path` (the PATH it will run with) or is an executable file, so a
+    typo is one line naming AGENT_RUNNER_DEPLOY_COMMAND, not a failed release after the merge."""
+    try:
+        program = deploy_program(command)
+    except ValueError as exc:
+        raise ConfigError(f"AGENT_RUNNER_DEPLOY_COMMAND does not parse as a shell command ({exc}): "
+                          f"{command!r}") from None
+    if program is None:
+        return
+    if "/" in program:
+        file = (cwd or Path.cwd()) / Path(program).expanduser()
+        if not (file.is_file() and os.access(file, os.X_OK)):
+            state = "is not executable (chmod +x it)" if file.is_file() else "does not exist"
+            raise ConfigError(f"AGENT_RUNNER_DEPLOY_COMMAND runs {program}, which {state}; give the deploy "
+                              "script's path, or a program on PATH")
+        return
+    if shutil.which(program, path=path) is None:
+        raise ConfigError(f"AGENT_RUNNER_DEPLOY_COMMAND runs {program!r}, which is not on PATH; install it, or give "
+                          "its full path")
 
 
 @dataclass(frozen=True, slots=True)

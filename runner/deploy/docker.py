@@ -34,6 +34,7 @@ from runner.deploy.base import (
 )
 from runner.deploy.health import HttpProbe, Verdict, wait_healthy
 from runner.docker_engine import EngineUnavailable, connect, short
+from runner.errors import ConfigError
 from runner.gitops import GitError, run_git
 
 T = TypeVar("T")
@@ -62,6 +63,30 @@ _SHA = re.compile(r"^(?:[0-9a-f]{40}|[0-9a-f]{64})$")
 def image_tag(service: str, sha: str) -> str:
     """The image a commit of `service` is built into: `agent-runner/deployed-<service>:<sha12>`."""
     return f"{IMAGE_REPO_PREFIX}{service}:{sha[:12]}"
+
+
+def check_deployer_engine(service: str, base_image: str) -> None:
+    """At start (blocking): the name is one Docker takes, an engine answers, and the build's base image is in
+    it (a build never pulls), each a ConfigError naming the setting; else the first release would fail after
+    its merge."""
+    if not _SERVICE.match(service):
+        raise ConfigError(f"AGENT_RUNNER_DEPLOY_SERVICE {service!r} is not a container name Docker takes: "
+                          "lower-case letters, digits, '_', '.', '-'")
+    try:
+        client = connect(timeout=10)
+    except EngineUnavailable as exc:
+        raise ConfigError(f"AGENT_RUNNER_DEPLOYER=docker: {exc} (or point DOCKER_HOST at one)") from None
+    try:
+        client.images.get(base_image)
+    except docker.errors.ImageNotFound:
+        raise ConfigError(f"AGENT_RUNNER_DEPLOY_BASE_IMAGE {base_image!r} is not in the Docker engine, and builds "
+                          f"never pull: `docker pull {base_image}` first, or name an image `docker images` "
+                          "lists") from None
+    except docker.errors.DockerException as exc:
+        raise ConfigError(f"AGENT_RUNNER_DEPLOYER=docker: the engine did not answer for the base image "
+                          f"{base_image!r}: {short(exc)}") from None
+    finally:
+        client.close()
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,12 +10,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import policy
 from runner import tasklock
-from runner.config import Settings
-from runner.errors import ConfigError, StateFull
-from runner.forge import create_forge
+from runner.config import Settings, check_local_repo, is_git_url
+from runner.deploy import check_deployer
+from runner.errors import ConfigError, ForgeError, StateFull
+from runner.forge import create_forge, default_repo
 from runner.model_gateway import Refusal
 from runner.model_proxy import ModelProxy
 from runner.models import RunResult, TaskState
@@ -25,6 +27,9 @@ from runner.sqlite import check_file
 from runner.store import Store, TaskRecord
 from runner.supervisor import Deps, run_task, task_lock
 
+if TYPE_CHECKING:
+    import httpx
+
 SCRIPTED_KEY = "scripted-model-key"  # what the scripted upstream is given; it checks nothing
 # What `serve` plays with no model key: the demo's first task, so the README's curl fix works with nothing set.
 DEFAULT_SCENARIO = Path(str(resources.files("runner") / "data" / "scenarios" / "fix-balance.yaml"))
@@ -33,6 +38,7 @@ DEFAULT_SCENARIO = Path(str(resources.files("runner") / "data" / "scenarios" / "
 MIN_FREE_BYTES = 32 * 2**20
 DEFAULT_REAP_INTERVAL = 30.0
 DEFAULT_REAP_RETRY = 5.0
+FORGE_CHECK_TIMEOUT = 15.0  # one GET at start; a forge slower than this would time out every task's step too
 
 log = logging.getLogger("agent_runner.runtime")
 
@@ -73,11 +79,51 @@ def check_room(home: Path, *, minimum: int = MIN_FREE_BYTES) -> None:
 
 
 def preflight(settings: Settings, *, policy_path: Path | None = None) -> policy.Policy:
-    """What `serve` checks before it listens, so that a bad start is one line: room on the disk, a state file
-    that is whole (StateCorrupt names it), a policy that loads (PolicyError)."""
+    """What `serve` checks before it listens, so that a bad start is one line naming the fix: room on the disk,
+    a state file that is whole (StateCorrupt names it), the forge (check_forge), the deployer (check_deployer),
+    a policy that loads (PolicyError). The health URL's form is Settings' to check."""
     check_room(settings.home)
     check_file(settings.home / "state.db")
+    asyncio.run(check_forge(settings, default_repo(settings)))
+    check_deployer(settings)
     return load_policy(settings, policy_path)
+
+
+async def check_forge(settings: Settings, repo: str | None, *,
+                      transport: httpx.AsyncBaseTransport | None = None) -> None:
+    """ConfigError, one line naming the setting, unless the forge can work: with GitHub, GitHub's first answer
+    to the token (GET of GITHUB_REPOSITORY) is a 2xx; without, `repo` is a git repository on this disk, not a
+    URL no token can push to. `transport` reaches a fake GitHub in tests."""
+    if settings.github_token is None:
+        if repo is not None and is_git_url(repo):
+            raise ConfigError(f"AGENT_RUNNER_REPO {repo!r} is a git URL, but GITHUB_TOKEN is not set: set "
+                              "GITHUB_TOKEN (contents and pull requests: write) and GITHUB_REPOSITORY, or give "
+                              "the path of the bot's bare repository")
+        if repo is not None:
+            check_local_repo(repo, name="AGENT_RUNNER_REPO")
+        return
+    from runner.forge.github_api import GitHubApi, messages
+
+    repository = settings.github_repository or ""
+    api = GitHubApi(settings.github_api_url, settings.github_token.reveal(), transport=transport,
+                    timeout=FORGE_CHECK_TIMEOUT, retries=0)
+    try:
+        response = await api.request("GET", f"/repos/{repository}", allow=(401, 403, 404))
+    except ForgeError as exc:
+        raise ConfigError(f"GitHub at GITHUB_API_URL ({settings.github_api_url}) did not answer the start-up check: "
+                          f"{exc}") from None
+    finally:
+        await api.aclose()
+    said = f"{response.status_code} {messages(response)}"
+    if response.status_code == 401:
+        raise ConfigError(f"GITHUB_TOKEN is refused by GitHub: {said}; the token is invalid, expired or revoked: "
+                          "make a new one (contents and pull requests: write) and set GITHUB_TOKEN")
+    if response.status_code == 403:
+        raise ConfigError(f"GITHUB_TOKEN may not read GITHUB_REPOSITORY {repository}: {said}; give the token "
+                          "access to it (contents and pull requests: write)")
+    if response.status_code == 404:
+        raise ConfigError(f"GITHUB_REPOSITORY {repository} is not found with GITHUB_TOKEN: {said}; check the "
+                          "owner/name, and that the token is granted that repository")
 
 
 @contextlib.asynccontextmanager

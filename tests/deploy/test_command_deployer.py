@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from runner.deploy import DeployEvent, DeploySource, create_deployer, deploy_with_rollback
-from runner.deploy.command import CommandDeployer
+from runner.deploy.command import CommandDeployer, check_deploy_command, deploy_program
 from runner.errors import ConfigError
 from tests.deploy.orphans import alive, orphan, overlap_guarded
 from tests.fakes.health import health_server
@@ -235,3 +235,49 @@ async def test_settle_reads_a_failed_run_and_knows_nothing_of_a_step_that_never_
     assert failed is not None and not failed.ok and failed.detail.endswith("exited 3")
     assert "no way" in failed.logs_tail
     assert never is None
+
+
+# ------------------------------------------------------------------------------------------- start-up check
+
+
+def test_deploy_program_is_the_first_word_the_shell_would_look_up() -> None:
+    assert deploy_program("systemctl restart bot") == "systemctl"
+    assert deploy_program("BOT_ENV=prod ./deploy.sh --now") == "./deploy.sh"
+    assert deploy_program("(docker compose up -d bot)") == "docker"
+    assert deploy_program("cd /srv/bot && make deploy") is None  # a builtin: nothing on PATH to look for
+
+
+def _program(where: Path, name: str, *, executable: bool = True) -> Path:
+    where.mkdir(parents=True, exist_ok=True)
+    script = where / name
+    script.write_text("#!/bin/sh\nexit 0\n")
+    script.chmod(0o755 if executable else 0o644)
+    return script
+
+
+def test_check_deploy_command_refuses_a_program_not_on_path_and_takes_one_that_is(tmp_path: Path) -> None:
+    path = str(tmp_path / "bin")
+    _program(tmp_path / "bin", "restart-bot")
+    with pytest.raises(ConfigError) as caught:
+        check_deploy_command("restart-bott --now", path=path)
+    assert str(caught.value) == ("AGENT_RUNNER_DEPLOY_COMMAND runs 'restart-bott', which is not on PATH; install "
+                                 "it, or give its full path")
+    check_deploy_command("restart-bot --now", path=path)  # the program found: no error
+
+
+def test_check_deploy_command_refuses_a_script_that_is_missing_or_not_executable(tmp_path: Path) -> None:
+    script = _program(tmp_path, "deploy.sh", executable=False)
+    with pytest.raises(ConfigError, match=r"runs .*deploy\.sh, which is not executable \(chmod \+x it\)"):
+        check_deploy_command(f"{script} main", path="")
+    with pytest.raises(ConfigError, match=r"runs .*nowhere\.sh, which does not exist; give the deploy script's path"):
+        check_deploy_command(f"{tmp_path / 'nowhere.sh'}", path="")
+    script.chmod(0o755)
+    check_deploy_command(f"{script} main", path="")
+    check_deploy_command("./deploy.sh main", path="", cwd=tmp_path)
+
+
+def test_check_deploy_command_refuses_a_command_that_does_not_split() -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_deploy_command("systemctl restart 'bot", path="")
+    assert str(caught.value) == ("AGENT_RUNNER_DEPLOY_COMMAND does not parse as a shell command (No closing "
+                                 "quotation): \"systemctl restart 'bot\"")

@@ -13,7 +13,15 @@ import httpx
 import pytest
 
 from runner.deploy import DeployError, DeployEvent, DeploySource, create_deployer, deploy_with_rollback
-from runner.deploy.docker import IMAGE_REPO_PREFIX, LABEL_ROLE, LABEL_SERVICE, LABEL_SHA, DockerDeployer
+from runner.deploy.docker import (
+    IMAGE_REPO_PREFIX,
+    LABEL_ROLE,
+    LABEL_SERVICE,
+    LABEL_SHA,
+    DockerDeployer,
+    check_deployer_engine,
+)
+from runner.errors import ConfigError
 from runner.gitops import head_sha, run_git
 from runner.sample import create_sample_repo
 from tests.fakes.net import free_port
@@ -290,3 +298,32 @@ async def test_docker_deployer_settles_a_step_from_what_the_service_container_ru
     elsewhere = await http_deployer.settle(http_deployer.fence("k", "deploy", sample.v2), DeploySource(repo, sample.v2))
     assert elsewhere is None
     assert await _version(http_deployer.port) == sample.v1  # settling changed nothing
+
+
+# ------------------------------------------------------------------------------------------- start-up check
+
+
+def test_check_deployer_engine_refuses_when_no_engine_answers(tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-engine.sock'}")  # where docker-py looks
+    with pytest.raises(ConfigError) as caught:
+        check_deployer_engine("bot", BASE_IMAGE)
+    message = str(caught.value)
+    assert message.startswith("AGENT_RUNNER_DEPLOYER=docker: no Docker engine answers (") and "DOCKER_HOST" in message
+
+
+def test_check_deployer_engine_refuses_a_service_name_docker_would_not_take() -> None:
+    with pytest.raises(ConfigError, match=r"AGENT_RUNNER_DEPLOY_SERVICE 'My Bot' is not a container name"):
+        check_deployer_engine("My Bot", BASE_IMAGE)
+
+
+@pytest.mark.docker
+def test_check_deployer_engine_refuses_a_base_image_the_engine_lacks_and_takes_one_it_has(docker_client: Any) -> None:
+    docker_client.images.get(BASE_IMAGE)  # the locally built base every docker test uses
+    missing = f"agent-runner/no-such-base:{uuid.uuid4().hex[:8]}"
+    with pytest.raises(ConfigError) as caught:
+        check_deployer_engine("bot", missing)
+    assert str(caught.value) == (f"AGENT_RUNNER_DEPLOY_BASE_IMAGE {missing!r} is not in the Docker engine, and "
+                                 f"builds never pull: `docker pull {missing}` first, or name an image `docker images` "
+                                 "lists")
+    check_deployer_engine("bot", BASE_IMAGE)
