@@ -32,7 +32,6 @@ from runner.models import Denial, Progress, PrRef, RunResult, TaskState, TestRun
 from runner.prbody import PrRequest, branch_name, pr_title, render_pr_body
 from runner.prompts import correction_prompt
 from runner.sandbox.base import Container, Limits, Sandbox, SandboxSpec, WorkspaceFull
-from runner.sandbox.docker import FORWARDER_CMD
 from runner.store import Store, TaskRecord
 from runner.verify import Verification, verify_fix
 
@@ -255,7 +254,7 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
                         break
                     say(f"round {rounds + 1} of {most}: {problem}; back to the agent in the same session")
                     await store.transition(task.id, TaskState.RUNNING)
-                    await _reopen_model_channel(deps.sandbox, running)
+                    await deps.sandbox.reopen_model_channel(running)
                     prompt = correction_prompt(rounds + 1, most, command=tests.command,
                                                exit_code=tests.exit_code, output=tests.output_tail,
                                                verification=verification if tests.passed else None)
@@ -422,18 +421,6 @@ async def _test(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, chan
         await deps.sandbox.stop(box)
         containers.remove(box)
         archive.unlink(missing_ok=True)
-
-
-async def _reopen_model_channel(sandbox: Sandbox, box: Container) -> None:
-    """Start the container's model forwarder again: the kill before the read-out ended it with every other
-    process, and the next round's CLI reaches the model only through it.
-
-    TODO(lead): a `Sandbox.reopen(container)` method belongs in the protocol; until then the image's forwarder
-    command is started as the sandbox backend starts it."""
-    result = await sandbox.exec(box, [*FORWARDER_CMD, "--background"], timeout=60.0)
-    if result.exit_code != 0:
-        raise SandboxError(f"the model forwarder did not start again (exit {result.exit_code}): "
-                           f"{result.output[-300:]!r}")
 
 
 def _round_problem(tests: TestRun, verification: Verification | None) -> str | None:

@@ -602,6 +602,10 @@ async def test_failing_tests_go_back_to_the_agent_in_the_same_session_and_contai
     body = (await LocalGitForge(world["repo"], world["home"] / "forge.db").get_pr(result.pr.number)).body  # type: ignore[union-attr]
     assert "**Rounds:** 2" in body
     assert [role for c, role in sandbox.calls if c == "start"] == ["agent", "tests", "tests"]
+    # The kill before round 1's read-out ended the model channel too: it is opened again, after the kill.
+    agent_calls = [c for c, role in sandbox.calls if role == "agent"]
+    assert agent_calls.count("reopen_model_channel") == 1
+    assert agent_calls.index("reopen_model_channel") > agent_calls.index("kill_processes")
 
 
 async def test_when_every_round_fails_the_task_fails_with_each_rounds_reason(world: dict[str, Any]) -> None:

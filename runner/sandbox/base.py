@@ -141,6 +141,12 @@ class Sandbox(Protocol):
         """
         ...
 
+    async def reopen_model_channel(self, container: Container) -> None:
+        """Start the container's model channel again (the forwarder `start` began for a spec with a model
+        socket): `kill_processes` ends it with every other process, and the next round's agent reaches the
+        model only through it. Raises SandboxError when it does not start."""
+        ...
+
     async def kill_processes(self, container: Container) -> None:
         """Kill every process the task started in the container (the agent's CLI with them), keeping the
         container and its workspace; return only once none is left. Idempotent.

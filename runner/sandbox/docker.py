@@ -220,12 +220,18 @@ class DockerSandbox:
             raise SandboxStartError(f"could not start the sandbox for task {spec.task_id}: {exc}") from exc
         container = Container(id=raw.id, name=raw.name, task_id=spec.task_id, workspace_bytes=ws)
         if spec.model_socket_dir is not None:
-            # The forwarder binds its port before this returns, so the CLI's first request finds it.
-            code, out = await self._run(container, [*FORWARDER_CMD, "--background"], user=SANDBOX_USER)
-            if code != 0:
+            try:
+                await self.reopen_model_channel(container)
+            except SandboxError as exc:
                 await self.stop(container)
-                raise SandboxStartError(f"the model forwarder did not start (exit {code}): {out[-300:]!r}")
+                raise SandboxStartError(str(exc)) from None
         return container
+
+    async def reopen_model_channel(self, container: Container) -> None:
+        # The forwarder binds its port before this returns, so the CLI's first request finds it.
+        code, out = await self._run(container, [*FORWARDER_CMD, "--background"], user=SANDBOX_USER)
+        if code != 0:
+            raise SandboxError(f"the model forwarder did not start (exit {code}): {out[-300:]!r}")
 
     async def copy_in(self, container: Container, archive: Path) -> None:
         argv = ["-i", "-u", SANDBOX_USER, "-w", "/", container.id, "tar", "-x", "-f", "-", "-C", WORKSPACE]

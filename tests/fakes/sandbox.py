@@ -82,6 +82,9 @@ class FakeSandbox:
     def attach_command(self, container: Container, argv: Sequence[str], env_names: Sequence[str]) -> list[str]:
         return ["false"]  # the scripted agent never starts a CLI
 
+    async def reopen_model_channel(self, container: Container) -> None:
+        self.calls.append(("reopen_model_channel", self._box(container).role))
+
     async def kill_processes(self, container: Container) -> None:
         box = self._box(container)
         self.calls.append(("kill_processes", box.role))
