@@ -356,7 +356,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     settings = settings_from_os()
     if settings.api_token is None:
         raise ConfigError("serve needs AGENT_API_TOKEN: the owner's bearer token for the API")
-    preflight(settings)  # a full disk, a damaged state file, a bad policy: one line here, not a lifespan traceback
+    # A full disk, a damaged state file, a forge, deployer or policy that cannot work: one line here, not a
+    # lifespan traceback, nor a release that fails after its merge.
+    settings = preflight(settings)
     scenario: Path | None = args.scenario
     if settings.anthropic_api_key is None and scenario is None:
         scenario = DEFAULT_SCENARIO  # the embedded default: the service can be tried with nothing set

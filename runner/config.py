@@ -27,6 +27,7 @@ DEFAULT_WATCH_INTERVAL = 30
 DEFAULT_WATCH_BASELINE_SECONDS = 3600
 DEFAULT_WATCH_SELECTOR = '{service=~".+"}'
 MIN_LINK_SECRET_CHARS = 16
+MAX_PORT = 65535
 
 
 class Secret:
@@ -91,6 +92,11 @@ class Settings:
     health_url: str | None = None
     deploy_service: str | None = None
     deploy_base_image: str | None = None
+    """The docker deployer's build base (AGENT_RUNNER_DEPLOY_BASE_IMAGE); None: the first of python:3.12-slim and
+    agent-runner/base:bookworm the engine has, chosen at `serve` start."""
+    deploy_port: int | None = None
+    """The loopback port the docker deployer publishes the bot's port 8000 on and health-checks over HTTP
+    (AGENT_RUNNER_DEPLOY_PORT); None: nothing is published and the container's HEALTHCHECK decides."""
     repo_roots: tuple[str, ...] = ()
     """Where the bot's code lives in production tracebacks (AGENT_RUNNER_REPO_ROOTS, comma-separated: `/app`,
     `bot/`); frames under them are the repository's. Empty: every frame outside site-packages and the stdlib."""
@@ -217,6 +223,7 @@ class Settings:
             health_url=url("AGENT_RUNNER_HEALTH_URL", None),
             deploy_service=deploy_service,
             deploy_base_image=environ.get("AGENT_RUNNER_DEPLOY_BASE_IMAGE") or None,
+            deploy_port=integer("AGENT_RUNNER_DEPLOY_PORT", None, low=1),
             repo_roots=tuple(r.strip() for r in environ.get("AGENT_RUNNER_REPO_ROOTS", "").split(",") if r.strip()),
             watch_seconds=integer("AGENT_RUNNER_WATCH_SECONDS", DEFAULT_WATCH_SECONDS) or 0,
             watch_interval=integer("AGENT_RUNNER_WATCH_INTERVAL", DEFAULT_WATCH_INTERVAL, low=1)
@@ -229,6 +236,8 @@ class Settings:
             grafana_webhook_token=secret("GRAFANA_WEBHOOK_TOKEN"),
             grafana_webhook_hmac_secret=secret("GRAFANA_WEBHOOK_HMAC_SECRET"),
         )
+        if settings.deploy_port is not None and settings.deploy_port > MAX_PORT:
+            problems.append(f"AGENT_RUNNER_DEPLOY_PORT must be at most {MAX_PORT}, got {settings.deploy_port}")
         if settings.link_secret is not None and len(settings.link_secret.reveal()) < MIN_LINK_SECRET_CHARS:
             problems.append(f"AGENT_RUNNER_LINK_SECRET must be at least {MIN_LINK_SECRET_CHARS} characters")
         try:

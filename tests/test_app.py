@@ -578,9 +578,11 @@ async def test_serve_starts_on_github_with_a_token_github_accepts(tmp_path: Path
     ({"AGENT_RUNNER_DEPLOYER": "command", "AGENT_RUNNER_DEPLOY_COMMAND": "restart-the-bott now"},
      "agent-runner: AGENT_RUNNER_DEPLOY_COMMAND runs 'restart-the-bott', which is not on PATH; install it, or give "
      "its full path"),
-    ({"AGENT_RUNNER_DEPLOYER": "docker", "AGENT_RUNNER_DEPLOY_SERVICE": "bot"},
-     "agent-runner: AGENT_RUNNER_DEPLOYER=docker needs AGENT_RUNNER_DEPLOY_BASE_IMAGE, the image the bot's "
-     "Dockerfile builds FROM (python:3.12-slim)"),
+    pytest.param({"AGENT_RUNNER_DEPLOYER": "docker", "AGENT_RUNNER_DEPLOY_SERVICE": "bot",
+                  "AGENT_RUNNER_DEPLOY_BASE_IMAGE": "agent-runner/no-such-base:1"},
+                 "agent-runner: AGENT_RUNNER_DEPLOY_BASE_IMAGE 'agent-runner/no-such-base:1' is not in the Docker "
+                 "engine, and builds never pull: `docker pull agent-runner/no-such-base:1` first, or name an image "
+                 "`docker images` lists", marks=pytest.mark.docker),
     ({"AGENT_RUNNER_DEPLOYER": "command", "AGENT_RUNNER_DEPLOY_COMMAND": "true", "AGENT_RUNNER_HEALTH_URL": "http://"},
      "agent-runner: bad configuration: AGENT_RUNNER_HEALTH_URL must be an http(s) URL with a host, like "
      "http://127.0.0.1:8000/health, got 'http://'"),

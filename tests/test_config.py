@@ -82,3 +82,16 @@ def test_from_env_refuses_a_health_url_without_a_scheme_a_host_or_a_port_number(
 def test_from_env_takes_a_well_formed_health_url() -> None:
     for good in ("http://127.0.0.1:8000/health", "https://bot.example/health", "http://[::1]:8000/health"):
         assert Settings.from_env({"AGENT_RUNNER_HOME": "/tmp/h", "AGENT_RUNNER_HEALTH_URL": good}).health_url == good
+
+
+def test_deploy_port_parses_and_reaches_the_docker_deployer() -> None:
+    from runner.deploy import deployer_from_settings
+    from runner.deploy.docker import DockerDeployer
+
+    env = {"AGENT_RUNNER_HOME": "/tmp/h", "AGENT_RUNNER_DEPLOYER": "docker", "AGENT_RUNNER_DEPLOY_SERVICE": "bot",
+           "AGENT_RUNNER_DEPLOY_BASE_IMAGE": "python:3.12-slim", "AGENT_RUNNER_DEPLOY_PORT": "8000"}
+    deployer = deployer_from_settings(Settings.from_env(env))
+    assert isinstance(deployer, DockerDeployer) and deployer.port == 8000  # published and probed over HTTP
+    assert Settings.from_env({"AGENT_RUNNER_HOME": "/tmp/h"}).deploy_port is None
+    with pytest.raises(ConfigError, match="AGENT_RUNNER_DEPLOY_PORT must be at most 65535, got 80000"):
+        Settings.from_env({**env, "AGENT_RUNNER_DEPLOY_PORT": "80000"})

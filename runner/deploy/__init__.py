@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any, Literal
 
 from runner.deploy.base import (
@@ -82,23 +83,24 @@ def deployer_from_settings(settings: Settings) -> Deployer:
                                health_url=settings.health_url, runs=settings.home / "deploys")
     if settings.deployer == "docker":
         if settings.deploy_base_image is None:
-            raise ConfigError("AGENT_RUNNER_DEPLOYER=docker needs AGENT_RUNNER_DEPLOY_BASE_IMAGE")
+            raise ConfigError("AGENT_RUNNER_DEPLOYER=docker needs AGENT_RUNNER_DEPLOY_BASE_IMAGE (serve picks one "
+                              "at start)")
         return create_deployer("docker", service=settings.deploy_service or "",
-                               build_base_image=settings.deploy_base_image)
+                               build_base_image=settings.deploy_base_image, port=settings.deploy_port)
     return create_deployer("none")
 
 
-def check_deployer(settings: Settings, *, path: str | None = None) -> None:
+def check_deployer(settings: Settings, *, path: str | None = None) -> Settings:
     """What the configured deployer needs, checked at `serve` start (ConfigError, one line naming the fix): the
-    command's program on `path` (default: PATH), or a Docker engine that answers and has the build's base image."""
+    command's program on `path` (default: PATH), or a Docker engine that answers and has the build's base image.
+    Returns `settings` with the docker deployer's default base image filled in."""
     if settings.deployer == "command":
         from runner.deploy.command import check_deploy_command
 
         check_deploy_command(settings.deploy_command or "", path=path)
     elif settings.deployer == "docker":
-        if settings.deploy_base_image is None:
-            raise ConfigError("AGENT_RUNNER_DEPLOYER=docker needs AGENT_RUNNER_DEPLOY_BASE_IMAGE, the image the "
-                              "bot's Dockerfile builds FROM (python:3.12-slim)")
         from runner.deploy.docker import check_deployer_engine
 
-        check_deployer_engine(settings.deploy_service or "", settings.deploy_base_image)
+        base = check_deployer_engine(settings.deploy_service or "", settings.deploy_base_image)
+        return dataclasses.replace(settings, deploy_base_image=base)
+    return settings

@@ -48,6 +48,9 @@ IMAGE_REPO_PREFIX = "agent-runner/deployed-"
 BUILD_ARG_BASE = "BASE_IMAGE"
 ENV_SHA = "AGENT_RUNNER_DEPLOY_SHA"
 DEFAULT_CONTAINER_PORT = 8000
+# The bot's build base when none is configured, as the demo and the image scripts pick it: the registry's
+# image where one was pulled, else the Debian base built here (sandbox-image/build.sh).
+DEFAULT_BASE_IMAGES = ("python:3.12-slim", "agent-runner/base:bookworm")
 STOP_TIMEOUT = 10
 LOG_LINES = 200
 # Docker's own HEALTHCHECK cadence: fast enough that a deploy is judged in seconds.
@@ -65,10 +68,10 @@ def image_tag(service: str, sha: str) -> str:
     return f"{IMAGE_REPO_PREFIX}{service}:{sha[:12]}"
 
 
-def check_deployer_engine(service: str, base_image: str) -> None:
+def check_deployer_engine(service: str, base_image: str | None) -> str:
     """At start (blocking): the name is one Docker takes, an engine answers, and the build's base image is in
     it (a build never pulls), each a ConfigError naming the setting; else the first release would fail after
-    its merge."""
+    its merge. Returns the base image: `base_image`, or with None the first of DEFAULT_BASE_IMAGES present."""
     if not _SERVICE.match(service):
         raise ConfigError(f"AGENT_RUNNER_DEPLOY_SERVICE {service!r} is not a container name Docker takes: "
                           "lower-case letters, digits, '_', '.', '-'")
@@ -77,16 +80,20 @@ def check_deployer_engine(service: str, base_image: str) -> None:
     except EngineUnavailable as exc:
         raise ConfigError(f"AGENT_RUNNER_DEPLOYER=docker: {exc} (or point DOCKER_HOST at one)") from None
     try:
-        client.images.get(base_image)
-    except docker.errors.ImageNotFound:
-        raise ConfigError(f"AGENT_RUNNER_DEPLOY_BASE_IMAGE {base_image!r} is not in the Docker engine, and builds "
-                          f"never pull: `docker pull {base_image}` first, or name an image `docker images` "
-                          "lists") from None
+        for candidate in (base_image,) if base_image is not None else DEFAULT_BASE_IMAGES:
+            with contextlib.suppress(docker.errors.ImageNotFound):
+                client.images.get(candidate)
+                return candidate
     except docker.errors.DockerException as exc:
-        raise ConfigError(f"AGENT_RUNNER_DEPLOYER=docker: the engine did not answer for the base image "
-                          f"{base_image!r}: {short(exc)}") from None
+        raise ConfigError(f"AGENT_RUNNER_DEPLOYER=docker: the engine did not answer for the base image: "
+                          f"{short(exc)}") from None
     finally:
         client.close()
+    if base_image is None:
+        raise ConfigError(f"AGENT_RUNNER_DEPLOYER=docker: none of {', '.join(DEFAULT_BASE_IMAGES)} is in the Docker "
+                          "engine; set AGENT_RUNNER_DEPLOY_BASE_IMAGE to the image the bot's Dockerfile builds FROM")
+    raise ConfigError(f"AGENT_RUNNER_DEPLOY_BASE_IMAGE {base_image!r} is not in the Docker engine, and builds "
+                      f"never pull: `docker pull {base_image}` first, or name an image `docker images` lists")
 
 
 @dataclass(frozen=True, slots=True)

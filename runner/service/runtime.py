@@ -78,15 +78,17 @@ def check_room(home: Path, *, minimum: int = MIN_FREE_BYTES) -> None:
                         "start again", str(home / "state.db"))
 
 
-def preflight(settings: Settings, *, policy_path: Path | None = None) -> policy.Policy:
+def preflight(settings: Settings, *, policy_path: Path | None = None) -> Settings:
     """What `serve` checks before it listens, so that a bad start is one line naming the fix: room on the disk,
     a state file that is whole (StateCorrupt names it), the forge (check_forge), the deployer (check_deployer),
-    a policy that loads (PolicyError). The health URL's form is Settings' to check."""
+    a policy that loads (PolicyError). The health URL's form is Settings' to check. Returns the settings to
+    serve with, the deployer's defaults chosen."""
     check_room(settings.home)
     check_file(settings.home / "state.db")
     asyncio.run(check_forge(settings, default_repo(settings)))
-    check_deployer(settings)
-    return load_policy(settings, policy_path)
+    ready = check_deployer(settings)
+    load_policy(settings, policy_path)
+    return ready
 
 
 async def check_forge(settings: Settings, repo: str | None, *,

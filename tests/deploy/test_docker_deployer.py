@@ -14,6 +14,7 @@ import pytest
 
 from runner.deploy import DeployError, DeployEvent, DeploySource, create_deployer, deploy_with_rollback
 from runner.deploy.docker import (
+    DEFAULT_BASE_IMAGES,
     IMAGE_REPO_PREFIX,
     LABEL_ROLE,
     LABEL_SERVICE,
@@ -326,4 +327,6 @@ def test_check_deployer_engine_refuses_a_base_image_the_engine_lacks_and_takes_o
     assert str(caught.value) == (f"AGENT_RUNNER_DEPLOY_BASE_IMAGE {missing!r} is not in the Docker engine, and "
                                  f"builds never pull: `docker pull {missing}` first, or name an image `docker images` "
                                  "lists")
-    check_deployer_engine("bot", BASE_IMAGE)
+    assert check_deployer_engine("bot", BASE_IMAGE) == BASE_IMAGE
+    # None configured: the first default the engine has (here the locally built base, or the registry's).
+    assert check_deployer_engine("bot", None) in DEFAULT_BASE_IMAGES
