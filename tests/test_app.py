@@ -343,6 +343,18 @@ async def test_serve_without_a_key_plays_a_scripted_model_and_says_so_in_one_lin
     assert said == [NO_KEY_LINE.format(played)], err[-3000:]  # one plain line, naming what plays and the fix
 
 
+@pytest.mark.docker
+async def test_create_app_without_a_key_or_a_scenario_opens_on_the_embedded_default(tmp_path: Path) -> None:
+    repo = await create_sample_repo(tmp_path / "origin")
+    said: list[str] = []
+    app = create_app(owner_settings(tmp_path / "home", AGENT_RUNNER_REPO=str(repo)), deployer=create_deployer("none"),
+                     say=said.append)
+    async with serve_app(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+        health = await client.get("/health")
+    assert health.status_code == 200  # the lifespan opened: it used to stop on "no scripted scenario"
+    assert NO_KEY_LINE.format("fix-balance.yaml").removeprefix("[agent-runner] ") in said, said
+
+
 def test_scripted_notice_with_a_key_says_the_scenario_overrides_the_real_model(tmp_path: Path) -> None:
     from runner.service.runtime import DEFAULT_SCENARIO, scripted_notice
 

@@ -144,8 +144,7 @@ async def open_runtime(
         if scenario is not None or key is None:
             from runner.scripted_model import Scenario, ScenarioError, serve_scripted_model
 
-            if scenario is None:
-                raise ConfigError("no ANTHROPIC_API_KEY and no scripted scenario")
+            scenario = scenario or DEFAULT_SCENARIO  # no key: the embedded default, never a dead service
             try:
                 script = Scenario.from_file(scenario)
             except ScenarioError as exc:
