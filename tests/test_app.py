@@ -545,6 +545,23 @@ async def test_check_forge_names_a_repository_the_token_cannot_find(tmp_path: Pa
                                         "check the owner/name")
 
 
+async def test_check_forge_starts_anyway_when_github_does_not_answer(tmp_path: Path,
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """An outage is not the token's fault: a supervisor restarted mid-release must come up to finish (or roll
+    back) it, so a 503 at start is a warning line, not a refusal to start."""
+    seen: list[str] = []
+
+    def down(request: httpx.Request) -> httpx.Response:
+        seen.append(request.url.path)
+        return httpx.Response(503, json={"message": "Service Unavailable"})
+
+    with caplog.at_level("WARNING", logger="agent_runner.runtime"):
+        await check_forge(_github_settings(tmp_path, GITHUB_TOKEN_VALUE), None,
+                          transport=httpx.MockTransport(down))
+    assert seen == ["/repos/octo/bot"]
+    assert "did not answer the start-up check" in caplog.text and "starting anyway" in caplog.text
+
+
 async def test_check_forge_refuses_a_git_url_without_a_token_and_a_missing_bare_repository(tmp_path: Path) -> None:
     settings = owner_settings(tmp_path / "home")
     with pytest.raises(ConfigError) as caught:

@@ -112,8 +112,11 @@ async def check_forge(settings: Settings, repo: str | None, *,
     try:
         response = await api.request("GET", f"/repos/{repository}", allow=(401, 403, 404))
     except ForgeError as exc:
-        raise ConfigError(f"GitHub at GITHUB_API_URL ({settings.github_api_url}) did not answer the start-up check: "
-                          f"{exc}") from None
+        # Not the token's fault, and maybe for a minute only: a supervisor restarted mid-release must come up
+        # to finish it (and to roll back), so an outage is said, not a reason to stay down.
+        log.warning("GitHub at GITHUB_API_URL (%s) did not answer the start-up check (%s); starting anyway: "
+                    "pull requests wait until it answers", settings.github_api_url, exc)
+        return
     finally:
         await api.aclose()
     said = f"{response.status_code} {messages(response)}"
