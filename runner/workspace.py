@@ -181,8 +181,9 @@ async def populate(prepared: Prepared) -> None:
         await _fill(prepared, cached)
     if not tar.exists():
         await _tar_directory(cached, tar)
-    for path in (cached, tar):
-        os.utime(path)  # most recently used: kept longest
+    # Most recently used: kept longest. The tar, not the checkout: touching the directory changes its ctime, and
+    # another task's tar reading it at that moment fails with "file changed as we read it".
+    os.utime(tar)
     prepared.given_archive.unlink(missing_ok=True)
     try:
         os.link(tar, prepared.given_archive)  # the task's own name for it: an eviction cannot take it away
@@ -204,6 +205,15 @@ async def _fill(prepared: Prepared, cached: Path) -> None:
     finally:
         shutil.rmtree(building, ignore_errors=True)
     _evict(cached.parent, keep=WORKSPACE_CACHE_SIZE)
+
+
+def _last_used(cached: Path) -> float:
+    """When a cached workspace was last given to a task: its tar's mtime (populate touches it), or the checkout's
+    own until its first tar exists."""
+    try:
+        return _archive_of(cached).stat().st_mtime
+    except FileNotFoundError:
+        return cached.stat().st_mtime
 
 
 def _archive_of(cached: Path) -> Path:
@@ -230,7 +240,7 @@ async def _tar_directory(source: Path, dest: Path) -> None:
 def _evict(cache: Path, *, keep: int) -> None:
     """Drop the least recently used cached workspaces (and their tars) beyond `keep`."""
     entries = sorted((p for p in cache.iterdir() if p.is_dir() and not p.name.startswith(".")),
-                     key=lambda p: p.stat().st_mtime, reverse=True)
+                     key=_last_used, reverse=True)
     for stale in entries[keep:]:
         _archive_of(stale).unlink(missing_ok=True)
         shutil.rmtree(stale, ignore_errors=True)

@@ -252,9 +252,13 @@ def test_the_workspace_cache_keeps_the_most_recently_used(tmp_path: Path) -> Non
 
     for i in range(10):
         (tmp_path / f"tree{i}").mkdir()
-        (tmp_path / f"tree{i}.tar").write_bytes(b"")
-        os.utime(tmp_path / f"tree{i}", (time.time() - 100 + i, time.time() - 100 + i))
+        if i != 9:  # tree9 is not archived yet: its checkout's own time counts
+            (tmp_path / f"tree{i}.tar").write_bytes(b"")
+        # Recency is the tar's (populate touches only it), never the checkout another task may be archiving.
+        os.utime(tmp_path / (f"tree{i}.tar" if i != 9 else "tree9"), (time.time() - 100 + i, time.time() - 100 + i))
+        if i != 9:
+            os.utime(tmp_path / f"tree{i}", (time.time() - 200 - i,) * 2)  # checkouts' times say the opposite order
     (tmp_path / ".building").mkdir()  # a fill in progress is never evicted
     workspace._evict(tmp_path, keep=8)
     kept = [f"tree{i}" for i in range(2, 10)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".building", *kept, *(f"{k}.tar" for k in kept)])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([".building", *kept, *(f"{k}.tar" for k in kept[:-1])])
