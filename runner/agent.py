@@ -71,10 +71,10 @@ class AgentOutcome:
     tool_calls: int
     error: str = ""
     stderr: tuple[str, ...] = ()
-    session_id: str = ""
-    """The CLI's session, to resume for another round in the same container ("" when none was reported)."""
     """The last lines the CLI (and the `docker exec` carrying it) wrote on stderr: partly the sandbox's words,
     so untrusted, printable text only."""
+    session_id: str = ""
+    """The CLI's session, to resume for another round in the same container ("" when none was reported)."""
 
 
 STDERR_LINES = 20

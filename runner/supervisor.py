@@ -40,6 +40,7 @@ TEST_TIMEOUT_SECONDS = 900.0
 OUTPUT_TAIL = 4000
 LIMITS = ("turn_limit", "wall_time", "budget")
 ENGINE_PROBE_SECONDS = 15.0
+DEADLINE_SLACK_SECONDS = 1.0  # a session that ends this close to its deadline ended on it
 # A request that had waited less than this for the upstream's answer when the time ran out was merely in flight:
 # it says nothing of the upstream (streamed answers start within a second or two).
 SLOW_UPSTREAM_SECONDS = 5.0
@@ -211,6 +212,11 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
                         budget_spent=deps.proxy.exhausted(task.id), model=deps.model, resume=resume,
                     )
                     turns_left -= outcome.turns
+                    if outcome.stopped == "error" and loop.time() >= deadline - DEADLINE_SLACK_SECONDS:
+                        # The gateway cut the model call at the task's deadline (the same instant as the session's),
+                        # and the CLI ended on that answer a moment before the session's own timer: the wall time
+                        # ran out, whichever of the two was first to say so.
+                        outcome = dataclasses.replace(outcome, stopped="wall_time")
                     if outcome.stopped == "unrecorded":
                         assert gate.unrecorded is not None
                         return await unrecorded(gate.unrecorded)

@@ -738,3 +738,24 @@ async def test_two_tasks_whose_words_make_the_same_branch_name_both_open_a_pull_
     branches = sorted(r["pr"]["branch"] for r in (first, second))
     assert branches == ["agent/feature-do-it", "agent/feature-do-it-2"]
     assert {r["pr"]["number"] for r in (first, second)} == {1, 2}
+
+
+async def test_a_session_that_ends_in_error_at_its_deadline_timed_out(world: dict[str, Any]) -> None:
+    """The gateway cuts a model call at the task's deadline, the instant the session's own timer fires; the CLI can
+    exit on that answer first. That is the wall time running out, not the agent failing (a CI race)."""
+    async def agent(fake: FakeSandbox, box: Container, gate: Gate) -> str:
+        _write(fake, box, "one.txt", b"one\n")
+        await asyncio.sleep(1.1)  # past the 1 s wall time: ended on the gateway's refusal
+        return ""
+
+    result = await _run(world, FakeSandbox(), agent, stopped="error", active=_limited(wall_time_seconds=1))
+    assert result["status"] == "timed_out" and "wall time reached; work so far kept" in result["reason"], result
+    assert result["files_changed"] == ["one.txt"]
+
+
+async def test_a_session_that_ends_in_error_well_before_its_deadline_failed(world: dict[str, Any]) -> None:
+    async def agent(fake: FakeSandbox, box: Container, gate: Gate) -> str:
+        return ""
+
+    result = await _run(world, FakeSandbox(), agent, stopped="error")
+    assert result["status"] == "failed", result
