@@ -78,8 +78,40 @@ SETUP_NETWORK = "agent-runner-setup"
 SETUP_BRIDGE = "ar-setup0"
 HOST_RULE = ["INPUT", "-i", SETUP_BRIDGE, "-j", "DROP"]
 
-# Run as the sandbox user: every process of that user but this one gets SIGKILL (init is root's).
-KILL_SCRIPT = "import os, signal\ntry:\n    os.kill(-1, signal.SIGKILL)\nexcept ProcessLookupError:\n    pass\n"
+# Run as the sandbox user: every process of that user but this one is stopped (a stopped process cannot fork, so
+# the set stops growing), then killed. Named one by one from /proc, never `kill(-1)`: under gVisor (Debian's
+# runsc) that broadcast from the sandbox user now and then killed the container's root-owned init too.
+KILL_SCRIPT = r"""
+import os, signal
+me, uid = os.getpid(), os.getuid()
+def mine():
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        if int(pid) == me:
+            continue
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                status = dict(line.split(":	", 1) for line in f if ":	" in line)
+        except OSError:
+            continue
+        if str(uid) in status.get("Uid", "").split() and status.get("State", "")[:1] not in "ZX":
+            found.append(int(pid))
+    return found
+def send(pids, sig):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass
+stopped = set()
+for _ in range(100):
+    new = [pid for pid in mine() if pid not in stopped]
+    if not new:
+        break
+    send(new, signal.SIGSTOP)
+    stopped.update(new)
+send(stopped | set(mine()), signal.SIGKILL)
+"""
 # Run as root, whom no process of the sandbox user can signal or trace: the processes that are not root's
 # (zombies are dead) and the workspace's use, as JSON.
 SURVEY_SCRIPT = r"""
