@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+import policy
 from runner.scripted_model import Scenario, TextBlock, ToolUseBlock
 from runner.store import Store
 from tests.fakes.runs import result_text, run_scenario, tool_results
@@ -63,7 +64,11 @@ async def test_settings_written_mid_session_do_not_change_how_later_calls_are_de
         [_bash("pwd")],
         final_text="done",
     )
-    result, requests = await run_scenario(tmp_path, scenario, "--dry-run")
+    # One session: the sample bot's tests fail on its base, and rounds of self-correction would only add time.
+    text = policy.default_text()
+    assert "  test_rounds: 2" in text
+    (tmp_path / "policy.yaml").write_text(text.replace("  test_rounds: 2", "  test_rounds: 0", 1))
+    result, requests = await run_scenario(tmp_path, scenario, "--dry-run", "--policy", str(tmp_path / "policy.yaml"))
     results = tool_results(requests)
     texts = [result_text(b) for b in results]
     assert "tampered 5" in texts[1]
