@@ -54,7 +54,6 @@ from runner.forge.github_api import (
 )
 from runner.forge.workflows import WORKFLOW_DIR, WorkflowFiles
 from runner.gitops import GitTimeout, head_sha, redact, run_git, secret_forms
-from runner.gitops import head_sha as _head_of
 
 __all__ = ["DEFAULT_API_URL", "GitHubForge", "default_git_url"]
 
@@ -266,6 +265,20 @@ class GitHubForge:
             base_branches=[str(default_branch), *(pr.base_branch for pr in open_prs)],
             open_pr_branches=[pr.head_branch for pr in open_prs],
         )
+        return await self._push(clone, branch)
+
+    async def push_onto(self, clone: Path, number: int, head_sha: str) -> str:
+        pr = await self.get_pr(number)
+        if pr.state != "open":
+            raise ForgeConflict(f"pull request #{number} is {pr.state}; a follow-up pushes only onto an open one")
+        if pr.head_sha != head_sha:
+            raise ForgeConflict(f"pull request #{number} head is {pr.head_sha[:12]}, not {head_sha[:12]}, which the "
+                                "follow-up built on; nothing pushed")
+        return await self._push(clone, pr.head_branch)
+
+    async def _push(self, clone: Path, branch: str) -> str:
+        """Push the clone's HEAD to `branch` of the repository (or the fork) PRs are opened from; its sha. No `+`:
+        git refuses anything but creating the branch or fast-forwarding it."""
         await self._refuse_url_rewrites(clone)
         target = self.git_url
         if self.fork is not None:
@@ -275,46 +288,15 @@ class GitHubForge:
         sha = await head_sha(clone)
         auth = self.git_auth()
         try:
-            result = await run_git(
-                ["push", "--porcelain", "--no-verify", target, f"{sha}:refs/heads/{branch}"],
-                cwd=clone,
-                env=auth.env,
-                secrets=auth.secrets,
-                timeout=self._push_timeout,
-                check=False,
-            )
-        except GitTimeout as exc:
-            raise ForgeError(f"git push of {branch} to {self.push_repository} timed out") from exc
-        if result.returncode != 0:
-            output = redact(f"{result.out}\n{result.stderr}", secret_forms(self._token))
-            raise _push_error(branch, self.push_repository, output)
-        logger.info("pushed %s to %s at %s", sha[:12], branch, self.push_repository)
-        return sha
-
-    async def push_onto(self, clone: Path, number: int, head_sha: str) -> str:
-        pr = await self.get_pr(number)
-        if pr.state != "open":
-            raise ForgeConflict(f"pull request #{number} is {pr.state}; a follow-up pushes only onto an open one")
-        if pr.head_sha != head_sha:
-            raise ForgeConflict(f"pull request #{number} head is {pr.head_sha[:12]}, not {head_sha[:12]}, which the "
-                                "follow-up built on; nothing pushed")
-        await self._refuse_url_rewrites(clone)
-        target = self.git_url
-        if self.fork is not None:
-            await self.prepare_fork()
-            assert self.fork_git_url is not None
-            target = self.fork_git_url
-        sha = await _head_of(clone)
-        auth = self.git_auth()
-        try:  # no `+`: git refuses anything but a fast-forward of the pull request's branch
-            result = await run_git(["push", "--porcelain", "--no-verify", target, f"{sha}:refs/heads/{pr.head_branch}"],
+            result = await run_git(["push", "--porcelain", "--no-verify", target, f"{sha}:refs/heads/{branch}"],
                                    cwd=clone, env=auth.env, secrets=auth.secrets, timeout=self._push_timeout,
                                    check=False)
         except GitTimeout as exc:
-            raise ForgeError(f"git push onto {pr.head_branch} timed out") from exc
+            raise ForgeError(f"git push of {branch} to {self.push_repository} timed out") from exc
         if result.returncode != 0:
-            raise _push_error(pr.head_branch, self.push_repository,
+            raise _push_error(branch, self.push_repository,
                               redact(f"{result.out}\n{result.stderr}", secret_forms(self._token)))
+        logger.info("pushed %s to %s at %s", sha[:12], branch, self.push_repository)
         return sha
 
     async def edit_body(self, number: int, body: str) -> PullRequest:
