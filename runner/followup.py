@@ -2,41 +2,42 @@
 kept session resumed (runner.session), the supervisor's tests, and a fast-forward commit onto the PR's branch,
 after which the task's result and the PR's description speak of the new head.
 
-It shares the task pipeline's steps (runner.supervisor: the read-out after every process is killed, the tests in a
-fresh container, the dependency image), so a follow-up's change is checked exactly as a task's is.
+It shares the task pipeline's steps (runner.pipeline: the read-out after every process is killed, the tests in a
+fresh container, the dependency image, the owner's yes on dependency files), so a follow-up's change is checked
+exactly as a task's is.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
-import os
-import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from runner import session, tasklock, workspace
-from runner.agent import Gate, system_prompt
+from runner.agent import Gate
 from runner.config import is_git_url
 from runner.errors import RunnerError, SandboxError
-from runner.guidance import read_guidance
-from runner.model_gateway import model_patterns
-from runner.model_proxy import Budget
 from runner.models import Denial, FollowUp, FollowUpOutcome, Progress, TaskState, TestRun, Usage
+from runner.pipeline import (
+    LIMITS,
+    Deps,
+    RunScope,
+    agent_failure,
+    agent_system_prompt,
+    dependency_image,
+    issue_model_token,
+    owner_refusals,
+    read_out,
+    task_lock,
+    test_change,
+    usage_of,
+)
 from runner.prbody import PrRequest, pr_title, render_pr_body
 from runner.prompts import follow_up_prompt
-from runner.sandbox.base import Container, Limits, SandboxSpec
+from runner.sandbox.base import Limits, SandboxSpec
 from runner.store import TaskRecord
-
-# The pipeline's own steps, shared so that a follow-up's change is read out, checked and tested as a task's is.
-from runner.supervisor import LIMITS, Deps, file_diff, task_lock
-from runner.supervisor import _agent_failure as agent_failure
-from runner.supervisor import _collect as collect
-from runner.supervisor import _dependency_image as dependency_image
-from runner.supervisor import _test as run_tests
-from runner.supervisor import _usage as usage_of
 
 
 def task_dir(home: Path, task_id: str) -> Path:
@@ -67,22 +68,20 @@ async def _run_follow_up(deps: Deps, task: TaskRecord, follow: FollowUp, say: Pr
     box_limits = Limits(workspace_bytes=limits.workspace_bytes)
     work = follow.work_id
     lock = task_lock(deps.home, work)
-    containers: list[Container] = []
-    populating: asyncio.Future[None] | None = None
+    scope = RunScope(deps, work)
+    containers = scope.containers
     gate = Gate(work, active, task.kind,
                 audit=lambda event, detail: store.audit(task.id, "policy", event, {**detail, "follow_up": follow.id}),
                 ask=deps.ask, ask_timeout=float(active.ask_timeout_seconds), progress=say)
-    sock_dir = deps.home / "run" / work
     home_dir = task_dir(deps.home, task.id)
     how = ""
     try:
         say(f"follow-up {follow.id} on PR #{pr.number}: a new sandbox from its head {follow.base_sha[:12]}")
         auth = forge.git_auth()
         prepared = await workspace.prepare(deps.home, work, task.repo, active, base_ref=follow.base_sha, auth=auth)
-        populating = asyncio.ensure_future(workspace.populate(prepared))
+        populating = scope.populate(prepared)
         image = await dependency_image(deps, prepared, say)
-        sock_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(sock_dir, 0o755)
+        sock_dir = scope.socket_dir()
         async with deps.proxy.serve_unix(sock_dir / "model.sock"):
             box = await deps.sandbox.start(SandboxSpec(work, image, sock_dir, limits=box_limits, owner_lock=lock))
             containers.append(box)
@@ -98,11 +97,8 @@ async def _run_follow_up(deps: Deps, task: TaskRecord, follow: FollowUp, say: Pr
                 how = f"new: {why_new}"
                 say(f"the agent's earlier session cannot be continued ({why_new}): a new session starts with the "
                     "task's words, the PR's diff and the owner's")
-            system = "\n\n".join(filter(None, [system_prompt(task.kind),
-                                                (await read_guidance(prepared, active)).prompt_section()]))
-            token = deps.proxy.issue_token(
-                work, Budget(max_tokens=limits.max_tokens, max_cost_usd=limits.max_cost_usd),
-                models=limits.models or (model_patterns(deps.model) if deps.model else None), time_limit=wall_time)
+            system = await agent_system_prompt(task.kind, prepared, active)
+            token = issue_model_token(deps, work, limits)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wall_time
             try:
@@ -128,7 +124,7 @@ async def _run_follow_up(deps: Deps, task: TaskRecord, follow: FollowUp, say: Pr
             return FollowUpOutcome(None, "the supervisor could not record the agent's decisions", how)
         if outcome.stopped == "error":
             return FollowUpOutcome(None, await agent_failure(deps, work, outcome), how)
-        change = await collect(deps, box, containers, prepared, task.kind, say,
+        change = await read_out(deps, box, containers, prepared, task.kind, say,
                                 session_to=(outcome.session_id, home_dir))
         if outcome.stopped in LIMITS:
             return FollowUpOutcome(None, f"{outcome.stopped.replace('_', ' ')} reached; nothing pushed", how)
@@ -137,13 +133,12 @@ async def _run_follow_up(deps: Deps, task: TaskRecord, follow: FollowUp, say: Pr
         if change.empty:
             return FollowUpOutcome(None, "the agent made no change; nothing pushed", how)
         # The PR's head already passed a fix's verification; the follow-up is checked by the project's tests.
-        tests, _ = await run_tests(deps, dataclasses.replace(task, kind="feature"), prepared, change, SandboxSpec(
+        tests, _ = await test_change(deps, "feature", prepared, change, SandboxSpec(
             work, image, None, limits=box_limits, owner_lock=lock, role="tests"), containers, say)
         if not tests.passed:
             return FollowUpOutcome(None, f"the supervisor's tests failed (exit {tests.exit_code}); nothing pushed",
                                    how, tests)
-        refused = [path for path in change.verdict.needs_owner
-                   if not (await gate.confirm(path, change.contents.get(path), file_diff(change.diff, path)))[0]]
+        refused = await owner_refusals(gate, change)
         if refused:
             return FollowUpOutcome(None, "change rejected: dependency files changed without the owner's yes: "
                                    + ", ".join(refused), how, tests)
@@ -159,14 +154,7 @@ async def _run_follow_up(deps: Deps, task: TaskRecord, follow: FollowUp, say: Pr
         await _bind_to_head(deps, task, prepared, sha, tests, outcome.summary, gate.denials, say)
         return FollowUpOutcome(sha, "", how, tests)
     finally:
-        deps.proxy.revoke(work)
-        if populating is not None and not populating.done():
-            populating.cancel()
-            await asyncio.gather(populating, return_exceptions=True)
-        for container in containers:
-            with contextlib.suppress(Exception):
-                await deps.sandbox.stop(container)
-        shutil.rmtree(sock_dir, ignore_errors=True)
+        await scope.close()
 
 
 async def _bind_to_head(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, sha: str, tests: TestRun,

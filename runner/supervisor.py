@@ -1,8 +1,7 @@
 """A task's way through: provision, agent, stop and extract, validate, test afresh, then a diff or a pull request.
 
-Size: about 540 lines, one concept (a task's way through, in order): its steps share the Deps,
-the prepared trees and the task's state transitions; self-correction rounds loop over the same steps, and the
-follow-up pipeline (runner.followup) reuses them.
+The order and the task's state transitions are here; the steps it shares with a follow-up (runner.followup) are
+in runner.pipeline. Self-correction rounds loop over the same steps in the same container.
 """
 
 from __future__ import annotations
@@ -10,64 +9,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
-import os
-import shutil
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
 from typing import cast
 
 import policy
-from runner import kept, reviewer, session, tasklock, workspace
-from runner.agent import AgentOutcome, Asker, Gate, deny_asks, run_agent, system_prompt
+from runner import kept, reviewer, tasklock, workspace
+from runner.agent import Gate, deny_asks
 from runner.config import is_git_url
 from runner.errors import RunnerError, SandboxError, StateError
-from runner.forge.base import Forge
 from runner.gitops import run_git
-from runner.guidance import read_guidance
-from runner.model_gateway import model_patterns
-from runner.model_proxy import Budget, ModelProxy
-from runner.models import Denial, Progress, PrRef, RunResult, TaskState, TestRun, Usage
+from runner.models import Denial, Progress, PrRef, RunResult, TaskState, TestRun
+from runner.pipeline import (
+    LIMITS,
+    Deps,
+    RunScope,
+    agent_failure,
+    agent_system_prompt,
+    dependency_image,
+    engine_down,
+    issue_model_token,
+    owner_refusals,
+    read_out,
+    stopped_answering,
+    task_lock,
+    test_change,
+    upstream_cause,
+    usage_of,
+)
 from runner.prbody import PrRequest, branch_name, pr_title, render_pr_body
 from runner.prompts import correction_prompt
-from runner.sandbox.base import Container, Limits, Sandbox, SandboxSpec, WorkspaceFull
-from runner.store import Store, TaskRecord
-from runner.verify import Verification, verify_fix
+from runner.sandbox.base import Container, Limits, SandboxSpec, WorkspaceFull
+from runner.store import TaskRecord
+from runner.verify import Verification
 
-RunAgent = Callable[..., Awaitable[AgentOutcome]]
-TEST_TIMEOUT_SECONDS = 900.0
-OUTPUT_TAIL = 4000
-LIMITS = ("turn_limit", "wall_time", "budget")
-ENGINE_PROBE_SECONDS = 15.0
+__all__ = ["Deps", "run_task", "task_lock"]  # Deps and task_lock live in runner.pipeline; callers know them here
+
 DEADLINE_SLACK_SECONDS = 1.0  # a session that ends this close to its deadline ended on it
-# A request that had waited less than this for the upstream's answer when the time ran out was merely in flight:
-# it says nothing of the upstream (streamed answers start within a second or two).
-SLOW_UPSTREAM_SECONDS = 5.0
-STDERR_IN_REASON = 3  # the CLI's last stderr lines quoted in a failed task's reason
 # Another round needs time for a session, the read-out and a test run: with less left, the task ends as it is.
 MIN_ROUND_SECONDS = 30.0
-
-
-@dataclass(slots=True)
-class Deps:
-    """Ready-built backends a task needs; create_app and the CLI build them once."""
-
-    home: Path
-    store: Store
-    sandbox: Sandbox
-    proxy: ModelProxy
-    policy: policy.Policy
-    image: str
-    forge: Forge | None = None
-    ask: Asker = deny_asks
-    model: str | None = None
-    agent: RunAgent = run_agent
-    """Drives the agent's session (runner.agent.run_agent; a test may give its own scripted one)."""
-
-
-def task_lock(home: Path, task_id: str) -> Path:
-    return home / "locks" / f"{task_id}.lock"
 
 
 async def run_task(deps: Deps, task: TaskRecord, *, progress: Progress | None = None) -> RunResult:
@@ -91,8 +69,8 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
     wall_time = float(limits.wall_time_seconds)
     box_limits = Limits(workspace_bytes=limits.workspace_bytes)  # each container's /workspace
     lock = task_lock(deps.home, task.id)
-    containers: list[Container] = []  # every container of the task not yet removed
-    populating: asyncio.Future[None] | None = None
+    scope = RunScope(deps, task.id)
+    containers = scope.containers  # every container of the task not yet removed
     gate = Gate(
         task.id, active, task.kind,
         audit=lambda event, detail: store.audit(task.id, "policy", event, detail),
@@ -105,7 +83,7 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
     started = False  # a container of the task started: an engine that fails after that "stopped answering"
 
     async def finish(state: TaskState, reason: str = "", **extra: object) -> RunResult:
-        result = RunResult(task_id=task.id, status=state, usage=_usage(deps.proxy, task.id),
+        result = RunResult(task_id=task.id, status=state, usage=usage_of(deps.proxy, task.id),
                            denials=tuple(gate.denials), reason=reason, **extra)  # type: ignore[arg-type]
         try:
             await store.transition(task.id, state, reason=reason, result=result.to_json())
@@ -123,7 +101,7 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
             kept.release(prepared.task_dir)  # the room set aside for exactly this
         if change is None and agent_box is not None and agent_box in containers and prepared is not None:
             try:
-                change = await _collect(deps, agent_box, containers, prepared, task.kind, say)
+                change = await read_out(deps, agent_box, containers, prepared, task.kind, say)
             except (RunnerError, policy.PolicyError, OSError) as why:
                 lost = f"; its work could not be read out ({why})"
         where = ""
@@ -141,7 +119,7 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
             return result
         reason = f"the task was stopped because the state file refused to record it: {exc}{where}{lost}"
         extra = {} if change is None else {"diff": change.diff, "files_changed": change.paths}
-        result = RunResult(task_id=task.id, status=TaskState.FAILED, usage=_usage(deps.proxy, task.id),
+        result = RunResult(task_id=task.id, status=TaskState.FAILED, usage=usage_of(deps.proxy, task.id),
                            denials=tuple(gate.denials), reason=reason, **extra)  # type: ignore[arg-type]
         try:  # the room given back may be what the file needed
             await store.transition(task.id, TaskState.FAILED, reason=reason, result=result.to_json())
@@ -150,7 +128,6 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         say(f"failed: {result.reason}")
         return result
 
-    sock_dir = deps.home / "run" / task.id
     try:
         await store.transition(task.id, TaskState.PROVISIONING)
         say("provisioning: mirror, clone, strip read-protected files")
@@ -163,10 +140,9 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         review_base, review_diff = (await reviewer.change(prepared, active, reviewed) if reviewed is not None
                                     else ("", ""))
         # Checking out the workspace and starting the container overlap: neither needs the other.
-        populating = asyncio.ensure_future(workspace.populate(prepared))
-        image = await _dependency_image(deps, prepared, say)
-        sock_dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(sock_dir, 0o755)
+        populating = scope.populate(prepared)
+        image = await dependency_image(deps, prepared, say)
+        sock_dir = scope.socket_dir()
         async with deps.proxy.serve_unix(sock_dir / "model.sock"):
             spec = SandboxSpec(task.id, image, sock_dir, limits=box_limits, owner_lock=lock)
             running_or_error, populated = await asyncio.gather(deps.sandbox.start(spec), populating,
@@ -182,22 +158,15 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
             await deps.sandbox.copy_in(running, prepared.given_archive)
             await store.transition(task.id, TaskState.RUNNING)
             say(f"running: agent in container {running.id[:12]} (no network, no secrets)")
-            # One deadline for the session and its model channel, taken at the same moment: the gateway refuses
-            # and cuts model calls from then on (a hung upstream cannot outlast the task), and the session ends
-            # then. The policy's models go with it (limits.models; empty means the configured model's family).
-            token = deps.proxy.issue_token(
-                task.id, Budget(max_tokens=limits.max_tokens, max_cost_usd=limits.max_cost_usd),
-                models=limits.models or (model_patterns(deps.model) if deps.model else None), time_limit=wall_time)
+            # One deadline for the session and its model channel, taken at the same moment.
+            token = issue_model_token(deps, task.id, limits)
             agent_box = running
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wall_time
             # Review tasks have nothing to test; a round is another session in the same container, resumed.
             most = max(0, limits.test_rounds) + 1 if task.kind != "review" else 1
             history: list[str] = []  # every failed round's reason, for the result
-            # The repository's CLAUDE.md / AGENTS.md, read from the trusted clone at the base (never the CLI's
-            # project settings, which could carry hooks), fenced below our own rules.
-            system = "\n\n".join(filter(None, [system_prompt(task.kind),
-                                                (await read_guidance(prepared, active)).prompt_section()]))
+            system = await agent_system_prompt(task.kind, prepared, active)
             prompt, resume, turns_left = task.prompt, None, limits.max_turns
             if reviewed is not None:
                 prompt = reviewer.agent_prompt(task.prompt, review_diff)
@@ -221,14 +190,14 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
                         assert gate.unrecorded is not None
                         return await unrecorded(gate.unrecorded)
                     if outcome.stopped == "error":
-                        return await finish(TaskState.FAILED, await _agent_failure(deps, task.id, outcome),
+                        return await finish(TaskState.FAILED, await agent_failure(deps, task.id, outcome),
                                             rounds=rounds)
                     previous = change
                     # The container stays (every process killed) while another round may follow.
-                    change = await _collect(deps, running, containers, prepared, task.kind, say,
+                    change = await read_out(deps, running, containers, prepared, task.kind, say,
                                             keep=rounds < most, session_to=(outcome.session_id, prepared.task_dir))
                     if outcome.stopped in LIMITS:
-                        upstream = _upstream_cause(deps.proxy, task.id) if outcome.stopped == "wall_time" else None
+                        upstream = upstream_cause(deps.proxy, task.id) if outcome.stopped == "wall_time" else None
                         why = (f"{upstream}: the wall time ({wall_time:g} s) ran out waiting for it" if upstream
                                else f"{outcome.stopped.replace('_', ' ')} reached")
                         return await finish(TaskState.TIMED_OUT,
@@ -245,7 +214,7 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
                         history.append(f"round {rounds}: the agent made no further change")
                         break
                     await store.transition(task.id, TaskState.TESTING)
-                    tests, checked = await _test(deps, task, prepared, change, SandboxSpec(
+                    tests, checked = await test_change(deps, task.kind, prepared, change, SandboxSpec(
                         task.id, image, None, limits=box_limits, owner_lock=lock, role="tests"), containers, say)
                     verification = checked.describe() if checked is not None else None
                     problem = _round_problem(tests, checked)
@@ -286,8 +255,7 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
             return await finish(TaskState.FAILED, _with_history("the supervisor's test run failed; nothing was "
                                                                 "pushed", history, rounds),
                                 diff=change.diff, files_changed=change.paths, tests=tests, rounds=rounds)
-        refused = [path for path in change.verdict.needs_owner
-                   if not (await gate.confirm(path, change.contents.get(path), file_diff(change.diff, path)))[0]]
+        refused = await owner_refusals(gate, change)
         if refused:
             why = "no owner channel to ask" if deps.ask is deny_asks else "the owner did not say yes"
             return await finish(TaskState.FAILED, "change rejected: dependency files changed without the owner's "
@@ -304,10 +272,10 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
         return await finish(TaskState.FAILED, str(exc))
     except SandboxError as exc:
         # Whatever step met it, an engine that no longer answers is the cause to name.
-        engine = await _engine_down(deps.sandbox)
+        engine = await engine_down(deps.sandbox)
         if engine is None:
             return await finish(TaskState.FAILED, f"{type(exc).__name__}: {exc}")
-        return await finish(TaskState.FAILED, _stopped_answering(engine) if started else engine)
+        return await finish(TaskState.FAILED, stopped_answering(engine) if started else engine)
     except (RunnerError, policy.PolicyError, OSError) as exc:
         return await finish(TaskState.FAILED, f"{type(exc).__name__}: {exc}")
     except asyncio.CancelledError:
@@ -315,118 +283,9 @@ async def _run_task(deps: Deps, task: TaskRecord, progress: Progress | None) -> 
             await store.transition(task.id, TaskState.CANCELLED, reason="cancelled")
         raise
     finally:
-        deps.proxy.revoke(task.id)
-        if populating is not None and not populating.done():
-            populating.cancel()
-            await asyncio.gather(populating, return_exceptions=True)
-        for container in containers:
-            with contextlib.suppress(Exception):
-                await deps.sandbox.stop(container)
-        shutil.rmtree(sock_dir, ignore_errors=True)
+        await scope.close()
         if prepared is not None:
             kept.release(prepared.task_dir)
-
-
-async def _engine_down(sandbox: Sandbox) -> str | None:
-    """Why the sandbox's engine does not answer (its backend's words), or None when it does."""
-    try:
-        async with asyncio.timeout(ENGINE_PROBE_SECONDS):
-            await sandbox.running()
-    except TimeoutError:
-        return f"it did not answer within {ENGINE_PROBE_SECONDS:g} s"
-    except RunnerError as exc:
-        return str(exc) or type(exc).__name__
-    return None
-
-
-def _stopped_answering(engine: str) -> str:
-    """An engine that had answered this task and no longer does: "the Docker engine stopped answering
-    (Connection refused); start one with ..." from the backend's "no Docker engine answers (...); ..."."""
-    words = engine.removeprefix("no Docker engine answers ")
-    return f"the Docker engine stopped answering {words}" if words != engine else \
-        f"the Docker engine stopped answering: {engine}"
-
-
-def _upstream_cause(proxy: ModelProxy, task_id: str) -> str | None:
-    """How the model upstream was failing when the session ended, if it was: its last requests failed (a status,
-    unreachable, broken off), or the last one had long had no answer when the time ran out."""
-    failures = proxy.upstream_failures(task_id)
-    if not failures.repeats:
-        return None
-    if failures.last_kind == "timeout" and (failures.waited_seconds or 0.0) < SLOW_UPSTREAM_SECONDS:
-        return None
-    return failures.describe()
-
-
-async def _agent_failure(deps: Deps, task_id: str, outcome: AgentOutcome) -> str:
-    """A failed session's reason, by what is known to have failed: the engine under the sandbox, the model
-    upstream, else the CLI's own error and its last words on stderr."""
-    if (engine := await _engine_down(deps.sandbox)) is not None:
-        return _stopped_answering(engine)
-    words = f"the agent failed: {outcome.error}"
-    if (upstream := _upstream_cause(deps.proxy, task_id)) is not None:
-        words = f"{upstream}, and the agent stopped: {outcome.error}"
-    if outcome.stderr:
-        # Partly the sandbox's text (the CLI runs there): printable, short, quoted.
-        last = " | ".join(line[:300] for line in outcome.stderr[-STDERR_IN_REASON:])
-        words += f"; the CLI's last lines on stderr: «{last}»"
-    return words
-
-
-async def _collect(deps: Deps, box: Container, containers: list[Container], prepared: workspace.Prepared,
-                   kind: str, say: Progress, *, keep: bool = False,
-                   session_to: tuple[str, Path] | None = None) -> workspace.Change:
-    """Kill every process of the agent's container, read its workspace out, remove it, and extract the change
-    from the archive on the trusted side. Also after a limit: the work so far is read the same way.
-
-    `keep`: another round may follow, so the container stays, with no process of the task in it: its workspace
-    and the CLI's transcript (in its config directory) are what the next round's session resumes.
-    `session_to`: (session id, task directory): the transcript is kept there before the container can go, for
-    a follow-up to continue (runner.session); a transcript that cannot be kept is said, never fatal."""
-    say("stopping: every process of the task is killed before its workspace is read")
-    await deps.sandbox.kill_processes(box)
-    if session_to is not None and session_to[0]:
-        try:
-            kept_session = await session.save(deps.sandbox, box, session_to[0], session_to[1])
-            say(f"session kept on the supervisor's side ({kept_session.records} records)")
-        except (session.SessionInvalid, SandboxError, OSError) as exc:
-            say(f"the session could not be kept ({exc}); a follow-up will start a new one")
-    archive = prepared.task_dir / "workspace.tar"
-    try:
-        await deps.sandbox.copy_out(box, archive)
-        if not keep:
-            await deps.sandbox.stop(box)
-            containers.remove(box)
-        return await workspace.extract(prepared, archive, deps.policy, kind)
-    finally:
-        archive.unlink(missing_ok=True)
-
-
-async def _test(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, change: workspace.Change,
-                spec: SandboxSpec, containers: list[Container], say: Progress) -> tuple[TestRun, Verification | None]:
-    """The supervisor's own test run (and a fix's verification) in a fresh container holding the extracted
-    tree: the agent's word, and its container, are not taken for it."""
-    command = deps.policy.test_command
-    say(f"testing: {command} (in a fresh container of the extracted change)")
-    archive = prepared.task_dir / "tests.tar"
-    await workspace.tree_archive(prepared, change.tree, archive)
-    box = await deps.sandbox.start(spec)
-    containers.append(box)
-    try:
-        await deps.sandbox.copy_in(box, archive)
-        tests = await _run_tests(deps.sandbox, box, command)
-        say(f"tests {'passed' if tests.passed else 'failed'} (exit {tests.exit_code})")
-        verification = None
-        if task.kind == "fix" and tests.passed and not change.empty:
-            say("verifying the fix: the new regression test against the base commit, in a second sandbox")
-            verification = await verify_fix(deps.sandbox, box, dataclasses.replace(spec, role="verify"), prepared,
-                                            change, command)
-            say(verification.describe())
-        return tests, verification
-    finally:
-        await deps.sandbox.stop(box)
-        containers.remove(box)
-        archive.unlink(missing_ok=True)
 
 
 def _round_problem(tests: TestRun, verification: Verification | None) -> str | None:
@@ -460,54 +319,12 @@ def _with_history(reason: str, history: list[str], rounds: int) -> str:
     return f"{reason} ({'; '.join(history)})" if history and rounds > 1 else reason
 
 
-async def _dependency_image(deps: Deps, prepared: workspace.Prepared, say: Progress) -> str:
-    """The sandbox image plus the repo's dependencies, built once per dependency-file hash.
-
-    The only step with network, in its own container given only the dependency files; the agent then
-    starts from its image with none.
-    """
-    command = deps.policy.setup_command.strip()
-    files = await workspace.dependency_files(prepared, deps.policy.dependency_files)
-    if not command or not files:
-        return deps.image
-    digest = hashlib.sha256(f"{deps.image}\0{command}".encode())
-    for path, content in files.items():
-        digest.update(path.encode() + b"\0" + content + b"\0")
-    key = digest.hexdigest()[:20]
-    tag = await deps.sandbox.cached_dependencies(deps.image, key)
-    if tag is not None:
-        say(f"dependencies: cached {tag} (`{command}`)")
-        return tag
-    tag = await deps.sandbox.build_dependencies(deps.image, files, command, key)
-    say(f"dependencies: built {tag} (`{command}`)")
-    return tag
-
-
-async def _run_tests(sandbox: Sandbox, container: Container, command: str) -> TestRun:
-    result = await sandbox.exec(container, ["sh", "-c", command], timeout=TEST_TIMEOUT_SECONDS)
-    tail = result.output[-OUTPUT_TAIL:]
-    if result.timed_out:
-        tail += f"\n[agent-runner: the test command ran out of time after {TEST_TIMEOUT_SECONDS:.0f}s]"
-    return TestRun(command=command, exit_code=result.exit_code, passed=result.exit_code == 0 and not result.timed_out,
-                   output_tail=tail)
-
-
-def file_diff(diff: str, path: str) -> str:
-    """The part of a `git diff` about `path` (what the owner is shown for one dependency file)."""
-    sections = ("\n" + diff).split("\ndiff --git ")
-    for section in sections[1:]:
-        header = section.split("\n", 1)[0]
-        if header.endswith(f" b/{path}") or header.startswith(f"a/{path} "):
-            return "diff --git " + section.rstrip("\n") + "\n"
-    return ""
-
-
 async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, change: workspace.Change,
                    tests: TestRun, summary: str, denials: list[Denial], verification: str | None,
                    rounds: int = 1) -> PrRef:
     assert deps.forge is not None
     title = pr_title(task.kind, task.prompt)
-    usage = _usage(deps.proxy, task.id)
+    usage = usage_of(deps.proxy, task.id)
     request = dataclasses.replace(
         PrRequest.from_task(task, summary=summary, files=change.files, tests=tests, denials=denials, usage=usage,
                             verification=verification, rounds=rounds),
@@ -529,6 +346,3 @@ async def _propose(deps: Deps, task: TaskRecord, prepared: workspace.Prepared, c
     return PrRef(number=pr.number, url=pr.url, branch=branch, head_sha=pr.head_sha)
 
 
-def _usage(proxy: ModelProxy, task_id: str) -> Usage:
-    u = proxy.usage(task_id)
-    return Usage(input_tokens=u.input_tokens, output_tokens=u.output_tokens, cost_usd=u.cost_usd, requests=u.requests)

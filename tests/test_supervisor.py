@@ -26,7 +26,7 @@ from runner.models import RunResult, TaskState
 from runner.sample import create_sample_repo
 from runner.sandbox.base import Container, ExecResult, SandboxSpec
 from runner.store import Store
-from runner.supervisor import Deps, file_diff, run_task
+from runner.supervisor import Deps, run_task
 from tests.fakes.disk import fill, small_disk
 from tests.fakes.sandbox import Box, FakeSandbox, Files, used
 from tests.sandbox.processes import user_processes
@@ -252,14 +252,6 @@ async def test_the_dependency_set_up_gets_the_dependency_files_by_copy(world: di
     [files] = sandbox.built
     assert set(files) == {"requirements.txt"}
     assert sandbox.calls[0] == ("build_dependencies", "dependencies")
-
-
-def test_file_diff_picks_one_files_section() -> None:
-    diff = ("diff --git a/a.txt b/a.txt\n--- a/a.txt\n+++ b/a.txt\n@@ -1 +1 @@\n-a\n+b\n"
-            "diff --git a/requirements.txt b/requirements.txt\n@@ -0,0 +1 @@\n+x\n")
-    wanted = "diff --git a/requirements.txt b/requirements.txt\n@@ -0,0 +1 @@\n+x\n"
-    assert file_diff(diff, "requirements.txt") == wanted
-    assert file_diff(diff, "missing.txt") == ""
 
 
 # --- faults: what failed is what the reason names, and a state file that refuses loses no work -------------------
