@@ -2,7 +2,7 @@
 
 Run: .venv/bin/python bench/bench_metrics.py [--tasks 10000] [--audit 100000] [--rounds 5]
 Fills a store with tasks (prompt, result with usage) and audit rows shaped like the agent's, then times
-`runner.metrics.render` and the old handler's body (list every task, read every audit row of the two events,
+`runner.service.metrics.render` and the old handler's body (list every task, read every audit row of the two events,
 count in Python), checks that both render the same text, and prints their ratio and peak Python memory.
 """
 
@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 import tracemalloc
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -25,54 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from runner.models import TaskState  # noqa: E402
 from runner.service import metrics  # noqa: E402
 from runner.store import Store  # noqa: E402
+from tests.fakes.metrics import insert_rows, per_row_render  # noqa: E402
 
 Render = Callable[[Store], Awaitable[str]]
-
-
-async def per_row_render(store: Store) -> str:
-    """The baseline: the handler as it was in runner/routes.py before runner/metrics.py."""
-    tasks = await store.list_tasks(limit=1_000_000)
-    by_state = Counter(t.state.value for t in tasks)
-    decisions = Counter((str(e.detail.get("policy_effect")), str(e.detail.get("decision")))
-                        for e in await store.audit_log(event="tool_decision"))
-    refusals = Counter(str(e.detail.get("reason")) for e in await store.audit_log(event="refused"))
-    lines = ["# HELP agent_runner_tasks Tasks by state.", "# TYPE agent_runner_tasks gauge"]
-    lines += [f'agent_runner_tasks{{state="{s.value}"}} {by_state.get(s.value, 0)}' for s in TaskState]
-    lines += ["# HELP agent_runner_policy_decisions_total Tool calls decided, by policy effect and final decision.",
-              "# TYPE agent_runner_policy_decisions_total counter"]
-    lines += [f'agent_runner_policy_decisions_total{{effect="{_esc(effect)}",decision="{_esc(decision)}"}} {n}'
-              for (effect, decision), n in sorted(decisions.items())]
-    lines += ["# HELP agent_runner_refusals_total Requests refused (auth, rate limit).",
-              "# TYPE agent_runner_refusals_total counter"]
-    lines += [f'agent_runner_refusals_total{{reason="{_esc(reason)}"}} {n}' for reason, n in sorted(refusals.items())]
-    usage = [(t.result or {}).get("usage") or {} for t in tasks]
-    tokens_in = sum(int(u.get("input_tokens", 0)) for u in usage)
-    tokens_out = sum(int(u.get("output_tokens", 0)) for u in usage)
-    cost = sum(float(u.get("cost_usd", 0.0)) for u in usage)
-    finished = [t.updated_at - t.created_at for t in tasks if t.state.terminal or t.state is TaskState.PROPOSED]
-    autofix_states = Counter(t.state.value for t in tasks if t.source == "alertmanager")
-    lines += ["# HELP agent_runner_model_tokens_total Model tokens used by tasks, through the model proxy.",
-              "# TYPE agent_runner_model_tokens_total counter",
-              f'agent_runner_model_tokens_total{{direction="input"}} {tokens_in}',
-              f'agent_runner_model_tokens_total{{direction="output"}} {tokens_out}',
-              "# HELP agent_runner_model_cost_usd_total Model cost of tasks in US dollars.",
-              "# TYPE agent_runner_model_cost_usd_total counter",
-              f"agent_runner_model_cost_usd_total {cost:.6f}",
-              "# HELP agent_runner_task_duration_seconds From queued to a result (proposed or terminal).",
-              "# TYPE agent_runner_task_duration_seconds summary",
-              f"agent_runner_task_duration_seconds_sum {sum(finished):.3f}",
-              f"agent_runner_task_duration_seconds_count {len(finished)}",
-              "# HELP agent_runner_autofix_tasks Alert-started tasks by state (their outcomes).",
-              "# TYPE agent_runner_autofix_tasks gauge"]
-    lines += [f'agent_runner_autofix_tasks{{state="{s.value}"}} {autofix_states.get(s.value, 0)}' for s in TaskState]
-    lines += ["# HELP agent_runner_sandboxes_running Tasks holding a sandbox slot now.",
-              "# TYPE agent_runner_sandboxes_running gauge",
-              "agent_runner_sandboxes_running 0"]
-    return "\n".join(lines) + "\n"
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 async def sql_render(store: Store) -> str:
@@ -113,14 +67,7 @@ def fill(store: Store, tasks: int, audit: int, seed: int = 11) -> None:
             detail = {"state": rnd.choice(states).value, "reason": ""}
         audit_rows.append((1.7e9 + i, f"t{rnd.randrange(max(tasks, 1)):07d}", "agent", event,
                            json.dumps(detail, sort_keys=True)))
-    with store._lock:
-        store._db.execute("BEGIN")
-        store._db.executemany(
-            "INSERT INTO tasks (id, kind, prompt, repo, source, requested_by, dry_run, state, created_at, updated_at,"
-            " result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", task_rows)
-        store._db.executemany("INSERT INTO audit (at, task_id, actor, event, detail) VALUES (?, ?, ?, ?, ?)",
-                              audit_rows)
-        store._db.execute("COMMIT")
+    insert_rows(store, task_rows, audit_rows)
 
 
 async def _best(render: Render, store: Store, rounds: int) -> float:

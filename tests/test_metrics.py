@@ -14,6 +14,7 @@ import pytest
 from runner.models import TaskId, TaskState
 from runner.service import metrics
 from runner.store import Store
+from tests.fakes.metrics import insert_rows, per_row_render
 
 
 @pytest.fixture
@@ -43,55 +44,9 @@ def _sample(text: str, prefix: str) -> list[str]:
     return [line for line in text.splitlines() if line.startswith(prefix)]
 
 
-async def _per_row_render(store: Store, *, sandboxes_running: int) -> str:
-    """The handler this module replaced, verbatim: every task and audit row read into Python per scrape."""
-    tasks = await store.list_tasks(limit=1_000_000)
-    by_state = Counter(t.state.value for t in tasks)
-    decisions = Counter((str(e.detail.get("policy_effect")), str(e.detail.get("decision")))
-                        for e in await store.audit_log(event="tool_decision"))
-    refusals = Counter(str(e.detail.get("reason")) for e in await store.audit_log(event="refused"))
-    lines = ["# HELP agent_runner_tasks Tasks by state.", "# TYPE agent_runner_tasks gauge"]
-    lines += [f'agent_runner_tasks{{state="{s.value}"}} {by_state.get(s.value, 0)}' for s in TaskState]
-    lines += ["# HELP agent_runner_policy_decisions_total Tool calls decided, by policy effect and final decision.",
-              "# TYPE agent_runner_policy_decisions_total counter"]
-    lines += [f'agent_runner_policy_decisions_total{{effect="{_esc(effect)}",decision="{_esc(decision)}"}} {n}'
-              for (effect, decision), n in sorted(decisions.items())]
-    lines += ["# HELP agent_runner_refusals_total Requests refused (auth, rate limit).",
-              "# TYPE agent_runner_refusals_total counter"]
-    lines += [f'agent_runner_refusals_total{{reason="{_esc(reason)}"}} {n}' for reason, n in sorted(refusals.items())]
-    usage = [t.result.usage for t in tasks if t.result is not None]
-    tokens_in = sum(u.input_tokens for u in usage)
-    tokens_out = sum(u.output_tokens for u in usage)
-    cost = sum(u.cost_usd for u in usage)
-    finished = [t.updated_at - t.created_at for t in tasks if t.state.terminal or t.state is TaskState.PROPOSED]
-    autofix_states = Counter(t.state.value for t in tasks if t.source == "alertmanager")
-    lines += ["# HELP agent_runner_model_tokens_total Model tokens used by tasks, through the model proxy.",
-              "# TYPE agent_runner_model_tokens_total counter",
-              f'agent_runner_model_tokens_total{{direction="input"}} {tokens_in}',
-              f'agent_runner_model_tokens_total{{direction="output"}} {tokens_out}',
-              "# HELP agent_runner_model_cost_usd_total Model cost of tasks in US dollars.",
-              "# TYPE agent_runner_model_cost_usd_total counter",
-              f"agent_runner_model_cost_usd_total {cost:.6f}",
-              "# HELP agent_runner_task_duration_seconds From queued to a result (proposed or terminal).",
-              "# TYPE agent_runner_task_duration_seconds summary",
-              f"agent_runner_task_duration_seconds_sum {sum(finished):.3f}",
-              f"agent_runner_task_duration_seconds_count {len(finished)}",
-              "# HELP agent_runner_autofix_tasks Alert-started tasks by state (their outcomes).",
-              "# TYPE agent_runner_autofix_tasks gauge"]
-    lines += [f'agent_runner_autofix_tasks{{state="{s.value}"}} {autofix_states.get(s.value, 0)}' for s in TaskState]
-    lines += ["# HELP agent_runner_sandboxes_running Tasks holding a sandbox slot now.",
-              "# TYPE agent_runner_sandboxes_running gauge",
-              f"agent_runner_sandboxes_running {sandboxes_running}"]
-    return "\n".join(lines) + "\n"
-
-
-def _esc(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
 async def test_render_of_an_empty_store_has_every_series_at_zero(store: Store) -> None:
     text = await metrics.render(store, sandboxes_running=0)
-    assert text == await _per_row_render(store, sandboxes_running=0)
+    assert text == await per_row_render(store, sandboxes_running=0)
     assert _sample(text, "agent_runner_tasks{") == [f'agent_runner_tasks{{state="{s.value}"}} 0' for s in TaskState]
     assert _sample(text, "agent_runner_policy_decisions_total") == []
     assert "agent_runner_model_cost_usd_total 0.000000\n" in text
@@ -113,7 +68,7 @@ async def test_render_counts_tasks_usage_durations_and_audit_events(store: Store
 
     text = await metrics.render(store, sandboxes_running=2)
 
-    assert text == await _per_row_render(store, sandboxes_running=2)
+    assert text == await per_row_render(store, sandboxes_running=2)
     assert 'agent_runner_tasks{state="failed"} 2' in text.splitlines()
     assert 'agent_runner_tasks{state="queued"} 1' in text.splitlines()
     assert 'agent_runner_tasks{state="deployed"} 0' in text.splitlines()
@@ -159,7 +114,7 @@ async def test_render_labels_odd_detail_values_as_the_per_row_count_did(store: S
 
     text = await metrics.render(store, sandboxes_running=0)
 
-    assert text == await _per_row_render(store, sandboxes_running=0)
+    assert text == await per_row_render(store, sandboxes_running=0)
     assert 'agent_runner_refusals_total{reason="A"} 2' in text.splitlines()
     assert 'agent_runner_refusals_total{reason="None"} 2' in text.splitlines()
     assert 'agent_runner_refusals_total{reason="True"} 1' in text.splitlines()
@@ -180,7 +135,7 @@ async def test_render_matches_the_per_row_count_on_a_random_history(store: Store
         await store.audit("t", "agent", "tool_decision", {"policy_effect": rnd.choice(["allow", "ask", "deny"]),
                                                           "decision": rnd.choice(["allow", "deny"])})
         await store.audit(None, "api", "refused", {"reason": rnd.choice(["rate_limited", "bad_token", "x\ny"])})
-    assert await metrics.render(store, sandboxes_running=1) == await _per_row_render(store, sandboxes_running=1)
+    assert await metrics.render(store, sandboxes_running=1) == await per_row_render(store, sandboxes_running=1)
 
 
 async def test_render_aggregates_in_sqlite_without_reading_rows(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -197,14 +152,7 @@ async def test_render_aggregates_in_sqlite_without_reading_rows(store: Store, mo
          json.dumps({"policy_effect": "allow" if i % 3 else "ask", "decision": "allow", "reason": "rate_limited"}))
         for i in range(audit)
     ]
-    with store._lock:  # one transaction on the store's own connection, so setup stays quick
-        store._db.execute("BEGIN")
-        store._db.executemany(
-            "INSERT INTO tasks (id, kind, prompt, repo, source, requested_by, dry_run, state, created_at, updated_at,"
-            " result) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", task_rows)
-        store._db.executemany("INSERT INTO audit (at, task_id, actor, event, detail) VALUES (?, ?, ?, ?, ?)",
-                              audit_rows)
-        store._db.execute("COMMIT")
+    insert_rows(store, task_rows, audit_rows)
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError("metrics read rows into Python")
