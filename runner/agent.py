@@ -163,12 +163,10 @@ class Gate:
         if effect == "ask" and self._ask is deny_asks:
             reason = f"the policy asks the owner, and no owner channel is configured: {decision.reason}"
         elif effect == "ask":
-            try:
-                async with asyncio.timeout(self._ask_timeout):
-                    allowed = await self._ask(self.task_id, call, decision)
-                reason = f"owner {'allowed' if allowed else 'denied'}: {decision.reason}"
-            except TimeoutError:
-                allowed, reason = False, f"no answer from the owner within {self._ask_timeout:.0f}s: {decision.reason}"
+            answer = await self._owner_says(call, decision)
+            allowed = bool(answer)
+            reason = (f"no answer from the owner within {self._ask_timeout:.0f}s: {decision.reason}" if answer is None
+                      else f"owner {'allowed' if answer else 'denied'}: {decision.reason}")
         try:
             await self._audit(
                 "tool_decision",
@@ -202,6 +200,14 @@ class Gate:
                     self.approved[rel] = hashlib.sha256(tool_input["content"].encode()).hexdigest()
         return allowed, reason
 
+    async def _owner_says(self, call: policy.ToolCall, decision: policy.Decision) -> bool | None:
+        """The owner's yes or no to `call`, or None when no answer came within the ask timeout."""
+        try:
+            async with asyncio.timeout(self._ask_timeout):
+                return await self._ask(self.task_id, call, decision)
+        except TimeoutError:
+            return None
+
     async def confirm(self, path: str, content: bytes | None, diff: str) -> tuple[bool, str]:
         """Put a changed dependency file (`paths.ask_write`) to the owner at the end of the task, unless they
         already said yes to this exact content in a Write; (allowed, reason), audited. Without an owner
@@ -220,12 +226,10 @@ class Gate:
         if self._ask is deny_asks:
             allowed, reason = False, f"{why}, and no owner channel is configured"
         else:
-            try:
-                async with asyncio.timeout(self._ask_timeout):
-                    allowed = await self._ask(self.task_id, call, decision)
-                reason = f"owner {'allowed' if allowed else 'denied'} the final content of {path!r}"
-            except TimeoutError:
-                allowed, reason = False, f"no answer from the owner within {self._ask_timeout:.0f}s: {why}"
+            answer = await self._owner_says(call, decision)
+            allowed = bool(answer)
+            reason = (f"no answer from the owner within {self._ask_timeout:.0f}s: {why}" if answer is None
+                      else f"owner {'allowed' if answer else 'denied'} the final content of {path!r}")
         await self._audit("final_change_decision", {
             "path": path, "decision": "allow" if allowed else "deny", "rule": "paths.ask_write", "reason": reason,
             "content_sha256": digest, "policy_sha256": self.policy.sha256,

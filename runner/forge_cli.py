@@ -33,28 +33,22 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
                  "GITHUB_REPOSITORY are not set)")
 
     # Each reads the whole Settings (forge, deployer, home), so each --help lists every variable it reads.
-    epilog, raw = environment_help(), argparse.RawDescriptionHelpFormatter
+    def command(name: str, what: str, run: Callable[..., int], *, numbered: bool = True,
+                prints: str = "one JSON object") -> argparse.ArgumentParser:
+        parser = subparsers.add_parser(name, help=what, epilog=environment_help(),
+                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+        if numbered:
+            parser.add_argument("number", type=int)
+        parser.add_argument("--repo", metavar="PATH", help=repo_help)
+        parser.add_argument("--json", action="store_true", help=f"print {prints}")
+        parser.set_defaults(func=run)
+        return parser
 
-    prs = subparsers.add_parser("prs", help="list open pull requests", epilog=epilog, formatter_class=raw)
-    prs.add_argument("--repo", metavar="PATH", help=repo_help)
-    prs.add_argument("--json", action="store_true", help="print one JSON array")
-    prs.set_defaults(func=cmd_prs)
-
-    approve = subparsers.add_parser("approve", help="merge a pull request at its reviewed head", epilog=epilog,
-                                    formatter_class=raw)
-    approve.add_argument("number", type=int)
+    command("prs", "list open pull requests", cmd_prs, numbered=False, prints="one JSON array")
+    approve = command("approve", "merge a pull request at its reviewed head", cmd_approve)
     approve.add_argument("--sha", help="the head SHA the pull request was shown at (default: its recorded head)")
     approve.add_argument("--method", choices=MERGE_METHODS, default="squash")
-    approve.add_argument("--repo", metavar="PATH", help=repo_help)
-    approve.add_argument("--json", action="store_true", help="print one JSON object")
-    approve.set_defaults(func=cmd_approve)
-
-    reject = subparsers.add_parser("reject", help="close a pull request without merging", epilog=epilog,
-                                    formatter_class=raw)
-    reject.add_argument("number", type=int)
-    reject.add_argument("--repo", metavar="PATH", help=repo_help)
-    reject.add_argument("--json", action="store_true", help="print one JSON object")
-    reject.set_defaults(func=cmd_reject)
+    command("reject", "close a pull request without merging", cmd_reject)
 
 
 def cmd_prs(args: argparse.Namespace, environ: Mapping[str, str] | None = None, out: TextIO | None = None) -> int:
