@@ -4,123 +4,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiogram import Bot
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 
 import policy
-from runner.errors import TaskError
 from runner.models import TaskState
-from runner.notify.telegram import PrAction, TelegramNotifier
-from runner.service import operations
-from runner.service.policy_store import PolicyDesk, PolicyStore
-from runner.store import Store, TaskRecord
-from runner.telegram.bot import Status, build_dispatcher, kind_of
-from runner.telegram.wiring import CHAT, webhook_route
-from tests.fakes.telegram import BOT_ID, FakeTelegram, serve
+from runner.notify.telegram import PrAction
+from runner.telegram.bot import kind_of
+from runner.telegram.wiring import webhook_route
+from tests.fakes.telegram import BOT_ID
+from tests.fakes.telegram_bot import OWNER, STRANGER, Harness, StubActions, polling_bot
 
-OWNER = 1001
-STRANGER = 666
 SHA = "b" * 40
 
 
-@dataclass
-class StubActions:
-    """The supervisor as the bot sees it: records the task and PR actions it was asked for and answers like the
-    real one; the policy and refusal actions are the real operations over a real desk and store."""
-
-    store: Store
-    desk: PolicyDesk
-    submitted: list[tuple[str, str, bool]] = field(default_factory=list)
-    approved: list[tuple[int, str]] = field(default_factory=list)
-    rejected: list[int] = field(default_factory=list)
-    cancelled: list[str] = field(default_factory=list)
-
-    async def submit(self, *, kind: str, prompt: str, dry_run: bool) -> TaskRecord:
-        self.submitted.append((kind, prompt, dry_run))
-        return await self.store.create_task(kind=kind, prompt=prompt, repo="repo", source="telegram",
-                                            requested_by="owner", dry_run=dry_run)
-
-    async def approve(self, number: int, head_sha: str) -> str:
-        self.approved.append((number, head_sha))
-        return f"PR #{number} merged as cafe12345678; deploy deployed"
-
-    async def reject(self, number: int) -> str:
-        self.rejected.append(number)
-        return f"PR #{number} closed"
-
-    async def tasks(self, limit: int) -> list[TaskRecord]:
-        return await self.store.list_tasks(limit=limit)
-
-    async def task(self, task_id: str) -> TaskRecord:
-        return await self.store.get_task(task_id)
-
-    async def cancel(self, task_id: str) -> TaskRecord:
-        self.cancelled.append(task_id)
-        raise TaskError(f"no task {task_id!r}")
-
-    async def pr_task(self, number: int) -> TaskRecord | None:
-        return await self.store.task_of_pr(number)
-
-    async def status(self) -> Status:
-        return Status("0.1.0", 3725, 1, 0, 2, 0.5, 1, ("PR #7: deployed, its errors watched until 10:20",))
-
-    async def propose_policy(self, text: str, name: str) -> operations.PolicyProposal:
-        return await operations.propose_policy(self.desk, self.store, CHAT, text, name=name)
-
-    async def confirm_policy(self, token: str) -> policy.Policy:
-        return await operations.confirm_policy(self.desk, self.store, CHAT, token)
-
-    def withdraw_policy(self, token: str) -> None:
-        operations.withdraw_policy(self.desk, token)
-
-    async def rollback_policy(self, version: int) -> policy.Policy:
-        return await operations.rollback_policy(self.desk, self.store, CHAT, version)
-
-    async def refuse(self, actor: str, reason: str, **detail: Any) -> None:
-        await operations.refuse(self.store, operations.Caller(actor, "telegram"), reason, **detail)
-
-
-@dataclass
-class Harness:
-    fake: FakeTelegram
-    ops: StubActions
-    notifier: TelegramNotifier
-    desk: PolicyDesk
-    store: Store
-
-    def replies(self, chat: int) -> list[str]:
-        return self.fake.texts(chat)
-
-    async def said(self, chat: int, count: int) -> list[str]:
-        await self.fake.wait_for(lambda: len(self.replies(chat)) >= count)
-        return self.replies(chat)
-
-
 @pytest.fixture
-async def bot(tmp_path: Path) -> AsyncIterator[Harness]:
-    fake = FakeTelegram()
-    async with serve(fake) as base, Store(tmp_path / "state.db") as store:
-        policies = PolicyStore(tmp_path / "state.db")
-        bot = Bot(fake.token, session=AiohttpSession(api=TelegramAPIServer.from_base(base)))
-        notifier = TelegramNotifier(bot, OWNER, min_interval=0.2)
-        desk = PolicyDesk(policies, policy.default_text())
-        ops = StubActions(store, desk)
-        dp = build_dispatcher(ops, notifier, OWNER, desk)
-        polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False, close_bot_session=False,
-                                                       polling_timeout=1))
-        try:
-            yield Harness(fake, ops, notifier, desk, store)
-        finally:
-            await dp.stop_polling()
-            await polling
-            await notifier.aclose()
-            await policies.aclose()
+async def bot(tmp_path: Path) -> AsyncIterator[Harness[StubActions]]:
+    async with polling_bot(tmp_path, StubActions) as harness:
+        yield harness
 
 
 RESULT = {"summary": "Added /balance", "files_changed": ["bot/app.py"], "diff": "--- a/bot/app.py\n+++ b/bot/app.py\n",
@@ -136,7 +38,7 @@ def test_kind_of_reads_fix_from_wording_or_explicit_word() -> None:
     assert kind_of("feature show errors nicely") == ("feature", "show errors nicely")
 
 
-async def test_telegram_agent_conversation_progress_then_approve(bot: Harness) -> None:
+async def test_telegram_agent_conversation_progress_then_approve(bot: Harness[StubActions]) -> None:
     bot.fake.send_text(OWNER, "/agent add a /balance command")
     await bot.fake.wait_for(lambda: any("queued" in t for t in bot.replies(OWNER)))
     assert bot.ops.submitted == [("feature", "add a /balance command", False)]
@@ -162,7 +64,7 @@ async def test_telegram_agent_conversation_progress_then_approve(bot: Harness) -
     assert [text for text, _ in bot.fake.buttons(OWNER, board)] == ["📄 Show diff"]
 
 
-async def test_telegram_show_diff_and_typed_approve_use_the_shown_head(bot: Harness) -> None:
+async def test_telegram_show_diff_and_typed_approve_use_the_shown_head(bot: Harness[StubActions]) -> None:
     task = await bot.ops.submit(kind="feature", prompt="x", dry_run=False)
     await bot.store.transition(task.id, TaskState.PROPOSED, result=RESULT)
     bot.fake.send_text(OWNER, "/approve_pr 7")
@@ -178,7 +80,7 @@ async def test_telegram_show_diff_and_typed_approve_use_the_shown_head(bot: Harn
     await bot.fake.wait_for(lambda: any("language-diff" in t for t in bot.replies(OWNER)))
 
 
-async def test_telegram_429_on_reply_is_waited_out(bot: Harness) -> None:
+async def test_telegram_429_on_reply_is_waited_out(bot: Harness[StubActions]) -> None:
     bot.fake.fail_next("sendMessage", 429, "Too Many Requests: retry after 1", retry_after=1)
     bot.fake.send_text(OWNER, "/agent_status")
     texts = await bot.said(OWNER, 1)
@@ -191,7 +93,7 @@ COMMANDS = ["/agent add a command", "/dryrun add a command", "/review HEAD~1", "
             "/help", "hello"]
 
 
-async def test_telegram_refuses_strangers_commands_and_buttons(bot: Harness) -> None:
+async def test_telegram_refuses_strangers_commands_and_buttons(bot: Harness[StubActions]) -> None:
     task = await bot.ops.submit(kind="feature", prompt="x", dry_run=False)
     bot.ops.submitted.clear()
     await bot.store.transition(task.id, TaskState.PROPOSED, result=RESULT)
@@ -215,7 +117,7 @@ async def test_telegram_refuses_strangers_commands_and_buttons(bot: Harness) -> 
     assert [t.id for t in await bot.store.list_tasks()] == [task.id]
 
 
-async def test_telegram_broken_policy_yaml_names_the_line_and_changes_nothing(bot: Harness) -> None:
+async def test_telegram_broken_policy_yaml_names_the_line_and_changes_nothing(bot: Harness[StubActions]) -> None:
     before = await bot.desk.active_text()
     broken = "schema: 1\nversion: broken\npaths: [unclosed\n"
     bot.fake.send_document(OWNER, "policy.yaml", broken.encode(), "/policy set")
@@ -225,7 +127,7 @@ async def test_telegram_broken_policy_yaml_names_the_line_and_changes_nothing(bo
     assert not bot.fake.buttons(OWNER, max(mid for (_, mid) in bot.fake.messages))
 
 
-async def test_telegram_valid_policy_activates_only_after_confirm(bot: Harness) -> None:
+async def test_telegram_valid_policy_activates_only_after_confirm(bot: Harness[StubActions]) -> None:
     activated: list[policy.Policy] = []
     bot.desk.on_activate = activated.append
     text = policy.default_text().replace("version:", "version: chat-edit #", 1)
@@ -242,7 +144,7 @@ async def test_telegram_valid_policy_activates_only_after_confirm(bot: Harness) 
     assert bot.fake.buttons(OWNER, proposal) == []  # Confirm and Cancel are spent
 
 
-async def _proposal(bot: Harness, text: str) -> tuple[int, str]:
+async def _proposal(bot: Harness[StubActions], text: str) -> tuple[int, str]:
     before = set(bot.fake.messages)
     bot.fake.send_document(OWNER, "policy.yaml", text.encode(), "/policy set")
     await bot.fake.wait_for(lambda: any(bot.fake.buttons(*key) for key in set(bot.fake.messages) - before))
@@ -250,7 +152,7 @@ async def _proposal(bot: Harness, text: str) -> tuple[int, str]:
     return proposal, next(d for b, d in bot.fake.buttons(OWNER, proposal) if "Confirm" in b)
 
 
-async def test_telegram_policy_proposal_is_void_once_another_policy_was_activated(bot: Harness) -> None:
+async def test_telegram_policy_proposal_is_void_once_another_policy_was_activated(bot: Harness[StubActions]) -> None:
     """The owner saw a diff against the active policy; if it changed meanwhile (over the API, say), confirming
     would silently undo that change."""
     mine = policy.default_text().replace("version:", "version: from-chat #", 1)
@@ -263,7 +165,7 @@ async def test_telegram_policy_proposal_is_void_once_another_policy_was_activate
     assert await bot.desk.active_text() == theirs
 
 
-async def test_telegram_policy_proposal_expires(bot: Harness) -> None:
+async def test_telegram_policy_proposal_expires(bot: Harness[StubActions]) -> None:
     from runner.service.policy_store import PROPOSAL_SECONDS
 
     now = [1000.0]
@@ -276,7 +178,7 @@ async def test_telegram_policy_proposal_expires(bot: Harness) -> None:
     assert await bot.desk.store.history() == []
 
 
-async def test_telegram_webhook_refuses_a_wrong_secret_and_feeds_a_right_one(bot: Harness) -> None:
+async def test_telegram_webhook_refuses_a_wrong_secret_and_feeds_a_right_one(bot: Harness[StubActions]) -> None:
     import httpx
     from aiogram import Dispatcher
     from starlette.applications import Starlette
@@ -295,7 +197,7 @@ async def test_telegram_webhook_refuses_a_wrong_secret_and_feeds_a_right_one(bot
     assert seen == [5]
 
 
-async def test_telegram_review_of_a_pr_arrives_whole_after_the_task_message(bot: Harness) -> None:
+async def test_telegram_review_of_a_pr_arrives_whole_after_the_task_message(bot: Harness[StubActions]) -> None:
     from runner.models import RunResult
     from runner.review import Finding, Review, pr_request
 

@@ -3,26 +3,18 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from aiogram import Bot
-from aiogram.client.session.aiohttp import AiohttpSession
-from aiogram.client.telegram import TelegramAPIServer
 
-import policy
 from runner.errors import TaskError
 from runner.models import FollowUp, TaskId
 from runner.notify.base import Message
 from runner.notify.telegram import TelegramNotifier
-from runner.service.policy_store import PolicyDesk, PolicyStore
-from runner.store import Store
-from runner.telegram.bot import build_dispatcher
-from tests.fakes.telegram import BOT_ID, FakeTelegram, serve
-from tests.test_telegram import OWNER, STRANGER, StubActions
+from tests.fakes.telegram import BOT_ID, FakeTelegram
+from tests.fakes.telegram_bot import OWNER, STRANGER, StubActions, polling_bot
 
 TASK = "20261202-120000-abc123"
 
@@ -50,23 +42,8 @@ class FollowingActions(StubActions):
 
 @pytest.fixture
 async def chat(tmp_path: Path) -> AsyncIterator[tuple[FakeTelegram, FollowingActions, TelegramNotifier]]:
-    fake = FakeTelegram()
-    async with serve(fake) as base, Store(tmp_path / "state.db") as store:
-        policies = PolicyStore(tmp_path / "state.db")
-        bot = Bot(fake.token, session=AiohttpSession(api=TelegramAPIServer.from_base(base)))
-        notifier = TelegramNotifier(bot, OWNER, min_interval=0.2)
-        desk = PolicyDesk(policies, policy.default_text())
-        ops = FollowingActions(store, desk)
-        dp = build_dispatcher(ops, notifier, OWNER, desk)
-        polling = asyncio.create_task(dp.start_polling(bot, handle_signals=False, close_bot_session=False,
-                                                       polling_timeout=1))
-        try:
-            yield fake, ops, notifier
-        finally:
-            await dp.stop_polling()
-            await polling
-            await notifier.aclose()
-            await policies.aclose()
+    async with polling_bot(tmp_path, FollowingActions) as bot:
+        yield bot.fake, bot.ops, bot.notifier
 
 
 def _reply(fake: FakeTelegram, user: int, to: int, text: str) -> None:
