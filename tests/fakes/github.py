@@ -264,6 +264,13 @@ class FakeGitHub:
             return _error(404, "Not Found")
         return None
 
+    def _requested_pull(self, request: Request) -> dict[str, Any] | Response:
+        """The pull request of the bot's repository that the path names, or GitHub's 404."""
+        if (missing := self._check_repo(request)) is not None:
+            return missing
+        pr = self.pulls.get(request.path_params["number"])
+        return _error(404, "Not Found") if pr is None else pr
+
     async def _user_route(self, request: Request) -> Response:
         return JSONResponse({"login": self.login, "id": 7, "type": "User"})
 
@@ -358,9 +365,7 @@ class FakeGitHub:
                     items.append({"id": 161335 + i, "node_id": f"MDg6V29ya2Zsb3cx{i}", "name": name, "path": path,
                                   "state": self.workflow_states.get(path, "active"), "created_at": NOW,
                                   "updated_at": NOW})
-        per_page = int(request.query_params.get("per_page", "30"))
-        page = int(request.query_params.get("page", "1"))
-        return JSONResponse({"total_count": len(items), "workflows": items[(page - 1) * per_page : page * per_page]})
+        return JSONResponse({"total_count": len(items), "workflows": _page(request, items)})
 
     def _head_of_request(self, head: str, head_repo: Any) -> tuple[FakeRepo, str] | None:
         """Which repository and branch a pull request's `head` names: `branch`, or `owner:branch` for a fork."""
@@ -390,10 +395,7 @@ class FakeGitHub:
             items = [p for n, p in sorted(self.pulls.items(), reverse=True) if state in ("all", p["state"])]
             if head is not None:
                 items = [p for p in items if p["head"]["label"] == head]
-            per_page = int(request.query_params.get("per_page", "30"))
-            page = int(request.query_params.get("page", "1"))
-            chunk = items[(page - 1) * per_page : page * per_page]
-            return JSONResponse([self._view(p, full=False) for p in chunk])
+            return JSONResponse([self._view(p, full=False) for p in _page(request, items)])
         data = await request.json()
         self.pull_requests_sent.append(dict(data))
         for key in ("title", "head", "base"):
@@ -462,11 +464,8 @@ class FakeGitHub:
         return JSONResponse(self._view(self.pulls[number], full=True), status_code=201)
 
     async def _pull(self, request: Request) -> Response:
-        if (missing := self._check_repo(request)) is not None:
-            return missing
-        pr = self.pulls.get(request.path_params["number"])
-        if pr is None:
-            return _error(404, "Not Found")
+        if isinstance(pr := self._requested_pull(request), Response):
+            return pr
         if request.method == "PATCH":
             data = await request.json()
             if data.get("state") == "closed" and pr["state"] == "open":
@@ -479,12 +478,9 @@ class FakeGitHub:
         return JSONResponse(self._view(pr, full=True))
 
     async def _merge(self, request: Request) -> Response:
-        if (missing := self._check_repo(request)) is not None:
-            return missing
+        if isinstance(pr := self._requested_pull(request), Response):
+            return pr
         number = request.path_params["number"]
-        pr = self.pulls.get(number)
-        if pr is None:
-            return _error(404, "Not Found")
         data = await request.json()
         method = data.get("merge_method", "merge")
         if method not in ("merge", "squash", "rebase"):
@@ -532,24 +528,8 @@ class FakeGitHub:
             return None
         return commit
 
-    async def _comments(self, request: Request) -> Response:
-        if (missing := self._check_repo(request)) is not None:
-            return missing
-        number = request.path_params["number"]
-        if number not in self.pulls:
-            return _error(404, "Not Found")
-        thread = self.comments.setdefault(number, [])
-        if request.method == "GET":
-            per_page = int(request.query_params.get("per_page", "30"))
-            page = int(request.query_params.get("page", "1"))
-            return JSONResponse(thread[(page - 1) * per_page : page * per_page])
-        data = await request.json()
-        if not isinstance(data.get("body"), str):
-            return _error(
-                422,
-                "Validation Failed",
-                [{"resource": "IssueComment", "field": "body", "code": "missing_field"}],
-            )
+    def add_comment(self, number: int, body: str, user: dict[str, Any], association: str = "NONE") -> dict[str, Any]:
+        """`user` comments `body` on pull request `number`: the comment as the REST API lists it from then on."""
         comment_id = next(self._ids)
         comment = {
             "id": comment_id,
@@ -557,15 +537,30 @@ class FakeGitHub:
             "url": self._url(f"/issues/comments/{comment_id}"),
             "html_url": self._html(f"/pull/{number}#issuecomment-{comment_id}"),
             "issue_url": self._url(f"/issues/{number}"),
-            "body": data["body"],
-            "user": self._user(),
+            "body": body,
+            "user": user,
             "created_at": NOW,
             "updated_at": NOW,
-            "author_association": "NONE",
+            "author_association": association,
         }
-        thread.append(comment)
-        self.pulls[number]["comments"] += 1
-        return JSONResponse(comment, status_code=201)
+        self.comments.setdefault(number, []).append(comment)
+        self.pulls[number]["comments"] = self.pulls[number].get("comments", 0) + 1
+        return comment
+
+    async def _comments(self, request: Request) -> Response:
+        if isinstance(pr := self._requested_pull(request), Response):
+            return pr
+        number = request.path_params["number"]
+        if request.method == "GET":
+            return JSONResponse(_page(request, self.comments.get(number, [])))
+        data = await request.json()
+        if not isinstance(data.get("body"), str):
+            return _error(
+                422,
+                "Validation Failed",
+                [{"resource": "IssueComment", "field": "body", "code": "missing_field"}],
+            )
+        return JSONResponse(self.add_comment(number, data["body"], self._user()), status_code=201)
 
 
     # -- pull request reviews ----------------------------------------------------------------------
@@ -593,12 +588,9 @@ class FakeGitHub:
     async def _reviews(self, request: Request) -> Response:
         """POST /pulls/{n}/reviews as GitHub checks it: the event, a body for COMMENT / REQUEST_CHANGES, the
         commit, and every comment on a path and (side RIGHT) line of the diff, else 422 and nothing posted."""
-        if (missing := self._check_repo(request)) is not None:
-            return missing
+        if isinstance(pr := self._requested_pull(request), Response):
+            return pr
         number = request.path_params["number"]
-        pr = self.pulls.get(number)
-        if pr is None:
-            return _error(404, "Not Found")
         if request.method == "GET":
             return JSONResponse(self.reviews.get(number, []))
         data = await request.json()
@@ -668,15 +660,9 @@ class FakeGitHub:
         return JSONResponse(review)
 
     async def _review_comments(self, request: Request) -> Response:
-        if (missing := self._check_repo(request)) is not None:
-            return missing
-        number = request.path_params["number"]
-        if number not in self.pulls:
-            return _error(404, "Not Found")
-        thread = self.review_comments.get(number, [])
-        per_page = int(request.query_params.get("per_page", "30"))
-        page = int(request.query_params.get("page", "1"))
-        return JSONResponse(thread[(page - 1) * per_page : page * per_page])
+        if isinstance(pr := self._requested_pull(request), Response):
+            return pr
+        return JSONResponse(_page(request, self.review_comments.get(request.path_params["number"], [])))
 
 
 class _Gate:
@@ -710,6 +696,13 @@ class _Gate:
                 await JSONResponse(script.body, status_code=script.status, headers=script.headers)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+def _page(request: Request, items: list[Any]) -> list[Any]:
+    """The page of `items` that GitHub's `per_page` (default 30) and `page` (from 1) query parameters ask for."""
+    per_page = int(request.query_params.get("per_page", "30"))
+    page = int(request.query_params.get("page", "1"))
+    return items[(page - 1) * per_page : page * per_page]
 
 
 def _error(status: int, message: str, errors: list[Any] | None = None) -> JSONResponse:

@@ -18,7 +18,7 @@ from typing import Any
 
 import httpx
 
-from tests.fakes.github import NOW, FakeGitHub
+from tests.fakes.github import FakeGitHub
 
 
 def sign(secret: str, body: bytes) -> str:
@@ -27,22 +27,8 @@ def sign(secret: str, body: bytes) -> str:
 
 def add_comment(fake: FakeGitHub, number: int, body: str, login: str) -> dict[str, Any]:
     """`login` comments `body` on pull request `number` (the fake's REST API lists it from then on)."""
-    comment_id = next(fake._ids)
-    comment = {
-        "id": comment_id,
-        "node_id": f"IC_{comment_id}",
-        "url": fake._url(f"/issues/comments/{comment_id}"),
-        "html_url": fake._html(f"/pull/{number}#issuecomment-{comment_id}"),
-        "issue_url": fake._url(f"/issues/{number}"),
-        "body": body,
-        "user": {"login": login, "id": 1000 + len(login), "type": "User"},
-        "created_at": NOW,
-        "updated_at": NOW,
-        "author_association": "OWNER" if login.lower() == fake.owner.lower() else "NONE",
-    }
-    fake.comments.setdefault(number, []).append(comment)
-    fake.pulls[number]["comments"] = fake.pulls[number].get("comments", 0) + 1  # as the fake's own POST counts
-    return comment
+    return fake.add_comment(number, body, {"login": login, "id": 1000 + len(login), "type": "User"},
+                            "OWNER" if login.lower() == fake.owner.lower() else "NONE")
 
 
 def comment_event(fake: FakeGitHub, number: int, comment: dict[str, Any]) -> dict[str, Any]:
