@@ -18,9 +18,10 @@ import sqlite3
 import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from runner.errors import StateCorrupt, StateError, StateFull
+from runner.resource import AsyncResource
 
 # Where an owner finds the steps; every refusal of a damaged file points there.
 RESTORE_STEPS = "README, Troubleshooting: 'The state file is damaged' has the backup and restore steps"
@@ -31,7 +32,7 @@ CHECK_PROBLEMS = 5
 _FULL, _CORRUPT, _NOTADB, _IOERR = 13, 11, 26, 10
 
 
-class Database:
+class Database(AsyncResource):
     """A connection to `path` with `schema` applied (idempotent `CREATE ... IF NOT EXISTS` statements).
 
     `check` runs the integrity check before anything else touches the file (the Store does; the other
@@ -82,12 +83,6 @@ class Database:
         except StateError:
             self._db.close()
             raise
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         with self._lock:

@@ -17,7 +17,6 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
 
 import httpx
 
@@ -25,6 +24,7 @@ from runner.alerts import payload
 from runner.alerts.logql import validate_logql
 from runner.alerts.payload import WebhookError
 from runner.errors import RunnerError
+from runner.resource import AsyncResource
 
 __all__ = [
     "DEFAULT_LIMIT",
@@ -67,7 +67,7 @@ class LogLine:
     line: str
 
 
-class LokiClient:
+class LokiClient(AsyncResource):
     """`async with LokiClient("http://loki:3100") as loki: lines = await loki.query_range(q, start, end)`."""
 
     def __init__(
@@ -87,13 +87,6 @@ class LokiClient:
         # Loki on loopback or in the compose network: never through an environment proxy.
         self._client = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout,
                                          trust_env=False)
-
-    async def __aenter__(self) -> LokiClient:
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         await self._client.aclose()

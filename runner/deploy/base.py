@@ -18,10 +18,10 @@ import inspect
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from types import TracebackType
-from typing import Any, Literal, Protocol, Self
+from typing import Any, Literal, Protocol
 
 from runner.errors import RunnerError
+from runner.resource import AsyncResource
 
 # Enough of a log to see why a release failed, small enough to put in a Telegram message.
 LOGS_TAIL_CHARS = 4000
@@ -160,7 +160,7 @@ class Outcome:
 EventSink = Callable[[DeployEvent], Awaitable[None] | None]
 
 
-class Deployer(Protocol):
+class Deployer(AsyncResource, Protocol):
     """Puts a commit of the bot's repository into service and checks that it is healthy.
 
     Implementations are async context managers; `aclose()` releases what they hold (a Docker client),
@@ -205,15 +205,6 @@ class Deployer(Protocol):
     async def aclose(self) -> None:
         """Release the deployer's own resources; the deployed service keeps running."""
         ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
 
 
 async def _emit(on_event: EventSink | None, event: DeployEvent) -> None:

@@ -5,18 +5,13 @@ from __future__ import annotations
 import time
 
 from runner.deploy.base import DeployAction, DeployResult, DeploySource, Fence
+from runner.resource import AsyncResource
 
 NONE_DETAIL = "no deployer configured"
 
 
-class NoneDeployer:
+class NoneDeployer(AsyncResource):
     """Deploys nothing and says so; every result is ok and healthy, so nothing is ever rolled back."""
-
-    async def __aenter__(self) -> NoneDeployer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def deploy(self, checkout: DeploySource, *, fence: Fence | None = None) -> DeployResult:
         return DeployResult(ok=True, version=checkout.sha, healthy=True, detail=NONE_DETAIL, duration_seconds=0.0,

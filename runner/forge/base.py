@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import TracebackType
-from typing import Literal, Protocol, Self
+from typing import Literal, Protocol
 
 from runner.errors import ForgeConflict
+from runner.resource import AsyncResource
 
 PrState = Literal["open", "merged", "closed"]
 MergeMethod = Literal["squash", "merge", "rebase"]
@@ -101,7 +101,7 @@ class MergeConflict(ForgeConflict):
         super().__init__(message)
 
 
-class Forge(Protocol):
+class Forge(AsyncResource, Protocol):
     """Where the owner reviews the agent's work: branches, pull requests, comments, merges.
 
     Only the supervisor talks to a forge, and it alone holds the forge's credentials. Every call that
@@ -198,15 +198,6 @@ class Forge(Protocol):
     async def aclose(self) -> None:
         """Release connections; the forge is unusable afterwards."""
         ...
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
 
 
 def check_pushable(branch: str, *, base_branches: Iterable[str], open_pr_branches: Iterable[str]) -> None:

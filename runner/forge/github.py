@@ -20,8 +20,7 @@ import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import httpx
 
@@ -54,6 +53,7 @@ from runner.forge.github_api import (
 )
 from runner.forge.workflows import WORKFLOW_DIR, WorkflowFiles
 from runner.gitops import GitTimeout, head_sha, redact, run_git, secret_forms
+from runner.resource import AsyncResource
 
 __all__ = ["DEFAULT_API_URL", "GitHubForge", "default_git_url"]
 
@@ -65,7 +65,7 @@ MAX_WORKFLOW_FILES = 100
 _REPOSITORY = re.compile(r"^[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+$")
 
 
-class GitHubForge:
+class GitHubForge(AsyncResource):
     """A GitHub (or GitHub Enterprise) repository as a Forge, optionally pushing to a fork of it.
 
     The token goes only into an `Authorization` header: the API client's default header, and for `git push`
@@ -120,14 +120,6 @@ class GitHubForge:
     def __repr__(self) -> str:
         fork = f", fork={self.fork!r}" if self.fork else ""
         return f"GitHubForge({self.repository!r}, api_url={self.api_url!r}{fork})"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         await self._api.aclose()

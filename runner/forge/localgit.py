@@ -24,8 +24,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self, TypeVar
+from typing import Any, TypeVar
 
 from runner.errors import ForgeConflict, ForgeError, ForgeNotFound
 from runner.forge.base import (
@@ -41,6 +40,7 @@ from runner.forge.base import (
 )
 from runner.gitops import DEFAULT_GIT_TIMEOUT, GitError, GitResult, head_sha, run_git
 from runner.gitops import head_sha as head_sha_of
+from runner.resource import AsyncResource
 from runner.review import diff_lines
 
 logger = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ CREATE INDEX IF NOT EXISTS forge_reviews_pull ON forge_reviews(repo, number);
 _COLUMNS = "number, title, body, head_branch, base_branch, head_sha, state, merge_sha, claim, claimed_at, pending_sha"
 
 
-class LocalGitForge:
+class LocalGitForge(AsyncResource):
     """The embedded forge: `repo` is the path of a bare repository (the origin), `db_path` a SQLite file."""
 
     def __init__(
@@ -122,14 +122,6 @@ class LocalGitForge:
 
     def __repr__(self) -> str:
         return f"LocalGitForge({str(self.repo)!r})"
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        await self.aclose()
 
     def git_auth(self) -> None:
         return None  # a repository on this disk: nothing to authenticate

@@ -34,13 +34,14 @@ import tarfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import docker
 import docker.errors
 
 from runner.docker_engine import EngineUnavailable, connect, runtimes, short
 from runner.errors import SandboxError, SandboxStartError
+from runner.resource import AsyncResource
 from runner.sandbox.base import (
     LABEL_OWNER_LOCK,
     LABEL_ROLE,
@@ -137,7 +138,7 @@ def tar_out_argv(directory: str = WORKSPACE) -> list[str]:
     return ["tar", "-c", "-f", "-", "-C", directory, "--format=gnu", "--hard-dereference", "--exclude=./.git", "."]
 
 
-class DockerSandbox:
+class DockerSandbox(AsyncResource):
     """Sandbox backend on a Docker engine.
 
     The docker SDK is blocking, so every call goes through asyncio.to_thread. The agent's CLI is
@@ -160,12 +161,9 @@ class DockerSandbox:
         self.notices: list[str] = []
         self._network_ready = False
 
-    async def __aenter__(self) -> DockerSandbox:
+    async def __aenter__(self) -> Self:
         await self._docker()
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         if self._client is not None:
