@@ -22,7 +22,7 @@ import signal
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import IO, Literal
 
@@ -40,6 +40,7 @@ from runner.deploy.base import (
 )
 from runner.deploy.health import HttpProbe, Verdict, wait_healthy
 from runner.errors import ConfigError
+from runner.resource import AsyncResource
 
 ENV_SHA = "AGENT_RUNNER_DEPLOY_SHA"
 ENV_REPO = "AGENT_RUNNER_DEPLOY_REPO"
@@ -108,7 +109,8 @@ class _Run:
 Ending = Literal["finished", "stopped", "gone"]
 
 
-class CommandDeployer:
+@dataclass(eq=False)
+class CommandDeployer(AsyncResource):
     """Runs `deploy_command` through /bin/sh with the SHA and repository in its environment, then waits healthy.
 
     Health is an HTTP probe of `health_url` (2xx), else `health_command` exiting 0, else the deploy command's
@@ -118,41 +120,25 @@ class CommandDeployer:
     own that goes with it, so nothing of a run is found after a restart.
     """
 
-    def __init__(
-        self,
-        deploy_command: str,
-        health_url: str | None = None,
-        health_command: str | None = None,
-        timeout: float = DEFAULT_DEPLOY_TIMEOUT,
-        *,
-        health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
-        health_interval: float = DEFAULT_HEALTH_INTERVAL,
-        env: Mapping[str, str] | None = None,
-        cwd: Path | str | None = None,
-        runs: Path | None = None,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        if not deploy_command.strip():
+    deploy_command: str
+    health_url: str | None = None
+    health_command: str | None = None
+    timeout: float = DEFAULT_DEPLOY_TIMEOUT
+    _: KW_ONLY
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    health_interval: float = DEFAULT_HEALTH_INTERVAL
+    env: Mapping[str, str] | None = field(default=None, repr=False)
+    cwd: Path | str | None = None
+    runs: Path | None = None
+    clock: Callable[[], float] = time.time
+
+    def __post_init__(self) -> None:
+        if not self.deploy_command.strip():
             raise DeployError("the command deployer needs a deploy command")
-        self.deploy_command = deploy_command
-        self.health_url = health_url
-        self.health_command = health_command
-        self.timeout = timeout
-        self.health_timeout = health_timeout
-        self.health_interval = health_interval
-        self._env = dict(env or {})
-        self._cwd = cwd
-        self._runs = runs
+        self.env = dict(self.env or {})
         self._scratch: Path | None = None
-        self._clock = clock
         self._probe = HttpProbe()
         self._one = asyncio.Lock()  # one command at a time: two would race over the one service
-
-    async def __aenter__(self) -> CommandDeployer:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         await self._probe.aclose()
@@ -160,15 +146,16 @@ class CommandDeployer:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
-    @property
-    def runs(self) -> Path:
-        if self._runs is None:
-            self._scratch = self._runs = Path(tempfile.mkdtemp(prefix="agent-runner-deploys-"))
-        return self._runs
+    def _runs_dir(self) -> Path:
+        if self.runs is not None:
+            return self.runs
+        if self._scratch is None:
+            self._scratch = Path(tempfile.mkdtemp(prefix="agent-runner-deploys-"))
+        return self._scratch
 
     def fence(self, key: str, action: DeployAction, sha: str) -> Fence:
         assert key and "/" not in key and not key.startswith("."), key
-        return Fence(key, action, sha, self._clock(), str(self.runs / key))
+        return Fence(key, action, sha, self.clock(), str(self._runs_dir() / key))
 
     async def deploy(self, checkout: DeploySource, *, fence: Fence | None = None) -> DeployResult:
         return await self._release(checkout, "deploy", fence)
@@ -196,7 +183,7 @@ class CommandDeployer:
 
     def _environment(self, source: DeploySource, action: str) -> dict[str, str]:
         env = {key: os.environ[key] for key in INHERITED if key in os.environ}
-        env.update(self._env)
+        env.update(self.env or {})
         env.update({ENV_SHA: source.sha, ENV_REPO: source.repo, ENV_ACTION: action})
         return env
 
@@ -255,10 +242,11 @@ class CommandDeployer:
 
     async def _wait_for_others(self) -> None:
         """Runs of a previous supervisor that still hold their lock: wait for them, or stop them at their timeout."""
-        if not self.runs.is_dir():
+        runs = self._runs_dir()
+        if not runs.is_dir():
             return
         finished = []
-        for place in sorted(p for p in self.runs.iterdir() if p.is_dir()):
+        for place in sorted(p for p in runs.iterdir() if p.is_dir()):
             if tasklock.is_held(place / "lock"):
                 await self._wait_for(place, _started_at(place))
             finished.append(place)
@@ -270,7 +258,7 @@ class CommandDeployer:
         seconds have passed since `started_at`, as the supervisor that began it would have done."""
         lock = place / "lock"
         while tasklock.is_held(lock):
-            if self._clock() >= started_at + self.timeout:
+            if self.clock() >= started_at + self.timeout:
                 await self._stop(place)
                 return "stopped"
             await asyncio.sleep(SETTLE_POLL)
@@ -302,7 +290,7 @@ class CommandDeployer:
                      stdout: IO[bytes]) -> asyncio.subprocess.Process:
         try:
             return await asyncio.create_subprocess_exec(
-                *argv, stdin=stdin, stdout=stdout, stderr=asyncio.subprocess.STDOUT, env=dict(env), cwd=self._cwd,
+                *argv, stdin=stdin, stdout=stdout, stderr=asyncio.subprocess.STDOUT, env=dict(env), cwd=self.cwd,
                 start_new_session=True)
         except OSError as exc:
             raise DeployError(f"could not start the deploy command: {exc}") from exc

@@ -15,9 +15,9 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, InitVar, dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Self, TypeVar
 
 import docker
 import docker.errors
@@ -36,6 +36,7 @@ from runner.deploy.health import HttpProbe, Verdict, wait_healthy
 from runner.docker_engine import EngineUnavailable, connect, short
 from runner.errors import ConfigError
 from runner.gitops import GitError, run_git
+from runner.resource import AsyncResource
 
 T = TypeVar("T")
 
@@ -110,7 +111,8 @@ class _BuildFailed(Exception):
         self.log = log
 
 
-class DockerDeployer:
+@dataclass(eq=False)
+class DockerDeployer(AsyncResource):
     """Runs the bot as the container `service`, built from the repository's own Dockerfile at each SHA.
 
     deploy: clone the repository with trusted git, check out the SHA, build `image_tag(service, sha)` with
@@ -125,55 +127,40 @@ class DockerDeployer:
     away), so a fence needs no place: `settle` reads what the service's container runs instead.
     """
 
-    def __init__(
-        self,
-        service: str,
-        *,
-        build_base_image: str,
-        port: int | None = None,
-        container_port: int = DEFAULT_CONTAINER_PORT,
-        health_path: str = "/health",
-        health_timeout: float = DEFAULT_HEALTH_TIMEOUT,
-        health_interval: float = DEFAULT_HEALTH_INTERVAL,
-        healthcheck: Sequence[str] | None = None,
-        network: str | None = None,
-        build_network: str | None = None,
-        environment: Mapping[str, str] | None = None,
-        version_env: str | None = None,
-        build_timeout: float = DEFAULT_DEPLOY_TIMEOUT,
-        work_dir: Path | None = None,
-        client: Any | None = None,
-    ) -> None:
-        if not _SERVICE.match(service):
-            raise DeployError(f"bad service name {service!r}: lower-case letters, digits, '_', '.', '-'")
-        if not health_path.startswith("/"):
-            raise DeployError(f"health_path must start with '/': {health_path!r}")
-        self.service = service
-        self.build_base_image = build_base_image
-        self.port = port
-        self.container_port = container_port
-        self.health_path = health_path
-        self.health_timeout = health_timeout
-        self.health_interval = health_interval
-        self.healthcheck = tuple(healthcheck) if healthcheck is not None else None
-        self.network = network
-        self.build_network = build_network
-        self.environment = dict(environment or {})
-        self.version_env = version_env
-        self.build_timeout = build_timeout
-        self.work_dir = work_dir
+    service: str
+    _: KW_ONLY
+    build_base_image: str
+    port: int | None = None
+    container_port: int = DEFAULT_CONTAINER_PORT
+    health_path: str = "/health"
+    health_timeout: float = DEFAULT_HEALTH_TIMEOUT
+    health_interval: float = DEFAULT_HEALTH_INTERVAL
+    healthcheck: Sequence[str] | None = None
+    network: str | None = None
+    build_network: str | None = None
+    environment: Mapping[str, str] | None = field(default=None, repr=False)
+    version_env: str | None = None
+    build_timeout: float = DEFAULT_DEPLOY_TIMEOUT
+    work_dir: Path | None = None
+    client: InitVar[Any | None] = None
+    """A docker client to use (and leave open); by default the deployer connects, and closes its own."""
+
+    def __post_init__(self, client: Any | None) -> None:
+        if not _SERVICE.match(self.service):
+            raise DeployError(f"bad service name {self.service!r}: lower-case letters, digits, '_', '.', '-'")
+        if not self.health_path.startswith("/"):
+            raise DeployError(f"health_path must start with '/': {self.health_path!r}")
+        self.healthcheck = tuple(self.healthcheck) if self.healthcheck is not None else None
+        self.environment = dict(self.environment or {})
         self._client = client
         self._owns_client = client is None
         self._probe = HttpProbe()
         # One release at a time: two deploys racing would fight over the container name and port.
         self._lock = asyncio.Lock()
 
-    async def __aenter__(self) -> DockerDeployer:
+    async def __aenter__(self) -> Self:
         await self._docker()
         return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         await self._probe.aclose()
@@ -299,7 +286,7 @@ class DockerDeployer:
         if old is not None:
             await self._call(old.stop, timeout=STOP_TIMEOUT)
             await self._call(old.remove, force=True)
-        environment = {**self.environment, ENV_SHA: sha}
+        environment = {**(self.environment or {}), ENV_SHA: sha}
         if self.version_env:
             environment[self.version_env] = sha
         ports = {f"{self.container_port}/tcp": ("127.0.0.1", self.port)} if self.port is not None else None
