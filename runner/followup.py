@@ -15,25 +15,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner import session, tasklock, workspace
+from runner import pipeline, session, tasklock, workspace
 from runner.agent import Gate
 from runner.config import is_git_url
 from runner.errors import RunnerError, SandboxError
 from runner.models import Denial, FollowUp, FollowUpOutcome, Progress, TaskState, TestRun, Usage
-from runner.pipeline import (
-    LIMITS,
-    Deps,
-    RunScope,
-    agent_failure,
-    agent_system_prompt,
-    dependency_image,
-    issue_model_token,
-    owner_refusals,
-    read_out,
-    task_lock,
-    test_change,
-    usage_of,
-)
+from runner.pipeline import LIMITS, Deps, RunScope, task_lock
 from runner.prbody import PrRequest, pr_title, render_pr_body
 from runner.prompts import follow_up_prompt
 from runner.sandbox.base import Limits, SandboxSpec
@@ -80,7 +67,7 @@ async def _run_follow_up(deps: Deps, task: TaskRecord, follow: FollowUp, say: Pr
         auth = forge.git_auth()
         prepared = await workspace.prepare(deps.home, work, task.repo, active, base_ref=follow.base_sha, auth=auth)
         populating = scope.populate(prepared)
-        image = await dependency_image(deps, prepared, say)
+        image = await pipeline.dependency_image(deps, prepared, say)
         sock_dir = scope.socket_dir()
         async with deps.proxy.serve_unix(sock_dir / "model.sock"):
             box = await deps.sandbox.start(SandboxSpec(work, image, sock_dir, limits=box_limits, owner_lock=lock))
@@ -97,8 +84,8 @@ async def _run_follow_up(deps: Deps, task: TaskRecord, follow: FollowUp, say: Pr
                 how = f"new: {why_new}"
                 say(f"the agent's earlier session cannot be continued ({why_new}): a new session starts with the "
                     "task's words, the PR's diff and the owner's")
-            system = await agent_system_prompt(task.kind, prepared, active)
-            token = issue_model_token(deps, work, limits)
+            system = await pipeline.agent_system_prompt(task.kind, prepared, active)
+            token = pipeline.issue_model_token(deps, work, limits)
             loop = asyncio.get_running_loop()
             deadline = loop.time() + wall_time
             try:
@@ -123,9 +110,9 @@ async def _run_follow_up(deps: Deps, task: TaskRecord, follow: FollowUp, say: Pr
         if outcome.stopped == "unrecorded":
             return FollowUpOutcome(None, "the supervisor could not record the agent's decisions", how)
         if outcome.stopped == "error":
-            return FollowUpOutcome(None, await agent_failure(deps, work, outcome), how)
-        change = await read_out(deps, box, containers, prepared, task.kind, say,
-                                session_to=(outcome.session_id, home_dir))
+            return FollowUpOutcome(None, await pipeline.agent_failure(deps, work, outcome), how)
+        change = await pipeline.read_out(deps, box, containers, prepared, task.kind, say,
+                                         session_to=(outcome.session_id, home_dir))
         if outcome.stopped in LIMITS:
             return FollowUpOutcome(None, f"{outcome.stopped.replace('_', ' ')} reached; nothing pushed", how)
         if not change.verdict.ok:
@@ -133,12 +120,12 @@ async def _run_follow_up(deps: Deps, task: TaskRecord, follow: FollowUp, say: Pr
         if change.empty:
             return FollowUpOutcome(None, "the agent made no change; nothing pushed", how)
         # The PR's head already passed a fix's verification; the follow-up is checked by the project's tests.
-        tests, _ = await test_change(deps, "feature", prepared, change, SandboxSpec(
+        tests, _ = await pipeline.test_change(deps, "feature", prepared, change, SandboxSpec(
             work, image, None, limits=box_limits, owner_lock=lock, role="tests"), containers, say)
         if not tests.passed:
             return FollowUpOutcome(None, f"the supervisor's tests failed (exit {tests.exit_code}); nothing pushed",
                                    how, tests)
-        refused = await owner_refusals(gate, change)
+        refused = await pipeline.owner_refusals(gate, change)
         if refused:
             return FollowUpOutcome(None, "change rejected: dependency files changed without the owner's yes: "
                                    + ", ".join(refused), how, tests)
@@ -166,7 +153,8 @@ async def _bind_to_head(deps: Deps, task: TaskRecord, prepared: workspace.Prepar
     result, pr = task.result, task.result.pr
     base = task.base_sha or prepared.base_sha
     diff, counts = await workspace.change_between(prepared, base, sha)
-    spent = usage_of(deps.proxy, prepared.task_dir.name)  # the follow-up's own (its work id), added to the task's
+    # The follow-up's own usage (under its work id), added to the task's.
+    spent = pipeline.usage_of(deps.proxy, prepared.task_dir.name)
     total = Usage(result.usage.input_tokens + spent.input_tokens, result.usage.output_tokens + spent.output_tokens,
                   result.usage.cost_usd + spent.cost_usd, result.usage.requests + spent.requests)
     updated = dataclasses.replace(result, diff=diff, files_changed=tuple(counts), tests=tests, usage=total,
