@@ -32,6 +32,7 @@ from tests.fakes.app import (
     raw_post,
     serve_app,
     serve_process,
+    wait_healthy,
 )
 from tests.fakes.github import FakeGitHub
 from tests.fakes.net import free_port
@@ -254,12 +255,7 @@ async def test_serve_runs_a_task_through_the_api_to_a_pull_request_and_deploys_i
                                                 stderr=asyncio.subprocess.PIPE)
     try:
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-            async with asyncio.timeout(60):
-                while True:
-                    with contextlib.suppress(httpx.TransportError):
-                        if (await client.get("/health")).status_code == 200:
-                            break
-                    await asyncio.sleep(0.1)
+            await wait_healthy(client, 60)
             response = await client.post("/agent/command", headers=OWNER, json={
                 "prompt": "average_spend crashes for users without spending; fix it", "kind": "fix"})
             assert response.status_code == 202

@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import json
 import os
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Mapping
@@ -48,8 +47,10 @@ from runner.service.runtime import Runtime
 from runner.store import Store
 from runner.supervisor import Deps
 from runner.unix_server import serve_tcp
+from tests.fakes.app import wait_healthy
 from tests.fakes.grafana import FakeGrafana, GrafanaAlertSpec, go_json, label_fingerprint
 from tests.fakes.loki import FakeLoki, traceback_lines
+from tests.fakes.net import free_port
 
 NOW = 1_777_777_777.0
 TOKEN = "grafana-token-0123456789"
@@ -418,9 +419,7 @@ async def test_serve_turns_a_grafana_storm_for_one_bug_into_exactly_one_fix_task
         base = int((started.timestamp() - 20) * 10**9)
         loki.add({"service": "bot", "container": container},
                  [(base + i, line) for i, line in enumerate(traceback_lines())])
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = int(sock.getsockname()[1])
+    port = free_port()
     grafana = FakeGrafana(credentials=TOKEN, hmac_secret=HMAC_SECRET, timestamp_header=GRAFANA_TIMESTAMP_HEADER)
     forged = FakeGrafana(credentials=TOKEN, hmac_secret="guessed", timestamp_header=GRAFANA_TIMESTAMP_HEADER)
     storm = [_spec("bot-1", starts_at=started), _spec("bot-2", starts_at=started)]
@@ -434,12 +433,7 @@ async def test_serve_turns_a_grafana_storm_for_one_bug_into_exactly_one_fix_task
                                                     str(FIX_SCENARIO), env=env, stderr=asyncio.subprocess.PIPE)
         try:
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
-                async with asyncio.timeout(90):
-                    while True:
-                        with contextlib.suppress(httpx.TransportError):
-                            if (await client.get("/health")).status_code == 200:
-                                break
-                        await asyncio.sleep(0.1)
+                await wait_healthy(client, 90)
                 first = await grafana.send(client, ROUTE_PATH, storm, now=time.time())
                 repeat = await grafana.send(client, ROUTE_PATH, storm, now=time.time())
                 bad = await forged.send(client, ROUTE_PATH, [_spec("bot-3", starts_at=started)], now=time.time())

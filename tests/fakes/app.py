@@ -27,7 +27,7 @@ from runner.supervisor import Deps
 from runner.unix_server import serve_tcp
 
 __all__ = ["ALERTS", "ALERT_SECRET", "OWNER", "TOKEN", "app_client", "failing_runtime", "owner_app", "owner_settings",
-           "raw_post", "serve_app", "serve_process"]
+           "raw_post", "serve_app", "serve_process", "wait_healthy"]
 
 TOKEN = "owner-token-for-tests"
 ALERT_SECRET = "alert-secret-for-tests"
@@ -82,17 +82,24 @@ async def serve_process(env: dict[str, str], port: int) -> AsyncIterator[asyncio
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "runner.cli", "serve", env=env,
                                                 stderr=asyncio.subprocess.DEVNULL)
     try:
-        async with httpx.AsyncClient(timeout=5) as client, asyncio.timeout(30):
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await client.get(f"http://127.0.0.1:{port}/health")).status_code == 200:
-                        break
-                await asyncio.sleep(0.1)
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=5) as client:
+            await wait_healthy(client, 30)
         yield proc
     finally:
         if proc.returncode is None:
             proc.terminate()
         await asyncio.wait_for(proc.wait(), 60)
+
+
+async def wait_healthy(client: httpx.AsyncClient, seconds: float) -> httpx.Response:
+    """GET /health on `client` until it answers 200 (a refused connection is "not up yet"): that answer;
+    TimeoutError after `seconds`."""
+    async with asyncio.timeout(seconds):
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if (health := await client.get("/health")).status_code == 200:
+                    return health
+            await asyncio.sleep(0.1)
 
 
 async def raw_post(port: int, path: str, body: bytes, token: str = TOKEN) -> tuple[int, dict[str, str], Any]:
