@@ -31,7 +31,7 @@ from runner.deploy.docker import DockerDeployer
 from runner.errors import ForgeError
 from runner.forge import create_forge
 from runner.gitops import run_git
-from runner.models import RunResult, TaskState
+from runner.models import PrRef, RunResult, TaskState
 from runner.sample import create_sample_repo
 from runner.service.followups import FollowUps, FollowUpStore
 from runner.service.releases import IN_FLIGHT, ReleaseRecord, Releases, ReleaseStore
@@ -89,14 +89,20 @@ async def run_demo(settings: Settings) -> int:
                             home=settings.home,
                             watch=DEMO_WATCH, errors=ContainerLogErrors(SERVICE),
                             progress=lambda _task, line: _say(line), tell=_tell)
+
+        async def asked(step: str, prompt: str, kind: str, scenario: str) -> tuple[RunResult, PrRef] | None:
+            """The owner asks for `prompt`: its task's result and PR (None: no PR, the demo failed)."""
+            _step(f"{step}. the owner asks: {prompt}")
+            result = await _task(settings, repo, prompt, kind, scenario if scripted else None)
+            rows.extend(_task_rows(f"{kind} task", result))
+            return (result, result.pr) if result.pr is not None else None
+
         try:
-            _step("2. the owner asks: " + FIX_PROMPT)
-            fix = await _task(settings, repo, FIX_PROMPT, "fix", "fix-balance.yaml" if scripted else None)
-            rows += _task_rows("fix task", fix)
-            if fix.pr is None:
+            if (proposed := await asked("2", FIX_PROMPT, "fix", "fix-balance.yaml")) is None:
                 return _table(rows, started, failed=True)
-            _step(f"2b. the owner asks for a change to PR #{fix.pr.number}: " + FOLLOW_UP_PROMPT)
-            first_head = fix.pr.head_sha
+            fix, pr = proposed
+            _step(f"2b. the owner asks for a change to PR #{pr.number}: " + FOLLOW_UP_PROMPT)
+            first_head = pr.head_sha
             fix = await _follow_up(settings, repo, store, fix, "fix-balance.yaml" if scripted else None, root)
             rows.append((f"  follow-up on PR #{fix.pr.number}" if fix.pr else "  follow-up",
                          f"second commit {fix.pr.head_sha[:12]}" if fix.pr else "failed"))
@@ -113,22 +119,18 @@ async def run_demo(settings: Settings) -> int:
             _say(f"GET /balance?user=2 -> {await _get(port, '/balance?user=2')}")
             rows.append((f"PR #{fix.pr.number}", _release_row(release)))
 
-            _step("4. the owner asks: " + HEALTH_PROMPT)
-            change = await _task(settings, repo, HEALTH_PROMPT, "feature", "health-users.yaml" if scripted else None)
-            rows += _task_rows("feature task", change)
-            if change.pr is None:
+            if (proposed := await asked("4", HEALTH_PROMPT, "feature", "health-users.yaml")) is None:
                 return _table(rows, started, failed=True)
-            _step(f"5. the owner approves PR #{change.pr.number}: its tests pass, but is the bot healthy?")
+            change, pr = proposed
+            _step(f"5. the owner approves PR #{pr.number}: its tests pass, but is the bot healthy?")
             release = await _approve(releases, store, change)
             _say(f"GET /health -> {await _get(port, '/health')}")
-            rows.append((f"PR #{change.pr.number}", _release_row(release)))
+            rows.append((f"PR #{pr.number}", _release_row(release)))
 
-            _step("6. the owner asks: " + NAMES_PROMPT)
-            names = await _task(settings, repo, NAMES_PROMPT, "feature", "balance-by-name.yaml" if scripted else None)
-            rows += _task_rows("feature task", names)
-            if names.pr is None:
+            if (proposed := await asked("6", NAMES_PROMPT, "feature", "balance-by-name.yaml")) is None:
                 return _table(rows, started, failed=True)
-            _step(f"7. the owner approves PR #{names.pr.number}: tests pass, /health answers; then users write in")
+            names, pr = proposed
+            _step(f"7. the owner approves PR #{pr.number}: tests pass, /health answers; then users write in")
             release = await _approve(releases, store, names)
             for path in ("/balance?user=alice", "/balance?user=2", "/balance?user=1"):
                 _say(f"GET {path} -> {await _get(port, path)}")
@@ -136,7 +138,7 @@ async def run_demo(settings: Settings) -> int:
                 _say("the post-deploy watch reads the bot's log every second ...")
                 release = await _settled(releases, release.id, lambda r: r.state != "watching", DEMO_WATCH.seconds)
             _say(f"GET /balance?user=2 -> {await _get(port, '/balance?user=2')}")
-            rows.append((f"PR #{names.pr.number}", _release_row(release)))
+            rows.append((f"PR #{pr.number}", _release_row(release)))
         finally:
             await releases.aclose()
             await releases.rows.aclose()
