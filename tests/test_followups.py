@@ -18,7 +18,7 @@ from runner.api.followups import CommentPoller, command_of, followup_routes
 from runner.config import Secret
 from runner.errors import RateLimited, TaskError
 from runner.forge.github import GitHubForge
-from runner.models import PrRef, RunResult, TaskState
+from runner.models import FollowUp, PrRef, RunResult, TaskState
 from runner.service import operations
 from runner.service.followups import FollowUps, FollowUpStore
 from runner.service.operations import Caller
@@ -61,6 +61,14 @@ async def _proposed(service: Service, number: int = 1) -> TaskRecord:
     return await service.store.transition(task.id, TaskState.PROPOSED, result=result)
 
 
+async def _queued_follow_up(service: Service, base_sha: str = "a" * 40) -> tuple[TaskRecord, FollowUp]:
+    """A proposed task on PR #1 and the owner's follow-up "one" on it, queued on `base_sha` and not started."""
+    task = await _proposed(service)
+    assert service.followups is not None
+    return task, await service.followups.rows.add(task_id=task.id, number=1, text="one", actor="owner",
+                                                  source="api", base_sha=base_sha)
+
+
 async def test_a_follow_up_needs_an_open_pull_request_and_says_so(desk: tuple[Service, FakeGitHub]) -> None:
     service, _ = desk
     queued = await service.store.create_task(kind="feature", prompt="x", repo="r", source="api",
@@ -74,10 +82,8 @@ async def test_a_follow_up_needs_an_open_pull_request_and_says_so(desk: tuple[Se
 async def test_a_second_follow_up_on_one_pr_is_refused_while_the_first_has_not_ended(
         desk: tuple[Service, FakeGitHub]) -> None:
     service, _ = desk
-    task = await _proposed(service)
+    task, first = await _queued_follow_up(service)
     assert service.followups is not None
-    first = await service.followups.rows.add(task_id=task.id, number=1, text="one", actor="owner", source="api",
-                                             base_sha="a" * 40)
     with pytest.raises(TaskError, match=f"PR #1 already has follow-up {first.id} queued"):
         await operations.follow_up(service, OWNER, task.id, "two")
     assert await service.followups.busy(1) == first
@@ -170,10 +176,9 @@ def _forge_pr(github: FakeGitHub, head: str) -> None:
 async def test_a_follow_up_a_killed_supervisor_left_running_is_failed_and_bound_to_the_forges_head(
         desk: tuple[Service, FakeGitHub]) -> None:
     service, github = desk
-    task = await _proposed(service)
+    task, landed = await _queued_follow_up(service)
     assert service.followups is not None
     rows = service.followups.rows
-    landed = await rows.add(task_id=task.id, number=1, text="one", actor="owner", source="api", base_sha="a" * 40)
     await rows.update(landed.id, "running")
     _forge_pr(github, "b" * 40)  # its push had reached the forge when the supervisor died
     assert await service.followups.start() == []
@@ -188,10 +193,8 @@ async def test_a_follow_up_a_killed_supervisor_left_running_is_failed_and_bound_
 async def test_a_queued_follow_up_is_resumed_at_start_and_refused_when_its_pr_moved_meanwhile(
         desk: tuple[Service, FakeGitHub]) -> None:
     service, _ = desk
-    task = await _proposed(service)
+    _, stale = await _queued_follow_up(service, base_sha="c" * 40)
     assert service.followups is not None
-    stale = await service.followups.rows.add(task_id=task.id, number=1, text="one", actor="owner", source="api",
-                                             base_sha="c" * 40)
     assert await service.followups.start() == [stale.id]
     ended = await service.followups.wait(stale.id)
     assert ended.state == "failed" and "moved on before the follow-up started" in ended.reason
