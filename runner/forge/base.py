@@ -212,3 +212,13 @@ def check_pushable(branch: str, *, base_branches: Iterable[str], open_pr_branche
         (".lock", "/", ".")
     ):
         raise ForgeConflict(f"refusing to push {branch!r}: not a valid branch name")
+
+
+def check_push_onto(pr: PullRequest, head_sha: str) -> None:
+    """A follow-up pushes onto `pr` only while it is open and its head is still `head_sha`, the head the follow-up
+    built on: else ForgeConflict, and nothing is pushed."""
+    if pr.state != "open":
+        raise ForgeConflict(f"pull request #{pr.number} is {pr.state}; a follow-up pushes only onto an open one")
+    if pr.head_sha != head_sha:
+        raise ForgeConflict(f"pull request #{pr.number} head is {pr.head_sha[:12]}, not {head_sha[:12]}, which the "
+                            "follow-up built on; nothing pushed")

@@ -37,6 +37,7 @@ from runner.forge.base import (
     PrState,
     PullRequest,
     ReviewComment,
+    check_push_onto,
     check_pushable,
 )
 from runner.forge.fork import DEFAULT_FORK_WAIT, Clock, Fork, Sleep, ensure_fork
@@ -261,11 +262,7 @@ class GitHubForge(AsyncResource):
 
     async def push_onto(self, clone: Path, number: int, head_sha: str) -> str:
         pr = await self.get_pr(number)
-        if pr.state != "open":
-            raise ForgeConflict(f"pull request #{number} is {pr.state}; a follow-up pushes only onto an open one")
-        if pr.head_sha != head_sha:
-            raise ForgeConflict(f"pull request #{number} head is {pr.head_sha[:12]}, not {head_sha[:12]}, which the "
-                                "follow-up built on; nothing pushed")
+        check_push_onto(pr, head_sha)
         return await self._push(clone, pr.head_branch)
 
     async def _push(self, clone: Path, branch: str) -> str:

@@ -36,10 +36,10 @@ from runner.forge.base import (
     PostedReview,
     PullRequest,
     ReviewComment,
+    check_push_onto,
     check_pushable,
 )
 from runner.gitops import DEFAULT_GIT_TIMEOUT, GitError, GitResult, head_sha, run_git
-from runner.gitops import head_sha as head_sha_of
 from runner.resource import AsyncResource
 from runner.review import diff_lines
 
@@ -140,6 +140,23 @@ class LocalGitForge(AsyncResource):
             base_branches=[default, *(pr.base_branch for pr in open_prs)],
             open_pr_branches=[pr.head_branch for pr in open_prs],
         )
+        return await self._push(clone, branch)
+
+    async def push_onto(self, clone: Path, number: int, head_sha: str) -> str:
+        pr = await self.get_pr(number)
+        check_push_onto(pr, head_sha)
+        sha = await self._push(clone, pr.head_branch)
+
+        def moved(db: sqlite3.Connection) -> None:
+            db.execute("UPDATE forge_pulls SET head_sha = ?, updated_at = ? WHERE repo = ? AND number = ? "
+                       "AND head_sha = ?", (sha, time.time(), self._key, number, head_sha))
+
+        await self._tx(moved)
+        return sha
+
+    async def _push(self, clone: Path, branch: str) -> str:
+        """Push the clone's HEAD to `branch`; its sha. No `+`: git refuses anything but creating the branch or
+        fast-forwarding it."""
         sha = await head_sha(clone, timeout=self._git_timeout)
         result = await run_git(
             ["push", "--porcelain", "--no-verify", str(self.repo), f"{sha}:refs/heads/{branch}"],
@@ -153,28 +170,6 @@ class LocalGitForge(AsyncResource):
                 raise ForgeConflict(f"push of {branch} rejected, the branch exists and has diverged: {output[-500:]}")
             raise ForgeError(f"push of {branch} to {self.repo} failed: {output[-500:]}")
         logger.info("pushed %s to %s in %s", sha[:12], branch, self.repo)
-        return sha
-
-    async def push_onto(self, clone: Path, number: int, head_sha: str) -> str:
-        pr = await self.get_pr(number)
-        if pr.state != "open":
-            raise ForgeConflict(f"pull request #{number} is {pr.state}; a follow-up pushes only onto an open one")
-        if pr.head_sha != head_sha:
-            raise ForgeConflict(f"pull request #{number} head is {pr.head_sha[:12]}, not {head_sha[:12]}, which the "
-                                "follow-up built on; nothing pushed")
-        sha = await head_sha_of(clone, timeout=self._git_timeout)
-        # No `+`: git itself refuses anything but a fast-forward of the branch.
-        result = await run_git(["push", "--porcelain", "--no-verify", str(self.repo),
-                                f"{sha}:refs/heads/{pr.head_branch}"], cwd=clone, timeout=self._git_timeout,
-                               check=False)
-        if result.returncode != 0:
-            raise ForgeConflict(f"push onto {pr.head_branch} refused: {f'{result.out} {result.stderr}'.strip()[-500:]}")
-
-        def moved(db: sqlite3.Connection) -> None:
-            db.execute("UPDATE forge_pulls SET head_sha = ?, updated_at = ? WHERE repo = ? AND number = ? "
-                       "AND head_sha = ?", (sha, time.time(), self._key, number, head_sha))
-
-        await self._tx(moved)
         return sha
 
     async def edit_body(self, number: int, body: str) -> PullRequest:
