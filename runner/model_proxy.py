@@ -34,7 +34,7 @@ import json
 import logging
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal, TypeVar
@@ -67,6 +67,7 @@ from runner.model_gateway import (
     match_route,
     model_patterns,
 )
+from runner.resource import AsyncResource
 from runner.unix_server import serve_unix
 
 __all__ = [
@@ -200,7 +201,7 @@ def _presented_token(request: Request) -> str | None:
     return None
 
 
-class ModelProxy:
+class ModelProxy(AsyncResource):
     """Per-task authenticated, checked, budgeted gateway to the Anthropic Messages API."""
 
     def __init__(
@@ -451,17 +452,22 @@ class ModelProxy:
             return None
         parts: list[bytes] = []
         size = 0
-        chunks = request.stream()
+        async with contextlib.aclosing(self._paced(state, request.stream())) as chunks:
+            async for chunk in chunks:
+                size += len(chunk)
+                if size > self._max_body:
+                    return None
+                parts.append(chunk)
+        return b"".join(parts)
+
+    async def _paced(self, state: _TaskState, chunks: AsyncIterator[bytes]) -> AsyncGenerator[bytes, None]:
+        """`chunks` as they come, each within the idle timeout of the one before; a revoked token, the task's
+        deadline or the silence raises _Cut instead (a body or stream that stalls cannot hold the task)."""
         while True:
             try:
-                chunk = await self._wait(state, anext(chunks), self._idle_timeout)
+                yield await self._wait(state, anext(chunks), self._idle_timeout)
             except StopAsyncIteration:
-                break
-            size += len(chunk)
-            if size > self._max_body:
-                return None
-            parts.append(chunk)
-        return b"".join(parts)
+                return
 
     async def _cut_response(self, state: _TaskState, cut: _Cut, post: str, *, reading: bool = False) -> Response:
         if cut.kind == "revoked":
@@ -533,39 +539,28 @@ class ModelProxy:
     async def _relay(self, exchange: _Exchange, upstream: httpx.Response) -> AsyncIterator[bytes]:
         state = exchange.state
         parser = SSEUsageParser(exchange.message, max_event=self._max_event)
-        chunks = upstream.aiter_bytes()
-        while True:
-            try:
-                chunk = await self._wait(state, anext(chunks), self._idle_timeout)
-            except StopAsyncIteration:
-                break
-            except _Cut as cut:
-                if cut.kind == "idle":
-                    state.failures = state.failures.failed("timeout", waited=cut.waited)
-                # The status line is gone: say why in the stream, as the API does, then end it.
-                why = {"revoked": "this task's model access was revoked",
-                       "deadline": "this task's time ran out",
-                       "idle": f"the model upstream went silent for {cut.waited:.0f} s"}[cut.kind]
-                logger.warning("model stream cut: task=%s: %s", state.task_id, why)
-                yield _sse_error("permission_error" if cut.kind != "idle" else "timeout_error", why)
-                break
-            except httpx.HTTPError as exc:
-                state.failures = state.failures.failed("broken")
-                logger.warning("model stream broken: task=%s: %s", state.task_id, type(exc).__name__)
-                break
-            parser.feed(chunk)
-            yield chunk
+        try:
+            async with contextlib.aclosing(self._paced(state, upstream.aiter_bytes())) as chunks:
+                async for chunk in chunks:
+                    parser.feed(chunk)
+                    yield chunk
+        except _Cut as cut:
+            if cut.kind == "idle":
+                state.failures = state.failures.failed("timeout", waited=cut.waited)
+            # The status line is gone: say why in the stream, as the API does, then end it.
+            why = {"revoked": "this task's model access was revoked",
+                   "deadline": "this task's time ran out",
+                   "idle": f"the model upstream went silent for {cut.waited:.0f} s"}[cut.kind]
+            logger.warning("model stream cut: task=%s: %s", state.task_id, why)
+            yield _sse_error("permission_error" if cut.kind != "idle" else "timeout_error", why)
+        except httpx.HTTPError as exc:
+            state.failures = state.failures.failed("broken")
+            logger.warning("model stream broken: task=%s: %s", state.task_id, type(exc).__name__)
 
     # Lifecycle --------------------------------------------------------------------------------
 
     async def aclose(self) -> None:
         await self._client.aclose()
-
-    async def __aenter__(self) -> ModelProxy:
-        return self
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        await self.aclose()
 
     def serve_unix(self, path: str | Path) -> contextlib.AbstractAsyncContextManager[Path]:
         """Serve on a Unix socket (mode 0666, so the container's non-root user can connect)."""
