@@ -110,6 +110,13 @@ class Desk:
                                            result={"pr": {"number": pr.number, "head_sha": sha}})
         return pr.number, sha, task
 
+    async def approve_broken(self, *, also: dict[str, str] | None = None) -> tuple[TaskRecord, int]:
+        """The owner approves an agent's pull request adding broken.py (and each of `also`), on which the bot's
+        health check fails: its task and the release's id."""
+        number, sha, task = await self.propose("broken.py", "raise SystemExit\n", also=also)
+        release = await self.releases.approve(number, sha, actor="owner", task=task)
+        return task, release.id
+
     async def approve_watched(self, number: int, sha: str, task: TaskRecord | None) -> int:
         """Approve, and wait until the release is deployed and its watch listens."""
         release = await self.releases.approve(number, sha, actor="owner", task=task)
@@ -273,9 +280,8 @@ async def test_an_unhealthy_release_is_rolled_back_and_reverted_on_main(tmp_path
                                                                          bot: Bot) -> None:
     async with desk(tmp_path, repos, bot) as d:
         before = repos.head("main")
-        number, sha, task = await d.propose("broken.py", "raise SystemExit\n")
-        release = await d.releases.approve(number, sha, actor="owner", task=task)
-        done = await settled(d, release.id)
+        task, release_id = await d.approve_broken()
+        done = await settled(d, release_id)
         assert (await d.store.get_task(task.id)).state is TaskState.ROLLED_BACK
     assert done.state == "rolled_back" and done.revert_sha == repos.head("main")
     assert bot.deploys() == [done.merge_sha, before] and bot.running == before  # the previous version runs again
@@ -293,9 +299,8 @@ async def test_a_rollback_stands_when_the_base_branch_refuses_the_revert(tmp_pat
     hook.chmod(0o755)
     async with desk(tmp_path, repos, bot) as d:
         before = repos.head("main")
-        number, sha, task = await d.propose("broken.py", "raise SystemExit\n")
-        release = await d.releases.approve(number, sha, actor="owner", task=task)
-        done = await settled(d, release.id)
+        task, release_id = await d.approve_broken()
+        done = await settled(d, release_id)
         assert (await d.store.get_task(task.id)).state is TaskState.ROLLED_BACK
         [revert_pr] = [pr for pr in await d.forge.list_open() if pr.head_branch.startswith("agent/revert-")]
     assert done.state == "rolled_back" and done.revert_sha is None and bot.running == before
@@ -590,15 +595,14 @@ async def test_an_unhealthy_migration_release_is_not_rolled_back_until_the_owner
         tmp_path: Path, repos: Repos, bot: Bot) -> None:
     async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
         before = repos.head("main")
-        number, sha, task = await d.propose("broken.py", "raise SystemExit\n", also={MIGRATION: "def upgrade(): ...\n"})
-        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        task, release_id = await d.approve_broken(also={MIGRATION: "def upgrade(): ...\n"})
         # Deployed as usual (nothing asked before it): only its failure waits for the owner.
-        waiting = await asking(d, release.id, "rollback")
+        waiting = await asking(d, release_id, "rollback")
         # Unhealthy, and still running: a rollback of the code would not undo the migration.
         assert bot.deploys() == [waiting.merge_sha] and bot.running == waiting.merge_sha
         asked = d.told[-1]
-        await d.releases.answer(release.id, True, actor="owner")
-        done = await settled(d, release.id)
+        await d.releases.answer(release_id, True, actor="owner")
+        done = await settled(d, release_id)
         assert (await d.store.get_task(task.id)).state is TaskState.ROLLED_BACK
     assert "unhealthy after the deploy" in waiting.detail and "before any rollback" in waiting.detail
     assert "rollback of the code does not undo a migration" in asked and "go (roll back anyway) or hold" in asked
@@ -609,12 +613,11 @@ async def test_an_unhealthy_migration_release_is_not_rolled_back_until_the_owner
 async def test_an_unhealthy_migration_release_held_by_the_owner_keeps_running(tmp_path: Path, repos: Repos,
                                                                               bot: Bot) -> None:
     async with desk(tmp_path, repos, bot, migrations=MIGRATIONS) as d:
-        number, sha, task = await d.propose("broken.py", "raise SystemExit\n", also={MIGRATION: "def upgrade(): ...\n"})
-        release = await d.releases.approve(number, sha, actor="owner", task=task)
+        task, release_id = await d.approve_broken(also={MIGRATION: "def upgrade(): ...\n"})
         # Deployed as usual (nothing asked before it): only its failure waits for the owner.
-        await asking(d, release.id, "rollback")
-        await d.releases.answer(release.id, False, actor="owner")
-        done = await settled(d, release.id)
+        await asking(d, release_id, "rollback")
+        await d.releases.answer(release_id, False, actor="owner")
+        done = await settled(d, release_id)
         assert (await d.store.get_task(task.id)).state is TaskState.DEPLOYED
     assert done.state == "deployed" and "kept running on the owner's word" in done.detail
     assert "roll forward with a fix" in done.detail and done.revert_sha is None
