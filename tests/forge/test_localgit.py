@@ -23,10 +23,26 @@ async def propose(
     forge: LocalGitForge, repos: Repos, branch: str = BRANCH, path: str = "balance.py"
 ) -> tuple[str, int]:
     sha = repos.commit(path, "def balance():\n    return 0\n", f"add {path}", branch=branch)
-    assert await forge.push_branch(repos.clone, branch) == sha
-    pr = await forge.open_pr("Add /balance", "body text", branch, "main")
+    pushed, number = await open_branch_pr(forge, repos, "Add /balance", "body text", branch)
+    assert pushed == sha
+    return sha, number
+
+
+async def open_branch_pr(forge: LocalGitForge, repos: Repos, title: str, body: str = "",
+                         branch: str = BRANCH) -> tuple[str, int]:
+    """Push `branch` as committed in the clone, open its pull request onto main and go back to main: the pushed
+    head and the PR's number."""
+    sha = await forge.push_branch(repos.clone, branch)
+    pr = await forge.open_pr(title, body, branch, "main")
     git("checkout", "-q", "main", cwd=repos.clone)
     return sha, pr.number
+
+
+def move_main(repos: Repos, path: str, content: str, message: str) -> str | None:
+    """Another change lands on main (committed in the clone, pushed to the origin): main's new head."""
+    repos.commit(path, content, message)
+    git("push", "-q", "origin", "main", cwd=repos.clone)
+    return repos.head("main")
 
 
 async def test_localgit_push_and_open_pr_round_trip(local_forge: LocalGitForge, repos: Repos) -> None:
@@ -156,12 +172,8 @@ async def test_localgit_rebase_replays_each_commit(local_forge: LocalGitForge, r
     repos.commit("a.py", "a = 1\n", "first", branch=BRANCH)
     git("commit", "-q", "--allow-empty", "--author=Dev <dev@example.com>", "-m", "empty", cwd=repos.clone)
     repos.commit("b.py", "b = 2\n", "second")
-    sha = await local_forge.push_branch(repos.clone, BRANCH)
-    number = (await local_forge.open_pr("Two files", "", BRANCH, "main")).number
-    git("checkout", "-q", "main", cwd=repos.clone)
-    repos.commit("c.py", "c = 3\n", "base moved")
-    git("push", "-q", "origin", "main", cwd=repos.clone)
-    moved = repos.head("main")
+    sha, number = await open_branch_pr(local_forge, repos, "Two files")
+    moved = move_main(repos, "c.py", "c = 3\n", "base moved")
 
     result = await local_forge.merge(number, sha, "rebase")
 
@@ -200,12 +212,8 @@ async def test_localgit_head_moved_behind_the_forge_is_refused(local_forge: Loca
 
 async def test_localgit_conflict_with_moved_base_reports_files(local_forge: LocalGitForge, repos: Repos) -> None:
     repos.commit("app.py", "def greet():\n    return 'hi'\n", "agent edit", branch=BRANCH)
-    sha = await local_forge.push_branch(repos.clone, BRANCH)
-    number = (await local_forge.open_pr("Greet", "", BRANCH, "main")).number
-    git("checkout", "-q", "main", cwd=repos.clone)
-    repos.commit("app.py", "def greet():\n    return 'hey'\n", "owner edit")
-    git("push", "-q", "origin", "main", cwd=repos.clone)
-    base = repos.head("main")
+    sha, number = await open_branch_pr(local_forge, repos, "Greet")
+    base = move_main(repos, "app.py", "def greet():\n    return 'hey'\n", "owner edit")
 
     with pytest.raises(MergeConflict, match="conflicting files: app.py") as info:
         await local_forge.merge(number, sha)
@@ -217,9 +225,7 @@ async def test_localgit_conflict_with_moved_base_reports_files(local_forge: Loca
 
 async def test_localgit_clean_merge_onto_a_moved_base(local_forge: LocalGitForge, repos: Repos) -> None:
     sha, number = await propose(local_forge, repos)
-    repos.commit("readme.md", "# bot\n", "docs")
-    git("push", "-q", "origin", "main", cwd=repos.clone)
-    moved = repos.head("main")
+    moved = move_main(repos, "readme.md", "# bot\n", "docs")
 
     result = await local_forge.merge(number, sha)
 
