@@ -11,12 +11,12 @@ STAMP := $(VENV)/.installed
 demo: venv engine image
 	$(BIN)/agent-runner demo
 
+# The tests that need no Docker engine spread over every core, then the Docker ones one at a time (scripts/test.sh).
 test: venv engine image alertmanager compose browser check
-	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 $(PYTEST_ARGS)
+	PYTHON=$(BIN)/python scripts/test.sh $(PYTEST_ARGS)
 
-# Everything that needs no Docker engine (and so no image): the inner loop, spread over every core (pytest-xdist;
-# the Docker tests of `make test` stay serial: they share one engine and count its containers).
-quick: venv
+# Everything that needs no Docker engine (and so no image): the inner loop, spread over every core (pytest-xdist).
+quick: venv alertmanager compose browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider -m "not docker" -n auto --durations=20 $(PYTEST_ARGS)
 
 check: venv
