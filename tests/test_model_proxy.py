@@ -54,11 +54,15 @@ def proxy_client(proxy: ModelProxy) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=proxy.app), base_url="http://proxy")
 
 
+def upstream_proxy(transport: httpx.AsyncBaseTransport, **kwargs: Any) -> ModelProxy:
+    """A proxy holding the real key whose upstream is `transport` (MODEL allowed unless `default_models`)."""
+    kwargs.setdefault("default_models", MODELS)
+    return ModelProxy("http://upstream.invalid", REAL_KEY, transport=transport, **kwargs)
+
+
 def scripted_proxy(**kwargs: Any) -> tuple[ModelProxy, Any]:
     model = create_scripted_model(SCENARIO)
-    kwargs.setdefault("default_models", MODELS)
-    proxy = ModelProxy("http://upstream.invalid", REAL_KEY, transport=httpx.ASGITransport(app=model.app), **kwargs)
-    return proxy, model
+    return upstream_proxy(httpx.ASGITransport(app=model.app), **kwargs), model
 
 
 @contextlib.contextmanager
@@ -621,8 +625,7 @@ async def test_proxy_reports_an_upstream_answering_500_as_the_failure_cause() ->
             return httpx.Response(500, json={"type": "error", "error": {"type": "api_error", "message": "boom"}})
         return httpx.Response(200, json={"type": "message", "usage": {"input_tokens": 1, "output_tokens": 1}})
 
-    proxy = ModelProxy("http://upstream.invalid", REAL_KEY, transport=httpx.MockTransport(failing),
-                       default_models=MODELS)
+    proxy = upstream_proxy(httpx.MockTransport(failing))
     token = proxy.issue_token("t1")
     async with proxy, proxy_client(proxy) as client:
         for _ in range(8):
@@ -640,8 +643,7 @@ async def test_proxy_maps_unreachable_upstream_to_502_and_records_it() -> None:
     def refuse(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused", request=request)
 
-    proxy = ModelProxy("http://upstream.invalid", REAL_KEY, transport=httpx.MockTransport(refuse),
-                       default_models=MODELS)
+    proxy = upstream_proxy(httpx.MockTransport(refuse))
     token = proxy.issue_token("t1")
     async with proxy, proxy_client(proxy) as client:
         for _ in range(2):
@@ -659,8 +661,7 @@ async def test_proxy_maps_upstream_timeout_to_504_and_records_it() -> None:
         await asyncio.sleep(10)
         return httpx.Response(200)
 
-    proxy = ModelProxy("http://upstream.invalid", REAL_KEY, transport=httpx.MockTransport(slow), request_timeout=0.05,
-                       default_models=MODELS)
+    proxy = upstream_proxy(httpx.MockTransport(slow), request_timeout=0.05)
     token = proxy.issue_token("t1")
     async with proxy, proxy_client(proxy) as client:
         response = await client.post("/v1/messages", json=messages_body(), headers={"x-api-key": token})
