@@ -153,52 +153,28 @@ async def test_github_merge_with_stale_sha_is_refused_and_nothing_merges(
     assert (await github.get_pr(number)).state == "open"
 
 
-async def test_github_merge_409_when_head_moves_during_merge(
-    github: GitHubForge, repos: Repos, fake_github: FakeGitHub
+@pytest.mark.parametrize(("mergeable", "status", "message", "error", "match"), [
+    pytest.param(True, 409, "Head branch was modified. Review and try the merge again.", ForgeConflict,
+                 "Head branch was modified", id="409-head-moved-during-merge"),
+    pytest.param(False, None, None, MergeConflict, "dirty", id="not-mergeable"),
+    # GitHub has not computed mergeability yet: only the PUT can tell.
+    pytest.param(None, 405, "Pull Request is not mergeable", MergeConflict, "405", id="405-not-mergeable"),
+    pytest.param(True, 405, "Squash merges are not allowed on this repository.", ForgeConflict,
+                 "Squash merges are not allowed", id="405-other-reason-is-no-merge-conflict"),
+])
+async def test_github_merge_refused_by_github_raises_and_merges_nothing(
+    github: GitHubForge, repos: Repos, fake_github: FakeGitHub, mergeable: bool | None, status: int | None,
+    message: str | None, error: type[ForgeConflict], match: str
 ) -> None:
     sha, number = await open_agent_pr(github, repos)
-    fake_github.fail(
-        "PUT", f"/pulls/{number}/merge", 409, {"message": "Head branch was modified. Review and try the merge again."}
-    )
+    fake_github.set_mergeable(number, mergeable)
+    if status is not None:
+        fake_github.fail("PUT", f"/pulls/{number}/merge", status, {"message": message})
 
-    with pytest.raises(ForgeConflict, match="Head branch was modified"):
+    with pytest.raises(error, match=match) as info:
         await github.merge(number, sha)
+    assert type(info.value) is error  # a MergeConflict only where GitHub said "not mergeable"
     assert fake_github.merges == []
-
-
-async def test_github_merge_not_mergeable_raises_merge_conflict(
-    github: GitHubForge, repos: Repos, fake_github: FakeGitHub
-) -> None:
-    sha, number = await open_agent_pr(github, repos)
-    fake_github.set_mergeable(number, False)
-
-    with pytest.raises(MergeConflict, match="dirty"):
-        await github.merge(number, sha)
-    assert fake_github.merges == []
-
-
-async def test_github_merge_405_from_server_raises_merge_conflict(
-    github: GitHubForge, repos: Repos, fake_github: FakeGitHub
-) -> None:
-    sha, number = await open_agent_pr(github, repos)
-    fake_github.set_mergeable(number, None)  # GitHub has not computed it yet: only the PUT can tell
-    fake_github.fail("PUT", f"/pulls/{number}/merge", 405, {"message": "Pull Request is not mergeable"})
-
-    with pytest.raises(MergeConflict, match="405"):
-        await github.merge(number, sha)
-
-
-async def test_github_merge_405_other_reason_raises_conflict(
-    github: GitHubForge, repos: Repos, fake_github: FakeGitHub
-) -> None:
-    sha, number = await open_agent_pr(github, repos)
-    fake_github.fail(
-        "PUT", f"/pulls/{number}/merge", 405, {"message": "Squash merges are not allowed on this repository."}
-    )
-
-    with pytest.raises(ForgeConflict, match="Squash merges are not allowed") as info:
-        await github.merge(number, sha)
-    assert not isinstance(info.value, MergeConflict)
 
 
 async def test_github_two_concurrent_approvals_merge_once(
