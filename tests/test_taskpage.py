@@ -16,15 +16,13 @@ from starlette.applications import Starlette
 
 from runner.links import sign_init_data, task_link
 from runner.taskpage import load_view, render, split_diff, task_page_routes
-from tests.fakes.taskpage import BOT_TOKEN, OWNER, SECRET, Seeded, seed
+from tests.fakes.taskpage import BOT_TOKEN, OWNER, SECRET, Seeded, seeded_task
 
 
 @pytest.fixture
 async def seeded(tmp_path: Path) -> AsyncIterator[Seeded]:
-    s = await seed(tmp_path / "state.db")
-    yield s
-    await s.releases.aclose()
-    await s.store.aclose()
+    async with seeded_task(tmp_path / "state.db") as s:
+        yield s
 
 
 def _text(page: str) -> str:
@@ -82,12 +80,8 @@ class _Markup(html.parser.HTMLParser):
 
 
 async def test_render_never_turns_agent_text_into_markup(tmp_path: Path) -> None:
-    s = await seed(tmp_path / "state.db", hostile=True)
-    try:
+    async with seeded_task(tmp_path / "state.db", hostile=True) as s:
         page = render(await load_view(s.store, s.task_id, s.rows))
-    finally:
-        await s.releases.aclose()
-        await s.store.aclose()
     markup = _Markup()
     markup.feed(page)
     allowed_tags = {"html", "head", "meta", "title", "style", "body", "main", "h1", "h2", "h3", "p", "section",

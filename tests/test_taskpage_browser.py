@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,8 @@ from starlette.applications import Starlette
 
 from runner.links import sign_init_data, task_link
 from runner.taskpage import task_page_routes
-from tests.fakes.taskpage import BOT_TOKEN, HOSTILE, OWNER, SECRET, Seeded, seed
+from tests.fakes.net import free_port
+from tests.fakes.taskpage import BOT_TOKEN, HOSTILE, OWNER, SECRET, Seeded, seeded_task
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 # The README's screenshot is refreshed on purpose (TASK_PAGE_SCREENSHOT=docs/task-page.png); a plain run keeps
@@ -56,17 +56,11 @@ class Clock:
         return self.now
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @contextlib.asynccontextmanager
 async def _served(seeded: Seeded, clock: Clock) -> AsyncIterator[str]:
     app = Starlette(routes=task_page_routes(seeded.store, SECRET, releases=seeded.rows, audit=seeded.store.audit,
                                             bot_token=BOT_TOKEN, owner_id=OWNER, clock=clock))
-    port = _free_port()
+    port = free_port()
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off"))
     task = asyncio.create_task(server.serve())
     async with asyncio.timeout(10):
@@ -98,10 +92,8 @@ async def _browser() -> AsyncIterator[Any]:
 
 @pytest.fixture
 async def seeded(tmp_path: Path) -> AsyncIterator[Seeded]:
-    s = await seed(tmp_path / "state.db")
-    yield s
-    await s.releases.aclose()
-    await s.store.aclose()
+    async with seeded_task(tmp_path / "state.db") as s:
+        yield s
 
 
 async def test_browser_shows_the_diff_the_denied_call_and_the_rollback(seeded: Seeded, tmp_path: Path) -> None:
@@ -185,19 +177,15 @@ async def test_browser_mini_app_opens_the_page_for_the_owner_only(seeded: Seeded
 
 
 async def test_browser_runs_nothing_from_a_hostile_task(tmp_path: Path) -> None:
-    hostile = await seed(tmp_path / "state.db", hostile=True)
-    try:
-        async with _served(hostile, Clock(NOW)) as base, _browser() as browser:
-            page = await browser.new_page()
-            dialogs: list[str] = []
-            page.on("dialog", lambda d: dialogs.append(d.message))
-            await page.goto(base + task_link(SECRET, hostile.task_id, now=NOW))
-            assert await page.evaluate("document.scripts.length") == 0
-            assert await page.evaluate("document.images.length") == 0
-            assert HOSTILE in await page.locator("#prompt").inner_text()
-            assert '<script>alert(1)</script>.py' in await page.locator("#diff h3").first.inner_text()
-            assert await page.locator("body").is_visible()  # the agent's <style>body{display:none}</style> is text
-        assert dialogs == []
-    finally:
-        await hostile.releases.aclose()
-        await hostile.store.aclose()
+    async with seeded_task(tmp_path / "state.db", hostile=True) as hostile, \
+            _served(hostile, Clock(NOW)) as base, _browser() as browser:
+        page = await browser.new_page()
+        dialogs: list[str] = []
+        page.on("dialog", lambda d: dialogs.append(d.message))
+        await page.goto(base + task_link(SECRET, hostile.task_id, now=NOW))
+        assert await page.evaluate("document.scripts.length") == 0
+        assert await page.evaluate("document.images.length") == 0
+        assert HOSTILE in await page.locator("#prompt").inner_text()
+        assert '<script>alert(1)</script>.py' in await page.locator("#diff h3").first.inner_text()
+        assert await page.locator("body").is_visible()  # the agent's <style>body{display:none}</style> is text
+    assert dialogs == []

@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import contextlib
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,7 +13,7 @@ from runner.models import Denial, PrRef, RunResult, TaskId, TaskState, TestRun, 
 from runner.service.release_store import ReleaseRecord, ReleaseState, ReleaseStore
 from runner.store import Store
 
-__all__ = ["BOT_TOKEN", "DIFF", "HOSTILE", "HOSTILE_DIFF", "OWNER", "SECRET", "Seeded", "seed"]
+__all__ = ["BOT_TOKEN", "DIFF", "HOSTILE", "HOSTILE_DIFF", "OWNER", "SECRET", "Seeded", "seeded_task"]
 
 SECRET = b"task-page-secret-for-tests-0123456789"
 BOT_TOKEN = "123456:ABC-DEF1234ghIkl-zyx57W2v1u123ew11"
@@ -62,10 +63,20 @@ class Seeded:
         return await self.releases.find(task_id=task_id)
 
 
-async def seed(path: Path, *, hostile: bool = False) -> Seeded:
+@contextlib.asynccontextmanager
+async def seeded_task(path: Path, *, hostile: bool = False) -> AsyncIterator[Seeded]:
     """A task as the supervisor leaves one: states, two tool calls (one denied), a diff, tests, a PR, and a
-    release whose watch rolled it back. Written through the real Store and ReleaseStore."""
+    release whose watch rolled it back. Written through the real Store and ReleaseStore at `path`, which stay
+    open for the block; `hostile` puts markup and script in every field the agent writes."""
     store, releases = Store(path), ReleaseStore(path)
+    try:
+        yield await _seed(store, releases, hostile)
+    finally:
+        await releases.aclose()
+        await store.aclose()
+
+
+async def _seed(store: Store, releases: ReleaseStore, hostile: bool) -> Seeded:
     text = HOSTILE if hostile else ""
     task = await store.create_task(kind="fix", prompt="fix the ZeroDivisionError in /balance" + text,
                                    repo="/srv/bot.git", source="telegram", requested_by="owner", dry_run=False)
