@@ -2,6 +2,9 @@
 # Both set up what they need on a fresh Debian machine: a venv, a Docker engine, the sandbox image.
 
 PYTHON ?= python3
+# Python's bytecode cache, even where the environment turns it off: without it every pytest worker and every CLI
+# child compiles runner/ and pytest rewrites hypothesis and schemathesis anew (measured: collection 31 s -> 19 s).
+unexport PYTHONDONTWRITEBYTECODE
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
